@@ -1,0 +1,31 @@
+# One-command set-up: every target below creates .venv and installs the pinned stack first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: test lint bench lock clean
+
+test: $(STAMP)  ## lint, then the whole test suite (multi-process tests included)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)  ## SIGReg speed and memory against the textbook implementation
+	$(BIN)/python benchmarks/sigreg.py
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+lock: $(STAMP)  ## rewrite constraints.txt from what .venv resolved
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v -i -e '^pip==' -e '^setuptools==' -e '^lejepa-ray'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

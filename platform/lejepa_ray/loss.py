@@ -1,0 +1,101 @@
+"""The LeJEPA objective: view-prediction loss plus SIGReg, traded off by one λ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lejepa_ray.sigreg import sigreg
+
+__all__ = ["LeJEPALoss", "lejepa_loss", "selection_score"]
+
+
+@dataclass(frozen=True)
+class LeJEPALoss:
+    """Scalar parts of the LeJEPA loss of one step (float32 tensors)."""
+
+    total: torch.Tensor
+    """(1 − λ)·prediction + λ·sigreg: the tensor to call ``backward()`` on."""
+    prediction: torch.Tensor
+    """Mean squared distance of every view's embedding to the mean of the global views."""
+    sigreg: torch.Tensor
+    """SIGReg averaged over views (each view scored with the same directions of this step)."""
+    selection_score: torch.Tensor
+    """Label-free model-selection score ``total / λ^α`` (detached): lower is better."""
+
+    def as_metrics(self) -> dict[str, float]:
+        """The four parts as Python floats, for logging (one host sync)."""
+        names = ("loss", "prediction", "sigreg", "selection_score")
+        values = torch.stack(
+            [
+                self.total.detach(),
+                self.prediction.detach(),
+                self.sigreg.detach(),
+                self.selection_score,
+            ]
+        ).tolist()
+        return dict(zip(names, values, strict=True))
+
+
+def selection_score(total: float | torch.Tensor, lam: float, alpha: float = 0.4):
+    """``total / λ^α``: the paper's scaling under which LeJEPA's training loss ranks models like
+    their linear-probe accuracy does (lower loss, higher accuracy), across λ."""
+    return total / lam**alpha
+
+
+def lejepa_loss(
+    global_views: torch.Tensor,
+    all_views: torch.Tensor,
+    step: int,
+    lam: float = 0.05,
+    *,
+    num_slices: int = 1024,
+    t_max: float = 3.0,
+    num_knots: int = 17,
+    alpha: float = 0.4,
+    validate: bool = True,
+    group: dist.ProcessGroup | None = None,
+) -> LeJEPALoss:
+    """LeJEPA loss of one step.
+
+    Args:
+        global_views: ``(V_g, N, K)`` embeddings of the global views; their mean over views is
+            the prediction target.
+        all_views: ``(V, N, K)`` embeddings of every view (global and local, possibly from
+            different resolutions), same N samples in the same order, same K.
+        step: training step; seeds SIGReg's directions (identical on all ranks and views).
+        lam: trade-off λ in (0, 1): weight of SIGReg; 1 − λ weighs the prediction loss.
+        num_slices, t_max, num_knots, validate, group: passed to :func:`~lejepa_ray.sigreg.sigreg`.
+        alpha: exponent α of the selection score ``total / λ^α``.
+
+    Returns:
+        :class:`LeJEPALoss` with ``total`` differentiable; no stop-gradient anywhere, the
+        target (mean of the global views) receives gradient too, as in the paper.
+    """
+    if not 0.0 < lam < 1.0:
+        raise ValueError(f"lam (λ) must lie in (0, 1); the paper's default is 0.05, got {lam!r}.")
+    for name, views in (("global_views", global_views), ("all_views", all_views)):
+        if views.dim() != 3 or views.shape[0] < 1:
+            raise ValueError(
+                f"{name} must have shape (V, N, K) with V >= 1 views; got {tuple(views.shape)}."
+            )
+    if global_views.shape[1:] != all_views.shape[1:]:
+        raise ValueError(
+            "global_views and all_views must share N (samples) and K (embedding size): got "
+            f"global_views {tuple(global_views.shape)} and all_views {tuple(all_views.shape)}."
+        )
+
+    dtype = torch.float64 if all_views.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=all_views.device.type, enabled=False):
+        target = global_views.to(dtype).mean(0)
+        prediction = (target - all_views.to(dtype)).square().mean()
+        reg = sigreg(all_views, step, num_slices, t_max, num_knots, validate=validate, group=group)
+        total = (1.0 - lam) * prediction + lam * reg
+    return LeJEPALoss(
+        total=total,
+        prediction=prediction,
+        sigreg=reg,
+        selection_score=selection_score(total.detach(), lam, alpha),
+    )
