@@ -1,0 +1,46 @@
+"""lejepa_ray.cli: the installed `lejepa-ray` console script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lejepa_ray
+from lejepa_ray.cli import main
+
+
+def console_script() -> str:
+    # The script sits next to the interpreter of the environment the project is installed in.
+    script = Path(sys.executable).with_name("lejepa-ray")
+    found = str(script) if script.exists() else shutil.which("lejepa-ray")
+    assert found, "the lejepa-ray console script is not installed (pip install -e .)"
+    return found
+
+
+def test_console_script_reports_version():
+    out = subprocess.run([console_script(), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"lejepa-ray {lejepa_ray.__version__}"
+    assert lejepa_ray.__version__ != "0+unknown"
+
+
+def test_env_lists_the_stack(capsys):
+    assert main(["env"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("torch", "ray", "timm", "cuda devices"):
+        assert name in printed
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage: lejepa-ray" in capsys.readouterr().out
+
+
+def test_unknown_command_is_an_argparse_error():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["no-such-command"])
+    assert exit_info.value.code == 2
