@@ -189,8 +189,8 @@ def epps_pulley(
         over the samples of all ranks of ``group``. Its expectation under the null is
         ``∫(1 − e^{−t²}) e^{−t²/2} dt`` (≈1.05 with the defaults); a collapsed column scores O(N).
     """
-    _check_samples(x, "x", "epps_pulley", group)
-    stat, count = _statistic(x, t_max, num_knots, group)
+    dtype = _check_samples(x, "x", "epps_pulley", group)
+    stat, count = _statistic(x.to(dtype), t_max, num_knots, group)
     if validate:
         _raise_if_invalid(stat, count, x, "x")
     return stat
@@ -218,13 +218,13 @@ def _check_samples(
 def _statistic(
     x: torch.Tensor, t_max: float, num_knots: int, group: dist.ProcessGroup | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column statistics ``(..., K)`` and the global sample count ``(B, K, 1)``."""
+    """Per-column statistics ``(..., K)`` and the global sample count ``(B, K, 1)``, in the
+    dtype of ``x`` (float32 or float64)."""
     _check_quadrature_args(t_max, num_knots)
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    _, phi, weights = quadrature(t_max, num_knots, device=x.device, dtype=dtype)
+    _, phi, weights = quadrature(t_max, num_knots, device=x.device, dtype=x.dtype)
     lead, (n, k) = x.shape[:-2], x.shape[-2:]
     with torch.autocast(device_type=x.device.type, enabled=False):
-        flat = x.to(dtype).reshape(-1, n, k)
+        flat = x.reshape(-1, n, k)
         cos_sum, sin_sum = _CharacteristicSums.apply(flat, t_max / (num_knots - 1), num_knots)
         if _world(group) > 1:
             cos_sum, sin_sum = _all_reduce_sum(torch.stack([cos_sum, sin_sum]), group).unbind(0)
