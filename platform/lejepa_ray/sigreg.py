@@ -189,17 +189,23 @@ def epps_pulley(
         over the samples of all ranks of ``group``. Its expectation under the null is
         ``∫(1 − e^{−t²}) e^{−t²/2} dt`` (≈1.05 with the defaults); a collapsed column scores O(N).
     """
-    dtype = _check_samples(x, "x", "epps_pulley", group)
+    dtype = _check_args(x, "x", "epps_pulley", t_max, num_knots, group)
     stat, count = _statistic(x.to(dtype), t_max, num_knots, group)
     if validate:
         _raise_if_invalid(stat, count, x, "x")
     return stat
 
 
-def _check_samples(
-    x: torch.Tensor, name: str, caller: str, group: dist.ProcessGroup | None
+def _check_args(
+    x: torch.Tensor,
+    name: str,
+    caller: str,
+    t_max: float,
+    num_knots: int,
+    group: dist.ProcessGroup | None,
 ) -> torch.dtype:
-    """Shape and dtype checks that need no data (so no host sync and no collective)."""
+    """Checks that need no data (so no host sync and no collective); returns the compute dtype."""
+    _check_quadrature_args(t_max, num_knots)
     if x.dim() < 2:
         raise ValueError(
             f"{caller} expects {name} of shape (..., N, features) with N samples along dim -2; "
@@ -220,7 +226,6 @@ def _statistic(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column statistics ``(..., K)`` and the global sample count ``(B, K, 1)``, in the
     dtype of ``x`` (float32 or float64)."""
-    _check_quadrature_args(t_max, num_knots)
     _, phi, weights = quadrature(t_max, num_knots, device=x.device, dtype=x.dtype)
     lead, (n, k) = x.shape[:-2], x.shape[-2:]
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -309,7 +314,7 @@ def sigreg(
     Returns:
         Scalar: mean over slices and leading dims of ``epps_pulley(z @ A)``.
     """
-    dtype = _check_samples(z, "z", "sigreg", group)
+    dtype = _check_args(z, "z", "sigreg", t_max, num_knots, group)
     directions = random_directions(z.shape[-1], num_slices, step, device=z.device, dtype=dtype)
     with torch.autocast(device_type=z.device.type, enabled=False):
         projections = z.to(dtype) @ directions  # (..., N, num_slices)
