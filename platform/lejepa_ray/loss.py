@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lejepa_ray.sigreg import sigreg
+from lejepa_ray.sigreg import compute_dtype, sigreg
 
 __all__ = ["LeJEPALoss", "lejepa_loss", "selection_score"]
 
@@ -87,7 +87,7 @@ def lejepa_loss(
             f"global_views {tuple(global_views.shape)} and all_views {tuple(all_views.shape)}."
         )
 
-    dtype = torch.float64 if all_views.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(all_views.dtype, "lejepa_loss input all_views")
     with torch.autocast(device_type=all_views.device.type, enabled=False):
         target = global_views.to(dtype).mean(0)
         prediction = (target - all_views.to(dtype)).square().mean()

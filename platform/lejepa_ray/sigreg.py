@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-__all__ = ["epps_pulley", "quadrature", "random_directions", "sigreg"]
+__all__ = ["compute_dtype", "epps_pulley", "quadrature", "random_directions", "sigreg"]
 
 # Elements of one (rows × columns) chunk of complex work. On CPU this keeps the working set
 # (a few complex64 tensors of this size) inside the L2/L3 cache, which is worth ~2× here; on
@@ -156,7 +156,9 @@ def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> to
     return funcol.wait_tensor(reduced)
 
 
-def _compute_dtype(dtype: torch.dtype, what: str) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype, what: str) -> torch.dtype:
+    """The dtype the objective is computed in for inputs of ``dtype`` (``what`` names the input
+    in the error raised for a non-floating dtype)."""
     if not dtype.is_floating_point:
         raise ValueError(f"{what} must be a floating-point tensor, got dtype {dtype}.")
     # float64 stays float64 (gradcheck, references); bf16/fp16 are promoted: the statistic is
@@ -218,7 +220,7 @@ def _check_args(
             f"{caller} needs at least 2 samples along dim -2 of {name}; got N={x.shape[-2]} "
             f"in a tensor of shape {tuple(x.shape)}."
         )
-    return _compute_dtype(x.dtype, f"{caller} input {name}")
+    return compute_dtype(x.dtype, f"{caller} input {name}")
 
 
 def _statistic(
