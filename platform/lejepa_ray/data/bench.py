@@ -1,0 +1,187 @@
+"""Throughput of the Ray Data views stream against a plain DataLoader doing the same work.
+
+Both sides decode the same encoded images and make the same views with the same code
+(``ViewMaker``) and the same number of CPU workers: ``workers`` transform actors for Ray Data,
+``num_workers`` processes for the DataLoader. A per-stage profile in this process tells how much
+of a worker's time goes to decoding and how much to making crops, which bounds what any
+pipeline can reach; the gap between that bound and the measured rate is transfer and overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.decode import BadImage, decode_rgb
+from lejepa_ray.data.sources import LocalSource
+from lejepa_ray.data.views import ViewMaker
+
+
+def profile_stages(cfg: DataConfig, samples: int = 48) -> dict[str, float]:
+    """Milliseconds per sample spent decoding and making views, on one core of this process."""
+    source = LocalSource(cfg)
+    maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker
+    decode_s = views_s = read_s = 0.0
+    used = 0
+    try:
+        for i in range(min(samples, len(source))):
+            t0 = time.perf_counter()
+            row = source[i]
+            t1 = time.perf_counter()
+            try:
+                img = decode_rgb(row["image"], cfg.max_pixels)
+            except BadImage:
+                continue
+            t2 = time.perf_counter()
+            maker.views_of(img, row["key"], 0)
+            t3 = time.perf_counter()
+            read_s, decode_s, views_s = read_s + t1 - t0, decode_s + t2 - t1, views_s + t3 - t2
+            used += 1
+    finally:
+        torch.set_num_threads(threads)
+    used = max(used, 1)
+    out = {"read_ms": 1e3 * read_s / used, "decode_ms": 1e3 * decode_s / used,
+           "views_ms": 1e3 * views_s / used}
+    return out
+
+
+class _ViewsDataset(Dataset):
+    """The DataLoader side: row ``i`` of the source, decoded, as views (None when bad)."""
+
+    def __init__(self, cfg: DataConfig, epoch: int):
+        self.source = LocalSource(cfg)
+        self.maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        row = self.source[i]
+        try:
+            img = decode_rgb(row["image"], self.maker.max_pixels)
+        except BadImage:
+            return None
+        glob, loc = self.maker.views_of(img, row["key"], self.epoch)
+        return torch.from_numpy(glob), torch.from_numpy(loc), row["label"]
+
+
+def _collate(items: list) -> dict[str, torch.Tensor]:
+    items = [x for x in items if x is not None]
+    return {"global": torch.stack([x[0] for x in items]),
+            "local": torch.stack([x[1] for x in items]),
+            "label": torch.tensor([x[2] for x in items])}
+
+
+def _measure(epochs: Callable[[int], Iterable[dict]], seconds: float) -> dict[str, float]:
+    """Samples per second over ``seconds`` after the first batch (start-up is reported apart)."""
+    start = time.perf_counter()
+    first = None
+    samples = 0
+    epoch = 0
+    while True:
+        for batch in epochs(epoch):
+            now = time.perf_counter()
+            if first is None:
+                first = now
+                continue
+            samples += len(batch["global"])
+            if now - first >= seconds:
+                return {"samples_per_s": samples / (now - first), "samples": samples,
+                        "startup_s": first - start, "epochs": epoch + 1}
+        epoch += 1
+
+
+def bench_dataloader(cfg: DataConfig, workers: int, batch_size: int,
+                     seconds: float) -> dict[str, float]:
+    """Samples/s of ``torch.utils.data.DataLoader`` with ``workers`` worker processes."""
+    def epochs(epoch: int) -> Iterator[dict]:
+        loader = DataLoader(_ViewsDataset(cfg, epoch), batch_size=batch_size, shuffle=True,
+                            num_workers=workers, collate_fn=_collate, drop_last=True,
+                            prefetch_factor=2, generator=torch.Generator().manual_seed(epoch))
+        return iter(loader)
+    return _measure(epochs, seconds)
+
+
+def bench_ray_data(cfg: DataConfig, workers: int, batch_size: int,
+                   seconds: float) -> dict[str, float]:
+    """Samples/s of the Ray Data views stream with ``workers`` transform actors."""
+    import ray
+
+    from lejepa_ray.data.stream import build_view_stream, iter_views
+
+    stream = build_view_stream(replace(cfg, workers=workers))
+
+    def epochs(epoch: int) -> Iterator[dict]:
+        return iter_views(stream.dataset, stream.counter, cfg, batch_size, device="cpu")
+    result = _measure(epochs, seconds)
+    ray.kill(stream.counter)
+    return result
+
+
+def _rate_line(name: str, measured: dict, bound: float) -> str:
+    rate = measured["samples_per_s"]
+    return (f"{name:<11}: {rate:8.1f} samples/s ({rate / bound:.0%} of the bound; "
+            f"start-up {measured['startup_s']:.1f} s)")
+
+
+def run(cfg: DataConfig, *, seconds: float = 30.0, workers: int | None = None,
+        batch_size: int = 32, print_fn: Callable[[str], None] = print) -> dict:
+    """Benchmark both pipelines; print a report and, last, one JSON line; return that dict.
+
+    Starts a local Ray instance with ``workers`` CPUs unless one is already connected.
+    """
+    import ray
+    from ray.data import DataContext
+
+    workers = workers or os.cpu_count() or 1
+    print_fn(f"Profiling one worker's work per sample ({cfg.source}) ...")
+    stages = profile_stages(cfg)
+    per_sample = stages["read_ms"] + stages["decode_ms"] + stages["views_ms"]
+    bound = workers * 1e3 / per_sample
+
+    print_fn(f"DataLoader, {workers} workers, {seconds:.0f} s ...")
+    loader = bench_dataloader(cfg, workers, batch_size, seconds)
+
+    if not ray.is_initialized():
+        # Exactly `workers` CPUs: the transform actors get one each, reads a fraction.
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    DataContext.get_current().enable_progress_bars = False
+    print_fn(f"Ray Data, {workers} transform actors, {seconds:.0f} s ...")
+    stream = bench_ray_data(cfg, workers, batch_size, seconds)
+
+    ratio = stream["samples_per_s"] / loader["samples_per_s"]
+    limiter = max(("decode", stages["decode_ms"]), ("crops", stages["views_ms"]),
+                  ("read", stages["read_ms"]), key=lambda kv: kv[1])[0]
+    v = cfg.views
+    print_fn(
+        f"\nviews per sample: {v.global_views}×{v.global_size}px + {v.local_views}×"
+        f"{v.local_size}px, batch {batch_size}, {workers} CPU workers\n"
+        f"profile (one core, per sample): read {stages['read_ms']:.2f} ms, decode "
+        f"{stages['decode_ms']:.2f} ms, crops+augment {stages['views_ms']:.2f} ms "
+        f"-> at most {bound:.1f} samples/s on {workers} workers; {limiter} dominates\n"
+        f"{_rate_line('DataLoader', loader, bound)}\n{_rate_line('Ray Data', stream, bound)}\n"
+        f"ratio Ray Data / DataLoader: {ratio:.2f}")
+    result = {
+        "source": cfg.source, "path": cfg.path, "workers": workers, "batch_size": batch_size,
+        "seconds": seconds, "views": f"{v.global_views}x{v.global_size}+{v.local_views}x"
+        f"{v.local_size}",
+        "ray_data_samples_per_s": round(stream["samples_per_s"], 2),
+        "dataloader_samples_per_s": round(loader["samples_per_s"], 2),
+        "bound_samples_per_s": round(bound, 2),
+        "profile_ms": {k: round(val, 3) for k, val in stages.items()},
+        "limited_by": limiter,
+        "ratio": round(ratio, 3),
+    }
+    print_fn(json.dumps(result))
+    return result

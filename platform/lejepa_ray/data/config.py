@@ -1,0 +1,137 @@
+"""Typed configuration of the data stream: where images come from and how views are made.
+
+The defaults are the LeJEPA recipe (two 224 px global views, eight 96 px local views). Every
+field is validated on construction so a bad value fails in the driver, before Ray starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
+
+SOURCES = ("folder", "parquet", "synthetic", "digits")
+SHUFFLES = ("files", "full", "none")
+
+
+@dataclass
+class ViewConfig:
+    """How one image becomes ``global_views`` large and ``local_views`` small augmented crops."""
+
+    global_views: int = 2
+    """Number of global crops per image (V_g)."""
+    global_size: int = 224
+    """Side of a global crop in pixels."""
+    global_scale: tuple[float, float] = (0.3, 1.0)
+    """Range of the crop's area as a fraction of the image's area, for global crops."""
+    local_views: int = 8
+    """Number of local crops per image (V_l); 0 disables them."""
+    local_size: int = 96
+    """Side of a local crop in pixels."""
+    local_scale: tuple[float, float] = (0.05, 0.3)
+    """Range of the crop's area as a fraction of the image's area, for local crops."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Range of a crop's aspect ratio (width / height) before it is resized to a square."""
+    flip_p: float = 0.5
+    """Probability of a horizontal flip."""
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    """Colour jitter strengths: brightness, contrast, saturation, hue."""
+    jitter_p: float = 0.8
+    """Probability that colour jitter is applied to a view."""
+    grayscale_p: float = 0.2
+    """Probability that a view is turned to grayscale (kept as three channels)."""
+    blur_p: float = 0.5
+    """Probability of a Gaussian blur."""
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Range of the blur's standard deviation, in pixels of the output view."""
+    solarize_p: float = 0.2
+    """Probability of solarization (pixel values at or above ``solarize_threshold`` inverted)."""
+    solarize_threshold: int = 128
+    """Solarization threshold on the 0..255 scale."""
+
+    def __post_init__(self) -> None:
+        _check(self.global_views >= 1, "views.global_views", self.global_views, "an integer >= 1")
+        _check(self.local_views >= 0, "views.local_views", self.local_views, "an integer >= 0")
+        for name in ("global_size", "local_size"):
+            _check(getattr(self, name) >= 8, f"views.{name}", getattr(self, name), ">= 8 pixels")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            _check(0 < lo <= hi <= 1, f"views.{name}", (lo, hi), "0 < low <= high <= 1")
+        _check(0 < self.ratio[0] <= self.ratio[1], "views.ratio", self.ratio, "0 < low <= high")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            _check(0 <= p <= 1, f"views.{name}", p, "a probability in [0, 1]")
+        _check(len(self.jitter) == 4 and min(self.jitter) >= 0, "views.jitter", self.jitter,
+               "four non-negative strengths (brightness, contrast, saturation, hue)")
+        _check(self.jitter[3] <= 0.5, "views.jitter", self.jitter, "a hue strength <= 0.5")
+        _check(0 < self.blur_sigma[0] <= self.blur_sigma[1], "views.blur_sigma", self.blur_sigma,
+               "0 < low <= high")
+        _check(0 <= self.solarize_threshold <= 255, "views.solarize_threshold",
+               self.solarize_threshold, "a value in 0..255")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from, how they are shuffled, and how bad ones are handled."""
+
+    source: str = "synthetic"
+    """One of ``folder`` (recursive image folder), ``parquet`` (shards with an ``image`` column),
+    ``synthetic`` (generated shapes) or ``digits`` (scikit-learn's bundled 8×8 digits)."""
+    path: str | None = None
+    """Folder or parquet path/URI (s3://, gs://...) for ``folder`` and ``parquet``; unused else."""
+    seed: int = 0
+    """Seed of the shuffles, of the synthetic images and of every crop's randomness."""
+    num_samples: int | None = None
+    """Synthetic: how many images to generate (None: 10,000). Other sources: use at most this
+    many (None: all)."""
+    image_size: int = 128
+    """Side in pixels of the images the ``synthetic`` and ``digits`` sources produce."""
+    num_classes: int = 10
+    """Number of classes of the ``synthetic`` source (at most 40)."""
+    shuffle: str = "files"
+    """Per-epoch reshuffle: ``files`` (file order, reseeded each epoch; converted shards are
+    already mixed), ``full`` (all rows, costs an all-to-all exchange of the encoded bytes) or
+    ``none``. In-memory sources (synthetic, digits) always shuffle all rows unless ``none``."""
+    local_shuffle_buffer: int = 0
+    """Rows in each training worker's local shuffle buffer (0: none). Rows hold finished views."""
+    workers: int | None = None
+    """Actors that decode and crop (each uses one CPU). None: as many as Ray Data has CPUs."""
+    transform_batch_size: int = 16
+    """Images per call of the multi-view transform."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images with more pixels are skipped as possible decompression bombs."""
+    max_skip_rate: float = 0.05
+    """The run stops when more than this fraction of the samples seen so far had to be skipped."""
+    min_samples_for_skip_rate: int = 200
+    """The skip rate is only judged once this many samples have been seen (or an epoch ends)."""
+    views: ViewConfig = field(default_factory=ViewConfig)
+    """How each image becomes its views."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.views, dict):
+            self.views = ViewConfig(**self.views)
+        _check(self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}")
+        if self.source in ("folder", "parquet") and not self.path:
+            raise ValueError(
+                f"data.source={self.source} needs data.path: set data.path to the "
+                f"{'image folder' if self.source == 'folder' else 'parquet file or folder'}."
+            )
+        _check(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
+        _check(self.num_samples is None or self.num_samples >= 1, "data.num_samples",
+               self.num_samples, "None or an integer >= 1")
+        _check(self.image_size >= 8, "data.image_size", self.image_size, ">= 8 pixels")
+        _check(2 <= self.num_classes <= 40, "data.num_classes", self.num_classes, "2..40")
+        _check(self.workers is None or self.workers >= 1, "data.workers", self.workers,
+               "None or an integer >= 1")
+        _check(self.transform_batch_size >= 1, "data.transform_batch_size",
+               self.transform_batch_size, ">= 1")
+        _check(self.local_shuffle_buffer >= 0, "data.local_shuffle_buffer",
+               self.local_shuffle_buffer, ">= 0")
+        _check(self.max_pixels >= 1, "data.max_pixels", self.max_pixels, ">= 1")
+        _check(0 <= self.max_skip_rate <= 1, "data.max_skip_rate", self.max_skip_rate,
+               "a fraction in [0, 1]")
+
+
+def _check(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: expected {expected}.")

@@ -1,0 +1,366 @@
+"""Where images come from: image folders, parquet shards, synthetic shapes, scikit-learn digits.
+
+Every source yields rows of one schema: ``image`` (encoded bytes), ``label`` (int64, -1 when
+unlabelled) and ``key`` (a string naming the sample, stable across runs: it seeds the sample's
+crops). :func:`read_dataset` gives them as a Ray Dataset reshuffled every epoch;
+:class:`LocalSource` gives the same rows by index, for a DataLoader or a quick look without Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MANIFEST = "dataset.json"  # written last by the converter: the shards and the class names
+DEFAULT_SYNTHETIC_SAMPLES = 10_000
+DIGITS_CLASSES = [str(d) for d in range(10)]
+# Reading encoded bytes is I/O: a whole CPU per read task would starve the decode actors,
+# which do the real work, on a small node.
+_READ_CPUS = 0.25
+
+
+class SourceError(ValueError):
+    """The configured source cannot be read: a missing path, no images, a wrong schema."""
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """The images of a folder, in sorted order, with the labels of an ImageNet-style layout."""
+
+    root: str
+    """The folder, as the filesystem names it."""
+    files: list[str]
+    """Image paths (with the root), sorted."""
+    sizes: list[int]
+    """File sizes in bytes, per file."""
+    mtimes: list[float]
+    """Modification times in seconds since the epoch, per file (0 when unknown)."""
+    labels: list[int]
+    """Class index per file; -1 for files not inside a first-level subfolder."""
+    classes: list[str]
+    """Sorted names of the first-level subfolders that hold images; empty when none."""
+    filesystem: pafs.FileSystem
+
+
+def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``path`` (local, s3://, gs://, ...) and the path within it."""
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except (pa.ArrowInvalid, ValueError):
+        return pafs.LocalFileSystem(), str(path)
+
+
+def source_from_arg(value: str) -> tuple[str, str | None]:
+    """``(data.source, data.path)`` for a command-line ``--data`` that names a source or a path.
+
+    ``synthetic`` and ``digits`` name generated sources; a ``.parquet`` file, or a folder with
+    a converter manifest or parquet files, is ``parquet``; any other folder is ``folder``.
+    """
+    if value in ("synthetic", "digits"):
+        return value, None
+    fs, root = resolve_filesystem(value)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"--data {value!r} is neither a source (synthetic, digits) nor an "
+                          "existing path.")
+    if info.type == pafs.FileType.File:
+        return "parquet", value
+    if fs.get_file_info(posixpath.join(root, MANIFEST)).type == pafs.FileType.File:
+        return "parquet", value
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    if any(e.path.endswith(".parquet") for e in entries):
+        return "parquet", value
+    return "folder", value
+
+
+def list_image_folder(path: str) -> FolderListing:
+    """List the images under ``path`` recursively; labels come from first-level subfolders.
+
+    Raises:
+        SourceError: the path does not exist, is not a folder, or holds no image files.
+    """
+    fs, root = resolve_filesystem(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"data.path={path!r} does not exist: point it at an image folder.")
+    if info.type != pafs.FileType.Directory:
+        raise SourceError(
+            f"data.path={path!r} is a file, not a folder: use data.source=parquet for a parquet "
+            "file, or point data.path at the folder that holds the images."
+        )
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    images = sorted(
+        (e for e in entries
+         if e.type == pafs.FileType.File
+         and e.base_name.lower().endswith(IMAGE_EXTENSIONS)
+         and not e.base_name.startswith(".")),
+        key=lambda e: e.path,
+    )
+    files = [e.path for e in images]
+    if not files:
+        raise SourceError(
+            f"data.path={path!r} holds no images: expected files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)} in it or its subfolders."
+        )
+    base = root.rstrip("/") + "/"
+    firsts = [f[len(base):].split("/", 1) for f in files]
+    classes = sorted({parts[0] for parts in firsts if len(parts) == 2})
+    index = {name: i for i, name in enumerate(classes)}
+    labels = [index[parts[0]] if len(parts) == 2 else -1 for parts in firsts]
+    sizes = [e.size or 0 for e in images]
+    mtimes = [e.mtime.timestamp() if e.mtime else 0.0 for e in images]
+    return FolderListing(root, files, sizes, mtimes, labels, classes, fs)
+
+
+def class_names(cfg: DataConfig) -> list[str] | None:
+    """Names of the labels of the configured source, or None when it has no labels."""
+    if cfg.source == "folder":
+        return list_image_folder(cfg.path).classes or None
+    if cfg.source == "parquet":
+        return _parquet_files(cfg.path)[1]
+    if cfg.source == "digits":
+        return list(DIGITS_CLASSES)
+    return [f"class_{c}" for c in range(cfg.num_classes)]
+
+
+def read_dataset(cfg: DataConfig):
+    """The source's rows (``image``, ``label``, ``key``) as a Ray Dataset, reshuffled per epoch.
+
+    Shuffles are seeded from ``cfg.seed`` and reseeded by Ray Data at every execution (epoch),
+    so epoch ``e`` has the same order on every run.
+
+    Raises:
+        SourceError: the path is missing, holds no images, or a parquet file has no ``image``.
+    """
+    import ray.data
+    from ray.data import FileShuffleConfig, RandomSeedConfig
+
+    reshuffle = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
+    file_order = None if cfg.shuffle == "none" else FileShuffleConfig(
+        seed=cfg.seed, reseed_after_execution=True)
+
+    if cfg.source == "folder":
+        listing = list_image_folder(cfg.path)
+        files = listing.files[: cfg.num_samples]
+        ds = ray.data.read_binary_files(
+            files, include_paths=True, filesystem=listing.filesystem, shuffle=file_order,
+            num_cpus=_READ_CPUS)
+        ds = ds.map_batches(
+            _folder_rows, fn_kwargs={"root": listing.root, "classes": listing.classes},
+            batch_format="pyarrow")
+    elif cfg.source == "parquet":
+        files, _ = _parquet_files(cfg.path, limit=cfg.num_samples)
+        fs, _ = resolve_filesystem(cfg.path)
+        columns = [c for c in ("image", "label", "path") if c in _schema(fs, files[0]).names]
+        ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, shuffle=file_order,
+                                   num_cpus=_READ_CPUS)
+        if cfg.num_samples is not None:
+            ds = ds.limit(cfg.num_samples)
+        ds = ds.map_batches(_parquet_rows, batch_format="pyarrow")
+    elif cfg.source == "synthetic":
+        count = cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
+        # Shuffle the ids, which cost nothing to move, then make the images.
+        ds = ray.data.range(count, override_num_blocks=max(1, min(64, count // 256)))
+        if cfg.shuffle != "none":
+            ds = ds.random_shuffle(seed=reshuffle)
+        ds = ds.map_batches(
+            _synthetic_rows, batch_format="numpy",
+            fn_kwargs={"seed": cfg.seed, "size": cfg.image_size, "num_classes": cfg.num_classes})
+    else:  # digits
+        table = _digits_table(cfg.image_size)[: cfg.num_samples]
+        ds = ray.data.from_arrow(table)
+        if cfg.shuffle != "none":
+            ds = ds.random_shuffle(seed=reshuffle)
+        return ds
+    if cfg.shuffle == "full":
+        ds = ds.random_shuffle(seed=reshuffle)
+    return ds
+
+
+class LocalSource(Sequence):
+    """The configured source as an indexable sequence of rows, read in this process.
+
+    Row ``i`` is a dict with ``image`` (bytes), ``label`` (int) and ``key`` (str), the same
+    rows :func:`read_dataset` streams. Parquet shards are loaded into memory, so this is meant
+    for DataLoader comparisons and small evaluation sets, not for pretraining at scale.
+    """
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        if cfg.source == "folder":
+            listing = list_image_folder(cfg.path)
+            self._files = listing.files[: cfg.num_samples]
+            self._labels = listing.labels[: cfg.num_samples]
+            self._fs = listing.filesystem
+            self._len = len(self._files)
+        elif cfg.source == "parquet":
+            files, _ = _parquet_files(cfg.path, limit=cfg.num_samples)
+            fs, _ = resolve_filesystem(cfg.path)
+            tables = [pq.read_table(f, filesystem=fs) for f in files]
+            table = _parquet_rows(pa.concat_tables(tables, promote_options="default"))
+            self._table = table[: cfg.num_samples] if cfg.num_samples else table
+            self._len = self._table.num_rows
+        elif cfg.source == "synthetic":
+            self._len = cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
+        else:
+            self._table = _digits_table(cfg.image_size)[: cfg.num_samples]
+            self._len = self._table.num_rows
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        cfg = self.cfg
+        if cfg.source == "folder":
+            with self._fs.open_input_file(self._files[i]) as f:
+                data = f.read()
+            return {"image": data, "label": self._labels[i], "key": self._files[i]}
+        if cfg.source == "synthetic":
+            img = synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)
+            return {"image": encode_jpeg(img), "label": synthetic_label(i, cfg.num_classes),
+                    "key": f"synthetic/{i}"}
+        return {c: self._table.column(c)[i].as_py() for c in ("image", "label", "key")}
+
+
+# --- row builders: each source's native columns to (image, label, key) -----------------------
+
+def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
+    index = {name: i for i, name in enumerate(classes)}
+    base = root.rstrip("/") + "/"
+    paths = batch.column("path").to_pylist()
+    labels = []
+    for p in paths:
+        rel = p[p.find(base) + len(base):] if base in p else p
+        parts = rel.split("/", 1)
+        labels.append(index.get(parts[0], -1) if len(parts) == 2 else -1)
+    return pa.table({
+        "image": batch.column("bytes").cast(pa.binary()),
+        "label": pa.array(labels, pa.int64()),
+        "key": pa.array(paths, pa.string()),
+    })
+
+
+def _parquet_rows(batch: pa.Table) -> pa.Table:
+    images = batch.column("image").cast(pa.binary())
+    n = batch.num_rows
+    if "label" in batch.column_names:
+        labels = batch.column("label").cast(pa.int64()).fill_null(-1)
+    else:
+        labels = pa.array(np.full(n, -1, np.int64))
+    if "path" in batch.column_names:
+        keys = batch.column("path").cast(pa.string()).to_pylist()
+    else:
+        keys = [None] * n
+    # Without a path, the content names the sample: stable wherever the row is read.
+    keys = [k if k is not None else _content_key(b) for k, b in zip(keys, images.to_pylist(),
+                                                                      strict=True)]
+    return pa.table({"image": images, "label": labels, "key": pa.array(keys, pa.string())})
+
+
+def _content_key(data: bytes | None) -> str:
+    return "sha:" + hashlib.blake2b(data or b"", digest_size=12).hexdigest()
+
+
+def _synthetic_rows(batch: dict, seed: int, size: int, num_classes: int) -> dict:
+    ids = batch["id"].tolist()
+    images = [encode_jpeg(synthetic_image(i, seed, size, num_classes)) for i in ids]
+    return {
+        "image": np.array(images, dtype=object),
+        "label": np.array([synthetic_label(i, num_classes) for i in ids], dtype=np.int64),
+        "key": np.array([f"synthetic/{i}" for i in ids], dtype=object),
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_table(size: int) -> pa.Table:
+    """scikit-learn's 1,797 bundled 8×8 digits, upsampled to ``size`` px, as PNG rows."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Intensities are 0..16 ink on white paper; invert so digits look like ink on paper.
+    pixels = (255 - np.clip(digits.images * 16, 0, 255)).astype(np.uint8)
+    images = []
+    for p in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(p, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(
+            buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return pa.table({
+        "image": pa.array(images, pa.binary()),
+        "label": pa.array(digits.target.astype(np.int64)),
+        "key": pa.array([f"digits/{i}" for i in range(len(images))], pa.string()),
+    })
+
+
+# --- parquet discovery ---------------------------------------------------------------------
+
+def _parquet_files(path: str, limit: int | None = None) -> tuple[list[str], list[str] | None]:
+    """The parquet files to read under ``path`` and the class names stored with them.
+
+    A folder written by ``lejepa-ray data convert`` is read through its manifest, so shards of
+    an unfinished conversion or a stale run are never read. Otherwise every ``*.parquet`` file.
+    With ``limit``, only as many leading files as hold that many rows.
+    """
+    fs, root = resolve_filesystem(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"data.path={path!r} does not exist: point it at parquet shards.")
+    classes = None
+    if info.type == pafs.FileType.File:
+        files = [root]
+    else:
+        manifest = posixpath.join(root, MANIFEST)
+        if fs.get_file_info(manifest).type == pafs.FileType.File:
+            with fs.open_input_stream(manifest) as f:
+                meta = json.loads(f.read())
+            files = [posixpath.join(root, s["file"]) for s in meta["shards"]]
+            classes = meta.get("classes") or None
+        else:
+            files = sorted(
+                e.path for e in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                if e.type == pafs.FileType.File and e.path.endswith(".parquet")
+                and not e.base_name.startswith((".", "_")))
+    if not files:
+        raise SourceError(
+            f"data.path={path!r} holds no parquet files: expected *.parquet shards with an "
+            "'image' column (make them with `lejepa-ray data convert IMAGE_FOLDER OUT`).")
+    schema = _schema(fs, files[0])
+    if "image" not in schema.names:
+        raise SourceError(
+            f"{files[0]} has no 'image' column (columns: {', '.join(schema.names)}): parquet "
+            "sources need the encoded image bytes in a column named 'image'.")
+    if classes is None and schema.metadata and b"lejepa_ray.classes" in schema.metadata:
+        classes = json.loads(schema.metadata[b"lejepa_ray.classes"]) or None
+    if limit is not None:
+        kept, rows = [], 0
+        for f in files:
+            if rows >= limit:
+                break
+            kept.append(f)
+            rows += pq.read_metadata(f, filesystem=fs).num_rows
+        files = kept
+    return files, classes
+
+
+def _schema(fs: pafs.FileSystem, file: str) -> pa.Schema:
+    try:
+        return pq.read_schema(file, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(f"{file} is not a readable parquet file: {e}") from None

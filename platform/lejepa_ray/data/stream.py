@@ -1,0 +1,218 @@
+"""The Ray Data pipeline of views and the per-epoch iterator a training loop consumes.
+
+Pipeline: source rows (``sources.read_dataset``) -> ``map_batches`` on an actor pool of CPU
+workers that decode each image once and make its views -> Ray Train's per-worker shard. Bad
+samples are dropped inside the actors and counted in one small ``SkipCounter`` actor, which the
+training loop reads to report skips and to stop the run when too many samples are bad.
+
+Each epoch is one execution of the pipeline. Ray Data numbers executions, and both the shuffles
+(``RandomSeedConfig``/``FileShuffleConfig`` with reseeding) and our crops take the epoch from
+that number, so epoch ``e`` is the same on every run and different from epoch ``e + 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.decode import SkipCounts
+from lejepa_ray.data.sources import class_names, read_dataset
+from lejepa_ray.data.views import ViewMaker, stable_hash
+
+
+class DataQualityError(RuntimeError):
+    """Too many samples had to be skipped, or none could be used at all."""
+
+
+@ray.remote(num_cpus=0)
+class SkipCounter:
+    """Samples seen and skipped (per reason) by every transform actor of one pipeline."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.skipped = SkipCounts()
+
+    def add(self, seen: int, skipped: dict[str, int]) -> None:
+        self.seen += seen
+        self.skipped.update(skipped)
+
+    def totals(self) -> dict:
+        return {"seen": self.seen, "skipped": dict(self.skipped)}
+
+
+def current_epoch() -> int:
+    """The epoch whose data this process is producing: the pipeline's execution index.
+
+    Ray Data increments ``DataContext._execution_idx`` after each complete execution and ships
+    the context to its tasks and actors; its own reseeding shuffles read the same counter.
+    """
+    from ray.data import DataContext
+
+    return int(DataContext.get_current()._execution_idx)
+
+
+class ViewTransform:
+    """``map_batches`` callable: rows (image, label, key) to views (global, local, label, ...).
+
+    Output columns: ``global`` uint8 (B, V_g, 3, S_g, S_g), ``local`` uint8 (B, V_l, 3, S_l, S_l)
+    (absent when V_l = 0), ``label`` int64 (B,), ``sample_id`` int64 (B,), a stable hash of the
+    key, and ``epoch`` int64 (B,). B is the number of rows that decoded; bad rows are dropped.
+    """
+
+    def __init__(self, cfg: DataConfig, counter=None):
+        self.maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
+        self.counter = counter
+        # One thread per actor: Ray Data scales actors, not intra-op threads, across cores.
+        torch.set_num_threads(1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        epoch = current_epoch()
+        keys = [str(k) for k in batch["key"]]
+        kept, glob, loc, skipped = self.maker.batch(list(batch["image"]), keys, epoch)
+        if self.counter is not None:
+            self.counter.add.remote(len(keys), dict(skipped))
+        out = {
+            "global": glob,
+            "label": np.asarray(batch["label"], dtype=np.int64)[kept],
+            "sample_id": np.array([stable_hash(keys[i]) for i in kept], dtype=np.int64),
+            "epoch": np.full(len(kept), epoch, dtype=np.int64),
+        }
+        if self.maker.cfg.local_views:
+            out["local"] = loc
+        return out
+
+
+@dataclass
+class ViewStream:
+    """A ready pipeline: hand ``dataset`` to the trainer and ``counter`` to the training loop."""
+
+    dataset: ray.data.Dataset
+    """Rows of views; give it to ``TorchTrainer(datasets={"train": ...})``."""
+    counter: ray.actor.ActorHandle
+    """The pipeline's ``SkipCounter``; pass it to :func:`iter_epoch` through the loop config."""
+    classes: list[str] | None
+    """Label names of the source, or None when it is unlabelled."""
+
+
+def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
+    """Build the views pipeline of ``cfg`` on the connected Ray cluster.
+
+    Args:
+        cfg: source, shuffling, views and bad-input policy.
+        start_epoch: the epoch the first execution produces (to resume a run mid-way).
+
+    Raises:
+        SourceError: the path is missing or holds no images.
+    """
+    from ray.data import ActorPoolStrategy
+
+    counter = SkipCounter.remote()
+    ds = read_dataset(cfg).map_batches(
+        ViewTransform,
+        fn_constructor_kwargs={"cfg": cfg, "counter": counter},
+        batch_size=cfg.transform_batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.workers),
+        num_cpus=1,
+    )
+    # The execution index is the epoch (see current_epoch); starting it later resumes a run
+    # with the shuffles and crops it would have had.
+    ds.context._execution_idx = start_epoch
+    return ViewStream(ds, counter, class_names(cfg))
+
+
+def iter_epoch(
+    counter: ray.actor.ActorHandle,
+    cfg: DataConfig,
+    batch_size: int,
+    *,
+    dataset_name: str = "train",
+    device: str | torch.device = "auto",
+    prefetch_batches: int = 2,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of this training worker's shard, as batches of tensors on ``device``.
+
+    Call it inside a Ray Train loop once per epoch; every worker must call it the same number
+    of times (the shards are equal). Batches are dicts as made by :class:`ViewTransform`, with
+    exactly ``batch_size`` rows (the last partial batch is dropped so every rank steps together).
+
+    Raises:
+        DataQualityError: the skip rate passed ``cfg.max_skip_rate``, or no sample was usable.
+    """
+    shard = ray.train.get_dataset_shard(dataset_name)
+    yield from iter_views(shard, counter, cfg, batch_size, device=device,
+                          prefetch_batches=prefetch_batches)
+
+
+def iter_views(
+    iterable,
+    counter: ray.actor.ActorHandle,
+    cfg: DataConfig,
+    batch_size: int,
+    *,
+    device: str | torch.device = "auto",
+    prefetch_batches: int = 2,
+    check_every: int = 20,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of a Dataset or DataIterator of views, with the skip-rate policy enforced."""
+    batches: Iterable = iterable.iter_torch_batches(
+        batch_size=batch_size,
+        device=device,
+        prefetch_batches=prefetch_batches,
+        drop_last=True,
+        local_shuffle_buffer_size=cfg.local_shuffle_buffer or None,
+        local_shuffle_seed=cfg.seed if cfg.local_shuffle_buffer else None,
+    )
+    n = 0
+    for n, batch in enumerate(batches, start=1):
+        yield batch
+        if n % check_every == 0:
+            check_skip_rate(ray.get(counter.totals.remote()), cfg)
+    check_skip_rate(ray.get(counter.totals.remote()), cfg, end_of_epoch=True, batches=n)
+
+
+def check_skip_rate(totals: dict, cfg: DataConfig, *, end_of_epoch: bool = False,
+                    batches: int | None = None) -> None:
+    """Raise when the samples skipped so far pass the configured rate, or none were usable.
+
+    Args:
+        totals: ``SkipCounter.totals()``: ``seen`` and ``skipped`` per reason.
+        end_of_epoch: judge the rate whatever the number of samples seen.
+        batches: at the end of an epoch, how many batches this worker got.
+    """
+    seen = totals["seen"]
+    skipped = SkipCounts(totals["skipped"])
+    reasons = ", ".join(f"{k}: {v}" for k, v in skipped.most_common()) or "none"
+    where = f"data.source={cfg.source}" + (f", data.path={cfg.path!r}" if cfg.path else "")
+    if end_of_epoch and batches == 0:
+        if seen and skipped.total == seen:
+            raise DataQualityError(
+                f"No usable images in {where}: all {seen} samples were skipped ({reasons}).")
+        raise DataQualityError(
+            f"No full batch reached this worker from {where}: {seen - skipped.total} usable "
+            "samples were too few for the batch size times the number of workers. Lower the "
+            "batch size or add images.")
+    if seen == 0 or (seen < cfg.min_samples_for_skip_rate and not end_of_epoch):
+        return
+    rate = skipped.total / seen
+    if rate > cfg.max_skip_rate:
+        raise DataQualityError(
+            f"{skipped.total} of {seen} samples ({rate:.1%}) from {where} could not be used, "
+            f"more than data.max_skip_rate={cfg.max_skip_rate:.1%} ({reasons}). Fix or remove "
+            "the bad files (`lejepa-ray data convert` lists them), or raise data.max_skip_rate.")
+
+
+def skip_metrics(counter: ray.actor.ActorHandle) -> dict[str, float]:
+    """Skip counts for the training metrics: ``data/seen``, ``data/skipped``,
+    ``data/skipped/<reason>`` and ``data/skip_rate``."""
+    totals = ray.get(counter.totals.remote())
+    skipped = SkipCounts(totals["skipped"])
+    metrics = {"data/seen": float(totals["seen"]), "data/skipped": float(skipped.total),
+               "data/skip_rate": skipped.total / max(1, totals["seen"])}
+    metrics.update({f"data/skipped/{k}": float(v) for k, v in skipped.items()})
+    return metrics

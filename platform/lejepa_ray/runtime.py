@@ -1,0 +1,39 @@
+"""Connecting to Ray: join the cluster of a ``ray job submit`` / ``RAY_ADDRESS``, or start one.
+
+Why a local instance declares more CPUs than the machine has: Ray Train reserves the CPUs of its
+workers for the whole run, and Ray Data only schedules its read tasks and transform actors on
+what is left. A 2-core laptop that declares 2 CPUs to run 2 one-CPU training workers leaves
+Ray Data nothing and the first epoch waits forever. We declare the machine's cores *plus* the
+CPUs the training workers reserve, so the data pipeline keeps a whole machine's worth of
+logical CPUs. The operating system shares the real cores between training and decoding, which
+is what a single machine has to do anyway. On a cluster nothing is added: size the CPU nodes.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def local_num_cpus(train_cpus: float) -> int:
+    """Logical CPUs for a local Ray instance: the machine's cores plus what training reserves."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return int(cores or 1) + int(-(-train_cpus // 1))  # ceil
+
+
+def connect(train_cpus: float = 0.0, **init_kwargs) -> bool:
+    """Connect this process to Ray; returns True when it started a local instance.
+
+    Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster. Otherwise it
+    starts an embedded instance with :func:`local_num_cpus` logical CPUs. Already connected:
+    nothing to do.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+        ray.init(**init_kwargs)
+        return False
+    init_kwargs.setdefault("include_dashboard", False)
+    ray.init(num_cpus=local_num_cpus(train_cpus), **init_kwargs)
+    return True

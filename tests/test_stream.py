@@ -1,0 +1,126 @@
+"""lejepa_ray.data.stream on a real local Ray instance: Ray Data -> Ray Train, 2 workers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from images import make_image_folder
+
+from lejepa_ray.data.config import DataConfig, ViewConfig
+from lejepa_ray.data.stream import DataQualityError, build_view_stream, iter_views
+
+pytestmark = pytest.mark.slow
+
+TINY = ViewConfig(global_views=2, global_size=32, local_views=3, local_size=16)
+
+
+def epoch_views(stream, cfg, batch_size=4) -> dict[int, tuple]:
+    """One epoch through ``iter_views``: sample id -> (epoch, global views, local views)."""
+    out = {}
+    for batch in iter_views(stream.dataset, stream.counter, cfg, batch_size, device="cpu"):
+        for i, sid in enumerate(batch["sample_id"].tolist()):
+            out[sid] = (int(batch["epoch"][i]), batch["global"][i].numpy(),
+                        batch["local"][i].numpy())
+    return out
+
+
+def test_epochs_are_reshuffled_and_views_are_reproducible(ray_cluster):
+    cfg = DataConfig(source="synthetic", num_samples=48, image_size=48, views=TINY, seed=3)
+    stream = build_view_stream(cfg)
+    orders, views = [], []
+    for _ in range(2):
+        order = []
+        for batch in iter_views(stream.dataset, stream.counter, cfg, 8, device="cpu"):
+            order += batch["sample_id"].tolist()
+            views.append({s: (int(e), g.numpy()) for s, e, g in
+                          zip(batch["sample_id"].tolist(), batch["epoch"], batch["global"],
+                              strict=True)})
+        orders.append(order)
+    assert len(orders[0]) == len(orders[1]) == 48 and set(orders[0]) == set(orders[1])
+    assert orders[0] != orders[1]  # reshuffled per epoch
+    epoch0 = {k: v for d in views[:6] for k, v in d.items()}
+    epoch1 = {k: v for d in views[6:] for k, v in d.items()}
+    assert {e for e, _ in epoch0.values()} == {0} and {e for e, _ in epoch1.values()} == {1}
+    # A new pipeline started at epoch 1 (a resumed run) makes epoch 1's views exactly.
+    resumed = epoch_views(build_view_stream(cfg, start_epoch=1), cfg)
+    assert {e for e, _, _ in resumed.values()} == {1}
+    assert all(np.array_equal(resumed[s][1], epoch1[s][1]) for s in epoch1)
+    assert not all(np.array_equal(epoch0[s][1], epoch1[s][1]) for s in epoch0)
+
+
+def test_skip_rate_over_threshold_stops_with_the_reasons(ray_cluster, tmp_path):
+    make_image_folder(tmp_path, per_class=2)  # 4 good, 4 bad
+    cfg = DataConfig(source="folder", path=str(tmp_path), views=TINY, max_skip_rate=0.25)
+    stream = build_view_stream(cfg)
+    with pytest.raises(DataQualityError) as info:
+        epoch_views(stream, cfg, batch_size=2)
+    message = str(info.value)
+    assert "4 of 8 samples (50.0%)" in message and "data.max_skip_rate=25.0%" in message
+    for reason in ("empty: 1", "not_an_image: 1", "truncated: 1", "too_large: 1"):
+        assert reason in message
+
+
+def test_only_bad_files_says_no_usable_images(ray_cluster, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.png").write_text("text")
+    cfg = DataConfig(source="folder", path=str(tmp_path), views=TINY, max_skip_rate=1.0)
+    stream = build_view_stream(cfg)
+    with pytest.raises(DataQualityError, match=r"No usable images .* all 2 samples were skipped"):
+        epoch_views(stream, cfg, batch_size=1)
+
+
+def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, tmp_path):
+    """The 2-core case of the issue: 2 one-CPU TorchTrainer workers plus Ray Data actors."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    expected = make_image_folder(tmp_path / "images", per_class=12)  # 24 good, 4 bad
+    cfg = DataConfig(source="folder", path=str(tmp_path / "images"), views=TINY,
+                     max_skip_rate=0.2)
+    stream = build_view_stream(cfg)
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def loop(config: dict) -> None:
+        import ray.train
+
+        from lejepa_ray.data.stream import iter_epoch, skip_metrics
+
+        rank = ray.train.get_context().get_world_rank()
+        epochs = []
+        for _ in range(2):
+            ids, seen_epochs, shapes = [], set(), set()
+            for batch in iter_epoch(config["counter"], config["cfg"], batch_size=4,
+                                    device="cpu"):
+                ids += batch["sample_id"].tolist()
+                seen_epochs |= set(batch["epoch"].tolist())
+                shapes.add((tuple(batch["global"].shape), str(batch["global"].dtype),
+                            tuple(batch["local"].shape), str(batch["local"].dtype)))
+            epochs.append({"ids": ids, "epochs": sorted(seen_epochs), "shapes": sorted(shapes)})
+        out = {"epochs": epochs, "metrics": skip_metrics(config["counter"])}
+        (config["results"] / f"rank{rank}.json").write_text(json.dumps(out))
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"counter": stream.counter, "cfg": cfg, "results": results},
+        datasets={"train": stream.dataset},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="stream"),
+    )
+    result = trainer.fit()
+    assert result.error is None
+    ranks = [json.loads((results / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for epoch in (0, 1):
+        per_rank = [r["epochs"][epoch] for r in ranks]
+        assert [len(r["ids"]) for r in per_rank] == [12, 12]  # equal shards, full batches
+        assert all(r["epochs"] == [epoch] for r in per_rank)
+        assert all(r["shapes"] == [[[4, 2, 3, 32, 32], "torch.uint8", [4, 3, 3, 16, 16],
+                                    "torch.uint8"]] for r in per_rank)
+        assert len(set(per_rank[0]["ids"]) | set(per_rank[1]["ids"])) == expected["good"]
+    assert ranks[0]["epochs"][0]["ids"] != ranks[0]["epochs"][1]["ids"]  # reshuffled
+    metrics = ranks[0]["metrics"]
+    assert metrics["data/seen"] == 2 * 28 and metrics["data/skipped"] == 2 * 4
+    assert {k: v for k, v in metrics.items() if k.startswith("data/skipped/")} == {
+        f"data/skipped/{reason}": 2.0 * n for reason, n in expected["bad"].items()}
