@@ -149,7 +149,6 @@ def read_dataset(cfg: DataConfig):
     import ray.data
     from ray.data import FileShuffleConfig, RandomSeedConfig
 
-    reshuffle = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
     file_order = None if cfg.shuffle == "none" else FileShuffleConfig(
         seed=cfg.seed, reseed_after_execution=True)
 
@@ -171,23 +170,15 @@ def read_dataset(cfg: DataConfig):
         if cfg.num_samples is not None:
             ds = ds.limit(cfg.num_samples)
         ds = ds.map_batches(_parquet_rows, batch_format="pyarrow")
-    elif cfg.source == "synthetic":
-        count = cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
-        # Shuffle the ids, which cost nothing to move, then make the images.
+    else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
+        count = _generated_count(cfg)
         ds = ray.data.range(count, override_num_blocks=max(1, min(64, count // 256)))
-        if cfg.shuffle != "none":
-            ds = ds.random_shuffle(seed=reshuffle)
         ds = ds.map_batches(
-            _synthetic_rows, batch_format="numpy",
-            fn_kwargs={"seed": cfg.seed, "size": cfg.image_size, "num_classes": cfg.num_classes})
-    else:  # digits
-        table = _digits_table(cfg.image_size)[: cfg.num_samples]
-        ds = ray.data.from_arrow(table)
-        if cfg.shuffle != "none":
-            ds = ds.random_shuffle(seed=reshuffle)
+            _generated_rows, batch_format="numpy",
+            fn_kwargs={"cfg": cfg, "count": count, "shuffle": cfg.shuffle != "none"})
         return ds
     if cfg.shuffle == "full":
-        ds = ds.random_shuffle(seed=reshuffle)
+        ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True))
     return ds
 
 
@@ -277,12 +268,43 @@ def _content_key(data: bytes | None) -> str:
     return "sha:" + hashlib.blake2b(data or b"", digest_size=12).hexdigest()
 
 
-def _synthetic_rows(batch: dict, seed: int, size: int, num_classes: int) -> dict:
-    ids = batch["id"].tolist()
-    images = [encode_jpeg(synthetic_image(i, seed, size, num_classes)) for i in ids]
+def current_epoch() -> int:
+    """The epoch whose data this process is producing: the pipeline's execution index.
+
+    Ray Data increments ``DataContext._execution_idx`` after each complete execution and ships
+    the context to its tasks and actors; its own reseeding shuffles read the same counter.
+    """
+    from ray.data import DataContext
+
+    return int(DataContext.get_current()._execution_idx)
+
+
+def _generated_count(cfg: DataConfig) -> int:
+    if cfg.source == "synthetic":
+        return cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
+    return min(cfg.num_samples or 1797, 1797)
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, epoch: int, count: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def _generated_rows(batch: dict, cfg: DataConfig, count: int, shuffle: bool) -> dict:
+    """Rows of the synthetic or digits source for position ids, in this epoch's order."""
+    ids = batch["id"]
+    if shuffle:
+        ids = _permutation(cfg.seed, current_epoch(), count)[ids]
+    ids = ids.tolist()
+    if cfg.source == "digits":
+        rows = _digits_table(cfg.image_size).take(ids)
+        return {c: rows.column(c).to_numpy(zero_copy_only=False)
+                for c in ("image", "label", "key")}
+    images = [encode_jpeg(synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes))
+              for i in ids]
     return {
         "image": np.array(images, dtype=object),
-        "label": np.array([synthetic_label(i, num_classes) for i in ids], dtype=np.int64),
+        "label": np.array([synthetic_label(i, cfg.num_classes) for i in ids], dtype=np.int64),
         "key": np.array([f"synthetic/{i}" for i in ids], dtype=object),
     }
 
