@@ -133,3 +133,5 @@ def test_cli_convert_prints_the_summary(tmp_path, capsys):
         assert reason in out
     assert main(["data", "convert", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["data", "convert", "s3://bucket/images", str(tmp_path / "o")]) == 2
+    assert "reads and writes local folders" in capsys.readouterr().err

@@ -44,7 +44,8 @@ def _data_convert(args: argparse.Namespace) -> int:
     from lejepa_ray.data.convert import convert_image_folder, format_summary
     from lejepa_ray.data.sources import list_image_folder
 
-    total = len(list_image_folder(args.src).files)
+    # Remote paths are refused by the converter itself, with the reason.
+    total = None if "://" in args.src else len(list_image_folder(args.src).files)
     with tqdm(total=total, unit="img", desc="convert", file=sys.stderr) as bar:
         summary = convert_image_folder(
             args.src, args.dst, shard_size_mb=args.shard_size_mb, workers=args.workers,

@@ -66,7 +66,7 @@ def convert_image_folder(
     """Convert the images under ``src`` to parquet shards in the local folder ``dst``.
 
     Args:
-        src: image folder (labels from first-level subfolders, as in ImageNet).
+        src: local image folder (labels from first-level subfolders, as in ImageNet).
         dst: output folder; created if needed. Rerunning into it resumes or does nothing.
         shard_size_mb: target shard size in MiB of encoded images.
         workers: processes that decode-check and write shards in parallel.
@@ -76,6 +76,11 @@ def convert_image_folder(
     Raises:
         SourceError: ``src`` does not exist or holds no images.
     """
+    if "://" in src or "://" in dst:
+        raise ValueError(
+            f"data convert reads and writes local folders, got {src!r} -> {dst!r}: copy the "
+            "images to local disk first, and upload the shards after (parquet sources read "
+            "s3:// and gs:// directly).")
     if shard_size_mb <= 0:
         raise ValueError(f"--shard-size-mb={shard_size_mb} is invalid: expected a size > 0.")
     if workers < 1:
