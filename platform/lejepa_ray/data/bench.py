@@ -24,7 +24,7 @@ from lejepa_ray.data.sources import LocalSource
 from lejepa_ray.data.views import ViewMaker
 
 
-def profile_stages(cfg: DataConfig, samples: int = 48) -> dict[str, float]:
+def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
     """Milliseconds per sample spent decoding and making views, on one core of this process."""
     source = LocalSource(cfg)
     maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
