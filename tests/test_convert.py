@@ -135,3 +135,25 @@ def test_cli_convert_prints_the_summary(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["data", "convert", "s3://bucket/images", str(tmp_path / "o")]) == 2
     assert "reads and writes local folders" in capsys.readouterr().err
+
+
+def test_reconversion_crash_leaves_a_folder_readers_refuse(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "src", per_class=10)
+    out = tmp_path / "out"
+    convert_image_folder(str(tmp_path / "src"), str(out), shard_size_mb=SHARD_MB)
+    for p in list((tmp_path / "src" / "dog").glob("00[0-4].*")):
+        p.unlink()  # the source changes: the next conversion rewrites shards in place
+
+    def crash(tmp, final):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(convert, "_publish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        convert_image_folder(str(tmp_path / "src"), str(out), shard_size_mb=SHARD_MB)
+    # Old manifest gone, folder marked: neither the old nor a mixed dataset can be read.
+    with pytest.raises(SourceError, match="unfinished conversion"):
+        LocalSource(DataConfig(source="parquet", path=str(out)))
+    monkeypatch.undo()
+    again = convert_image_folder(str(tmp_path / "src"), str(out), shard_size_mb=SHARD_MB)
+    assert again.images == 15 and len(LocalSource(DataConfig(source="parquet", path=str(out))))
+    assert not (out / "_CONVERTING").exists()

@@ -118,3 +118,27 @@ def test_digits_are_the_bundled_1797_labelled_images():
     img = decode_rgb(source[0]["image"])
     assert img.size == (32, 32)
     assert class_names(DataConfig(source="digits")) == [str(d) for d in range(10)]
+
+
+def test_relative_paths_are_resolved_and_keys_are_relative(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "imgs", per_class=2, bad=False)
+    monkeypatch.chdir(tmp_path)
+    source = LocalSource(DataConfig(source="folder", path="imgs"))
+    keys = sorted(source[i]["key"] for i in range(len(source)))
+    assert keys == ["cat/000.jpg", "cat/001.png", "dog/000.jpg", "dog/001.png"]
+    assert list_image_folder("imgs").root == str(tmp_path / "imgs")  # absolute for Ray tasks
+
+
+def test_parquet_columns_of_the_wrong_type_are_refused(tmp_path):
+    pq.write_table(pa.table({"image": [photo()], "label": ["cat"]}), tmp_path / "a.parquet")
+    with pytest.raises(SourceError, match="column 'label' has type string, expected an integer"):
+        LocalSource(DataConfig(source="parquet", path=str(tmp_path)))
+
+
+def test_num_samples_takes_a_fixed_spread_of_the_folder(tmp_path):
+    make_image_folder(tmp_path, per_class=10, bad=False)
+    cfg = DataConfig(source="folder", path=str(tmp_path), num_samples=6)
+    first, second = LocalSource(cfg), LocalSource(cfg)
+    assert len(first) == 6
+    assert [first[i]["key"] for i in range(6)] == [second[i]["key"] for i in range(6)]
+    assert {first[i]["label"] for i in range(6)} == {0, 1}  # not just the first class

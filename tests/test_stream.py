@@ -124,3 +124,19 @@ def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, 
     assert metrics["data/seen"] == 2 * 28 and metrics["data/skipped"] == 2 * 4
     assert {k: v for k, v in metrics.items() if k.startswith("data/skipped/")} == {
         f"data/skipped/{reason}": 2.0 * n for reason, n in expected["bad"].items()}
+
+
+def test_converted_parquet_streams_the_same_views_as_its_folder(ray_cluster, tmp_path):
+    from lejepa_ray.data.convert import convert_image_folder
+
+    expected = make_image_folder(tmp_path / "images", per_class=6)
+    convert_image_folder(str(tmp_path / "images"), str(tmp_path / "pq"), shard_size_mb=0.01)
+    base = {"views": TINY, "max_skip_rate": 0.5}
+    folder = DataConfig(source="folder", path=str(tmp_path / "images"), **base)
+    parquet = DataConfig(source="parquet", path=str(tmp_path / "pq"), shuffle="full", **base)
+    from_folder = epoch_views(build_view_stream(folder), folder, batch_size=1)
+    from_parquet = epoch_views(build_view_stream(parquet), parquet, batch_size=1)
+    assert len(from_parquet) == len(from_folder) == expected["good"]
+    # Same keys (paths below the root), same seed and epoch: the very same crops.
+    assert from_parquet.keys() == from_folder.keys()
+    assert all(np.array_equal(from_parquet[k][1], from_folder[k][1]) for k in from_folder)

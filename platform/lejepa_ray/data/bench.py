@@ -77,6 +77,8 @@ class _ViewsDataset(Dataset):
 
 def _collate(items: list) -> dict[str, torch.Tensor]:
     items = [x for x in items if x is not None]
+    if not items:
+        return {"global": torch.empty(0), "local": torch.empty(0), "label": torch.empty(0)}
     return {"global": torch.stack([x[0] for x in items]),
             "local": torch.stack([x[1] for x in items]),
             "label": torch.tensor([x[2] for x in items])}

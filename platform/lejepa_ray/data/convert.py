@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
-from lejepa_ray.data.sources import MANIFEST, list_image_folder
+from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder
 
 FORMAT = "lejepa-ray/parquet-v1"
 _META_KEY = b"lejepa_ray.shard"
@@ -111,6 +111,10 @@ def convert_image_folder(
         jobs.append({"index": index, "plan": plan, "fingerprint": fingerprint,
                      "final": str(out / _shard_name(index)), "classes": listing.classes,
                      "max_pixels": max_pixels})
+    # From here until the new manifest is published the folder is marked unfinished, so no
+    # reader mixes the shards of two conversions (a rerun may rewrite shards of the old one).
+    (out / INCOMPLETE).write_text("a conversion is running or was interrupted; rerun it\n")
+    (out / MANIFEST).unlink(missing_ok=True)
     _remove_leftovers(out, keep={_shard_name(i) for i in range(len(plans))})
 
     summary = ConvertSummary()
@@ -149,6 +153,7 @@ def convert_image_folder(
     tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     _publish(tmp, out / MANIFEST)
+    (out / INCOMPLETE).unlink()
     summary.seconds = time.perf_counter() - start
     return summary
 

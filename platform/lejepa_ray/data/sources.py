@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_la
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST = "dataset.json"  # written last by the converter: the shards and the class names
+INCOMPLETE = "_CONVERTING"  # present while a conversion runs or after one was interrupted
 DEFAULT_SYNTHETIC_SAMPLES = 10_000
 DIGITS_CLASSES = [str(d) for d in range(10)]
 # Reading encoded bytes is I/O: a whole CPU per read task would starve the decode actors,
@@ -58,6 +60,9 @@ class FolderListing:
 
 def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of ``path`` (local, s3://, gs://, ...) and the path within it."""
+    if "://" not in str(path):
+        # Absolute, so Ray tasks whose working directory differs read the same files.
+        return pafs.LocalFileSystem(), os.path.abspath(path)
     try:
         return pafs.FileSystem.from_uri(path)
     except (pa.ArrowInvalid, ValueError):
@@ -154,7 +159,7 @@ def read_dataset(cfg: DataConfig):
 
     if cfg.source == "folder":
         listing = list_image_folder(cfg.path)
-        files = listing.files[: cfg.num_samples]
+        files = [listing.files[i] for i in _subset(len(listing.files), cfg.num_samples)]
         ds = ray.data.read_binary_files(
             files, include_paths=True, filesystem=listing.filesystem, shuffle=file_order,
             num_cpus=_READ_CPUS)
@@ -164,11 +169,17 @@ def read_dataset(cfg: DataConfig):
     elif cfg.source == "parquet":
         files, _ = _parquet_files(cfg.path, limit=cfg.num_samples)
         fs, _ = resolve_filesystem(cfg.path)
+        if cfg.num_samples is not None:
+            # A capped dataset is small: read its exact first rows here, so every epoch (and
+            # LocalSource) sees the same subset, then reshuffle those rows per epoch.
+            ds = ray.data.from_arrow(_parquet_head(files, fs, cfg.num_samples))
+            if cfg.shuffle != "none":
+                ds = ds.random_shuffle(
+                    seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True))
+            return ds
         columns = [c for c in ("image", "label", "path") if c in _schema(fs, files[0]).names]
         ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, shuffle=file_order,
                                    num_cpus=_READ_CPUS)
-        if cfg.num_samples is not None:
-            ds = ds.limit(cfg.num_samples)
         ds = ds.map_batches(_parquet_rows, batch_format="pyarrow")
     else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
         count = _generated_count(cfg)
@@ -194,16 +205,16 @@ class LocalSource(Sequence):
         self.cfg = cfg
         if cfg.source == "folder":
             listing = list_image_folder(cfg.path)
-            self._files = listing.files[: cfg.num_samples]
-            self._labels = listing.labels[: cfg.num_samples]
+            kept = _subset(len(listing.files), cfg.num_samples)
+            self._files = [listing.files[i] for i in kept]
+            self._labels = [listing.labels[i] for i in kept]
+            self._root = listing.root
             self._fs = listing.filesystem
             self._len = len(self._files)
         elif cfg.source == "parquet":
             files, _ = _parquet_files(cfg.path, limit=cfg.num_samples)
             fs, _ = resolve_filesystem(cfg.path)
-            tables = [pq.read_table(f, filesystem=fs) for f in files]
-            table = _parquet_rows(pa.concat_tables(tables, promote_options="default"))
-            self._table = table[: cfg.num_samples] if cfg.num_samples else table
+            self._table = _parquet_head(files, fs, cfg.num_samples)
             self._len = self._table.num_rows
         elif cfg.source == "synthetic":
             self._len = cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
@@ -221,7 +232,8 @@ class LocalSource(Sequence):
         if cfg.source == "folder":
             with self._fs.open_input_file(self._files[i]) as f:
                 data = f.read()
-            return {"image": data, "label": self._labels[i], "key": self._files[i]}
+            return {"image": data, "label": self._labels[i],
+                    "key": _relative(self._files[i], self._root)}
         if cfg.source == "synthetic":
             img = synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)
             return {"image": encode_jpeg(img), "label": synthetic_label(i, cfg.num_classes),
@@ -231,19 +243,33 @@ class LocalSource(Sequence):
 
 # --- row builders: each source's native columns to (image, label, key) -----------------------
 
+def _subset(count: int, limit: int | None) -> list[int]:
+    """Indices of at most ``limit`` of ``count`` sorted files: a fixed spread over all of them
+    (the first N sorted files would be the first classes only), kept in sorted order."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    return sorted(np.random.default_rng(0).permutation(count)[:limit].tolist())
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` below ``root``: the sample key, the same wherever the folder is mounted and the
+    same as the ``path`` column the converter writes."""
+    base = root.rstrip("/") + "/"
+    at = path.find(base)
+    return path[at + len(base):] if at >= 0 else path
+
+
 def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
     index = {name: i for i, name in enumerate(classes)}
-    base = root.rstrip("/") + "/"
-    paths = batch.column("path").to_pylist()
+    keys = [_relative(p, root) for p in batch.column("path").to_pylist()]
     labels = []
-    for p in paths:
-        rel = p[p.find(base) + len(base):] if base in p else p
-        parts = rel.split("/", 1)
+    for key in keys:
+        parts = key.split("/", 1)
         labels.append(index.get(parts[0], -1) if len(parts) == 2 else -1)
     return pa.table({
         "image": batch.column("bytes").cast(pa.binary()),
         "label": pa.array(labels, pa.int64()),
-        "key": pa.array(paths, pa.string()),
+        "key": pa.array(keys, pa.string()),
     })
 
 
@@ -347,6 +373,10 @@ def _parquet_files(path: str, limit: int | None = None) -> tuple[list[str], list
     classes = None
     if info.type == pafs.FileType.File:
         files = [root]
+    elif fs.get_file_info(posixpath.join(root, INCOMPLETE)).type == pafs.FileType.File:
+        raise SourceError(
+            f"data.path={path!r} holds an unfinished conversion ({INCOMPLETE} is present): "
+            "rerun the same `lejepa-ray data convert` command to complete it.")
     else:
         manifest = posixpath.join(root, MANIFEST)
         if fs.get_file_info(manifest).type == pafs.FileType.File:
@@ -368,6 +398,16 @@ def _parquet_files(path: str, limit: int | None = None) -> tuple[list[str], list
         raise SourceError(
             f"{files[0]} has no 'image' column (columns: {', '.join(schema.names)}): parquet "
             "sources need the encoded image bytes in a column named 'image'.")
+    expected = {"image": (pa.types.is_binary, pa.types.is_large_binary, "binary (encoded bytes)"),
+                "label": (pa.types.is_integer, pa.types.is_integer, "an integer class index"),
+                "path": (pa.types.is_string, pa.types.is_large_string, "a string")}
+    for name, (check, check_large, what) in expected.items():
+        if name in schema.names:
+            kind = schema.field(name).type
+            if not (check(kind) or check_large(kind)):
+                raise SourceError(
+                    f"{files[0]}: column {name!r} has type {kind}, expected {what}. Rewrite the "
+                    "shards (e.g. with `lejepa-ray data convert`) or rename the column.")
     if classes is None and schema.metadata and b"lejepa_ray.classes" in schema.metadata:
         classes = json.loads(schema.metadata[b"lejepa_ray.classes"]) or None
     if limit is not None:
@@ -379,6 +419,14 @@ def _parquet_files(path: str, limit: int | None = None) -> tuple[list[str], list
             rows += pq.read_metadata(f, filesystem=fs).num_rows
         files = kept
     return files, classes
+
+
+def _parquet_head(files: list[str], fs: pafs.FileSystem, limit: int | None) -> pa.Table:
+    """The first ``limit`` rows (all when None) of ``files`` in order, as (image, label, key)."""
+    columns = [c for c in ("image", "label", "path") if c in _schema(fs, files[0]).names]
+    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    table = pa.concat_tables(tables, promote_options="default")
+    return _parquet_rows(table.slice(0, limit) if limit is not None else table)
 
 
 def _schema(fs: pafs.FileSystem, file: str) -> pa.Schema:

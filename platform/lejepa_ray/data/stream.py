@@ -100,8 +100,9 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     """
     from ray.data import ActorPoolStrategy
 
+    rows = read_dataset(cfg)  # fails on a bad source before any actor exists
     counter = SkipCounter.remote()
-    ds = read_dataset(cfg).map_batches(
+    ds = rows.map_batches(
         ViewTransform,
         fn_constructor_kwargs={"cfg": cfg, "counter": counter},
         batch_size=cfg.transform_batch_size,
@@ -136,6 +137,8 @@ def iter_epoch(
     Call it inside a Ray Train loop once per epoch; every worker must call it the same number
     of times (the shards are equal). Batches are dicts as made by :class:`ViewTransform`, with
     exactly ``batch_size`` rows (the last partial batch is dropped so every rank steps together).
+    Consume every epoch to its end: Ray Data advances its epoch counter (which seeds the
+    shuffles and crops) when a pass completes, so an epoch left early is replayed.
 
     Raises:
         DataQualityError: the skip rate passed ``cfg.max_skip_rate``, or no sample was usable.
