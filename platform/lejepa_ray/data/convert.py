@@ -89,7 +89,6 @@ def convert_image_folder(
     listing = list_image_folder(src)
     out = Path(dst)
     out.mkdir(parents=True, exist_ok=True)
-    base = listing.root.rstrip("/") + "/"
 
     # A fixed permutation (not the sorted order) so each shard mixes the classes.
     order = np.random.default_rng(0).permutation(len(listing.files))
@@ -100,7 +99,7 @@ def convert_image_folder(
         if plans[-1] and used + listing.sizes[i] > budget:
             plans.append([])
             used = 0.0
-        plans[-1].append({"file": listing.files[i], "path": listing.files[i][len(base):],
+        plans[-1].append({"file": listing.files[i], "path": listing.keys[i],
                           "label": listing.labels[i], "size": listing.sizes[i],
                           "mtime": listing.mtimes[i]})
         used += listing.sizes[i]

@@ -47,6 +47,8 @@ class FolderListing:
     """The folder, as the filesystem names it."""
     files: list[str]
     """Image paths (with the root), sorted."""
+    keys: list[str]
+    """The same paths below the root: the sample keys, and the converter's ``path`` column."""
     sizes: list[int]
     """File sizes in bytes, per file."""
     mtimes: list[float]
@@ -121,14 +123,26 @@ def list_image_folder(path: str) -> FolderListing:
             f"data.path={path!r} holds no images: expected files ending in "
             f"{', '.join(IMAGE_EXTENSIONS)} in it or its subfolders."
         )
-    base = root.rstrip("/") + "/"
-    firsts = [f[len(base):].split("/", 1) for f in files]
-    classes = sorted({parts[0] for parts in firsts if len(parts) == 2})
+    keys = [relative_path(f, root) for f in files]
+    classes = sorted({key.split("/", 1)[0] for key in keys if "/" in key})
     index = {name: i for i, name in enumerate(classes)}
-    labels = [index[parts[0]] if len(parts) == 2 else -1 for parts in firsts]
+    labels = [folder_label(key, index) for key in keys]
     sizes = [e.size or 0 for e in images]
     mtimes = [e.mtime.timestamp() if e.mtime else 0.0 for e in images]
-    return FolderListing(root, files, sizes, mtimes, labels, classes, fs)
+    return FolderListing(root, files, keys, sizes, mtimes, labels, classes, fs)
+
+
+def relative_path(path: str, root: str) -> str:
+    """``path`` below ``root``: the sample key, the same wherever the folder is mounted and the
+    same as the ``path`` column the converter writes."""
+    base = root.rstrip("/") + "/"
+    at = path.find(base)
+    return path[at + len(base):] if at >= 0 else path
+
+
+def folder_label(key: str, index: dict[str, int]) -> int:
+    """Class of the file ``key`` (a path below the root): its first-level folder, else -1."""
+    return index.get(key.split("/", 1)[0], -1) if "/" in key else -1
 
 
 def class_names(cfg: DataConfig) -> list[str] | None:
@@ -207,8 +221,8 @@ class LocalSource(Sequence):
             listing = list_image_folder(cfg.path)
             kept = _subset(len(listing.files), cfg.num_samples)
             self._files = [listing.files[i] for i in kept]
+            self._keys = [listing.keys[i] for i in kept]
             self._labels = [listing.labels[i] for i in kept]
-            self._root = listing.root
             self._fs = listing.filesystem
             self._len = len(self._files)
         elif cfg.source == "parquet":
@@ -232,8 +246,7 @@ class LocalSource(Sequence):
         if cfg.source == "folder":
             with self._fs.open_input_file(self._files[i]) as f:
                 data = f.read()
-            return {"image": data, "label": self._labels[i],
-                    "key": _relative(self._files[i], self._root)}
+            return {"image": data, "label": self._labels[i], "key": self._keys[i]}
         if cfg.source == "synthetic":
             img = synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)
             return {"image": encode_jpeg(img), "label": synthetic_label(i, cfg.num_classes),
@@ -251,24 +264,12 @@ def _subset(count: int, limit: int | None) -> list[int]:
     return sorted(np.random.default_rng(0).permutation(count)[:limit].tolist())
 
 
-def _relative(path: str, root: str) -> str:
-    """``path`` below ``root``: the sample key, the same wherever the folder is mounted and the
-    same as the ``path`` column the converter writes."""
-    base = root.rstrip("/") + "/"
-    at = path.find(base)
-    return path[at + len(base):] if at >= 0 else path
-
-
 def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
     index = {name: i for i, name in enumerate(classes)}
-    keys = [_relative(p, root) for p in batch.column("path").to_pylist()]
-    labels = []
-    for key in keys:
-        parts = key.split("/", 1)
-        labels.append(index.get(parts[0], -1) if len(parts) == 2 else -1)
+    keys = [relative_path(p, root) for p in batch.column("path").to_pylist()]
     return pa.table({
         "image": batch.column("bytes").cast(pa.binary()),
-        "label": pa.array(labels, pa.int64()),
+        "label": pa.array([folder_label(key, index) for key in keys], pa.int64()),
         "key": pa.array(keys, pa.string()),
     })
 
