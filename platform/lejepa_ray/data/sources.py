@@ -16,6 +16,7 @@ import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,9 @@ import pyarrow.parquet as pq
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
+
+if TYPE_CHECKING:  # importing Ray costs seconds; converters and DataLoaders do not need it
+    import ray.data
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST = "dataset.json"  # written last by the converter: the shards and the class names
@@ -57,6 +61,19 @@ class FolderListing:
     """Class index per file; -1 for files not inside a first-level subfolder."""
     classes: list[str]
     """Sorted names of the first-level subfolders that hold images; empty when none."""
+    filesystem: pafs.FileSystem
+
+
+@dataclass(frozen=True)
+class ParquetListing:
+    """The parquet files of a source, checked, with what their first footer said."""
+
+    files: list[str]
+    """Files to read, in order."""
+    classes: list[str] | None
+    """Label names stored with the data (manifest or schema metadata), or None."""
+    columns: list[str]
+    """The columns we read that the files have: ``image`` and any of ``label``, ``path``."""
     filesystem: pafs.FileSystem
 
 
@@ -150,14 +167,19 @@ def class_names(cfg: DataConfig) -> list[str] | None:
     if cfg.source == "folder":
         return list_image_folder(cfg.path).classes or None
     if cfg.source == "parquet":
-        return _parquet_files(cfg.path)[1]
+        return _parquet_files(cfg.path).classes
+    return _generated_classes(cfg)
+
+
+def _generated_classes(cfg: DataConfig) -> list[str]:
     if cfg.source == "digits":
         return list(DIGITS_CLASSES)
     return [f"class_{c}" for c in range(cfg.num_classes)]
 
 
-def read_dataset(cfg: DataConfig):
-    """The source's rows (``image``, ``label``, ``key``) as a Ray Dataset, reshuffled per epoch.
+def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
+    """The source's rows (``image``, ``label``, ``key``) as a Ray Dataset, reshuffled per epoch,
+    and the names of its labels (None when unlabelled), from the one listing of the source.
 
     Shuffles are seeded from ``cfg.seed`` and reseeded by Ray Data at every execution (epoch),
     so epoch ``e`` has the same order on every run.
@@ -171,8 +193,10 @@ def read_dataset(cfg: DataConfig):
     file_order = None if cfg.shuffle == "none" else FileShuffleConfig(
         seed=cfg.seed, reseed_after_execution=True)
 
+    reshuffled = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
     if cfg.source == "folder":
         listing = list_image_folder(cfg.path)
+        classes = listing.classes or None
         files = [listing.files[i] for i in _subset(len(listing.files), cfg.num_samples)]
         ds = ray.data.read_binary_files(
             files, include_paths=True, filesystem=listing.filesystem, shuffle=file_order,
@@ -181,18 +205,17 @@ def read_dataset(cfg: DataConfig):
             _folder_rows, fn_kwargs={"root": listing.root, "classes": listing.classes},
             batch_format="pyarrow")
     elif cfg.source == "parquet":
-        files, _ = _parquet_files(cfg.path, limit=cfg.num_samples)
-        fs, _ = resolve_filesystem(cfg.path)
+        shards = _parquet_files(cfg.path, limit=cfg.num_samples)
+        classes = shards.classes
         if cfg.num_samples is not None:
             # A capped dataset is small: read its exact first rows here, so every epoch (and
             # LocalSource) sees the same subset, then reshuffle those rows per epoch.
-            ds = ray.data.from_arrow(_parquet_head(files, fs, cfg.num_samples))
+            ds = ray.data.from_arrow(_parquet_head(shards, cfg.num_samples))
             if cfg.shuffle != "none":
-                ds = ds.random_shuffle(
-                    seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True))
-            return ds
-        columns = [c for c in ("image", "label", "path") if c in _schema(fs, files[0]).names]
-        ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, shuffle=file_order,
+                ds = ds.random_shuffle(seed=reshuffled)
+            return ds, classes
+        ds = ray.data.read_parquet(shards.files, filesystem=shards.filesystem,
+                                   columns=shards.columns, shuffle=file_order,
                                    num_cpus=_READ_CPUS)
         ds = ds.map_batches(_parquet_rows, batch_format="pyarrow")
     else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
@@ -201,10 +224,10 @@ def read_dataset(cfg: DataConfig):
         ds = ds.map_batches(
             _generated_rows, batch_format="numpy",
             fn_kwargs={"cfg": cfg, "count": count, "shuffle": cfg.shuffle != "none"})
-        return ds
+        return ds, _generated_classes(cfg)
     if cfg.shuffle == "full":
-        ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True))
-    return ds
+        ds = ds.random_shuffle(seed=reshuffled)
+    return ds, classes
 
 
 class LocalSource(Sequence):
@@ -226,9 +249,8 @@ class LocalSource(Sequence):
             self._fs = listing.filesystem
             self._len = len(self._files)
         elif cfg.source == "parquet":
-            files, _ = _parquet_files(cfg.path, limit=cfg.num_samples)
-            fs, _ = resolve_filesystem(cfg.path)
-            self._table = _parquet_head(files, fs, cfg.num_samples)
+            self._table = _parquet_head(_parquet_files(cfg.path, limit=cfg.num_samples),
+                                        cfg.num_samples)
             self._len = self._table.num_rows
         elif cfg.source == "synthetic":
             self._len = cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
@@ -360,8 +382,9 @@ def _digits_table(size: int) -> pa.Table:
 
 # --- parquet discovery ---------------------------------------------------------------------
 
-def _parquet_files(path: str, limit: int | None = None) -> tuple[list[str], list[str] | None]:
-    """The parquet files to read under ``path`` and the class names stored with them.
+def _parquet_files(path: str, limit: int | None = None) -> ParquetListing:
+    """The parquet files to read under ``path``, their columns and the class names stored
+    with them; the first file's footer is read once, here, and its schema checked.
 
     A folder written by ``lejepa-ray data convert`` is read through its manifest, so shards of
     an unfinished conversion or a stale run are never read. Otherwise every ``*.parquet`` file.
@@ -419,13 +442,14 @@ def _parquet_files(path: str, limit: int | None = None) -> tuple[list[str], list
             kept.append(f)
             rows += pq.read_metadata(f, filesystem=fs).num_rows
         files = kept
-    return files, classes
+    columns = [c for c in ("image", "label", "path") if c in schema.names]
+    return ParquetListing(files, classes, columns, fs)
 
 
-def _parquet_head(files: list[str], fs: pafs.FileSystem, limit: int | None) -> pa.Table:
-    """The first ``limit`` rows (all when None) of ``files`` in order, as (image, label, key)."""
-    columns = [c for c in ("image", "label", "path") if c in _schema(fs, files[0]).names]
-    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+def _parquet_head(shards: ParquetListing, limit: int | None) -> pa.Table:
+    """The first ``limit`` rows (all when None) of the shards in order, as (image, label, key)."""
+    tables = [pq.read_table(f, filesystem=shards.filesystem, columns=shards.columns)
+              for f in shards.files]
     table = pa.concat_tables(tables, promote_options="default")
     return _parquet_rows(table.slice(0, limit) if limit is not None else table)
 

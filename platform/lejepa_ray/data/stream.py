@@ -21,7 +21,7 @@ import torch
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
-from lejepa_ray.data.sources import class_names, current_epoch, read_dataset
+from lejepa_ray.data.sources import current_epoch, read_dataset
 from lejepa_ray.data.views import ViewMaker, stable_hash
 
 
@@ -100,7 +100,7 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     """
     from ray.data import ActorPoolStrategy
 
-    rows = read_dataset(cfg)  # fails on a bad source before any actor exists
+    rows, classes = read_dataset(cfg)  # fails on a bad source before any actor exists
     counter = SkipCounter.remote()
     ds = rows.map_batches(
         ViewTransform,
@@ -120,7 +120,7 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     # The execution index is the epoch (see current_epoch); starting it later resumes a run
     # with the shuffles and crops it would have had.
     ds.context._execution_idx = start_epoch
-    return ViewStream(ds, counter, class_names(cfg))
+    return ViewStream(ds, counter, classes)
 
 
 def iter_epoch(
