@@ -42,14 +42,15 @@ def _data_convert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lejepa_ray.data.convert import convert_image_folder, format_summary
-    from lejepa_ray.data.sources import list_image_folder
 
-    # Remote paths are refused by the converter itself, with the reason.
-    total = None if "://" in args.src else len(list_image_folder(args.src).files)
-    with tqdm(total=total, unit="img", desc="convert", file=sys.stderr) as bar:
+    with tqdm(unit="img", desc="convert", file=sys.stderr) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total  # known once the converter has listed the folder
+            bar.update(done - bar.n)
+
         summary = convert_image_folder(
             args.src, args.dst, shard_size_mb=args.shard_size_mb, workers=args.workers,
-            max_pixels=args.max_pixels, progress=bar.update)
+            max_pixels=args.max_pixels, progress=advance)
     print(format_summary(summary, args.dst))
     return 0
 

@@ -61,7 +61,7 @@ def convert_image_folder(
     shard_size_mb: float = 256.0,
     workers: int = 1,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ConvertSummary:
     """Convert the images under ``src`` to parquet shards in the local folder ``dst``.
 
@@ -71,7 +71,8 @@ def convert_image_folder(
         shard_size_mb: target shard size in MiB of encoded images.
         workers: processes that decode-check and write shards in parallel.
         max_pixels: images with more pixels are skipped (``too_large``).
-        progress: called with the number of source files each finished shard covered.
+        progress: called as ``progress(files_done, files_total)`` at the start and whenever a
+            shard is finished.
 
     Raises:
         SourceError: ``src`` does not exist or holds no images.
@@ -118,17 +119,15 @@ def convert_image_folder(
 
     summary = ConvertSummary()
     results = []
-    if workers == 1:
-        for job in jobs:
-            results.append(_convert_shard(job))
+    done, total = 0, len(listing.files)
+    if progress:
+        progress(done, total)
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _InProcess() as pool:
+        for job, result in zip(jobs, pool.map(_convert_shard, jobs), strict=True):
+            results.append(result)
+            done += len(job["plan"])
             if progress:
-                progress(len(job["plan"]))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for job, result in zip(jobs, pool.map(_convert_shard, jobs), strict=True):
-                results.append(result)
-                if progress:
-                    progress(len(job["plan"]))
+                progress(done, total)
 
     shards = []
     for job, (stats, reused) in zip(jobs, results, strict=True):
@@ -175,6 +174,19 @@ def format_summary(summary: ConvertSummary, dst: str) -> str:
     else:
         lines.append("Skipped 0 files: every image decoded.")
     return "\n".join(lines)
+
+
+class _InProcess:
+    """``ProcessPoolExecutor``'s ``map`` in this process: one worker needs no pool."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def map(self, fn, items):
+        return map(fn, items)
 
 
 def _shard_name(index: int) -> str:
