@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 # Distributions whose versions matter when reporting a problem.
 _REPORTED = (
@@ -70,6 +71,50 @@ def _data_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# The embedded default: the repository's CPU quickstart (this file is
+# platform/lejepa_ray/cli.py, so the repository root is two levels up).
+QUICKSTART = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "quickstart.yaml"
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    """Validate the config, pretrain on Ray, probe, and say where everything is."""
+    from lejepa_ray.config import load_config
+    from lejepa_ray.pretrain import run
+
+    path = args.config
+    if path is None:
+        if not QUICKSTART.is_file():
+            raise ValueError(f"no --config given and the quickstart config {QUICKSTART} is "
+                             "missing; pass --config FILE.")
+        path = QUICKSTART
+    cfg = load_config(path, args.overrides)
+    result = run(cfg)
+    minutes, seconds = divmod(round(result.train_seconds), 60)
+    print(f"\ntrained {cfg.optim.steps} steps in {minutes} min {seconds} s")
+    if result.knn_accuracy is not None:
+        print(f"kNN probe (k={cfg.probe.k}) on {cfg.data.source}: accuracy "
+              f"{result.knn_accuracy:.3f} (the same backbone at initialization: "
+              f"{result.knn_accuracy_at_init:.3f})")
+    print(f"TensorBoard: tensorboard --logdir {result.run_dir}/tensorboard")
+    print(f"checkpoint:  {result.checkpoint}")
+    print(f"config:      {result.run_dir}/config.yaml")
+    return 0
+
+
+def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
+    pretrain = commands.add_parser(
+        "pretrain", help="LeJEPA pretraining of a timm backbone on Ray Train",
+        description="Pretrain with LeJEPA. With no arguments: the CPU quickstart (digits, a "
+        "small backbone, a few minutes, then a kNN probe) on a local Ray instance; inside "
+        "`ray job submit` or with RAY_ADDRESS set, on that cluster.")
+    pretrain.add_argument("--config", default=None,
+                          help="YAML config (default: jobs/configs/quickstart.yaml)")
+    pretrain.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="dotted overrides, e.g. model.name=vit_small_patch16_224 "
+                          "loss.lam=0.02 scaling.num_workers=8")
+    pretrain.set_defaults(func=_pretrain)
+
+
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 
@@ -125,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     env = commands.add_parser("env", help="print package versions and visible accelerators")
     env.set_defaults(func=_env)
     _add_data_commands(commands)
+    _add_pretrain_command(commands)
     return parser
 
 

@@ -1,0 +1,344 @@
+"""Typed configuration of a pretraining run: one dataclass per component, YAML files, overrides.
+
+A run's config is the defaults below, then a YAML file (``--config``), then dotted
+``key=value`` overrides (``model.name=vit_small_patch16_224 loss.lam=0.02``), merged by
+OmegaConf against these dataclasses: unknown keys and wrongly typed values fail with the key's
+full name. Each dataclass then checks its own ranges, and :func:`check_run` checks what spans
+components (sizes the model accepts, batch against workers, the timm name), all in the driver
+before any Ray resource is requested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lejepa_ray.data.config import DataConfig, ViewConfig, _check
+
+STRATEGIES = ("ddp", "fsdp")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message names the key and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """The encoder (any timm backbone) and the projector the loss is computed on."""
+
+    name: str = "resnet18"
+    """timm architecture name (``timm.list_models()``), built with ``pretrained=False`` and
+    ``num_classes=0`` so it returns pooled features."""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for ``timm.create_model`` (e.g. ``{drop_path_rate: 0.1}``)."""
+    projector_hidden: int = 2048
+    """Width of the projector's hidden layers (the LeJEPA recipe: 2048)."""
+    projector_dim: int = 128
+    """Output size of the projector: the embedding dimension SIGReg and the prediction loss
+    see."""
+    projector_layers: int = 3
+    """Linear layers in the projector (hidden ones are followed by BatchNorm and ReLU)."""
+    meta_init: bool = True
+    """Under FSDP, create the parameters on the meta device and materialize only each rank's
+    shards, so no process ever holds the whole model. Ignored under DDP."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", self.name, "a timm architecture name")
+        _check(self.projector_hidden >= 1, "model.projector_hidden", self.projector_hidden, ">= 1")
+        _check(self.projector_dim >= 1, "model.projector_dim", self.projector_dim, ">= 1")
+        _check(self.projector_layers >= 1, "model.projector_layers", self.projector_layers,
+               ">= 1 (1 is a single linear map)")
+        for key in ("pretrained", "num_classes", "device"):
+            _check(key not in self.model_args, f"model.model_args.{key}",
+                   self.model_args.get(key), "unset: the platform sets it")
+
+
+@dataclass
+class LossConfig:
+    """The LeJEPA objective: (1 − λ)·prediction + λ·SIGReg."""
+
+    lam: float = 0.05
+    """Trade-off λ in (0, 1), the weight of SIGReg (the paper's default: 0.05)."""
+    num_slices: int = 1024
+    """Random 1-D projections SIGReg tests per step."""
+    t_max: float = 3.0
+    """Half-width of the Epps-Pulley integration interval."""
+    num_knots: int = 17
+    """Odd number of quadrature knots on [0, t_max]."""
+    alpha: float = 0.4
+    """Exponent α of the label-free selection score loss / λ^α."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.lam < 1, "loss.lam", self.lam, "a value in (0, 1); the paper uses 0.05")
+        _check(self.num_slices >= 1, "loss.num_slices", self.num_slices, ">= 1 (default 1024)")
+        _check(self.t_max > 0, "loss.t_max", self.t_max, "> 0 (default 3.0)")
+        _check(self.num_knots >= 3 and self.num_knots % 2 == 1, "loss.num_knots",
+               self.num_knots, "an odd integer >= 3 (default 17)")
+        _check(self.alpha >= 0, "loss.alpha", self.alpha, ">= 0 (default 0.4)")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, clipping and gradient accumulation."""
+
+    steps: int = 1000
+    """Optimizer steps of the whole run (the schedule's length)."""
+    lr: float = 5e-4
+    """Peak learning rate at a global batch of ``lr_reference_batch`` images; scaled linearly
+    with the actual global batch (the paper: 5e-4 at 512)."""
+    lr_reference_batch: int = 512
+    """Global batch at which ``lr`` applies."""
+    min_lr_ratio: float = 0.0
+    """The cosine decays to ``min_lr_ratio × peak``."""
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to the peak, in optimizer steps."""
+    weight_decay: float = 0.05
+    """AdamW decoupled weight decay on weights (not on biases, norms, tokens or embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's β1, β2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still
+    logged)."""
+    accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "optim.steps", self.steps, ">= 1")
+        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _check(self.lr_reference_batch >= 1, "optim.lr_reference_batch",
+               self.lr_reference_batch, ">= 1")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        _check(0 <= self.warmup_steps < self.steps, "optim.warmup_steps", self.warmup_steps,
+               f"in [0, optim.steps={self.steps})")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
+               "two values in [0, 1)")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
+        _check(self.accum_steps >= 1, "optim.accum_steps", self.accum_steps, ">= 1")
+
+
+@dataclass
+class ScalingConfig:
+    """How many Ray Train workers, on what, and how the model is spread over them."""
+
+    num_workers: int = 2
+    """Ray Train workers (data-parallel ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); otherwise CPU workers (gloo)."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs each training worker reserves."""
+    batch_size: int = 64
+    """Images per worker per micro-batch (each image brings all its views)."""
+    strategy: str = "ddp"
+    """``ddp`` (replicated model) or ``fsdp`` (FSDP2 ``fully_shard`` per block, then the
+    root)."""
+    precision: str = "auto"
+    """``bf16`` (parameters and compute in bf16 with fp32 gradient reduction under FSDP,
+    autocast under DDP), ``fp32``, or ``auto``: bf16 on GPU, fp32 on CPU."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward (timm's grad checkpointing)."""
+    compile: bool = False
+    """``torch.compile`` each block."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0")
+        _check(self.batch_size >= 1, "scaling.batch_size", self.batch_size, ">= 1")
+        _check(self.strategy in STRATEGIES, "scaling.strategy", self.strategy,
+               f"one of {', '.join(STRATEGIES)}")
+        _check(self.precision in PRECISIONS, "scaling.precision", self.precision,
+               f"one of {', '.join(PRECISIONS)}")
+
+    @property
+    def global_batch(self) -> int:
+        """Images per micro-batch across all workers."""
+        return self.batch_size * self.num_workers
+
+
+@dataclass
+class CheckpointConfig:
+    """When sharded checkpoints are written and how many are kept."""
+
+    every_steps: int = 500
+    """Write a checkpoint every this many optimizer steps (and always at the end)."""
+    keep: int = 2
+    """Keep the latest this many checkpoints."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, ">= 1")
+        _check(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics to TensorBoard (rank 0) and a console progress line."""
+
+    every_steps: int = 10
+    """Log metrics every this many optimizer steps."""
+    peak_tflops: float | None = None
+    """Peak dense bf16 TFLOP/s of one device, for MFU. None: looked up from the GPU's name
+    (H100, H200, A100, ...); CPUs have no MFU."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
+        _check(self.peak_tflops is None or self.peak_tflops > 0, "logging.peak_tflops",
+               self.peak_tflops, "None or > 0")
+
+
+@dataclass
+class ProbeConfig:
+    """The kNN probe run after training, on labelled data of the training source."""
+
+    knn: bool = True
+    """Run a kNN probe on the final backbone (needs a labelled source)."""
+    k: int = 20
+    """Neighbours voting."""
+    temperature: float = 0.07
+    """Votes are weighted by exp(cosine similarity / temperature)."""
+    max_samples: int = 5000
+    """Use at most this many labelled images (split 80/20 into bank and queries)."""
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 1, "probe.k", self.k, ">= 1")
+        _check(self.temperature > 0, "probe.temperature", self.temperature, "> 0")
+        _check(self.max_samples >= 10, "probe.max_samples", self.max_samples, ">= 10")
+
+
+@dataclass
+class PretrainConfig:
+    """A whole LeJEPA pretraining run."""
+
+    name: str | None = None
+    """Run name: the directory under ``storage_path``. None: ``lejepa-<model>-<timestamp>``."""
+    storage_path: str = "runs"
+    """Where run directories go: a local path (made absolute) or a URI (s3://...)."""
+    seed: int = 0
+    """Seed of model initialization (the data has its own ``data.seed``)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+                   "name", self.name, "a directory name without '/'")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> PretrainConfig:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides, validated.
+
+    Raises:
+        ConfigError: a missing file, an unknown key, a wrongly typed or out-of-range value.
+    """
+    base = OmegaConf.structured(PretrainConfig)
+    layers = [base]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; "
+                              "pass a YAML file such as jobs/configs/quickstart.yaml.")
+        layers.append(OmegaConf.load(path))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not key=value; write e.g. loss.lam=0.02.")
+    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, path)) from None
+    except ValueError as e:  # a dataclass's own range check
+        raise ConfigError(str(e)) from None
+    assert isinstance(cfg, PretrainConfig)
+    return cfg
+
+
+def _describe(error: OmegaConfBaseException, path: Path | None) -> str:
+    message = str(error).splitlines()[0]
+    key = getattr(error, "full_key", None)
+    where = f" (in {path} or the overrides)" if path else ""
+    if key:
+        return f"config key {key!r}: {message}{where}"
+    return f"invalid config{where}: {message}"
+
+
+def to_yaml(cfg: PretrainConfig) -> str:
+    """The full merged config as YAML (what a run directory's ``config.yaml`` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def check_run(cfg: PretrainConfig) -> None:
+    """Checks that span components; cheap (seconds) and run before Ray starts.
+
+    Raises:
+        ConfigError: an unknown timm name (with close matches), a batch SIGReg cannot test,
+            or view sizes the model cannot take.
+    """
+    check_model_name(cfg.model.name)
+    if cfg.scaling.global_batch < 2:
+        raise ConfigError(
+            f"scaling.batch_size={cfg.scaling.batch_size} × scaling.num_workers="
+            f"{cfg.scaling.num_workers} gives {cfg.scaling.global_batch} image per step; "
+            "SIGReg tests the distribution of the batch and needs at least 2 (use >= 64).")
+    views: ViewConfig = cfg.data.views
+    if views.local_views and views.local_size > views.global_size:
+        raise ConfigError(
+            f"data.views.local_size={views.local_size} is larger than data.views.global_size="
+            f"{views.global_size}; local views are the small crops.")
+    if cfg.data.source in ("synthetic", "digits") and cfg.data.num_samples is not None:
+        per_worker = cfg.data.num_samples // cfg.scaling.num_workers
+        if per_worker < cfg.scaling.batch_size:
+            raise ConfigError(
+                f"data.num_samples={cfg.data.num_samples} split over {cfg.scaling.num_workers} "
+                f"workers gives {per_worker} images each, fewer than scaling.batch_size="
+                f"{cfg.scaling.batch_size}: no full batch. Lower the batch or add samples.")
+
+
+def check_model_name(name: str) -> None:
+    """Raise ConfigError for a name timm does not know, suggesting close matches."""
+    import timm
+
+    if timm.is_model(name):
+        return
+    known = timm.list_models()
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"model.name={name!r} is not a timm architecture.{hint} "
+        "`python -c \"import timm; print(timm.list_models('vit_*'))\"` lists the names.")
+
+
+def scaled_lr(cfg: PretrainConfig) -> float:
+    """Peak learning rate for the run's global batch (linear scaling from the reference)."""
+    batch = cfg.scaling.global_batch * cfg.optim.accum_steps
+    return cfg.optim.lr * batch / cfg.optim.lr_reference_batch
+
+
+def steps_per_epoch(num_samples: int, cfg: PretrainConfig) -> int:
+    """Optimizer steps one pass over ``num_samples`` images gives (partial batches dropped)."""
+    per_worker = num_samples // cfg.scaling.num_workers
+    return max(0, per_worker // cfg.scaling.batch_size) // cfg.optim.accum_steps
+
+
+def epochs_for(num_samples: int, cfg: PretrainConfig) -> int:
+    """Data epochs needed to make ``optim.steps`` optimizer steps."""
+    per_epoch = steps_per_epoch(num_samples, cfg)
+    if per_epoch == 0:
+        raise ConfigError(
+            f"{num_samples} images over {cfg.scaling.num_workers} workers at scaling.batch_size="
+            f"{cfg.scaling.batch_size} × optim.accum_steps={cfg.optim.accum_steps} make no full "
+            "optimizer step per epoch; lower the batch or add images.")
+    return math.ceil(cfg.optim.steps / per_epoch)

@@ -1,0 +1,74 @@
+"""Training metrics: a TensorBoard event file and a console progress line, from rank 0.
+
+TensorBoard writes locally; for a run stored at a URI (``s3://...``) the event files are
+written to a local folder and copied next to the checkpoints whenever one is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+TENSORBOARD_DIR = "tensorboard"
+# In a Ray Train worker the root logger goes to the driver's console and the worker's log file;
+# print() would be captured twice.
+log = logging.getLogger(__name__)
+
+
+def is_local(path: str) -> bool:
+    """True for a filesystem path, False for a URI such as ``s3://bucket/runs``."""
+    return "://" not in path or path.startswith("file://")
+
+
+class MetricsWriter:
+    """Rank 0's metrics sink: scalars to TensorBoard under ``run_dir/tensorboard``, one line
+    to stdout per log step."""
+
+    def __init__(self, run_dir: str, total_steps: int):
+        self.run_dir, self.total_steps = run_dir, total_steps
+        if is_local(run_dir):
+            self.local_dir = str(Path(run_dir.removeprefix("file://"), TENSORBOARD_DIR))
+        else:
+            self.local_dir = tempfile.mkdtemp(prefix="lejepa-tb-")
+        self.writer = SummaryWriter(self.local_dir)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+        log.info(format_line(step, self.total_steps, metrics))
+
+    def sync(self) -> None:
+        """Copy the event files to the run directory when it is remote."""
+        self.writer.flush()
+        if not is_local(self.run_dir):
+            from pyarrow import fs
+
+            fs.copy_files(self.local_dir, f"{self.run_dir.rstrip('/')}/{TENSORBOARD_DIR}")
+
+    def close(self) -> None:
+        self.sync()
+        self.writer.close()
+
+
+def format_line(step: int, total_steps: int, m: dict[str, float]) -> str:
+    """One console progress line."""
+    parts = [
+        f"step {step}/{total_steps}",
+        f"loss {m['loss']:.4f} (pred {m['loss/prediction']:.4f}, sigreg {m['loss/sigreg']:.3f})",
+        f"score {m['selection_score']:.3f}",
+        f"lr {m['lr']:.2e}",
+        f"gnorm {m['grad_norm']:.2f}",
+        f"{m['throughput/images_per_s']:.1f} img/s {m['throughput/views_per_s']:.0f} views/s",
+    ]
+    if "throughput/tflops_per_device" in m:
+        mfu = f" MFU {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else ""
+        parts.append(f"{m['throughput/tflops_per_device']:.2f} TFLOP/s{mfu}")
+    parts.append(f"data wait {m['time/data_wait_fraction']:.0%}")
+    parts.append(f"mem {m['memory/peak_gib']:.1f} GiB")
+    if "data/skipped" in m:
+        parts.append(f"skipped {int(m['data/skipped'])}")
+    return " | ".join(parts)

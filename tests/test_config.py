@@ -1,0 +1,117 @@
+"""Run configuration: files, overrides, validation before Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lejepa_ray.config import (
+    ConfigError,
+    PretrainConfig,
+    check_model_name,
+    check_run,
+    epochs_for,
+    load_config,
+    scaled_lr,
+    to_yaml,
+)
+
+CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["model.name=vit_small_patch16_224", "loss.lam=0.02",
+                             "data.views.local_views=4", "optim.betas=[0.9,0.95]"])
+    assert isinstance(cfg, PretrainConfig)
+    assert cfg.model.name == "vit_small_patch16_224"
+    assert cfg.loss.lam == 0.02 and cfg.data.views.local_views == 4
+    assert cfg.optim.betas == (0.9, 0.95)
+    assert cfg.scaling.strategy == "ddp"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "imagenet1k_vit_large", "imagenet1k_vit_gigantic"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    check_run(cfg)
+    # The merged config round-trips through the YAML written into the run directory.
+    assert load_config_text(to_yaml(cfg), tmp=CONFIGS.parent) == cfg
+
+
+def load_config_text(text: str, tmp: Path) -> PretrainConfig:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        return load_config(f.name)
+    finally:
+        Path(f.name).unlink()
+
+
+def test_gigantic_config_is_what_the_issue_asks():
+    cfg = load_config(CONFIGS / "imagenet1k_vit_gigantic.yaml")
+    assert cfg.model.name == "vit_gigantic_patch14_224"
+    assert cfg.scaling.strategy == "fsdp" and cfg.scaling.precision == "bf16"
+    assert cfg.scaling.activation_checkpointing and cfg.scaling.use_gpu
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.nme=resnet18"], "Did you mean: 'name'"),
+        (["loss.lam=1.5"], "loss.lam=1.5 is invalid: expected a value in (0, 1)"),
+        (["loss.lam=0"], "loss.lam=0"),
+        (["scaling.batch_size=abc"], "scaling.batch_size"),
+        (["scaling.strategy=zero3"], "one of ddp, fsdp"),
+        (["optim.warmup_steps=2000"], "optim.warmup_steps=2000"),
+        (["data.views.global_size=4"], "data.views.global_size=4"),
+        (["lam"], "not key=value"),
+        (["model.model_args.num_classes=10"], "the platform sets it"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=_literal(message)):
+        load_config(None, overrides)
+
+
+def _literal(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/run.yaml")
+
+
+def test_unknown_timm_name_suggests_close_matches():
+    with pytest.raises(ConfigError, match=r"Did you mean: .*vit_base_patch16_224"):
+        check_model_name("vit_base_patch16_244")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["scaling.batch_size=1", "scaling.num_workers=1"], "needs at least 2"),
+        (["data.views.local_size=256"], "larger than data.views.global_size"),
+        (["data.source=synthetic", "data.num_samples=100", "scaling.batch_size=64"],
+         "no full batch"),
+        (["model.name=resnet_18"], "not a timm architecture"),
+    ],
+)
+def test_impossible_runs_fail_before_ray(overrides, message):
+    import ray
+
+    with pytest.raises(ConfigError, match=message):
+        check_run(load_config(None, overrides))
+    assert not ray.is_initialized()
+
+
+def test_learning_rate_scales_with_global_batch():
+    cfg = load_config(None, ["optim.lr=5e-4", "scaling.batch_size=64", "scaling.num_workers=4",
+                             "optim.accum_steps=2"])
+    assert scaled_lr(cfg) == pytest.approx(5e-4)  # 64 × 4 × 2 = 512: the reference batch
+    cfg = load_config(None, ["scaling.batch_size=100", "optim.steps=12", "optim.warmup_steps=0"])
+    assert epochs_for(1000, cfg) == 3  # 500 images per worker: 5 steps per epoch
