@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint bench pretrain lock clean
+.PHONY: test lint bench bench-train pretrain lock clean
 
 test: $(STAMP)  ## lint, then the whole test suite (multi-process tests included)
 	$(BIN)/ruff check .
@@ -16,6 +16,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## SIGReg speed and memory against the textbook implementation
 	$(BIN)/python benchmarks/sigreg.py
+
+bench-train: $(STAMP)  ## step time of the same loop under Ray Train and torchrun (ratio)
+	$(BIN)/python benchmarks/train_step.py
 
 pretrain: $(STAMP)  ## the embedded default: CPU pretraining on digits, then a kNN probe
 	$(BIN)/lejepa-ray pretrain

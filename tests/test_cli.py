@@ -44,3 +44,29 @@ def test_unknown_command_is_an_argparse_error():
     with pytest.raises(SystemExit) as exit_info:
         main(["no-such-command"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["loss.lam=1.5"], "loss.lam=1.5 is invalid: expected a value in (0, 1)"),
+        (["model.nme=resnet18"], "Did you mean: 'name'"),
+        (["model.name=convnext_tiny_hnf_x"], "is not a timm architecture"),
+        (["--config", "/nonexistent.yaml"], "does not exist"),
+    ],
+)
+def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys):
+    import ray
+
+    assert main(["pretrain", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lejepa-ray: error: ") and message in err
+    assert not ray.is_initialized()
+
+
+def test_pretrain_job_entry_point_reports_errors_like_the_cli():
+    job = Path(__file__).parents[1] / "jobs" / "pretrain.py"
+    out = subprocess.run([sys.executable, str(job), "loss.lam=2"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2
+    assert "loss.lam=2" in out.stderr

@@ -111,7 +111,9 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
     seconds = time.perf_counter() - start
     ckpt = result.checkpoint
     accuracy = accuracy_init = None
-    if cfg.probe.knn and ckpt is not None:
+    if cfg.probe.knn and stream.classes is None:
+        print_fn(f"kNN probe skipped: data.source={cfg.data.source} has no labels.")
+    elif cfg.probe.knn and ckpt is not None:
         accuracy, accuracy_init = probe_checkpoint(cfg, spec, ckpt)
     return PretrainResult(run_dir, ckpt.path if ckpt else None, dict(result.metrics or {}),
                           accuracy, accuracy_init, seconds)

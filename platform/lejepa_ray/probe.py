@@ -9,6 +9,7 @@ DINO's and the LeJEPA paper's kNN evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,11 @@ class LabelledImages:
 
 
 def load_labelled(data: DataConfig, size: int, max_samples: int) -> LabelledImages:
-    """Up to ``max_samples`` decodable, labelled images of ``data``'s source, spread evenly."""
-    source = LocalSource(data)
+    """Up to ``max_samples`` decodable, labelled images of ``data``'s source, spread evenly
+    (parquet: the first rows, which the converter already mixed)."""
+    limit = min(data.num_samples or max_samples, max_samples)
+    # LocalSource reads into this process: never more than the probe needs.
+    source = LocalSource(dataclasses.replace(data, num_samples=limit))
     if len(source) == 0:
         raise ValueError(f"data.source={data.source} has no images to probe with.")
     picks = np.unique(np.linspace(0, len(source) - 1, min(max_samples, len(source))).astype(int))
