@@ -55,13 +55,16 @@ def test_unknown_command_is_an_argparse_error():
         (["--config", "/nonexistent.yaml"], "does not exist"),
     ],
 )
-def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys):
-    import ray
+def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys, monkeypatch):
+    from lejepa_ray import runtime
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was asked for resources before the config was checked")
+
+    monkeypatch.setattr(runtime, "connect", no_ray)
     assert main(["pretrain", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lejepa-ray: error: ") and message in err
-    assert not ray.is_initialized()
 
 
 def test_pretrain_job_entry_point_reports_errors_like_the_cli():

@@ -101,12 +101,15 @@ def test_unknown_timm_name_suggests_close_matches():
         (["model.name=resnet_18"], "not a timm architecture"),
     ],
 )
-def test_impossible_runs_fail_before_ray(overrides, message):
-    import ray
+def test_impossible_runs_fail_before_ray(overrides, message, monkeypatch):
+    from lejepa_ray import pretrain, runtime
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was asked for resources before the config was checked")
+
+    monkeypatch.setattr(runtime, "connect", no_ray)
     with pytest.raises(ConfigError, match=message):
-        check_run(load_config(None, overrides))
-    assert not ray.is_initialized()
+        pretrain.run(load_config(None, overrides))
 
 
 def test_learning_rate_scales_with_global_batch():

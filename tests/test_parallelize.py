@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,7 +17,7 @@ from lejepa_ray.parallelize import (
     meta_parameters,
     parallelize,
 )
-from lejepa_ray.train import Trainer
+from lejepa_ray.train import Trainer, peak_rss_bytes
 
 WORLD = 2
 
@@ -115,18 +113,18 @@ def _gigantic_worker(rank: int, init_file: str, out_dir: str) -> None:
         with meta_parameters():
             encoder = LeJEPAEncoder(spec, cfg)
         total_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
-        after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        after_build = peak_rss_bytes()
         parallelize(encoder, ScalingConfig(strategy="fsdp", num_workers=WORLD),
                     torch.device("cpu"))
         local_bytes = sum(p.to_local().numel() * p.element_size() for p in encoder.parameters())
-        after_shard = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        after_shard = peak_rss_bytes()
         # A forward gathers one block at a time; 28 px views keep the arithmetic small.
         with torch.no_grad():
             z = encoder(torch.randint(0, 256, (2, 1, 3, 28, 28), dtype=torch.uint8))
         torch.save({"total_bytes": total_bytes, "local_bytes": local_bytes,
                     "rss_after_build": after_build, "rss_after_shard": after_shard,
                     "finite": bool(torch.isfinite(z).all()),
-                    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+                    "peak_rss": peak_rss_bytes()},
                    f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

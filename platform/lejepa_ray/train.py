@@ -169,6 +169,22 @@ def _metrics(trainer: Trainer, result: StepResult, meter: Meter, views: int,
 def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_rss_bytes() / 2**30
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since it started its program.
+
+    Linux's ``VmHWM``: unlike ``getrusage``'s ``ru_maxrss``, it is not inherited across
+    ``exec`` from the parent that forked (a spawned worker of a large process would otherwise
+    report the parent's peak)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
