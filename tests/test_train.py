@@ -66,3 +66,22 @@ def test_accumulation_averages_micro_batches():
     a, b = one.train_step([batch]), two.train_step([batch, batch])
     torch.testing.assert_close(b.grad_norm, a.grad_norm, rtol=1e-5, atol=0)
     torch.testing.assert_close(b.losses, a.losses, rtol=1e-6, atol=0)
+
+
+def _same_step(*overrides: str) -> None:
+    batch = next(_batches())
+    base = _trainer().train_step([batch])
+    other = _trainer(*overrides).train_step([batch])
+    torch.testing.assert_close(other.losses, base.losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(other.grad_norm, base.grad_norm, rtol=1e-4, atol=1e-6)
+
+
+def test_activation_checkpointing_recomputes_the_same_step():
+    trainer = _trainer("scaling.activation_checkpointing=true")
+    assert trainer.encoder.backbone.grad_checkpointing
+    _same_step("scaling.activation_checkpointing=true")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_compute_the_same_step():
+    _same_step("scaling.compile=true")
