@@ -24,8 +24,8 @@ def is_local(path: str) -> bool:
 
 
 class MetricsWriter:
-    """Rank 0's metrics sink: scalars to TensorBoard under ``run_dir/tensorboard``, one line
-    to stdout per log step."""
+    """Rank 0's metrics sink: scalars to TensorBoard under ``run_dir/tensorboard``, and one
+    progress line per log step to the log (which Ray shows on the driver's console)."""
 
     def __init__(self, run_dir: str, total_steps: int):
         self.run_dir, self.total_steps = run_dir, total_steps
