@@ -11,7 +11,6 @@ from lejepa_ray.config import (
     PretrainConfig,
     check_model_name,
     check_run,
-    epochs_for,
     load_config,
     scaled_lr,
     to_yaml,
@@ -116,5 +115,3 @@ def test_learning_rate_scales_with_global_batch():
     cfg = load_config(None, ["optim.lr=5e-4", "scaling.batch_size=64", "scaling.num_workers=4",
                              "optim.accum_steps=2"])
     assert scaled_lr(cfg) == pytest.approx(5e-4)  # 64 × 4 × 2 = 512: the reference batch
-    cfg = load_config(None, ["scaling.batch_size=100", "optim.steps=12", "optim.warmup_steps=0"])
-    assert epochs_for(1000, cfg) == 3  # 500 images per worker: 5 steps per epoch

@@ -11,7 +11,6 @@ before any Ray resource is requested.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,19 +325,3 @@ def scaled_lr(cfg: PretrainConfig) -> float:
     batch = cfg.scaling.global_batch * cfg.optim.accum_steps
     return cfg.optim.lr * batch / cfg.optim.lr_reference_batch
 
-
-def steps_per_epoch(num_samples: int, cfg: PretrainConfig) -> int:
-    """Optimizer steps one pass over ``num_samples`` images gives (partial batches dropped)."""
-    per_worker = num_samples // cfg.scaling.num_workers
-    return max(0, per_worker // cfg.scaling.batch_size) // cfg.optim.accum_steps
-
-
-def epochs_for(num_samples: int, cfg: PretrainConfig) -> int:
-    """Data epochs needed to make ``optim.steps`` optimizer steps."""
-    per_epoch = steps_per_epoch(num_samples, cfg)
-    if per_epoch == 0:
-        raise ConfigError(
-            f"{num_samples} images over {cfg.scaling.num_workers} workers at scaling.batch_size="
-            f"{cfg.scaling.batch_size} × optim.accum_steps={cfg.optim.accum_steps} make no full "
-            "optimizer step per epoch; lower the batch or add images.")
-    return math.ceil(cfg.optim.steps / per_epoch)

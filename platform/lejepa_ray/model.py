@@ -116,12 +116,11 @@ class LeJEPAEncoder(nn.Module):
     at once so its batch statistics cover every view.
     """
 
-    def __init__(self, spec: BackboneSpec, cfg: ModelConfig, backbone: nn.Module | None = None,
+    def __init__(self, spec: BackboneSpec, cfg: ModelConfig,
                  device: str | torch.device | None = None):
         super().__init__()
         self.spec = spec
-        self.backbone = backbone if backbone is not None else create_backbone(
-            spec.name, spec.kwargs, device)
+        self.backbone = create_backbone(spec.name, spec.kwargs, device)
         hidden = [cfg.projector_hidden] * (cfg.projector_layers - 1)
         with torch.device(device) if device is not None else contextlib.nullcontext():
             self.projector = MLP(spec.num_features, [*hidden, cfg.projector_dim],
