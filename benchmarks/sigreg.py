@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from lejepa_ray.metrics import resident_bytes
 from lejepa_ray.sigreg import quadrature, random_directions, sigreg
 
 SIZES = [(512, 512, 512), (2048, 256, 1024), (8192, 128, 256)]  # (N, D, num_slices)
@@ -40,14 +41,6 @@ IMPLEMENTATIONS = {
     "lejepa_ray": lambda z, step, slices: sigreg(z, step, slices),
     "textbook": textbook_sigreg,
 }
-
-
-def _resident_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _forward_backward(fn, z: torch.Tensor, slices: int, device: str) -> None:
@@ -70,11 +63,11 @@ def run_case(impl: str, n: int, d: int, slices: int, device: str, repeats: int) 
         _forward_backward(fn, z, slices, device)
         peak_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        before = _resident_kib("VmRSS")
+        before = resident_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # reset the resident high-water mark to the current RSS
         _forward_backward(fn, z, slices, device)
-        peak_mib = (_resident_kib("VmHWM") - before) / 1024
+        peak_mib = (resident_bytes("VmHWM") - before) / 2**20
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

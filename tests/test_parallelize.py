@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from lejepa_ray.config import ModelConfig, PretrainConfig, ScalingConfig, load_config
+from lejepa_ray.metrics import peak_rss_bytes
 from lejepa_ray.model import LeJEPAEncoder, resolve
 from lejepa_ray.parallelize import (
     SMALL_PARAMETER,
@@ -17,7 +18,7 @@ from lejepa_ray.parallelize import (
     meta_parameters,
     parallelize,
 )
-from lejepa_ray.train import Trainer, peak_rss_bytes
+from lejepa_ray.train import Trainer
 
 WORLD = 2
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from lejepa_ray.config import PretrainConfig, scaled_lr
 from lejepa_ray.loss import lejepa_loss
+from lejepa_ray.metrics import peak_rss_bytes
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder
 from lejepa_ray.optim import build_optimizer, build_scheduler
 from lejepa_ray.parallelize import compute_dtype, meta_parameters, parallelize
@@ -171,20 +172,3 @@ def _peak_memory_gib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     return peak_rss_bytes() / 2**30
 
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process since it started its program.
-
-    Linux's ``VmHWM``: unlike ``getrusage``'s ``ru_maxrss``, it is not inherited across
-    ``exec`` from the parent that forked (a spawned worker of a large process would otherwise
-    report the parent's peak)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
