@@ -133,14 +133,10 @@ def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> tuple[flo
 
 
 def _write_text(uri: str, text: str) -> None:
-    if is_local(uri):
-        path = Path(uri.removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    from pyarrow import fs
+    """Write ``text`` to a local path or a URI (s3://...), creating the parent folders."""
+    from lejepa_ray.data.sources import resolve_filesystem
 
-    filesystem, where = fs.FileSystem.from_uri(uri)
+    filesystem, where = resolve_filesystem(uri)
     filesystem.create_dir(where.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(where) as f:
         f.write(text.encode())
