@@ -29,12 +29,14 @@ WORKERS = 2
 
 
 def _config(args: argparse.Namespace):
+    from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
 
-    return load_config(None, [
-        f"model.name={args.model}", "model.projector_hidden=512", "model.projector_dim=64",
+    # The quickstart's projector and loss; the command line sets model, views and batch.
+    return load_config(QUICKSTART, [
+        f"model.name={args.model}",
         f"data.views.global_size={args.size}", f"data.views.local_size={args.size // 2}",
-        f"data.views.local_views={args.local_views}", "loss.num_slices=256",
+        f"data.views.local_views={args.local_views}",
         f"optim.steps={args.warmup + args.steps}", "optim.warmup_steps=0",
         f"scaling.batch_size={args.batch_size}", f"scaling.num_workers={WORKERS}",
         f"scaling.use_gpu={args.gpu}",

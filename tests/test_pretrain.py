@@ -8,11 +8,15 @@ import pytest
 import torch
 
 from lejepa_ray import checkpoint
-from lejepa_ray.config import load_config, to_yaml
+from lejepa_ray.cli import QUICKSTART
+from lejepa_ray.config import PretrainConfig, load_config, to_yaml
 from lejepa_ray.model import LeJEPAEncoder
 from lejepa_ray.pretrain import resolve_backbone, run
 
-QUICKSTART = Path(__file__).parents[1] / "jobs" / "configs" / "quickstart.yaml"
+
+def _quickstart(tmp_path: Path, name: str, *overrides: str) -> PretrainConfig:
+    """The CPU quickstart, stored under ``tmp_path/name``."""
+    return load_config(QUICKSTART, [f"name={name}", f"storage_path={tmp_path}", *overrides])
 
 
 def _scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -33,9 +37,9 @@ def _effective_rank(z: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
-    cfg = load_config(QUICKSTART, [
-        "name=ddp", f"storage_path={tmp_path}", "optim.steps=40", "optim.warmup_steps=4",
-        "logging.every_steps=2", "checkpoint.every_steps=20", "probe.max_samples=600"])
+    cfg = _quickstart(tmp_path, "ddp", "optim.steps=40", "optim.warmup_steps=4",
+                      "logging.every_steps=2", "checkpoint.every_steps=20",
+                      "probe.max_samples=600")
     result = run(cfg)
 
     # Outputs where the run says they are: config, TensorBoard events, both ranks' shards.
@@ -81,9 +85,8 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_run_checkpoints_shards_that_load_in_one_process(ray_cluster, tmp_path):
-    cfg = load_config(QUICKSTART, [
-        "name=fsdp", f"storage_path={tmp_path}", "scaling.strategy=fsdp", "optim.steps=4",
-        "optim.warmup_steps=1", "logging.every_steps=2", "probe.max_samples=200"])
+    cfg = _quickstart(tmp_path, "fsdp", "scaling.strategy=fsdp", "optim.steps=4",
+                      "optim.warmup_steps=1", "logging.every_steps=2", "probe.max_samples=200")
     result = run(cfg)
     files = {p.name for p in Path(result.checkpoint).iterdir()}
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= files
