@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from images import make_image_folder
 
 from lejepa_ray.data.config import DataConfig, ViewConfig
@@ -140,3 +141,26 @@ def test_converted_parquet_streams_the_same_views_as_its_folder(ray_cluster, tmp
     # Same keys (paths below the root), same seed and epoch: the very same crops.
     assert from_parquet.keys() == from_folder.keys()
     assert all(np.array_equal(from_parquet[k][1], from_folder[k][1]) for k in from_folder)
+
+
+def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch):
+    from lejepa_ray.data import stream
+
+    def fake_epochs():  # what the pipeline yields: 3 batches per epoch, from epoch 4 on
+        epoch = 4
+        while True:
+            yield [{"epoch": torch.full((2,), epoch), "i": torch.tensor([i])} for i in range(3)]
+            epoch += 1
+
+    epochs = fake_epochs()
+    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(next(epochs)))
+    # Saved 8 samples into epoch 4 with 2 ranks of batch 2 (global batch 4): the resumed
+    # cursor draws and drops 2 batches, then yields the third.
+    cursor = stream.EpochCursor(None, None, batch_size=2, world_size=2, epoch=4, samples=8)
+    it = iter(cursor)
+    first = next(it)
+    assert (int(first["epoch"][0]), int(first["i"])) == (4, 2)
+    assert (cursor.epoch, cursor.samples) == (4, 12)
+    nxt = next(it)  # epoch 5 starts from its beginning
+    assert (int(nxt["epoch"][0]), int(nxt["i"])) == (5, 0)
+    assert (cursor.epoch, cursor.samples) == (5, 4)

@@ -85,3 +85,43 @@ def test_activation_checkpointing_recomputes_the_same_step():
 @pytest.mark.slow
 def test_compiled_blocks_compute_the_same_step():
     _same_step("scaling.compile=true")
+
+
+def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.encoder.named_parameters()}
+
+
+def test_non_finite_step_is_skipped_and_counted():
+    trainer = _trainer("fault.inject_nonfinite_steps=[2]")
+    batches = _batches()
+    assert trainer.train_step([next(batches)]).finite
+    before = _params(trainer)
+    bad = trainer.train_step([next(batches)])
+    assert not bad.finite and not torch.isfinite(bad.losses[0])
+    # No update, but the step count and the LR schedule go on.
+    assert all(torch.equal(p, before[n]) for n, p in _params(trainer).items())
+    assert trainer.step == 2 and trainer.skipped_steps == 1
+    assert trainer.scheduler.last_epoch == 2
+    assert trainer.train_step([next(batches)]).finite and trainer.bad_streak == 0
+    assert not all(torch.equal(p, before[n]) for n, p in _params(trainer).items())
+
+
+def test_logged_loss_excludes_skipped_steps_and_reports_the_count():
+    trainer = _trainer("fault.inject_nonfinite_steps=[1,3]", "logging.every_steps=3")
+    logged = []
+    fit(trainer, _batches(), report=lambda s, m, save: logged.append(m))
+    first = logged[0]
+    assert math.isfinite(first["loss"]) and first["steps/skipped_nonfinite"] == 2
+    assert "non-finite steps skipped 2" in format_line(3, 6, first)
+
+
+def test_consecutive_non_finite_steps_stop_the_run():
+    from lejepa_ray.train import NonFiniteLossError
+
+    trainer = _trainer("fault.inject_nonfinite_steps=[2,3,4]", "fault.max_nonfinite_steps=3",
+                       "checkpoint.every_steps=1")
+    saved = []
+    with pytest.raises(NonFiniteLossError, match=r"stopped at step 4: the last 3 steps"):
+        fit(trainer, _batches(), report=lambda s, m, save: saved.append(s))
+    assert saved == [1, 2, 3]  # nothing is checkpointed at the step that stops the run
+    assert trainer.skipped_steps == 3

@@ -90,7 +90,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(path, args.overrides)
     result = run(cfg)
     minutes, seconds = divmod(round(result.train_seconds), 60)
-    print(f"\ntrained {cfg.optim.steps} steps in {minutes} min {seconds} s")
+    since = "" if result.resumed_from is None else f" (resumed at step {result.resumed_from})"
+    print(f"\ntrained to step {cfg.optim.steps}{since} in {minutes} min {seconds} s")
     if result.knn_accuracy is not None:
         print(f"kNN probe (k={cfg.probe.k}) on {cfg.data.source}: accuracy "
               f"{result.knn_accuracy:.3f} (the same backbone at initialization: "
@@ -98,6 +99,22 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}/tensorboard")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"config:      {result.run_dir}/config.yaml")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's backbone in timm's hub layout and say how to load it."""
+    from lejepa_ray.export import PROJECTOR_FILE, WEIGHTS_FILE, export
+
+    result = export(args.source, args.out_dir)
+    out = result.out_dir
+    extra = "".join(f", {k}={v!r}" for k, v in result.model_args.items())
+    print(f"exported {result.architecture} ({result.parameters / 1e6:.1f}M parameters) from "
+          f"{result.checkpoint} (step {result.step}) to {out}/{WEIGHTS_FILE} + config.json; "
+          f"projector: {out}/{PROJECTOR_FILE}")
+    print(f"load it: timm.create_model({result.architecture!r}, pretrained=True, "
+          f"num_classes=0, pretrained_cfg_overlay=dict(file={str(out / WEIGHTS_FILE)!r})"
+          f"{extra})")
     return 0
 
 
@@ -113,6 +130,19 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
                           help="dotted overrides, e.g. model.name=vit_small_patch16_224 "
                           "loss.lam=0.02 scaling.num_workers=8")
     pretrain.set_defaults(func=_pretrain)
+
+    exporter = commands.add_parser(
+        "export", help="a checkpoint's backbone as a timm model (model.safetensors + "
+        "config.json)",
+        description="Consolidate a checkpoint (DDP or FSDP shards, any world size) and write "
+        "its backbone in timm's hub layout, loadable with timm.create_model(..., "
+        "pretrained=True, pretrained_cfg_overlay=dict(file=...)); the projector goes to "
+        "projector.safetensors beside it.")
+    exporter.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                          help="a run directory (its latest checkpoint) or a checkpoint "
+                          "directory")
+    exporter.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    exporter.set_defaults(func=_export)
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -180,11 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from lejepa_ray.checkpoint import CheckpointError
     from lejepa_ray.data.sources import SourceError
+    from lejepa_ray.pretrain import TrainingStopped
 
     try:
         return args.func(args)
-    except (SourceError, ValueError) as e:
+    except TrainingStopped as e:
+        print(f"lejepa-ray: training stopped: {e}", file=sys.stderr)
+        return 1
+    except (SourceError, ValueError, CheckpointError) as e:
         # Configuration and input problems: the message says what to do, a traceback would not.
         print(f"lejepa-ray: error: {e}", file=sys.stderr)
         return 2

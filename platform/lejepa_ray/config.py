@@ -166,13 +166,37 @@ class CheckpointConfig:
     """When sharded checkpoints are written and how many are kept."""
 
     every_steps: int = 500
-    """Write a checkpoint every this many optimizer steps (and always at the end)."""
+    """Write a checkpoint every this many optimizer steps (and always at the end). A killed
+    worker costs at most this many steps of recomputation."""
     keep: int = 2
-    """Keep the latest this many checkpoints."""
+    """Keep the latest this many checkpoints (older ones are deleted once a newer one is
+    completely written)."""
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, ">= 1")
         _check(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
+
+
+@dataclass
+class FaultConfig:
+    """What the run survives: worker failures, and steps whose loss or gradient is not finite."""
+
+    max_failures: int = 3
+    """Restarts of the worker group (from the latest checkpoint) after a worker dies or
+    raises, before the run fails; -1: unlimited, 0: none."""
+    max_nonfinite_steps: int = 5
+    """Stop the run after this many consecutive steps with a non-finite loss or gradient (each
+    is skipped: no optimizer update). The last good checkpoint is kept."""
+    inject_nonfinite_steps: list[int] = field(default_factory=list)
+    """Testing hook: make the loss of these optimizer steps (1-based) NaN, to exercise the
+    guard."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_failures >= -1, "fault.max_failures", self.max_failures, ">= -1")
+        _check(self.max_nonfinite_steps >= 1, "fault.max_nonfinite_steps",
+               self.max_nonfinite_steps, ">= 1")
+        _check(all(s >= 1 for s in self.inject_nonfinite_steps),
+               "fault.inject_nonfinite_steps", self.inject_nonfinite_steps, "steps >= 1")
 
 
 @dataclass
@@ -226,6 +250,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 

@@ -55,13 +55,16 @@ class MetricsWriter:
     """Rank 0's metrics sink: scalars to TensorBoard under ``run_dir/tensorboard``, and one
     progress line per log step to the log (which Ray shows on the driver's console)."""
 
-    def __init__(self, run_dir: str, total_steps: int):
+    def __init__(self, run_dir: str, total_steps: int, resumed_step: int | None = None):
+        """``resumed_step``: the checkpoint's step when the run resumes; TensorBoard then
+        drops the events a failed attempt logged after it, so every step appears once."""
         self.run_dir, self.total_steps = run_dir, total_steps
         if is_local(run_dir):
             self.local_dir = str(Path(run_dir.removeprefix("file://"), TENSORBOARD_DIR))
         else:
             self.local_dir = tempfile.mkdtemp(prefix="lejepa-tb-")
-        self.writer = SummaryWriter(self.local_dir)
+        purge = None if resumed_step is None else resumed_step + 1
+        self.writer = SummaryWriter(self.local_dir, purge_step=purge)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -99,4 +102,6 @@ def format_line(step: int, total_steps: int, m: dict[str, float]) -> str:
     parts.append(f"mem {m['memory/peak_gib']:.1f} GiB")
     if "data/skipped" in m:
         parts.append(f"skipped {int(m['data/skipped'])}")
+    if m.get("steps/skipped_nonfinite"):
+        parts.append(f"non-finite steps skipped {int(m['steps/skipped_nonfinite'])}")
     return " | ".join(parts)

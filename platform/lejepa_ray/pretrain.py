@@ -8,6 +8,9 @@ anything, builds the Ray Data stream, runs a ``TorchTrainer`` whose workers exec
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,9 +20,19 @@ from pathlib import Path
 import torch
 
 from lejepa_ray import checkpoint
-from lejepa_ray.config import PretrainConfig, check_run, to_yaml
+from lejepa_ray.config import ConfigError, PretrainConfig, check_run, load_config, to_yaml
 from lejepa_ray.metrics import MetricsWriter, is_local
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve
+
+log = logging.getLogger(__name__)
+
+STOPPED_FILE = "stopped.json"
+"""Written into the run directory when training stopped on non-finite losses."""
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped before its planned steps (non-finite losses); the message says why and
+    which checkpoint is the last good one."""
 
 
 @dataclass
@@ -38,6 +51,8 @@ class PretrainResult:
     """The same probe on the backbone at initialization, for reference."""
     train_seconds: float
     """Wall time of ``TorchTrainer.fit``."""
+    resumed_from: int | None = None
+    """The step the run resumed from (None: it started afresh)."""
 
 
 def run_name(cfg: PretrainConfig) -> str:
@@ -60,8 +75,16 @@ def resolve_backbone(cfg: PretrainConfig) -> BackboneSpec:
 def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
     """Pretrain with ``cfg`` on the connected (or a new local) Ray cluster; then probe.
 
+    A run whose directory (``storage_path/name``) already has a checkpoint resumes from the
+    latest one: step, LR schedule, data position, optimizer and RNG states, on any number of
+    workers. Workers that fail are restarted from the latest checkpoint up to
+    ``fault.max_failures`` times.
+
     Raises:
-        ConfigError: before any Ray resource is requested, for a config that cannot run.
+        ConfigError: before any Ray resource is requested, for a config that cannot run
+            (including one whose model differs from the run's checkpoints).
+        TrainingStopped: too many consecutive non-finite steps; the last good checkpoint
+            stays, and rerunning resumes from it.
     """
     check_run(cfg)
     spec = resolve_backbone(cfg)
@@ -70,7 +93,7 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
                  f"are resized to {spec.local_size}px.")
 
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, LoggingConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
 
@@ -80,7 +103,19 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
 
     name, root = run_name(cfg), storage_root(cfg)
     run_dir = f"{root.rstrip('/')}/{name}"
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is not None:
+        check_resumable(latest[0], cfg, spec)
+        done = int(latest[1].get("step", 0))
+        if done >= cfg.optim.steps:
+            print_fn(f"run {name} is complete: its latest checkpoint ({latest[0]}) is at step "
+                     f"{done} of optim.steps={cfg.optim.steps}; raise optim.steps to train on.")
+            from ray.train import Checkpoint
+
+            return _probe(cfg, spec, run_dir, Checkpoint(latest[0]), latest[1], 0.0, done,
+                          print_fn)
     _write_text(f"{run_dir}/{checkpoint.CONFIG_FILE}", to_yaml(cfg))
+    _remove(f"{run_dir}/{STOPPED_FILE}")
     connect(train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     # Per-operator progress bars from every epoch would bury the training's own progress line,
     # which already reports throughput and the time spent waiting for data.
@@ -99,24 +134,75 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
         run_config=RunConfig(
             name=name, storage_path=root,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=cfg.fault.max_failures),
             # Ray Train's per-report INFO lines would interleave with our progress line.
             logging_config=LoggingConfig(log_level="WARNING")),
-        datasets={"train": stream.dataset},
+        # A factory, called at the start of every attempt (the first, and each restart after
+        # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
+        datasets={"train": functools.partial(_train_dataset, cfg.data, run_dir, stream.counter)},
     )
+    where = "" if latest is None else (f"; resuming from step {latest[1].get('step')} "
+                                       f"({latest[0]})")
     print_fn(f"run {name}: {cfg.model.name} on {cfg.scaling.num_workers} "
              f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
-             f"{cfg.optim.steps} steps; outputs in {run_dir}")
+             f"{cfg.optim.steps} steps; outputs in {run_dir}{where}")
     start = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - start
-    ckpt = result.checkpoint
+    stopped = _read_text(f"{run_dir}/{STOPPED_FILE}")
+    if stopped is not None:
+        last = result.checkpoint.path if result.checkpoint else "none (no checkpoint yet)"
+        raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
+    return _probe(cfg, spec, run_dir, result.checkpoint, dict(result.metrics or {}), seconds,
+                  None if latest is None else int(latest[1].get("step", 0)), print_fn)
+
+
+def _probe(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str, ckpt, metrics: dict,
+           seconds: float, resumed_from: int | None, print_fn) -> PretrainResult:
+    """The run's result, with the kNN probe of its final checkpoint when the data has labels."""
+    from lejepa_ray.data.sources import class_names
+
     accuracy = accuracy_init = None
-    if cfg.probe.knn and stream.classes is None:
+    if cfg.probe.knn and class_names(cfg.data) is None:
         print_fn(f"kNN probe skipped: data.source={cfg.data.source} has no labels.")
     elif cfg.probe.knn and ckpt is not None:
         accuracy, accuracy_init = probe_checkpoint(cfg, spec, ckpt)
-    return PretrainResult(run_dir, ckpt.path if ckpt else None, dict(result.metrics or {}),
-                          accuracy, accuracy_init, seconds)
+    return PretrainResult(run_dir, ckpt.path if ckpt else None, metrics, accuracy,
+                          accuracy_init, seconds, resumed_from)
+
+
+def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
+    """Raise ConfigError when the run's latest checkpoint (at ``path``) holds another model than
+    ``cfg`` builds: resuming it would fail on the workers, after Ray started."""
+    text = _read_text(f"{path.rstrip('/')}/{checkpoint.CONFIG_FILE}")
+    if text is None:
+        return  # the load on the workers reports what is wrong with the checkpoint
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(text)
+        f.flush()
+        saved = load_config(f.name)
+    before, now = resolve_backbone(saved), spec
+    mine, theirs = (cfg.model.name, now.kwargs, cfg.model.projector_hidden,
+                    cfg.model.projector_dim, cfg.model.projector_layers), (
+        saved.model.name, before.kwargs, saved.model.projector_hidden,
+        saved.model.projector_dim, saved.model.projector_layers)
+    if mine != theirs:
+        raise ConfigError(
+            f"run {run_name(cfg)!r} already has a checkpoint of another model ({path}): "
+            f"{saved.model.name} {before.kwargs}, projector {theirs[2:]}; this config builds "
+            f"{cfg.model.name} {now.kwargs}, projector {mine[2:]}. A run with the same name "
+            "resumes from its latest checkpoint: choose another name= (or storage_path=) to "
+            "start a new run, or use the checkpoint's model settings to continue it.")
+
+
+def _train_dataset(data_cfg, run_dir: str, counter):
+    """The training Dataset for one attempt of the run, starting at the data epoch of the
+    latest checkpoint (runs in Ray Train's controller)."""
+    from lejepa_ray.data.stream import build_view_stream
+
+    latest = checkpoint.latest_checkpoint(run_dir)
+    epoch = int(latest[1].get("data/epoch", 0)) if latest else 0
+    return build_view_stream(data_cfg, epoch, counter).dataset
 
 
 def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> tuple[float, float]:
@@ -142,22 +228,38 @@ def _write_text(uri: str, text: str) -> None:
         f.write(text.encode())
 
 
-def _batches(counter, cfg: PretrainConfig):
-    """Batches of this worker's shard, epoch after epoch, forever."""
-    from lejepa_ray.data.stream import iter_epoch
+def _read_text(uri: str) -> str | None:
+    """The text at a local path or URI, or None when there is no such file."""
+    from pyarrow import fs
 
-    while True:
-        yield from iter_epoch(counter, cfg.data, cfg.scaling.batch_size)
+    from lejepa_ray.data.sources import resolve_filesystem
+
+    filesystem, where = resolve_filesystem(uri)
+    if filesystem.get_file_info(where).type != fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(where) as f:
+        return f.read().decode()
+
+
+def _remove(uri: str) -> None:
+    from pyarrow import fs
+
+    from lejepa_ray.data.sources import resolve_filesystem
+
+    filesystem, where = resolve_filesystem(uri)
+    if filesystem.get_file_info(where).type == fs.FileType.File:
+        filesystem.delete_file(where)
 
 
 def train_worker(config: dict) -> None:
-    """Ray Train worker loop: one data-parallel rank of the run."""
+    """Ray Train worker loop: one data-parallel rank of the run, resumed from the latest
+    checkpoint when there is one."""
     import ray.train
     import ray.train.torch
 
-    from lejepa_ray.data.stream import skip_metrics
+    from lejepa_ray.data.stream import EpochCursor, skip_metrics
     from lejepa_ray.flops import peak_tflops
-    from lejepa_ray.train import Trainer, fit
+    from lejepa_ray.train import NonFiniteLossError, Trainer, fit
 
     cfg: PretrainConfig = config["cfg"]
     context = ray.train.get_context()
@@ -165,11 +267,28 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     trainer = Trainer(cfg, config["spec"], device)
-    writer = MetricsWriter(config["run_dir"], cfg.optim.steps) if rank == 0 else None
+    state = checkpoint.TrainState(step=0)
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        start = time.perf_counter()
+        with resumed.as_directory() as path:
+            state = checkpoint.load(path, trainer)
+        if rank == 0:
+            log.warning("resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
+                        "rank(s), loaded in %.1f s", resumed.path, state.step, state.data_epoch,
+                        state.data_samples, state.world_size, time.perf_counter() - start)
+    cursor = EpochCursor(config["counter"], cfg.data, cfg.scaling.batch_size, world,
+                         state.data_epoch, state.data_samples)
+    writer = None
+    if rank == 0:
+        writer = MetricsWriter(config["run_dir"], cfg.optim.steps,
+                               resumed_step=state.step if resumed is not None else None)
     config_yaml = to_yaml(cfg)
 
     def report(step: int, metrics: dict[str, float] | None, save: bool) -> None:
         metrics = dict(metrics or {})
+        if metrics:
+            metrics["data/epoch"] = float(cursor.epoch)
         if writer is not None and metrics:
             metrics.update(skip_metrics(config["counter"]))
             writer.log(step, metrics)
@@ -179,13 +298,27 @@ def train_worker(config: dict) -> None:
             return
         if writer is not None:
             writer.sync()
+        metrics.update({"data/epoch": cursor.epoch, "data/samples": cursor.samples})
+        saved = checkpoint.TrainState(
+            step=step, world_size=world, skipped_steps=trainer.skipped_steps,
+            data_epoch=cursor.epoch, data_samples=cursor.samples,
+            scheduler=trainer.scheduler.state_dict(), model=cfg.model.name)
         with tempfile.TemporaryDirectory(prefix="lejepa-ckpt-") as tmp:
-            checkpoint.save(tmp, trainer, config_yaml)
+            checkpoint.save(tmp, trainer, saved, config_yaml)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:08d}")
 
-    fit(trainer, _batches(config["counter"], cfg), report=report,
-        flops_per_image=config["flops_per_image"],
-        peak_tflops=peak_tflops(device, cfg.logging.peak_tflops), world_size=world)
-    if writer is not None:
-        writer.close()
+    try:
+        fit(trainer, iter(cursor), report=report, flops_per_image=config["flops_per_image"],
+            peak_tflops=peak_tflops(device, cfg.logging.peak_tflops), world_size=world)
+    except NonFiniteLossError as e:
+        # Every rank raises at the same step (the finiteness flag is all-reduced). Ending the
+        # attempt normally, rather than failing it, keeps Ray from restarting into the same
+        # divergence; the driver reads the marker and reports it.
+        if rank == 0:
+            _write_text(f"{config['run_dir']}/{STOPPED_FILE}",
+                        json.dumps({"step": trainer.step, "message": str(e)}))
+            log.error("%s", e)
+    finally:
+        if writer is not None:
+            writer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,10 @@ from lejepa_ray.optim import build_optimizer, build_scheduler
 from lejepa_ray.parallelize import compute_dtype, meta_parameters, parallelize
 
 
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient; the run stopped."""
+
+
 @dataclass
 class StepResult:
     """What one optimizer step produced (tensors stay on the device until logged)."""
@@ -32,6 +37,8 @@ class StepResult:
     """(4,): total, prediction, sigreg, selection score, averaged over micro-batches."""
     grad_norm: torch.Tensor
     """Global gradient norm before clipping."""
+    finite: bool
+    """The loss and gradient were finite on every rank, and the optimizer stepped."""
 
 
 class Trainer:
@@ -48,6 +55,10 @@ class Trainer:
         self.optimizer = build_optimizer(encoder, cfg.optim, scaled_lr(cfg))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.step = 0
+        self.skipped_steps = 0
+        """Steps skipped (no update) because their loss or gradient was not finite."""
+        self.bad_streak = 0
+        """Consecutive skipped steps up to now."""
         # bf16: autocast under DDP; under FSDP2 the mixed-precision policy gives most units bf16
         # parameters, and autocast covers the units that keep fp32 ones (BatchNorm).
         self.autocast = compute_dtype(cfg.scaling, device) == torch.bfloat16
@@ -63,10 +74,18 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         """One optimizer step over ``micro_batches`` (each: ``global`` uint8
-        (B, V_g, 3, S_g, S_g) and optionally ``local`` (B, V_l, 3, S_l, S_l))."""
+        (B, V_g, 3, S_g, S_g) and optionally ``local`` (B, V_l, 3, S_l, S_l)).
+
+        A step whose loss or gradient is not finite on any rank is skipped: no optimizer
+        update, but the step count and LR schedule advance, so the run keeps its plan.
+
+        Raises:
+            NonFiniteLossError: after ``fault.max_nonfinite_steps`` skipped steps in a row.
+        """
         cfg = self.cfg
         self.model.train()
         losses = torch.zeros(4, device=self.device)
+        poison = self.step + 1 in cfg.fault.inject_nonfinite_steps
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with self._gradient_sync(last), torch.autocast(
@@ -75,20 +94,44 @@ class Trainer:
                 out = lejepa_loss(
                     z[: batch["global"].shape[1]], z, self.step, cfg.loss.lam,
                     num_slices=cfg.loss.num_slices, t_max=cfg.loss.t_max,
-                    num_knots=cfg.loss.num_knots, alpha=cfg.loss.alpha)
-                (out.total / len(micro_batches)).backward()
-            losses += torch.stack([out.total.detach(), out.prediction.detach(),
+                    num_knots=cfg.loss.num_knots, alpha=cfg.loss.alpha, validate=False)
+                total = out.total * float("nan") if poison else out.total
+                (total / len(micro_batches)).backward()
+            losses += torch.stack([total.detach(), out.prediction.detach(),
                                    out.sigreg.detach(), out.selection_score]).float()
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
-        self.scheduler.step()
+        # Whether to update is decided on the host, the same on every rank (so every rank
+        # skips together): one host sync and a one-element all-reduce per step.
+        finite = (torch.isfinite(losses).all() & torch.isfinite(grad_norm)).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        ok = bool(finite.item())
+        if ok:
+            self.optimizer.step()
+            self.bad_streak = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_streak += 1
+        with warnings.catch_warnings():
+            # torch warns when the schedule advances before any optimizer step (here: the
+            # first steps were skipped); that is the plan, and LambdaLR skips no value.
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return StepResult(losses / len(micro_batches), grad_norm.detach())
+        if self.bad_streak >= cfg.fault.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"stopped at step {self.step}: the last {self.bad_streak} steps had a "
+                f"non-finite loss or gradient (loss {losses[0].item() / len(micro_batches):.4g}"
+                f", gradient norm {grad_norm.item():.4g}) and were skipped; "
+                f"fault.max_nonfinite_steps={cfg.fault.max_nonfinite_steps}. Lower optim.lr or "
+                "raise optim.warmup_steps, then rerun with the same name to resume from the "
+                "last good checkpoint.")
+        return StepResult(losses / len(micro_batches), grad_norm.detach(), ok)
 
 
 @dataclass
@@ -99,17 +142,33 @@ class Meter:
     data_wait: float = 0.0
     images: int = 0
     steps: int = 0
+    good_steps: int = 0
+    loss_sum: torch.Tensor | None = None
+    """Sum of the finite steps' (4,) losses, on the device (no host sync per step)."""
+
+    def add(self, result: StepResult) -> None:
+        self.steps += 1
+        if result.finite:
+            self.good_steps += 1
+            self.loss_sum = result.losses if self.loss_sum is None else self.loss_sum + \
+                result.losses
 
 
 def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
         report: Callable[[int, dict[str, float] | None, bool], None],
         flops_per_image: float | None = None, peak_tflops: float | None = None,
         world_size: int = 1) -> dict[str, float]:
-    """Run optimizer steps until ``cfg.optim.steps``; returns the last metrics.
+    """Run optimizer steps from ``trainer.step`` until ``cfg.optim.steps``; returns the last
+    metrics.
 
     ``report(step, metrics, checkpoint)`` is called on every rank at the same steps (Ray's
     report is a barrier): with fresh ``metrics`` every ``logging.every_steps`` steps (None in
     between), and with ``checkpoint=True`` every ``checkpoint.every_steps`` steps and at the end.
+    Logged losses are means over the finite steps since the previous log.
+
+    Raises:
+        NonFiniteLossError: too many non-finite steps in a row; no checkpoint is written for
+            them, so the latest checkpoint is the last good one.
     """
     cfg = trainer.cfg
     accum = cfg.optim.accum_steps
@@ -123,7 +182,7 @@ def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
             micro.append(next(batches))
             meter.data_wait += time.perf_counter() - t0
         result = trainer.train_step(micro)
-        meter.steps += 1
+        meter.add(result)
         meter.images += sum(len(b["global"]) for b in micro) * world_size
         step, final = trainer.step, trainer.step == cfg.optim.steps
         log = step % cfg.logging.every_steps == 0 or final
@@ -140,7 +199,10 @@ def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
 def _metrics(trainer: Trainer, result: StepResult, meter: Meter, views: int,
              flops_per_image: float | None, peak_tflops: float | None,
              world_size: int) -> dict[str, float]:
-    losses = result.losses
+    if meter.loss_sum is None:  # every step since the last log was skipped
+        losses = torch.full((4,), float("nan"), device=trainer.device)
+    else:
+        losses = meter.loss_sum / meter.good_steps
     if dist.is_available() and dist.is_initialized():
         # The prediction loss is per rank; SIGReg is already global. Average for the log.
         losses = losses.clone()
@@ -158,6 +220,7 @@ def _metrics(trainer: Trainer, result: StepResult, meter: Meter, views: int,
         "time/step_s": elapsed / max(1, meter.steps),
         "time/data_wait_fraction": meter.data_wait / elapsed,
         "memory/peak_gib": _peak_memory_gib(trainer.device),
+        "steps/skipped_nonfinite": float(trainer.skipped_steps),
     }
     if flops_per_image:
         tflops = flops_per_image * images_per_s / world_size / 1e12

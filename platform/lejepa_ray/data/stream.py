@@ -12,6 +12,7 @@ that number, so epoch ``e`` is the same on every run and different from epoch ``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
 from lejepa_ray.data.sources import current_epoch, read_dataset
 from lejepa_ray.data.views import ViewMaker, stable_hash
+
+log = logging.getLogger(__name__)
 
 
 class DataQualityError(RuntimeError):
@@ -88,12 +91,14 @@ class ViewStream:
     """Label names of the source, or None when it is unlabelled."""
 
 
-def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
+def build_view_stream(cfg: DataConfig, start_epoch: int = 0, counter=None) -> ViewStream:
     """Build the views pipeline of ``cfg`` on the connected Ray cluster.
 
     Args:
         cfg: source, shuffling, views and bad-input policy.
         start_epoch: the epoch the first execution produces (to resume a run mid-way).
+        counter: an existing ``SkipCounter`` to count into (a restarted attempt of a run);
+            None: a new one.
 
     Raises:
         SourceError: the path is missing or holds no images.
@@ -101,7 +106,7 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     from ray.data import ActorPoolStrategy
 
     rows, classes = read_dataset(cfg)  # fails on a bad source before any actor exists
-    counter = SkipCounter.remote()
+    counter = counter or SkipCounter.remote()
     ds = rows.map_batches(
         ViewTransform,
         fn_constructor_kwargs={"cfg": cfg, "counter": counter},
@@ -146,6 +151,43 @@ def iter_epoch(
     shard = ray.train.get_dataset_shard(dataset_name)
     yield from iter_views(shard, counter, cfg, batch_size, device=device,
                           prefetch_batches=prefetch_batches)
+
+
+class EpochCursor:
+    """This worker's batches, epoch after epoch, knowing where in the data the run is.
+
+    ``epoch`` and ``samples`` (consumed in that epoch, over all ranks) go into checkpoints. A
+    cursor made with them continues there: the pipeline starts at ``epoch``
+    (:func:`build_view_stream`'s ``start_epoch``) and the batches already consumed are drawn
+    and dropped. The drop is by count: Ray Data does not promise the same order of blocks
+    between two executions, so the samples dropped are, up to that order, the ones trained on.
+    """
+
+    def __init__(self, counter: ray.actor.ActorHandle, cfg: DataConfig, batch_size: int,
+                 world_size: int, epoch: int = 0, samples: int = 0):
+        self.counter, self.cfg, self.batch_size = counter, cfg, batch_size
+        self.world_size = world_size
+        self.epoch, self.samples = epoch, samples
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        global_batch = self.batch_size * self.world_size
+        while True:
+            drop = self.samples // global_batch
+            self.samples = drop * global_batch
+            first = True
+            for batch in iter_epoch(self.counter, self.cfg, self.batch_size):
+                if first:  # the pipeline's own count is the truth (see build_view_stream)
+                    epoch, first = int(batch["epoch"][0]), False
+                    if epoch != self.epoch:
+                        log.warning("the data pipeline is at epoch %d, the run expected %d",
+                                    epoch, self.epoch)
+                    self.epoch = epoch
+                if drop:
+                    drop -= 1
+                    continue
+                self.samples += global_batch
+                yield batch
+            self.epoch, self.samples = self.epoch + 1, 0
 
 
 def iter_views(

@@ -1,0 +1,101 @@
+"""Fault injection on one machine: SIGKILL a Ray Train worker mid-run, then measure recovery.
+
+Used by the recovery test and ``benchmarks/recovery.py``. Workers are found by their process
+title (Ray names actor processes ``ray::<Class>.<method>``), so this needs Linux's ``/proc``
+and a run whose workers live on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKER_TITLE = b"ray::RayTrainWorker"
+
+
+def train_worker_pids() -> list[int]:
+    """PIDs of this machine's Ray Train worker processes."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes().startswith(WORKER_TITLE):
+                pids.append(int(entry.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return sorted(pids)
+
+
+class KillAfter(threading.Thread):
+    """Once ``ready()`` holds, wait ``delay_s`` more, then SIGKILL one training worker.
+
+    ``killed_at`` (``time.time()``) and ``pid`` are set when it fired; ``error`` when it could
+    not (no worker found before ``timeout_s``).
+    """
+
+    def __init__(self, ready, delay_s: float = 0.0, timeout_s: float = 300.0):
+        super().__init__(daemon=True)
+        self.ready, self.delay_s, self.timeout_s = ready, delay_s, timeout_s
+        self.killed_at: float | None = None
+        self.pid: int | None = None
+        self.error: str | None = None
+
+    def run(self) -> None:
+        deadline = time.time() + self.timeout_s
+        while not self.ready():
+            if time.time() > deadline:
+                self.error = "the condition to kill never held"
+                return
+            time.sleep(0.2)
+        time.sleep(self.delay_s)
+        pids = train_worker_pids()
+        if not pids:
+            self.error = "no Ray Train worker process found"
+            return
+        self.pid = pids[-1]
+        os.kill(self.pid, signal.SIGKILL)
+        self.killed_at = time.time()
+
+
+@dataclass
+class Recovery:
+    """How a run recovered from a killed worker, read from its TensorBoard events."""
+
+    checkpoint_step: int
+    """The step of the checkpoint the run resumed from."""
+    last_step_before_kill: int
+    """The last step logged before the kill."""
+    seconds_to_next_step: float
+    """From the kill to the first step logged after the restart."""
+
+    @property
+    def steps_recomputed(self) -> int:
+        return self.last_step_before_kill - self.checkpoint_step
+
+
+def scalar_events(tensorboard_dir: str | Path, tag: str = "loss") -> list[tuple[float, int]]:
+    """(wall time, step) of every event of ``tag``, over all event files, in time order."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    events = []
+    for file in Path(tensorboard_dir).glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(file)).Load():
+            if any(v.tag == tag for v in event.summary.value):
+                events.append((event.wall_time, event.step))
+    return sorted(events)
+
+
+def recovery(tensorboard_dir: str | Path, killed_at: float, checkpoint_step: int) -> Recovery:
+    """Recovery figures of a run logged every step, killed at ``killed_at``."""
+    events = scalar_events(tensorboard_dir)
+    before = [step for t, step in events if t <= killed_at]
+    after = [t for t, step in events if t > killed_at and step > checkpoint_step]
+    if not before or not after:
+        raise RuntimeError(f"no steps logged {'before' if not before else 'after'} the kill "
+                           f"in {tensorboard_dir}")
+    return Recovery(checkpoint_step, max(before), min(after) - killed_at)

@@ -1,0 +1,92 @@
+"""Export a run's backbone as an ordinary timm model, in timm's own hub layout.
+
+``OUT_DIR`` gets:
+
+- ``model.safetensors`` and ``config.json`` (``architecture``, ``model_args``,
+  ``pretrained_cfg``), written by timm's ``save_for_hf``, so the backbone loads with::
+
+      timm.create_model(cfg["architecture"], pretrained=True, num_classes=0,
+                        pretrained_cfg_overlay=dict(file="OUT_DIR/model.safetensors"),
+                        **cfg["model_args"])
+
+- ``projector.safetensors``: the LeJEPA projector (not part of the backbone);
+- ``lejepa.yaml``: the training config, for provenance.
+
+Sharded checkpoints (any world size, DDP or FSDP) are consolidated in this one process by DCP.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lejepa_ray import checkpoint
+from lejepa_ray.checkpoint import CheckpointError
+from lejepa_ray.config import ConfigError, load_config
+from lejepa_ray.model import LeJEPAEncoder
+
+WEIGHTS_FILE = "model.safetensors"
+PROJECTOR_FILE = "projector.safetensors"
+TRAINING_CONFIG_FILE = "lejepa.yaml"
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote."""
+
+    out_dir: Path
+    checkpoint: Path
+    """The checkpoint exported (the latest of a run directory)."""
+    step: int
+    architecture: str
+    model_args: dict
+    """Keyword arguments for ``timm.create_model`` besides ``num_classes=0``."""
+    parameters: int
+    """Backbone parameters."""
+
+
+def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
+    """Write the backbone of a checkpoint (or of a run directory's latest checkpoint) to
+    ``out_dir`` in timm's hub layout, the projector beside it.
+
+    Raises:
+        CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
+    """
+    from timm.models import save_for_hf
+
+    from lejepa_ray.pretrain import resolve_backbone
+
+    path = checkpoint.find(run_or_checkpoint)
+    config_file = path / checkpoint.CONFIG_FILE
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} has no usable {checkpoint.CONFIG_FILE} ({e}); it is "
+                              "incomplete or not a lejepa-ray checkpoint.") from None
+    spec = resolve_backbone(cfg)
+    torch.manual_seed(cfg.seed)
+    encoder = LeJEPAEncoder(spec, cfg.model)
+    step = checkpoint.load_model_weights(path, encoder)
+    backbone = encoder.backbone.eval()
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_for_hf(backbone, str(out), model_args=dict(spec.kwargs), safe_serialization=True)
+    hub = json.loads((out / "config.json").read_text())
+    # num_classes is already a top-level field, and callers pass num_classes=0 themselves.
+    hub["model_args"] = {k: v for k, v in hub.get("model_args", {}).items()
+                         if k != "num_classes"}
+    hub["lejepa"] = {"step": step, "checkpoint": str(path.resolve()),
+                     "projector": PROJECTOR_FILE, "training_config": TRAINING_CONFIG_FILE}
+    (out / "config.json").write_text(json.dumps(hub, indent=2))
+    save_file({k: v.contiguous() for k, v in encoder.projector.state_dict().items()},
+              str(out / PROJECTOR_FILE), metadata={"format": "pt"})
+    shutil.copyfile(config_file, out / TRAINING_CONFIG_FILE)
+    return ExportResult(out, path, step, hub["architecture"], hub["model_args"],
+                        sum(p.numel() for p in backbone.parameters()))
+

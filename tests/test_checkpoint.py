@@ -1,0 +1,243 @@
+"""Sharded checkpoints: exact round trips, resharding across world sizes and strategies, and
+clear errors for incomplete, corrupt, foreign or malicious files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lejepa_ray import checkpoint
+from lejepa_ray.checkpoint import CheckpointError, TrainState
+from lejepa_ray.config import load_config, to_yaml
+from lejepa_ray.model import LeJEPAEncoder
+from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.train import Trainer
+
+SMALL = ["model.projector_hidden=64", "model.projector_dim=16", "data.views.global_size=32",
+         "data.views.local_size=16", "data.views.local_views=2", "loss.num_slices=64",
+         "optim.steps=10", "optim.warmup_steps=3", "optim.lr=1e-3", "scaling.batch_size=8"]
+
+
+def _config(*overrides: str):
+    return load_config(None, ["model.name=resnet18", "scaling.num_workers=1", *SMALL,
+                              *overrides])
+
+
+def _trainer(*overrides: str) -> Trainer:
+    cfg = _config(*overrides)
+    return Trainer(cfg, resolve_backbone(cfg), torch.device("cpu"))
+
+
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {"global": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=gen, dtype=torch.uint8),
+            "local": torch.randint(0, 256, (8, 2, 3, 16, 16), generator=gen, dtype=torch.uint8)}
+
+
+def _state(trainer: Trainer, **data) -> TrainState:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return TrainState(step=trainer.step, world_size=world, skipped_steps=trainer.skipped_steps,
+                      scheduler=trainer.scheduler.state_dict(), model=trainer.cfg.model.name,
+                      **data)
+
+
+def _tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every parameter, buffer and optimizer tensor, gathered and by name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model, optim = get_state_dict(trainer.model, trainer.optimizer,
+                                  options=StateDictOptions(full_state_dict=True))
+    out = {f"model.{k}": v.detach().clone() for k, v in model.items()}
+    for name, slots in optim["state"].items():
+        out.update({f"optim.{name}.{k}": v.detach().clone() for k, v in slots.items()})
+    return out
+
+
+def _assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name, t in a.items():
+        assert torch.equal(t, b[name]), name
+
+
+def _save(trainer: Trainer, path: Path, **data) -> None:
+    checkpoint.save(path, trainer, _state(trainer, **data), to_yaml(trainer.cfg))
+
+
+def test_resume_is_bitwise_and_continues_step_schedule_and_rng(tmp_path):
+    a = _trainer()
+    for i in range(4):
+        a.train_step([_batch(i)])
+    a.skipped_steps = 1
+    _save(a, tmp_path / "ckpt", data_epoch=3, data_samples=48)
+    rng_at_save = torch.rand(4)
+
+    torch.manual_seed(1234)  # a different initialization and RNG stream, as a new process has
+    b = _trainer("seed=7")
+    state = checkpoint.load(tmp_path / "ckpt", b)
+    assert (state.step, state.data_epoch, state.data_samples) == (4, 3, 48)
+    assert (b.step, b.skipped_steps) == (4, 1)
+    assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"]
+    assert torch.equal(torch.rand(4), rng_at_save)
+    _assert_bitwise(_tensors(b), _tensors(a))
+    # Both continue identically: the resumed run is the uninterrupted one.
+    for i in range(4, 7):
+        ra, rb = a.train_step([_batch(i)]), b.train_step([_batch(i)])
+        assert torch.equal(ra.losses, rb.losses)
+        assert a.scheduler.get_last_lr() == b.scheduler.get_last_lr()
+    _assert_bitwise(_tensors(b), _tensors(a))
+
+
+def test_files_are_unique_per_rank_and_hold_no_pickled_objects(tmp_path):
+    a = _trainer()
+    a.train_step([_batch(0)])
+    _save(a, tmp_path / "ckpt")
+    names = sorted(p.relative_to(tmp_path / "ckpt").as_posix()
+                   for p in (tmp_path / "ckpt").rglob("*") if p.is_file())
+    assert names == [".metadata", "__0_0.distcp", "config.yaml", "rng/rank_00000.json",
+                     "state.json"]
+    metadata = checkpoint.read_metadata(tmp_path / "ckpt")
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    assert all(isinstance(v, TensorStorageMetadata)
+               for v in metadata.state_dict_metadata.values())
+    assert json.loads((tmp_path / "ckpt/state.json").read_text())["step"] == 1
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    a = _trainer()
+    a.train_step([_batch(0)])
+    _save(a, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_another_model_is_refused_with_both_names(saved):
+    other = _trainer("model.name=resnet34")
+    with pytest.raises(CheckpointError, match=r"cannot load a resnet18 checkpoint .* into "
+                       r"resnet34: \d+ tensors missing"):
+        checkpoint.load(saved, other)
+    wider = _trainer("model.projector_dim=32")
+    with pytest.raises(CheckpointError, match=r"of a different shape \(model\.projector"):
+        checkpoint.load(saved, wider)
+
+
+def test_truncated_or_missing_shard_is_reported_before_loading(saved):
+    shard = saved / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"__0_0.distcp has 1000 of \d+ bytes"):
+        checkpoint.load(saved, _trainer())
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=r"__0_0.distcp is missing"):
+        checkpoint.load_model_weights(saved, LeJEPAEncoder(resolve_backbone(_config()),
+                                                           _config().model))
+
+
+def test_garbled_shard_bytes_give_a_checkpoint_error(saved):
+    shard = saved / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[:64] = b"\0" * 64  # same length, so only reading it can tell
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"a shard file is corrupt \(.*UnpicklingError"):
+        checkpoint.load(saved, _trainer())
+
+
+def test_corrupt_state_or_index_and_interrupted_writes(saved):
+    (saved / ".metadata").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match=r"\.metadata is corrupt"):
+        checkpoint.load(saved, _trainer())
+    (saved / ".metadata").unlink()
+    with pytest.raises(CheckpointError, match=r"no \.metadata: the checkpoint is incomplete"):
+        checkpoint.load(saved, _trainer())
+    (saved / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"state.json is corrupt"):
+        checkpoint.read_state(saved)
+    (saved / "state.json").unlink()
+    with pytest.raises(CheckpointError, match=r"interrupted while being written"):
+        checkpoint.read_state(saved)
+
+
+class _Payload:
+    """Unpickling this would run a command; the loader must refuse it, not run it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_index_with_foreign_objects_is_refused_without_running_them(saved, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (saved / ".metadata").write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(CheckpointError, match=r"refused to load posix\.system"):
+        checkpoint.load(saved, _trainer())
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_find_accepts_a_checkpoint_and_rejects_a_folder_without_one(saved, tmp_path):
+    assert checkpoint.find(saved) == saved
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"holds no completed checkpoint"):
+        checkpoint.find(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"does not exist"):
+        checkpoint.find(tmp_path / "nowhere")
+
+
+# --- resharding: 2 FSDP ranks <-> 1 process ------------------------------------------------
+
+WORLD = 2
+
+
+def _fsdp_worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        trainer = _trainer("scaling.strategy=fsdp", f"scaling.num_workers={WORLD}")
+        if mode == "save":
+            for i in range(3):
+                trainer.train_step([_batch(10 * i + rank)])
+            _save(trainer, Path(out_dir, "fsdp"), data_epoch=1, data_samples=32)
+        else:
+            checkpoint.load(Path(out_dir, "single"), trainer)
+        tensors = _tensors(trainer)
+        if rank == 0:
+            torch.save({"tensors": tensors, "step": trainer.step,
+                        "lr": trainer.optimizer.param_groups[0]["lr"]},
+                       f"{out_dir}/fsdp_{mode}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
+    mp.spawn(_fsdp_worker, args=(str(tmp_path / "init1"), str(tmp_path), "save"),
+             nprocs=WORLD, join=True)
+    fsdp = torch.load(tmp_path / "fsdp_save.pt", weights_only=True)
+    assert sorted(p.name for p in (tmp_path / "fsdp").glob("__*")) == [
+        "__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (tmp_path / "fsdp/rng").iterdir()) == [
+        "rank_00000.json", "rank_00001.json"]
+
+    # 2 FSDP ranks -> 1 process without sharding: the gathered tensors, bit for bit.
+    single = _trainer()
+    state = checkpoint.load(tmp_path / "fsdp", single)
+    assert (state.world_size, single.step) == (2, 3)
+    assert single.optimizer.param_groups[0]["lr"] == fsdp["lr"]
+    _assert_bitwise(_tensors(single), fsdp["tensors"])
+
+    # 1 process -> 2 FSDP ranks: each rank loads its shards of the same tensors.
+    single.train_step([_batch(99)])
+    _save(single, tmp_path / "single")
+    mp.spawn(_fsdp_worker, args=(str(tmp_path / "init2"), str(tmp_path), "load"),
+             nprocs=WORLD, join=True)
+    back = torch.load(tmp_path / "fsdp_load.pt", weights_only=True)
+    assert back["step"] == 4
+    _assert_bitwise(back["tensors"], _tensors(single))
+
