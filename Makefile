@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint bench bench-train pretrain lock clean
+.PHONY: test lint bench bench-train bench-recovery pretrain lock clean
 
 test: $(STAMP)  ## lint, then the whole test suite (multi-process tests included)
 	$(BIN)/ruff check .
@@ -19,6 +19,9 @@ bench: $(STAMP)  ## SIGReg speed and memory against the textbook implementation
 
 bench-train: $(STAMP)  ## step time of the same loop under Ray Train and torchrun (ratio)
 	$(BIN)/python benchmarks/train_step.py
+
+bench-recovery: $(STAMP)  ## SIGKILL a training worker mid-run: recovery time, steps recomputed
+	$(BIN)/python benchmarks/recovery.py
 
 pretrain: $(STAMP)  ## the embedded default: CPU pretraining on digits, then a kNN probe
 	$(BIN)/lejepa-ray pretrain

@@ -112,6 +112,12 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
     skipped = dict(_scalars(a.run_dir)["steps/skipped_nonfinite"])
     assert (skipped[4], skipped[5], skipped[6]) == (0, 1, 1)
 
+    # A later checkpoint whose writing was interrupted (one rank's shard, no index or state):
+    # Ray never registered it, so it is not the one resumed from.
+    partial = Path(a.run_dir) / "checkpoint_00000007"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"\0" * 100)
+
     # The same run name again, on 1 worker with the same global batch and a longer plan: it
     # continues from step 6 (DCP reshards 2 -> 1) and the LR follows the new plan.
     cfg = _quickstart(tmp_path, "resume", *first, "optim.steps=10", "checkpoint.every_steps=5",
@@ -161,3 +167,15 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     print(f"killed pid {killer.pid}; {figures}, {figures.steps_recomputed} steps recomputed")
     assert 8 < figures.last_step_before_kill < 24  # killed mid-run, after the checkpoint
     assert [s for s, _ in _scalars(str(run_dir))["loss"]] == list(range(1, 25))
+
+
+def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from lejepa_ray.pretrain import _user_error
+
+    bad = checkpoint.CheckpointError("x/__1_0.distcp is missing: ...")
+    wrapped = WorkerGroupError("Training failed", {0: RuntimeError("peer gone"), 1: bad})
+    assert _user_error(wrapped) is bad
+    other = WorkerGroupError("Training failed", {0: RuntimeError("segfault")})
+    assert _user_error(other) is other

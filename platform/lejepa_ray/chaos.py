@@ -70,8 +70,12 @@ class Recovery:
     """The step of the checkpoint the run resumed from."""
     last_step_before_kill: int
     """The last step logged before the kill."""
+    seconds_to_resume: float
+    """From the kill to the restarted workers having loaded the checkpoint (failure detection,
+    new worker processes, model build, checkpoint load)."""
     seconds_to_next_step: float
-    """From the kill to the first step logged after the restart."""
+    """From the kill to the first step logged after the restart (the above, plus the data
+    pipeline's restart and one step)."""
 
     @property
     def steps_recomputed(self) -> int:
@@ -95,7 +99,10 @@ def recovery(tensorboard_dir: str | Path, killed_at: float, checkpoint_step: int
     events = scalar_events(tensorboard_dir)
     before = [step for t, step in events if t <= killed_at]
     after = [t for t, step in events if t > killed_at and step > checkpoint_step]
-    if not before or not after:
-        raise RuntimeError(f"no steps logged {'before' if not before else 'after'} the kill "
-                           f"in {tensorboard_dir}")
-    return Recovery(checkpoint_step, max(before), min(after) - killed_at)
+    resumed = [t for t, step in scalar_events(tensorboard_dir, "resume/load_s")
+               if t > killed_at and step == checkpoint_step]
+    if not before or not after or not resumed:
+        raise RuntimeError(f"{tensorboard_dir} does not show a run that was logging steps, "
+                           f"resumed from step {checkpoint_step} and went on after the kill")
+    return Recovery(checkpoint_step, max(before), min(resumed) - killed_at,
+                    min(after) - killed_at)

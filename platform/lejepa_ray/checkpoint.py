@@ -332,7 +332,11 @@ def find(run_or_checkpoint: str | Path) -> Path:
     Raises:
         CheckpointError: neither a checkpoint nor a run directory with one.
     """
-    path = Path(str(run_or_checkpoint).removeprefix("file://")).expanduser()
+    text = str(run_or_checkpoint)
+    if "://" in text and not text.startswith("file://"):
+        raise CheckpointError(f"{text} is remote; copy the run or checkpoint directory to a "
+                              "local disk first (e.g. `aws s3 sync URI DIR`).")
+    path = Path(text.removeprefix("file://")).expanduser()
     if (path / STATE_FILE).is_file() or (path / METADATA_FILE).is_file():
         return path
     if not path.is_dir():

@@ -212,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from lejepa_ray.checkpoint import CheckpointError
     from lejepa_ray.data.sources import SourceError
+    from lejepa_ray.data.stream import DataQualityError
     from lejepa_ray.pretrain import TrainingStopped
 
     try:
@@ -219,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as e:
         print(f"lejepa-ray: training stopped: {e}", file=sys.stderr)
         return 1
-    except (SourceError, ValueError, CheckpointError) as e:
+    except (SourceError, ValueError, CheckpointError, DataQualityError) as e:
         # Configuration and input problems: the message says what to do, a traceback would not.
         print(f"lejepa-ray: error: {e}", file=sys.stderr)
         return 2

@@ -72,6 +72,12 @@ class MetricsWriter:
         self.writer.flush()
         log.info(format_line(step, self.total_steps, metrics))
 
+    def resumed(self, step: int, load_seconds: float) -> None:
+        """Mark in TensorBoard that this attempt resumed from the checkpoint of ``step`` (at
+        this wall time, after ``load_seconds`` of loading)."""
+        self.writer.add_scalar("resume/load_s", load_seconds, step)
+        self.writer.flush()
+
     def sync(self) -> None:
         """Copy the event files to the run directory when it is remote."""
         self.writer.flush()

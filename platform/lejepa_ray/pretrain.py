@@ -96,6 +96,7 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.exceptions import WorkerGroupError
 
     from lejepa_ray.data.stream import build_view_stream
     from lejepa_ray.flops import train_flops_per_image
@@ -147,7 +148,10 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
              f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
              f"{cfg.optim.steps} steps; outputs in {run_dir}{where}")
     start = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as e:
+        raise _user_error(e) from None
     seconds = time.perf_counter() - start
     stopped = _read_text(f"{run_dir}/{STOPPED_FILE}")
     if stopped is not None:
@@ -169,6 +173,17 @@ def _probe(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str, ckpt, metrics:
         accuracy, accuracy_init = probe_checkpoint(cfg, spec, ckpt)
     return PretrainResult(run_dir, ckpt.path if ckpt else None, metrics, accuracy,
                           accuracy_init, seconds, resumed_from)
+
+
+def _user_error(error: Exception) -> Exception:
+    """The workers' own error when it is one whose message tells the user what to do (a bad
+    checkpoint or bad data), rather than Ray's wrapper around it."""
+    from lejepa_ray.data.stream import DataQualityError
+
+    for failure in getattr(error, "worker_failures", {}).values():
+        if isinstance(failure, checkpoint.CheckpointError | DataQualityError | ConfigError):
+            return failure
+    return error
 
 
 def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
@@ -269,20 +284,23 @@ def train_worker(config: dict) -> None:
     trainer = Trainer(cfg, config["spec"], device)
     state = checkpoint.TrainState(step=0)
     resumed = ray.train.get_checkpoint()
+    load_seconds = 0.0
     if resumed is not None:
         start = time.perf_counter()
         with resumed.as_directory() as path:
             state = checkpoint.load(path, trainer)
-        if rank == 0:
-            log.warning("resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
-                        "rank(s), loaded in %.1f s", resumed.path, state.step, state.data_epoch,
-                        state.data_samples, state.world_size, time.perf_counter() - start)
+        load_seconds = time.perf_counter() - start
     cursor = EpochCursor(config["counter"], cfg.data, cfg.scaling.batch_size, world,
                          state.data_epoch, state.data_samples)
     writer = None
     if rank == 0:
         writer = MetricsWriter(config["run_dir"], cfg.optim.steps,
                                resumed_step=state.step if resumed is not None else None)
+        if resumed is not None:
+            writer.resumed(state.step, load_seconds)
+            log.warning("resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
+                        "rank(s), loaded in %.1f s", resumed.path, state.step, state.data_epoch,
+                        state.data_samples, state.world_size, load_seconds)
     config_yaml = to_yaml(cfg)
 
     def report(step: int, metrics: dict[str, float] | None, save: bool) -> None:
