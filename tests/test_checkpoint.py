@@ -120,7 +120,7 @@ def saved(tmp_path) -> Path:
 def test_another_model_is_refused_with_both_names(saved):
     other = _trainer("model.name=resnet34")
     with pytest.raises(CheckpointError, match=r"cannot load a resnet18 checkpoint .* into "
-                       r"resnet34: \d+ tensors missing"):
+                       r"resnet34: [1-9]\d* tensors missing"):
         checkpoint.load(saved, other)
     wider = _trainer("model.projector_dim=32")
     with pytest.raises(CheckpointError, match=r"of a different shape \(model\.projector"):

@@ -179,3 +179,25 @@ def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
     assert _user_error(wrapped) is bad
     other = WorkerGroupError("Training failed", {0: RuntimeError("segfault")})
     assert _user_error(other) is other
+
+
+def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypatch):
+    from lejepa_ray import runtime
+    from lejepa_ray.pretrain import check_resumable
+
+    cfg = _quickstart(tmp_path, "other", "probe.knn=false")
+    trainer_cfg = _quickstart(tmp_path, "other", "model.name=resnet34")
+    from lejepa_ray.train import Trainer
+
+    trainer = Trainer(trainer_cfg, resolve_backbone(trainer_cfg), torch.device("cpu"))
+    ckpt = tmp_path / "other" / "checkpoint_00000005"
+    ckpt.mkdir(parents=True)
+    checkpoint.save(ckpt, trainer, checkpoint.TrainState(step=5, model="resnet34"),
+                    to_yaml(trainer_cfg))
+    check_resumable(str(ckpt), trainer_cfg, resolve_backbone(trainer_cfg))  # same model: fine
+    monkeypatch.setattr(runtime, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(checkpoint, "latest_checkpoint", lambda run_dir: (str(ckpt), {"step": 5}))
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"cannot load a resnet34 checkpoint .* into resnet18: .*"
+                       r"another name= or storage_path="):
+        run(cfg)

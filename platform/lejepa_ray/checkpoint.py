@@ -229,16 +229,22 @@ class _SafeReader(FileSystemReader):
         return metadata
 
 
-def _read_into(path: str | Path, target: dict, *, model_name: str | None,
-               saved_model: str) -> None:
-    """Check the checkpoint's files and that it holds every tensor of ``target`` with the same
-    shape, then load them in place (DCP reshards)."""
-    metadata = read_metadata(path)
-    _check_files(Path(path), metadata)
+def check_model(path: str | Path, model: nn.Module, model_name: str | None = None) -> None:
+    """Raise CheckpointError unless the checkpoint at ``path`` holds every tensor of ``model``
+    (unsharded; the meta device will do) with the same shape. Reads only the index."""
+    _check_tensors(path, read_metadata(path), {"model": model.state_dict()},
+                   model_name=model_name, saved_model=read_state(path).model)
+
+
+def _check_tensors(path: str | Path, metadata: Metadata, target: dict, *,
+                   model_name: str | None, saved_model: str) -> None:
     saved = metadata.state_dict_metadata
     wanted = dict(_flatten(target))
     missing = [k for k in wanted if k not in saved]
     pickled = [k for k, v in saved.items() if not isinstance(v, TensorStorageMetadata)]
+    # The checkpoint's model tensors this model lacks: a bigger model of the same family
+    # (resnet34 against resnet18) holds all of the smaller one's tensors with their shapes.
+    extra = [k for k in saved if k.startswith("model.") and k not in wanted]
     wrong = [f"{k}: checkpoint {tuple(saved[k].size)}, model {tuple(v.shape)}"
              for k, v in wanted.items() if k in saved and k not in pickled
              and tuple(saved[k].size) != tuple(v.shape)]
@@ -246,16 +252,28 @@ def _read_into(path: str | Path, target: dict, *, model_name: str | None,
         raise CheckpointError(
             f"{path} holds pickled objects ({', '.join(pickled[:3])}); lejepa-ray checkpoints "
             "hold tensors only and never unpickle objects. Is it another program's checkpoint?")
-    if missing or wrong:
+    if missing or wrong or extra:
         model_keys = [k for k in missing if k.startswith("model.")]
         which = f"a {saved_model} checkpoint" if saved_model else "this checkpoint"
         here = f" into {model_name}" if model_name and model_name != saved_model else ""
-        detail = "; ".join(wrong[:3]) or f"missing {', '.join((model_keys or missing)[:3])}"
+        detail = ("; ".join(wrong[:3]) or
+                  (f"missing {', '.join((model_keys or missing)[:3])}" if missing else
+                   f"not in the model: {', '.join(extra[:3])}"))
         raise CheckpointError(
-            f"cannot load {which} from {path}{here}: {len(missing)} tensors missing and "
-            f"{len(wrong)} of a different shape ({detail}). The model config (model.name, "
+            f"cannot load {which} from {path}{here}: {len(missing)} tensors missing, "
+            f"{len(extra)} not in the model and {len(wrong)} of a different shape "
+            f"({detail}). The model config (model.name, "
             "model.model_args, projector sizes) must match the checkpoint's config.yaml; to "
             "start afresh use another name= or storage_path=.")
+
+
+def _read_into(path: str | Path, target: dict, *, model_name: str | None,
+               saved_model: str) -> None:
+    """Check the checkpoint's files and that it holds every tensor of ``target`` with the same
+    shape, then load them in place (DCP reshards)."""
+    metadata = read_metadata(path)
+    _check_files(Path(path), metadata)
+    _check_tensors(path, metadata, target, model_name=model_name, saved_model=saved_model)
     try:
         with warnings.catch_warnings():  # DCP warns when it loads in one process: we mean to
             warnings.filterwarnings("ignore", "torch.distributed is disabled")

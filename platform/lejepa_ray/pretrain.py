@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lejepa_ray import checkpoint
-from lejepa_ray.config import ConfigError, PretrainConfig, check_run, load_config, to_yaml
+from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
 from lejepa_ray.metrics import MetricsWriter, is_local
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve
 
@@ -81,8 +81,9 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
     ``fault.max_failures`` times.
 
     Raises:
-        ConfigError: before any Ray resource is requested, for a config that cannot run
-            (including one whose model differs from the run's checkpoints).
+        ConfigError: before any Ray resource is requested, for a config that cannot run.
+        CheckpointError: before Ray starts, when the run's latest checkpoint holds another
+            model than the config builds.
         TrainingStopped: too many consecutive non-finite steps; the last good checkpoint
             stays, and rerunning resumes from it.
     """
@@ -187,27 +188,14 @@ def _user_error(error: Exception) -> Exception:
 
 
 def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
-    """Raise ConfigError when the run's latest checkpoint (at ``path``) holds another model than
-    ``cfg`` builds: resuming it would fail on the workers, after Ray started."""
-    text = _read_text(f"{path.rstrip('/')}/{checkpoint.CONFIG_FILE}")
-    if text is None:
-        return  # the load on the workers reports what is wrong with the checkpoint
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(text)
-        f.flush()
-        saved = load_config(f.name)
-    before, now = resolve_backbone(saved), spec
-    mine, theirs = (cfg.model.name, now.kwargs, cfg.model.projector_hidden,
-                    cfg.model.projector_dim, cfg.model.projector_layers), (
-        saved.model.name, before.kwargs, saved.model.projector_hidden,
-        saved.model.projector_dim, saved.model.projector_layers)
-    if mine != theirs:
-        raise ConfigError(
-            f"run {run_name(cfg)!r} already has a checkpoint of another model ({path}): "
-            f"{saved.model.name} {before.kwargs}, projector {theirs[2:]}; this config builds "
-            f"{cfg.model.name} {now.kwargs}, projector {mine[2:]}. A run with the same name "
-            "resumes from its latest checkpoint: choose another name= (or storage_path=) to "
-            "start a new run, or use the checkpoint's model settings to continue it.")
+    """Raise CheckpointError when the run's latest checkpoint (at ``path``) does not fit the
+    model ``cfg`` builds, before Ray starts (the workers would fail on it, once per retry).
+    Compares the checkpoint's index with the model built on the meta device."""
+    if not is_local(path):
+        return  # the workers check it when they load it
+    with torch.device("meta"):
+        encoder = LeJEPAEncoder(spec, cfg.model)
+    checkpoint.check_model(path, encoder, cfg.model.name)
 
 
 def _train_dataset(data_cfg, run_dir: str, counter):
