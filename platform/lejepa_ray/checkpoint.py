@@ -94,11 +94,9 @@ def save(path: str | Path, trainer: Trainer, state: TrainState, config_yaml: str
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
         dcp.save({"model": model_state, "optim": {"state": optim_state["state"]}},
                  checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    rng_dir = Path(path, "rng")
-    rng_dir.mkdir(exist_ok=True)
-    (rng_dir / f"rank_{rank:05d}.json").write_text(json.dumps(_rng_state()))
-    if rank == 0:
+    _rng_file(path).parent.mkdir(exist_ok=True)
+    _rng_file(path).write_text(json.dumps(_rng_state()))
+    if _rank() == 0:
         Path(path, CONFIG_FILE).write_text(config_yaml)
         # Written last: a directory with state.json has all of rank 0's files.
         Path(path, STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
@@ -127,10 +125,8 @@ def load(path: str | Path, trainer: Trainer) -> TrainState:
         group["lr"] = lr
     trainer.step, trainer.skipped_steps = state.step, state.skipped_steps
     world = dist.get_world_size() if dist.is_initialized() else 1
-    rng_file = Path(path, "rng", f"rank_{dist.get_rank() if dist.is_initialized() else 0:05d}"
-                    ".json")
-    if world == state.world_size and rng_file.is_file():
-        _set_rng_state(json.loads(rng_file.read_text()))
+    if world == state.world_size and _rng_file(path).is_file():
+        _set_rng_state(json.loads(_rng_file(path).read_text()))
     return state
 
 
@@ -313,6 +309,15 @@ def _flatten(tree: dict, prefix: str = ""):
             yield from _flatten(value, name + ".")
         else:
             yield name, value
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _rng_file(path: str | Path) -> Path:
+    """This rank's RNG state file in the checkpoint at ``path``."""
+    return Path(path, "rng", f"rank_{_rank():05d}.json")
 
 
 def _rng_state() -> dict:
