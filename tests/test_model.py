@@ -69,3 +69,14 @@ def test_projector_is_the_batchnorm_mlp():
     assert encoder.projector[0].in_features == encoder.backbone.num_features == 512
     linears = [m for m in encoder.projector if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linears] == [64, 64, 8]
+
+
+def test_projector_input_is_what_the_backbone_returns():
+    # MobileNetV3's head convolution follows the pooling: num_features 960, output 1280.
+    spec = resolve(ModelConfig(name="mobilenetv3_large_100", projector_hidden=32,
+                               projector_dim=8), 64, 32)
+    assert spec.num_features == 1280
+    encoder = LeJEPAEncoder(spec, ModelConfig(name="mobilenetv3_large_100",
+                                              projector_hidden=32, projector_dim=8))
+    views = torch.randint(0, 256, (2, 1, 3, 64, 64), dtype=torch.uint8)
+    assert encoder(views).shape == (1, 2, 8)

@@ -89,7 +89,7 @@ def resolve(cfg: ModelConfig, global_size: int, local_size: int | None) -> Backb
             continue
         if local_size is None or _accepts(model, local_size):
             return BackboneSpec(cfg.name, kwargs, global_size, local_size, False,
-                                model.num_features)
+                                _feature_size(model))
         fallback = fallback or (kwargs, model)
     if fallback is None:
         raise ConfigError(
@@ -103,7 +103,14 @@ def resolve(cfg: ModelConfig, global_size: int, local_size: int | None) -> Backb
     while size < global_size and not _accepts(model, size):
         size += reduction
     size = min(size, global_size)
-    return BackboneSpec(cfg.name, kwargs, global_size, size, True, model.num_features)
+    return BackboneSpec(cfg.name, kwargs, global_size, size, True, _feature_size(model))
+
+
+def _feature_size(model: nn.Module) -> int:
+    """Width of what the model returns with ``num_classes=0``: timm's ``head_hidden_size``,
+    which differs from ``num_features`` when a head convolution or pre-logits layer follows the
+    pooling (MobileNetV3: 960 -> 1280)."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 class LeJEPAEncoder(nn.Module):
