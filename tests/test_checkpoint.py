@@ -241,3 +241,18 @@ def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
     assert back["step"] == 4
     _assert_bitwise(back["tensors"], _tensors(single))
 
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_pickled_entry_where_a_tensor_belongs_is_refused_unread(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    cfg = _config()
+    encoder = LeJEPAEncoder(resolve_backbone(cfg), cfg.model)
+    state = {"model": dict(encoder.state_dict())}
+    state["model"]["projector.0.weight"] = ["not", "a", "tensor"]  # DCP pickles this
+    dcp.save(state, checkpoint_id=str(tmp_path / "foreign"), no_dist=True)
+    (tmp_path / "foreign" / "state.json").write_text('{"step": 3}')
+    with pytest.raises(CheckpointError, match=r"pickled objects where tensors belong "
+                       r"\(model\.projector\.0\.weight\)"):
+        checkpoint.load_model_weights(tmp_path / "foreign", encoder)

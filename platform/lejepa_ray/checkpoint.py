@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import pickle
 import random
 import warnings
@@ -173,8 +174,8 @@ def read_state(path: str | Path) -> TrainState:
 # path it was saved to. Anything else in a .metadata file is refused, never constructed.
 _METADATA_GLOBALS = {
     ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "MetadataIndex", "TensorStorageMetadata", "TensorProperties",
-        "ChunkStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")
+        "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
+        "TensorProperties", "ChunkStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch.serialization", "_get_layout"),
@@ -237,7 +238,9 @@ def _check_tensors(path: str | Path, metadata: Metadata, target: dict, *,
     saved = metadata.state_dict_metadata
     wanted = dict(_flatten(target))
     missing = [k for k in wanted if k not in saved]
-    pickled = [k for k, v in saved.items() if not isinstance(v, TensorStorageMetadata)]
+    # Entries DCP stores pickled; never requested here, so never unpickled (a checkpoint of
+    # another program may hold some beside the tensors we read).
+    pickled = [k for k in wanted if k in saved and not isinstance(saved[k], TensorStorageMetadata)]
     # The checkpoint's model tensors this model lacks: a bigger model of the same family
     # (resnet34 against resnet18) holds all of the smaller one's tensors with their shapes.
     extra = [k for k in saved if k.startswith("model.") and k not in wanted]
@@ -246,8 +249,8 @@ def _check_tensors(path: str | Path, metadata: Metadata, target: dict, *,
              and tuple(saved[k].size) != tuple(v.shape)]
     if pickled:
         raise CheckpointError(
-            f"{path} holds pickled objects ({', '.join(pickled[:3])}); lejepa-ray checkpoints "
-            "hold tensors only and never unpickle objects. Is it another program's checkpoint?")
+            f"{path} holds pickled objects where tensors belong ({', '.join(pickled[:3])}); "
+            "lejepa-ray never unpickles objects. Is it another program's checkpoint?")
     if missing or wrong or extra:
         model_keys = [k for k in missing if k.startswith("model.")]
         which = f"a {saved_model} checkpoint" if saved_model else "this checkpoint"
@@ -378,10 +381,18 @@ def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
     so an interrupted write is never returned."""
     from ray.train import Result
 
+    if "://" not in run_dir:
+        run_dir = str(Path(run_dir).expanduser().resolve())  # Ray reads a bare path as a URI
+    # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
+    quiet = logging.getLogger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         result = Result.from_path(run_dir)
     except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
         return None
+    finally:
+        quiet.setLevel(level)
     if result.checkpoint is None:
         return None
     return result.checkpoint.path, dict(result.metrics or {})

@@ -118,6 +118,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """Frozen-feature probes of a checkpoint or export; a summary, then one JSON line."""
+    from lejepa_ray.evaluate import evaluate
+
+    result = evaluate(args.source, args.data, args.probe, size=args.size,
+                      max_samples=args.max_samples, k=args.k, temperature=args.temperature)
+    parts = [f"{name} top-1 {value:.3f}" for name, value in
+             (("kNN", result.knn_top1), ("linear", result.linear_top1)) if value is not None]
+    print(f"{', '.join(parts)} on {result.data} at {result.image_size} px ({result.queries} "
+          f"queries against {result.bank} labelled images, {result.classes} classes)")
+    print(result.to_json())
+    return 0
+
+
 def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     pretrain = commands.add_parser(
         "pretrain", help="LeJEPA pretraining of a timm backbone on Ray Train",
@@ -143,6 +157,25 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
                           "directory")
     exporter.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     exporter.set_defaults(func=_export)
+
+    evaluator = commands.add_parser(
+        "eval", help="kNN and linear probes of a checkpoint's or export's frozen features",
+        description="Embed labelled images with the frozen backbone (no projector), split them "
+        "80/20 into a bank and queries, and report kNN (cosine, temperature-weighted votes) "
+        "and linear (logistic regression) top-1 accuracy; the last line is JSON.")
+    evaluator.add_argument("source", metavar="CHECKPOINT_OR_EXPORT",
+                           help="a run or checkpoint directory, or an `export` folder")
+    evaluator.add_argument("--data", required=True,
+                           help="labelled data: digits, synthetic, an image folder (labels from "
+                           "subfolders) or parquet shards")
+    evaluator.add_argument("--probe", choices=("linear", "knn", "both"), default="both")
+    evaluator.add_argument("--size", type=int, default=None,
+                           help="image side in px (default: the size it was trained at)")
+    evaluator.add_argument("--max-samples", type=int, default=5000)
+    evaluator.add_argument("--k", type=int, default=20, help="kNN neighbours (default: 20)")
+    evaluator.add_argument("--temperature", type=float, default=0.07,
+                           help="kNN vote temperature (default: 0.07)")
+    evaluator.set_defaults(func=_eval)
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:

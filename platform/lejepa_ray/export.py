@@ -82,6 +82,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     hub["model_args"] = {k: v for k, v in hub.get("model_args", {}).items()
                          if k != "num_classes"}
     hub["lejepa"] = {"step": step, "checkpoint": str(path.resolve()),
+                     "image_size": spec.global_size,
                      "projector": PROJECTOR_FILE, "training_config": TRAINING_CONFIG_FILE}
     (out / "config.json").write_text(json.dumps(hub, indent=2))
     save_file({k: v.contiguous() for k, v in encoder.projector.state_dict().items()},

@@ -57,15 +57,16 @@ def load_labelled(data: DataConfig, size: int, max_samples: int) -> LabelledImag
         query.append(stable_hash("probe-split", row["key"]) % 5 == 0)
     if len(set(labels)) < 2 or not any(query) or all(query):
         raise ValueError(
-            f"the kNN probe needs labelled images of at least 2 classes; data.source="
-            f"{data.source} gave {len(labels)} labelled images. Set probe.knn=false for "
-            "unlabelled data.")
+            f"the probes need labelled images of at least 2 classes; data.source="
+            f"{data.source} gave {len(labels)} labelled images (an image folder is labelled by "
+            "its subfolders). To pretrain on unlabelled data, set probe.knn=false.")
     return LabelledImages(torch.stack(images), torch.tensor(labels), torch.tensor(query))
 
 
 @torch.no_grad()
 def embed(encoder: LeJEPAEncoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalized backbone features (N, D) of uint8 ``images`` (N, 3, S, S)."""
+    """L2-normalized backbone features (N, D) of uint8 ``images`` (N, 3, S, S). ``encoder`` is
+    anything with ``eval()`` and ``features(uint8 images) -> (N, D)``."""
     encoder.eval()
     feats = [encoder.features(images[i: i + batch_size]).float()
              for i in range(0, len(images), batch_size)]
@@ -82,6 +83,21 @@ def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, is_query: torch.T
     votes = torch.zeros(len(queries), int(labels.max()) + 1)
     votes.scatter_add_(1, bank_labels[idx], (sims / temperature).exp())
     return float((votes.argmax(1) == truth).float().mean())
+
+
+def linear_accuracy(features: torch.Tensor, labels: torch.Tensor, is_query: torch.Tensor,
+                    max_iter: int = 1000) -> float:
+    """Top-1 accuracy on the queries of a multinomial logistic regression fitted on the bank's
+    frozen features (standardized; scikit-learn's L-BFGS, L2 penalty C=1)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = features.double().numpy(), labels.numpy()
+    bank, query = ~is_query.numpy(), is_query.numpy()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    model.fit(x[bank], y[bank])
+    return float((model.predict(x[query]) == y[query]).mean())
 
 
 def knn_probe(encoder: LeJEPAEncoder, data: LabelledImages, cfg: ProbeConfig) -> float:

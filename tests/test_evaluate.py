@@ -1,0 +1,63 @@
+"""lejepa-ray eval: the same probes from a checkpoint and from its export, as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_export import _trained_checkpoint
+
+from lejepa_ray.cli import main
+from lejepa_ray.evaluate import evaluate
+from lejepa_ray.export import export
+
+
+def test_checkpoint_and_its_export_give_the_same_probes(tmp_path):
+    path, _ = _trained_checkpoint(tmp_path, "resnet18")
+    export(path, tmp_path / "out")
+    a = evaluate(path, "digits", "both", max_samples=300)
+    b = evaluate(tmp_path / "out", "digits", "both", max_samples=300)
+    assert a.image_size == b.image_size == 32  # the size it was trained at, from either
+    assert (a.knn_top1, a.linear_top1) == (b.knn_top1, b.linear_top1)
+    assert a.bank + a.queries <= 300 and a.classes == 10
+    assert 0 <= a.knn_top1 <= 1 and 0 <= a.linear_top1 <= 1
+    only_knn = evaluate(path, "digits", "knn", max_samples=300)
+    assert only_knn.linear_top1 is None and only_knn.knn_top1 == a.knn_top1
+
+
+def test_eval_command_prints_a_summary_then_json(tmp_path, capsys):
+    path, _ = _trained_checkpoint(tmp_path, "resnet18")
+    assert main(["eval", str(path), "--data", "digits", "--probe", "linear",
+                 "--max-samples", "200"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["knn_top1"] is None and 0 <= result["linear_top1"] <= 1
+    assert lines[0].startswith("linear top-1 ") and "on digits at 32 px" in lines[0]
+    assert main(["eval", str(path), "--data", str(tmp_path / "nothing")]) == 2
+    assert "neither a source (synthetic, digits) nor an existing path" in capsys.readouterr().err
+
+
+def test_eval_of_unlabelled_data_says_so(tmp_path):
+    from images import photo
+
+    path, _ = _trained_checkpoint(tmp_path, "resnet18")
+    folder = tmp_path / "flat"  # images without class subfolders: no labels
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.jpg").write_bytes(photo(seed=i))
+    with pytest.raises(ValueError, match=r"labelled images of at least 2 classes"):
+        evaluate(path, str(folder), "both")
+
+
+def test_linear_probe_separates_separable_features():
+    from lejepa_ray.probe import linear_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    centers = torch.randn(4, 16, generator=gen) * 5
+    feats = centers[labels] + torch.randn(200, 16, generator=gen) * 0.1
+    query = torch.arange(200) % 5 == 0
+    assert linear_accuracy(feats, labels, query) == 1.0
+    noise = torch.randn(200, 16, generator=gen)
+    assert linear_accuracy(noise, labels, query) < 0.6
