@@ -201,8 +201,13 @@ def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
 def _train_dataset(data_cfg, run_dir: str, counter):
     """The training Dataset for one attempt of the run, starting at the data epoch of the
     latest checkpoint (runs in Ray Train's controller)."""
+    from ray.data import DataContext
+
     from lejepa_ray.data.stream import build_view_stream
 
+    # This process's DataContext, not the driver's, is the one the Dataset captures: turn off
+    # the per-operator progress bars here too (see run()).
+    DataContext.get_current().enable_progress_bars = False
     latest = checkpoint.latest_checkpoint(run_dir)
     epoch = int(latest[1].get("data/epoch", 0)) if latest else 0
     return build_view_stream(data_cfg, epoch, counter).dataset
