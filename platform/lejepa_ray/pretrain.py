@@ -106,16 +106,19 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
     name, root = run_name(cfg), storage_root(cfg)
     run_dir = f"{root.rstrip('/')}/{name}"
     latest = checkpoint.latest_checkpoint(run_dir)
+    resumed_from = None if latest is None else int(latest[1].get("step", 0))
     if latest is not None:
         check_resumable(latest[0], cfg, spec)
-        done = int(latest[1].get("step", 0))
-        if done >= cfg.optim.steps:
+        if resumed_from >= cfg.optim.steps:
             print_fn(f"run {name} is complete: its latest checkpoint ({latest[0]}) is at step "
-                     f"{done} of optim.steps={cfg.optim.steps}; raise optim.steps to train on.")
+                     f"{resumed_from} of optim.steps={cfg.optim.steps}; raise optim.steps to "
+                     "train on.")
             from ray.train import Checkpoint
 
-            return _probe(cfg, spec, run_dir, Checkpoint(latest[0]), latest[1], 0.0, done,
-                          print_fn)
+            from lejepa_ray.data.sources import class_names
+
+            return _probe(cfg, spec, run_dir, Checkpoint(latest[0]), latest[1], 0.0,
+                          resumed_from, class_names(cfg.data) is not None, print_fn)
     _write_text(f"{run_dir}/{checkpoint.CONFIG_FILE}", to_yaml(cfg))
     _remove(f"{run_dir}/{STOPPED_FILE}")
     connect(train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
@@ -141,10 +144,9 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
             logging_config=LoggingConfig(log_level="WARNING")),
         # A factory, called at the start of every attempt (the first, and each restart after
         # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
-        datasets={"train": functools.partial(_train_dataset, cfg.data, run_dir, stream.counter)},
+        datasets={"train": functools.partial(_train_dataset, stream.dataset, run_dir)},
     )
-    where = "" if latest is None else (f"; resuming from step {latest[1].get('step')} "
-                                       f"({latest[0]})")
+    where = "" if latest is None else f"; resuming from step {resumed_from} ({latest[0]})"
     print_fn(f"run {name}: {cfg.model.name} on {cfg.scaling.num_workers} "
              f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
              f"{cfg.optim.steps} steps; outputs in {run_dir}{where}")
@@ -159,16 +161,15 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
         last = result.checkpoint.path if result.checkpoint else "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
     return _probe(cfg, spec, run_dir, result.checkpoint, dict(result.metrics or {}), seconds,
-                  None if latest is None else int(latest[1].get("step", 0)), print_fn)
+                  resumed_from, stream.classes is not None, print_fn)
 
 
 def _probe(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str, ckpt, metrics: dict,
-           seconds: float, resumed_from: int | None, print_fn) -> PretrainResult:
+           seconds: float, resumed_from: int | None, labelled: bool, print_fn
+           ) -> PretrainResult:
     """The run's result, with the kNN probe of its final checkpoint when the data has labels."""
-    from lejepa_ray.data.sources import class_names
-
     accuracy = accuracy_init = None
-    if cfg.probe.knn and class_names(cfg.data) is None:
+    if cfg.probe.knn and not labelled:
         print_fn(f"kNN probe skipped: data.source={cfg.data.source} has no labels.")
     elif cfg.probe.knn and ckpt is not None:
         accuracy, accuracy_init = probe_checkpoint(cfg, spec, ckpt)
@@ -198,19 +199,13 @@ def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
     checkpoint.check_model(path, encoder, cfg.model.name)
 
 
-def _train_dataset(data_cfg, run_dir: str, counter):
-    """The training Dataset for one attempt of the run, starting at the data epoch of the
+def _train_dataset(dataset, run_dir: str):
+    """The run's training Dataset for one attempt, set to start at the data epoch of the
     latest checkpoint (runs in Ray Train's controller)."""
-    from ray.data import DataContext
+    from lejepa_ray.data.stream import start_at
 
-    from lejepa_ray.data.stream import build_view_stream
-
-    # This process's DataContext, not the driver's, is the one the Dataset captures: turn off
-    # the per-operator progress bars here too (see run()).
-    DataContext.get_current().enable_progress_bars = False
     latest = checkpoint.latest_checkpoint(run_dir)
-    epoch = int(latest[1].get("data/epoch", 0)) if latest else 0
-    return build_view_stream(data_cfg, epoch, counter).dataset
+    return start_at(dataset, int(latest[1].get("data/epoch", 0)) if latest else 0)
 
 
 def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> tuple[float, float]:

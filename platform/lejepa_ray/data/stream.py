@@ -91,14 +91,12 @@ class ViewStream:
     """Label names of the source, or None when it is unlabelled."""
 
 
-def build_view_stream(cfg: DataConfig, start_epoch: int = 0, counter=None) -> ViewStream:
+def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     """Build the views pipeline of ``cfg`` on the connected Ray cluster.
 
     Args:
         cfg: source, shuffling, views and bad-input policy.
         start_epoch: the epoch the first execution produces (to resume a run mid-way).
-        counter: an existing ``SkipCounter`` to count into (a restarted attempt of a run);
-            None: a new one.
 
     Raises:
         SourceError: the path is missing or holds no images.
@@ -106,7 +104,7 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0, counter=None) -> Vi
     from ray.data import ActorPoolStrategy
 
     rows, classes = read_dataset(cfg)  # fails on a bad source before any actor exists
-    counter = counter or SkipCounter.remote()
+    counter = SkipCounter.remote()
     ds = rows.map_batches(
         ViewTransform,
         fn_constructor_kwargs={"cfg": cfg, "counter": counter},
@@ -122,10 +120,17 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0, counter=None) -> Vi
     v = cfg.views
     sample_bytes = 3 * (v.global_views * v.global_size**2 + v.local_views * v.local_size**2)
     ds.context.target_max_block_size = max(2**20, cfg.transform_batch_size * sample_bytes)
-    # The execution index is the epoch (see current_epoch); starting it later resumes a run
-    # with the shuffles and crops it would have had.
-    ds.context._execution_idx = start_epoch
-    return ViewStream(ds, counter, classes)
+    return ViewStream(start_at(ds, start_epoch), counter, classes)
+
+
+def start_at(dataset: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
+    """``dataset``, set so that its next execution produces epoch ``epoch``.
+
+    The execution index is the epoch (see ``current_epoch``); starting it later resumes a run
+    with the shuffles and crops it would have had.
+    """
+    dataset.context._execution_idx = epoch
+    return dataset
 
 
 def iter_epoch(
