@@ -18,21 +18,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lejepa_ray import checkpoint
-from lejepa_ray.config import load_config
-from lejepa_ray.model import IMAGENET_MEAN, IMAGENET_STD, LeJEPAEncoder
+from lejepa_ray.export import load_encoder
+from lejepa_ray.model import pixel_normalization
 
 PROBES = ("knn", "linear", "both")
 
 
 class FrozenBackbone(nn.Module):
-    """A backbone taking uint8 images: ``features((N, 3, S, S) uint8) -> (N, D)``."""
+    """An exported backbone taking uint8 images, normalized as in training
+    (``LeJEPAEncoder``): ``features((N, 3, S, S) uint8) -> (N, D)``."""
 
-    def __init__(self, backbone: nn.Module, mean, std):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.register_buffer("mean", 255.0 * torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", 255.0 * torch.tensor(std).view(1, 3, 1, 1))
+        mean, std = pixel_normalization(backbone)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images.float() - self.mean) / self.std)
@@ -55,9 +56,10 @@ class EvalResult:
         return json.dumps(asdict(self))
 
 
-def load_frozen(source: str | Path) -> tuple[FrozenBackbone, int]:
+def load_frozen(source: str | Path) -> tuple[nn.Module, int]:
     """The backbone of an export folder (``config.json`` + ``model.safetensors``) or of a
-    checkpoint or run directory, and the image size it was trained at.
+    checkpoint or run directory, with ``features(uint8 images)``, and the image size it was
+    trained at.
 
     Raises:
         CheckpointError: neither an export nor a usable checkpoint.
@@ -74,17 +76,9 @@ def load_frozen(source: str | Path) -> tuple[FrozenBackbone, int]:
             **hub.get("model_args", {}))
         pcfg = hub.get("pretrained_cfg", {})
         size = hub.get("lejepa", {}).get("image_size") or pcfg.get("input_size", [3, 224])[-1]
-        mean, std = pcfg.get("mean", IMAGENET_MEAN), pcfg.get("std", IMAGENET_STD)
-        return FrozenBackbone(backbone, mean, std).eval(), int(size)
-    ckpt = checkpoint.find(source)
-    from lejepa_ray.pretrain import resolve_backbone
-
-    cfg = load_config(ckpt / checkpoint.CONFIG_FILE)
-    encoder = LeJEPAEncoder(resolve_backbone(cfg), cfg.model)
-    checkpoint.load_model_weights(ckpt, encoder)
-    pcfg = getattr(encoder.backbone, "pretrained_cfg", {}) or {}
-    return (FrozenBackbone(encoder.backbone, pcfg.get("mean", IMAGENET_MEAN),
-                           pcfg.get("std", IMAGENET_STD)).eval(), cfg.data.views.global_size)
+        return FrozenBackbone(backbone).eval(), int(size)
+    trained = load_encoder(source)
+    return trained.encoder.eval(), trained.spec.global_size
 
 
 def evaluate(source: str | Path, data: str, probe: str = "both", *, size: int | None = None,

@@ -22,13 +22,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from lejepa_ray import checkpoint
 from lejepa_ray.checkpoint import CheckpointError
-from lejepa_ray.config import ConfigError, load_config
-from lejepa_ray.model import LeJEPAEncoder
+from lejepa_ray.config import ConfigError, PretrainConfig, load_config
+from lejepa_ray.model import BackboneSpec, LeJEPAEncoder
 
 WEIGHTS_FILE = "model.safetensors"
 PROJECTOR_FILE = "projector.safetensors"
@@ -50,6 +49,38 @@ class ExportResult:
     """Backbone parameters."""
 
 
+@dataclass
+class TrainedEncoder:
+    """A checkpoint's encoder (backbone + projector), unsharded, in this process."""
+
+    checkpoint: Path
+    cfg: PretrainConfig
+    spec: BackboneSpec
+    encoder: LeJEPAEncoder
+    step: int
+
+
+def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
+    """The encoder of a checkpoint (or of a run directory's latest checkpoint), built from the
+    checkpoint's own config and loaded in one process.
+
+    Raises:
+        CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
+    """
+    from lejepa_ray.pretrain import resolve_backbone
+
+    path = checkpoint.find(run_or_checkpoint)
+    try:
+        cfg = load_config(path / checkpoint.CONFIG_FILE)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} has no usable {checkpoint.CONFIG_FILE} ({e}); it is "
+                              "incomplete or not a lejepa-ray checkpoint.") from None
+    spec = resolve_backbone(cfg)
+    encoder = LeJEPAEncoder(spec, cfg.model)
+    step = checkpoint.load_model_weights(path, encoder)
+    return TrainedEncoder(path, cfg, spec, encoder, step)
+
+
 def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     """Write the backbone of a checkpoint (or of a run directory's latest checkpoint) to
     ``out_dir`` in timm's hub layout, the projector beside it.
@@ -59,20 +90,9 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     """
     from timm.models import save_for_hf
 
-    from lejepa_ray.pretrain import resolve_backbone
-
-    path = checkpoint.find(run_or_checkpoint)
-    config_file = path / checkpoint.CONFIG_FILE
-    try:
-        cfg = load_config(config_file)
-    except ConfigError as e:
-        raise CheckpointError(f"{path} has no usable {checkpoint.CONFIG_FILE} ({e}); it is "
-                              "incomplete or not a lejepa-ray checkpoint.") from None
-    spec = resolve_backbone(cfg)
-    torch.manual_seed(cfg.seed)
-    encoder = LeJEPAEncoder(spec, cfg.model)
-    step = checkpoint.load_model_weights(path, encoder)
-    backbone = encoder.backbone.eval()
+    trained = load_encoder(run_or_checkpoint)
+    path, spec, step = trained.checkpoint, trained.spec, trained.step
+    backbone = trained.encoder.backbone.eval()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,9 +105,8 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
                      "image_size": spec.global_size,
                      "projector": PROJECTOR_FILE, "training_config": TRAINING_CONFIG_FILE}
     (out / "config.json").write_text(json.dumps(hub, indent=2))
-    save_file({k: v.contiguous() for k, v in encoder.projector.state_dict().items()},
+    save_file({k: v.contiguous() for k, v in trained.encoder.projector.state_dict().items()},
               str(out / PROJECTOR_FILE), metadata={"format": "pt"})
-    shutil.copyfile(config_file, out / TRAINING_CONFIG_FILE)
+    shutil.copyfile(path / checkpoint.CONFIG_FILE, out / TRAINING_CONFIG_FILE)
     return ExportResult(out, path, step, hub["architecture"], hub["model_args"],
                         sum(p.numel() for p in backbone.parameters()))
-

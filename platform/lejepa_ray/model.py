@@ -113,6 +113,16 @@ def _feature_size(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
+def pixel_normalization(backbone: nn.Module, device: str | torch.device | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std ``(1, 3, 1, 1)`` on the 0-255 scale of uint8 pixels, from the backbone's
+    timm ``pretrained_cfg`` (ImageNet's when it has none)."""
+    pcfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    mean = torch.tensor(pcfg.get("mean", IMAGENET_MEAN), dtype=torch.float32, device=device)
+    std = torch.tensor(pcfg.get("std", IMAGENET_STD), dtype=torch.float32, device=device)
+    return (255.0 * mean).view(1, 3, 1, 1), (255.0 * std).view(1, 3, 1, 1)
+
+
 class LeJEPAEncoder(nn.Module):
     """Backbone + projector. Input uint8 views, output projections of every view.
 
@@ -132,12 +142,10 @@ class LeJEPAEncoder(nn.Module):
         with torch.device(device) if device is not None else contextlib.nullcontext():
             self.projector = MLP(spec.num_features, [*hidden, cfg.projector_dim],
                                  norm_layer=nn.BatchNorm1d, activation_layer=nn.ReLU)
-        pcfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
-        mean = torch.tensor(pcfg.get("mean", IMAGENET_MEAN), dtype=torch.float32, device=device)
-        std = torch.tensor(pcfg.get("std", IMAGENET_STD), dtype=torch.float32, device=device)
+        mean, std = pixel_normalization(self.backbone, device)
         # Not persistent: derived from the architecture, so checkpoints hold weights only.
-        self.register_buffer("mean", (255.0 * mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", (255.0 * std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def _pixels(self, views: torch.Tensor, size: int) -> torch.Tensor:
         """(B, V, 3, S, S) uint8 -> (B·V, 3, size, size) normalized float."""
