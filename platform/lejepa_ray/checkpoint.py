@@ -42,12 +42,12 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
-STATE_FILE = "state.json"
-CONFIG_FILE = "config.yaml"
-METADATA_FILE = ".metadata"
 if TYPE_CHECKING:
     from lejepa_ray.train import Trainer
 
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+METADATA_FILE = ".metadata"
 FORMAT = 1
 """Version of the layout above; bumped when it changes incompatibly."""
 

@@ -292,10 +292,9 @@ def train_worker(config: dict) -> None:
     config_yaml = to_yaml(cfg)
 
     def report(step: int, metrics: dict[str, float] | None, save: bool) -> None:
-        metrics = dict(metrics or {})
-        if metrics:
-            metrics["data/epoch"] = float(cursor.epoch)
-        if writer is not None and metrics:
+        fresh = metrics is not None
+        metrics = {**(metrics or {}), "data/epoch": cursor.epoch}
+        if writer is not None and fresh:
             metrics.update(skip_metrics(config["counter"]))
             writer.log(step, metrics)
         metrics["step"] = step
@@ -304,7 +303,7 @@ def train_worker(config: dict) -> None:
             return
         if writer is not None:
             writer.sync()
-        metrics.update({"data/epoch": cursor.epoch, "data/samples": cursor.samples})
+        metrics["data/samples"] = cursor.samples
         saved = checkpoint.TrainState(
             step=step, world_size=world, skipped_steps=trainer.skipped_steps,
             data_epoch=cursor.epoch, data_samples=cursor.samples,

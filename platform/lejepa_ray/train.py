@@ -205,8 +205,7 @@ def _metrics(trainer: Trainer, result: StepResult, meter: Meter, views: int,
         losses = meter.loss_sum / meter.good_steps
     if dist.is_available() and dist.is_initialized():
         # The prediction loss is per rank; SIGReg is already global. Average for the log.
-        losses = losses.clone()
-        dist.all_reduce(losses, op=dist.ReduceOp.AVG)
+        dist.all_reduce(losses, op=dist.ReduceOp.AVG)  # a fresh tensor: no step's is changed
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     elapsed = max(time.perf_counter() - meter.start, 1e-9)
