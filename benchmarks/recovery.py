@@ -1,8 +1,8 @@
 """Recovery from a killed worker: SIGKILL a Ray Train worker mid-run and time the restart.
 
 Runs the CPU quickstart (2 workers, DDP, digits) with ``fault.max_failures`` set, logging every
-step and checkpointing every ``--every`` steps. Once the checkpoint of step ``--every`` is
-complete it waits ``--delay`` seconds, kills one training worker process (SIGKILL), and lets
+step and checkpointing every ``--every`` steps. Once Ray Train has registered the checkpoint of
+step ``--every`` it waits ``--delay`` seconds, kills one training worker process (SIGKILL), and lets
 Ray Train restart the worker group from that checkpoint. From the run's TensorBoard events it
 reports:
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--storage", default=None, help="run directory parent (default: temp)")
     args = parser.parse_args(argv)
 
-    from lejepa_ray.chaos import KillAfter, recovery
+    from lejepa_ray.chaos import KillAfter, checkpoint_registered, recovery
     from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
     from lejepa_ray.pretrain import run
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         "name=recovery", f"storage_path={storage}", f"optim.steps={args.steps}",
         "optim.warmup_steps=2", "logging.every_steps=1", f"checkpoint.every_steps={args.every}",
         "probe.knn=false", "fault.max_failures=2"])
-    ckpt = Path(storage, "recovery", f"checkpoint_{args.every:08d}")
-    killer = KillAfter(lambda: (ckpt / "state.json").is_file(), delay_s=args.delay)
+    killer = KillAfter(checkpoint_registered(Path(storage, "recovery"), args.every),
+                       delay_s=args.delay)
     killer.start()
     start = time.time()
     result = run(cfg)

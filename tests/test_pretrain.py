@@ -166,16 +166,14 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
 
 @pytest.mark.slow
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
-    from lejepa_ray.chaos import KillAfter, recovery
+    from lejepa_ray.chaos import KillAfter, checkpoint_registered, recovery
 
     cfg = _quickstart(tmp_path, "killed", "optim.steps=24", "optim.warmup_steps=2",
                       "logging.every_steps=1", "checkpoint.every_steps=8", "probe.knn=false",
                       "fault.max_failures=2")
     run_dir = tmp_path / "killed"
-    # SIGKILL a worker a few steps after the checkpoint of step 8 is complete.
-    killer = KillAfter(lambda: (run_dir / "checkpoint_00000008" / "state.json").is_file() and
-                       (run_dir / "checkpoint_00000008" / "__1_0.distcp").is_file(),
-                       delay_s=3.0)
+    # SIGKILL a worker a few steps after Ray Train has registered the checkpoint of step 8.
+    killer = KillAfter(checkpoint_registered(run_dir, 8), delay_s=3.0)
     killer.start()
     result = run(cfg)
     killer.join()

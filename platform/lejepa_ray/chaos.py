@@ -31,6 +31,21 @@ def train_worker_pids() -> list[int]:
     return sorted(pids)
 
 
+def checkpoint_registered(run_dir: str | Path, step: int):
+    """A condition for :class:`KillAfter`: Ray Train has registered the run's checkpoint of
+    ``step`` as its latest. Its files appear in the run directory before that, and a worker
+    killed in between resumes from the previous checkpoint (or from scratch), as it should."""
+    from lejepa_ray.checkpoint import latest_checkpoint
+
+    name = f"checkpoint_{step:08d}"
+
+    def ready() -> bool:
+        latest = latest_checkpoint(str(run_dir))
+        return latest is not None and Path(latest[0]).name == name
+
+    return ready
+
+
 class KillAfter(threading.Thread):
     """Once ``ready()`` holds, wait ``delay_s`` more, then SIGKILL one training worker.
 
