@@ -33,13 +33,21 @@ def _batches(n: int = 8):
 
 
 def test_fit_reports_at_log_and_checkpoint_steps():
-    trainer = _trainer("logging.every_steps=2", "checkpoint.every_steps=3")
+    trainer = _trainer("logging.every_steps=2", "checkpoint.every_steps=3",
+                       "loss.score_smoothing_steps=3")
     calls = []
-    last = fit(trainer, _batches(), report=lambda s, m, save: calls.append((s, m is None, save)),
+    last = fit(trainer, _batches(), report=lambda s, m, save: calls.append((s, m, save)),
                flops_per_image=1e9, peak_tflops=1.0)
     assert trainer.step == 6
-    # (step, metrics missing, checkpoint): logs at 2, 4, 6; checkpoints at 3 and the end.
-    assert calls == [(2, False, False), (3, True, True), (4, False, False), (6, False, True)]
+    # (step, checkpoint): logs at 2, 4, 6; checkpoints, with fresh metrics, at 3 and the end.
+    assert [(s, save) for s, _, save in calls] == [(2, False), (3, True), (4, False), (6, True)]
+    windows = [m["loss"] for _, m, _ in calls]  # steps 1-2, 3, 4, 5-6
+    # The smoothed loss keeps whole windows covering >= 3 steps: at step 6, steps 4-6.
+    assert calls[0][1]["loss/smoothed"] == pytest.approx(windows[0])
+    assert calls[1][1]["loss/smoothed"] == pytest.approx((2 * windows[0] + windows[1]) / 3)
+    assert last["loss/smoothed"] == pytest.approx((windows[2] + 2 * windows[3]) / 3)
+    assert last["selection_score/smoothed"] == pytest.approx(
+        last["loss/smoothed"] / 0.05**0.4, rel=1e-5)
     for key in ("loss", "loss/prediction", "loss/sigreg", "selection_score", "lr", "grad_norm",
                 "throughput/images_per_s", "throughput/views_per_s", "time/data_wait_fraction",
                 "memory/peak_gib", "throughput/tflops_per_device", "throughput/mfu"):

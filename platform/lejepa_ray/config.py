@@ -73,6 +73,9 @@ class LossConfig:
     """Odd number of quadrature knots on [0, t_max]."""
     alpha: float = 0.4
     """Exponent α of the label-free selection score loss / λ^α."""
+    score_smoothing_steps: int = 50
+    """``loss/smoothed`` and ``selection_score/smoothed`` (what sweeps rank trials by) average
+    the last this many optimizer steps (whole logging windows, so a few more)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.lam < 1, "loss.lam", self.lam, "a value in (0, 1); the paper uses 0.05")
@@ -81,6 +84,8 @@ class LossConfig:
         _check(self.num_knots >= 3 and self.num_knots % 2 == 1, "loss.num_knots",
                self.num_knots, "an odd integer >= 3 (default 17)")
         _check(self.alpha >= 0, "loss.alpha", self.alpha, ">= 0 (default 0.4)")
+        _check(self.score_smoothing_steps >= 1, "loss.score_smoothing_steps",
+               self.score_smoothing_steps, ">= 1 (default 50)")
 
 
 @dataclass
@@ -267,14 +272,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     Raises:
         ConfigError: a missing file, an unknown key, a wrongly typed or out-of-range value.
     """
-    base = OmegaConf.structured(PretrainConfig)
-    layers = [base]
+    layers = [OmegaConf.structured(PretrainConfig)]
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; "
                               "pass a YAML file such as jobs/configs/quickstart.yaml.")
         layers.append(OmegaConf.load(path))
+    return _merge(layers, overrides, path)
+
+
+def with_overrides(cfg: PretrainConfig, overrides: list[str] | tuple[str, ...]
+                   ) -> PretrainConfig:
+    """``cfg`` with ``key=value`` overrides applied, validated as :func:`load_config` does.
+
+    Raises:
+        ConfigError: an unknown key, a wrongly typed or out-of-range value.
+    """
+    return _merge([OmegaConf.structured(cfg)], overrides, None)
+
+
+def _merge(layers: list, overrides: list[str] | tuple[str, ...], path: Path | None
+           ) -> PretrainConfig:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value; write e.g. loss.lam=0.02.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -154,17 +155,43 @@ class Meter:
                 result.losses
 
 
+class RecentMean:
+    """Mean of the finite steps' (4,) losses over the last ``steps`` optimizer steps or a few
+    more: whole log windows are kept, so it costs no host sync of its own. It restarts empty
+    when a run resumes."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.windows: deque[tuple[list[float], int]] = deque()
+
+    def add(self, means: list[float], count: int) -> None:
+        """One log window: the mean losses of its ``count`` finite steps."""
+        if count == 0:
+            return
+        self.windows.append((means, count))
+        while sum(c for _, c in self.windows) - self.windows[0][1] >= self.steps:
+            self.windows.popleft()
+
+    def value(self) -> list[float] | None:
+        """The (4,) step-weighted mean, or None before the first finite step."""
+        total = sum(c for _, c in self.windows)
+        if total == 0:
+            return None
+        return [sum(m[i] * c for m, c in self.windows) / total for i in range(4)]
+
+
 def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
-        report: Callable[[int, dict[str, float] | None, bool], None],
+        report: Callable[[int, dict[str, float], bool], None],
         flops_per_image: float | None = None, peak_tflops: float | None = None,
         world_size: int = 1) -> dict[str, float]:
     """Run optimizer steps from ``trainer.step`` until ``cfg.optim.steps``; returns the last
     metrics.
 
     ``report(step, metrics, checkpoint)`` is called on every rank at the same steps (Ray's
-    report is a barrier): with fresh ``metrics`` every ``logging.every_steps`` steps (None in
-    between), and with ``checkpoint=True`` every ``checkpoint.every_steps`` steps and at the end.
-    Logged losses are means over the finite steps since the previous log.
+    report is a barrier): with fresh ``metrics`` every ``logging.every_steps`` steps and at each
+    checkpoint, and with ``checkpoint=True`` every ``checkpoint.every_steps`` steps and at the
+    end. Logged losses are means over the finite steps since the previous log; ``loss/smoothed``
+    and ``selection_score/smoothed`` average the last ``loss.score_smoothing_steps`` steps.
 
     Raises:
         NonFiniteLossError: too many non-finite steps in a row; no checkpoint is written for
@@ -173,6 +200,7 @@ def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
     cfg = trainer.cfg
     accum = cfg.optim.accum_steps
     meter = Meter(time.perf_counter())
+    recent = RecentMean(cfg.loss.score_smoothing_steps)
     metrics: dict[str, float] = {}
     views = cfg.data.views.global_views + cfg.data.views.local_views
     while trainer.step < cfg.optim.steps:
@@ -185,18 +213,19 @@ def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
         meter.add(result)
         meter.images += sum(len(b["global"]) for b in micro) * world_size
         step, final = trainer.step, trainer.step == cfg.optim.steps
-        log = step % cfg.logging.every_steps == 0 or final
         save = step % cfg.checkpoint.every_steps == 0 or final
+        # A checkpoint always comes with fresh metrics: what Ray keeps with it (and a sweep
+        # ranks by) is then that step's, not an older window's.
+        log = step % cfg.logging.every_steps == 0 or save
         if log:
-            metrics = _metrics(trainer, result, meter, views, flops_per_image, peak_tflops,
-                               world_size)
+            metrics = _metrics(trainer, result, meter, recent, views, flops_per_image,
+                               peak_tflops, world_size)
             meter = Meter(time.perf_counter())
-        if log or save:
-            report(step, metrics if log else None, save)
+            report(step, metrics, save)
     return metrics
 
 
-def _metrics(trainer: Trainer, result: StepResult, meter: Meter, views: int,
+def _metrics(trainer: Trainer, result: StepResult, meter: Meter, recent: RecentMean, views: int,
              flops_per_image: float | None, peak_tflops: float | None,
              world_size: int) -> dict[str, float]:
     if meter.loss_sum is None:  # every step since the last log was skipped
@@ -209,10 +238,13 @@ def _metrics(trainer: Trainer, result: StepResult, meter: Meter, views: int,
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     elapsed = max(time.perf_counter() - meter.start, 1e-9)
-    total, pred, reg, score = losses.tolist()
+    total, pred, reg, score = means = losses.tolist()
+    recent.add(means, meter.good_steps)
+    smoothed = recent.value() or [float("nan")] * 4
     images_per_s = meter.images / elapsed
     out = {
         "loss": total, "loss/prediction": pred, "loss/sigreg": reg, "selection_score": score,
+        "loss/smoothed": smoothed[0], "selection_score/smoothed": smoothed[3],
         "lr": trainer.scheduler.get_last_lr()[0], "grad_norm": float(result.grad_norm),
         "throughput/images_per_s": images_per_s,
         "throughput/views_per_s": images_per_s * views,
