@@ -21,7 +21,9 @@ def ray_cluster():
 
     from lejepa_ray.runtime import connect
 
-    connect(train_cpus=2, log_to_driver=False)
+    # The dashboard serves the state API that Ray Train's placement-group cleaner needs when a
+    # sweep's trial is stopped (see lejepa_ray.sweep.run_sweep).
+    connect(train_cpus=2, log_to_driver=False, dashboard=True)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

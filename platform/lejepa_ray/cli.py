@@ -108,13 +108,10 @@ def _export(args: argparse.Namespace) -> int:
 
     result = export(args.source, args.out_dir)
     out = result.out_dir
-    extra = "".join(f", {k}={v!r}" for k, v in result.model_args.items())
     print(f"exported {result.architecture} ({result.parameters / 1e6:.1f}M parameters) from "
           f"{result.checkpoint} (step {result.step}) to {out}/{WEIGHTS_FILE} + config.json; "
           f"projector: {out}/{PROJECTOR_FILE}")
-    print(f"load it: timm.create_model({result.architecture!r}, pretrained=True, "
-          f"num_classes=0, pretrained_cfg_overlay=dict(file={str(out / WEIGHTS_FILE)!r})"
-          f"{extra})")
+    print(f"load it: {result.load_line()}")
     return 0
 
 
@@ -130,6 +127,68 @@ def _eval(args: argparse.Namespace) -> int:
           f"queries against {result.bank} labelled images, {result.classes} classes)")
     print(result.to_json())
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Run or resume a Tune sweep, rank its trials without labels, export the winner."""
+    from lejepa_ray.sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(
+        space=args.space, config=args.config or str(QUICKSTART), overrides=args.overrides,
+        name=args.name, samples=args.samples, scheduler=args.scheduler, search=args.search,
+        max_concurrent_trials=args.concurrent, grace_steps=args.grace_steps,
+        reduction_factor=args.reduction_factor, seed=args.seed,
+        validate_with_labels=args.validate_data if args.validate_with_labels else None,
+        export_winner=not args.no_export)
+    result = run_sweep(opts)
+    if result.interrupted:
+        return 130
+    minutes, seconds = divmod(round(result.seconds), 60)
+    print(f"\nsweep {'resumed and ' if result.resumed else ''}finished in {minutes} min "
+          f"{seconds} s: {len(result.rows)} trials")
+    print(f"results: {result.sweep_dir}/results.csv, plot: {result.sweep_dir}/plot.png")
+    print(f"TensorBoard of every trial: tensorboard --logdir {result.sweep_dir}/runs")
+    return 0
+
+
+def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="Ray Tune sweep of the pretrain config, ranked by the label-free score",
+        description="Run one pretraining per trial (a TorchTrainer per Tune trial), rank the "
+        "trials by selection_score = loss / λ^α smoothed over the last steps (lower is "
+        "better; no labels), write results.csv and plot.png, and export the winner's "
+        "backbone. Rerunning with the same --name resumes an interrupted sweep.")
+    sweep.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
+    sweep.add_argument("--config", default=None,
+                       help="pretrain config every trial starts from (default: "
+                       "jobs/configs/quickstart.yaml)")
+    sweep.add_argument("--name", default=None,
+                       help="sweep directory under storage_path (default: "
+                       "sweep-<space>-<timestamp>); the same name resumes")
+    sweep.add_argument("--samples", type=int, default=4,
+                       help="trials drawn from the space, times its grid combinations "
+                       "(default: 4)")
+    sweep.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    sweep.add_argument("--search", choices=("random", "optuna"), default="random",
+                       help="random, or optuna's TPE (pip install 'lejepa-ray[optuna]')")
+    sweep.add_argument("--concurrent", type=int, default=1,
+                       help="trials at once (default: 1); each takes its config's workers")
+    sweep.add_argument("--grace-steps", type=int, default=None,
+                       help="ASHA's first rung in steps (default: a quarter of optim.steps)")
+    sweep.add_argument("--reduction-factor", type=int, default=2,
+                       help="ASHA keeps the best 1/N at each rung (default: 2)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
+    sweep.add_argument("--validate-with-labels", action="store_true",
+                       help="probe every completed trial (kNN and linear) and report Spearman "
+                       "ρ of the score and the raw loss against probe accuracy")
+    sweep.add_argument("--validate-data", default="digits",
+                       help="labelled data for --validate-with-labels (default: digits)")
+    sweep.add_argument("--no-export", action="store_true",
+                       help="do not export the winner's backbone")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted overrides for every trial, e.g. optim.steps=60 "
+                       "storage_path=s3://bucket/sweeps")
+    sweep.set_defaults(func=_sweep)
 
 
 def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
@@ -234,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.set_defaults(func=_env)
     _add_data_commands(commands)
     _add_pretrain_command(commands)
+    _add_sweep_command(commands)
     return parser
 
 

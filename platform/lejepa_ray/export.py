@@ -48,6 +48,13 @@ class ExportResult:
     parameters: int
     """Backbone parameters."""
 
+    def load_line(self) -> str:
+        """The ``timm.create_model`` call that loads the exported backbone."""
+        extra = "".join(f", {k}={v!r}" for k, v in self.model_args.items())
+        return (f"timm.create_model({self.architecture!r}, pretrained=True, num_classes=0, "
+                f"pretrained_cfg_overlay=dict(file={str(self.out_dir / WEIGHTS_FILE)!r})"
+                f"{extra})")
+
 
 @dataclass
 class TrainedEncoder:

@@ -13,13 +13,14 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from lejepa_ray import checkpoint
+from lejepa_ray import checkpoint, storage
 from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
 from lejepa_ray.metrics import MetricsWriter, is_local
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve
@@ -72,8 +73,11 @@ def resolve_backbone(cfg: PretrainConfig) -> BackboneSpec:
     return resolve(cfg.model, v.global_size, v.local_size if v.local_views else None)
 
 
-def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
+def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> PretrainResult:
     """Pretrain with ``cfg`` on the connected (or a new local) Ray cluster; then probe.
+
+    ``callbacks``: Ray Train ``UserCallback`` objects for the run (a sweep forwards every
+    report to Tune with one).
 
     A run whose directory (``storage_path/name``) already has a checkpoint resumes from the
     latest one: step, LR schedule, data position, optimizer and RNG states, on any number of
@@ -119,8 +123,8 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
 
             return _probe(cfg, spec, run_dir, Checkpoint(latest[0]), latest[1], 0.0,
                           resumed_from, class_names(cfg.data) is not None, print_fn)
-    _write_text(f"{run_dir}/{checkpoint.CONFIG_FILE}", to_yaml(cfg))
-    _remove(f"{run_dir}/{STOPPED_FILE}")
+    storage.write_text(f"{run_dir}/{checkpoint.CONFIG_FILE}", to_yaml(cfg))
+    storage.remove(f"{run_dir}/{STOPPED_FILE}")
     connect(train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     # Per-operator progress bars from every epoch would bury the training's own progress line,
     # which already reports throughput and the time spent waiting for data.
@@ -141,7 +145,7 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=FailureConfig(max_failures=cfg.fault.max_failures),
             # Ray Train's per-report INFO lines would interleave with our progress line.
-            logging_config=LoggingConfig(log_level="WARNING")),
+            logging_config=LoggingConfig(log_level="WARNING"), callbacks=list(callbacks)),
         # A factory, called at the start of every attempt (the first, and each restart after
         # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
         datasets={"train": functools.partial(_train_dataset, stream.dataset, run_dir)},
@@ -156,7 +160,7 @@ def run(cfg: PretrainConfig, *, print_fn=print) -> PretrainResult:
     except WorkerGroupError as e:
         raise _user_error(e) from None
     seconds = time.perf_counter() - start
-    stopped = _read_text(f"{run_dir}/{STOPPED_FILE}")
+    stopped = storage.read_text(f"{run_dir}/{STOPPED_FILE}")
     if stopped is not None:
         last = result.checkpoint.path if result.checkpoint else "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
@@ -221,49 +225,20 @@ def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> tuple[flo
     return knn_probe(encoder, data, cfg.probe), at_init
 
 
-def _write_text(uri: str, text: str) -> None:
-    """Write ``text`` to a local path or a URI (s3://...), creating the parent folders."""
-    from lejepa_ray.data.sources import resolve_filesystem
-
-    filesystem, where = resolve_filesystem(uri)
-    filesystem.create_dir(where.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(where) as f:
-        f.write(text.encode())
-
-
-def _read_text(uri: str) -> str | None:
-    """The text at a local path or URI, or None when there is no such file."""
-    from pyarrow import fs
-
-    from lejepa_ray.data.sources import resolve_filesystem
-
-    filesystem, where = resolve_filesystem(uri)
-    if filesystem.get_file_info(where).type != fs.FileType.File:
-        return None
-    with filesystem.open_input_stream(where) as f:
-        return f.read().decode()
-
-
-def _remove(uri: str) -> None:
-    from pyarrow import fs
-
-    from lejepa_ray.data.sources import resolve_filesystem
-
-    filesystem, where = resolve_filesystem(uri)
-    if filesystem.get_file_info(where).type == fs.FileType.File:
-        filesystem.delete_file(where)
-
-
 def train_worker(config: dict) -> None:
     """Ray Train worker loop: one data-parallel rank of the run, resumed from the latest
     checkpoint when there is one."""
     import ray.train
     import ray.train.torch
+    from ray.train.v2._internal.execution import context as train_context
 
     from lejepa_ray.data.stream import EpochCursor, skip_metrics
     from lejepa_ray.flops import peak_tflops
     from lejepa_ray.train import NonFiniteLossError, Trainer, fit
 
+    # Ray Train logs each report, with all its metrics, from every rank at INFO, on a logger
+    # named after its source file that LoggingConfig does not reach; our progress line says it.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     cfg: PretrainConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -291,10 +266,9 @@ def train_worker(config: dict) -> None:
                         state.data_samples, state.world_size, load_seconds)
     config_yaml = to_yaml(cfg)
 
-    def report(step: int, metrics: dict[str, float] | None, save: bool) -> None:
-        fresh = metrics is not None
-        metrics = {**(metrics or {}), "data/epoch": cursor.epoch}
-        if writer is not None and fresh:
+    def report(step: int, metrics: dict[str, float], save: bool) -> None:
+        metrics = {**metrics, "data/epoch": cursor.epoch}
+        if writer is not None:
             metrics.update(skip_metrics(config["counter"]))
             writer.log(step, metrics)
         metrics["step"] = step
@@ -321,7 +295,7 @@ def train_worker(config: dict) -> None:
         # attempt normally, rather than failing it, keeps Ray from restarting into the same
         # divergence; the driver reads the marker and reports it.
         if rank == 0:
-            _write_text(f"{config['run_dir']}/{STOPPED_FILE}",
+            storage.write_text(f"{config['run_dir']}/{STOPPED_FILE}",
                         json.dumps({"step": trainer.step, "message": str(e)}))
             log.error("%s", e)
     finally:

@@ -25,12 +25,13 @@ def local_num_cpus(train_cpus: float) -> int:
     return int(cores or 1) + math.ceil(train_cpus) + 1
 
 
-def connect(train_cpus: float = 0.0, **init_kwargs) -> bool:
+def connect(train_cpus: float = 0.0, dashboard: bool = False, **init_kwargs) -> bool:
     """Connect this process to Ray; returns True when it started a local instance.
 
     Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster. Otherwise it
-    starts an embedded instance with :func:`local_num_cpus` logical CPUs. Already connected:
-    nothing to do.
+    starts an embedded instance with :func:`local_num_cpus` logical CPUs, and the dashboard only
+    when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``).
+    Already connected: nothing to do.
     """
     import ray
 
@@ -39,6 +40,6 @@ def connect(train_cpus: float = 0.0, **init_kwargs) -> bool:
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         ray.init(**init_kwargs)
         return False
-    init_kwargs.setdefault("include_dashboard", False)
+    init_kwargs["include_dashboard"] = dashboard
     ray.init(num_cpus=local_num_cpus(train_cpus), **init_kwargs)
     return True

@@ -1,0 +1,18 @@
+"""`ray job submit ... -- python jobs/sweep.py --space FILE [options] [key=value ...]`.
+
+The same entry point as `lejepa-ray sweep`: inside a Ray job it joins that cluster,
+elsewhere it starts a local Ray instance.
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    import lejepa_ray  # noqa: F401  (installed on the cluster's nodes)
+except ImportError:  # run from a checkout that was not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+
+from lejepa_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["sweep", *sys.argv[1:]]))

@@ -1,0 +1,205 @@
+"""Sweeps: option and space checks, ranking, results, Spearman validation; a real ASHA sweep
+and an interrupted sweep resumed, on the shared Ray instance."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lejepa_ray.config import ConfigError
+from lejepa_ray.space import Dimension
+from lejepa_ray.sweep import (
+    METRIC,
+    SweepOptions,
+    TrialRow,
+    check,
+    plot_png,
+    rank,
+    results_csv,
+    run_sweep,
+    validate,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "jobs" / "configs" / "quickstart.yaml")
+# Tiny trials: 8 steps of the quickstart's ResNet-18 on digits, a checkpoint every 4.
+TINY = ["optim.steps=8", "optim.warmup_steps=2", "checkpoint.every_steps=4",
+        "logging.every_steps=2", "loss.score_smoothing_steps=4", "data.num_samples=512"]
+
+
+def _space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"
+
+
+@pytest.mark.parametrize(("text", "kwargs", "message"), [
+    (LAMBDA, {"overrides": ["name=x"]}, "each is named after its Tune trial"),
+    ("name:\n  choice: [a, b]\n", {}, "name cannot be swept"),
+    ("model.name:\n  grid: [resnet18, resnet34]\n", {"search": "optuna"},
+     "optuna cannot search `grid` keys"),
+    ("loss.lam:\n  choice: [0.05, 2.0]\n", {}, "loss.lam=2.0 is not a valid value"),
+    (LAMBDA, {"overrides": ["scaling.batch_size=1", "scaling.num_workers=1"]},
+     "needs at least 2"),
+])
+def test_check_rejects_what_cannot_run(tmp_path, text, kwargs, message):
+    opts = SweepOptions(space=_space(tmp_path, text), config=QUICKSTART,
+                        overrides=kwargs.pop("overrides", []), **kwargs)
+    with pytest.raises(ConfigError, match=message):
+        check(opts)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"scheduler": "hyperband"}, "--scheduler must be one of asha, fifo"),
+    ({"search": "bayes"}, "--search must be one of random, optuna"),
+    ({"samples": 0}, "--samples must be >= 1"),
+    ({"reduction_factor": 1}, "--reduction-factor must be >= 2"),
+])
+def test_options_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepOptions(space="x.yaml", **kwargs)
+
+
+def test_searchers_seed_and_limit_concurrency(tmp_path):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lejepa_ray.sweep import _searcher
+
+    random = _searcher(SweepOptions(space="x", max_concurrent_trials=3, seed=7))
+    assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
+    optuna = _searcher(SweepOptions(space="x", search="optuna", max_concurrent_trials=2))
+    assert isinstance(optuna, ConcurrencyLimiter) and optuna.max_concurrent == 2
+    assert isinstance(optuna.searcher, OptunaSearch)
+
+
+def _result(trial, step, score, loss, lam, error=None, probes=None):
+    metrics = {"trial_id": trial, "step": step, METRIC: score, "loss/smoothed": loss,
+               **(probes or {})}
+    return SimpleNamespace(metrics=metrics, config={"loss.lam": lam}, error=error,
+                           path=f"/x/{trial}")
+
+
+def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
+    from lejepa_ray.config import load_config
+
+    base = load_config(QUICKSTART, TINY)
+    space = [Dimension("loss.lam", "loguniform", (0.01, 0.3))]
+    grid = [_result("a", 8, 3.0, 0.9, 0.05), _result("b", 2, 1.0, 0.5, 0.1),
+            _result("c", 8, 2.0, 0.8, 0.02), _result("d", 4, math.nan, math.nan, 0.2,
+                                                      error=RuntimeError("boom\nbad λ"))]
+    rows = rank(grid, base, space, str(tmp_path))
+    assert [(r.rank, r.trial, r.status) for r in rows] == [
+        (1, "c", "completed"), (2, "a", "completed"), (3, "b", "stopped at step 2"),
+        (4, "d", "error: bad λ")]
+    table = list(csv.reader(io.StringIO(results_csv(rows, space))))
+    assert table[0] == ["rank", "trial", "status", "step", "selection_score", "loss",
+                        "loss.lam", "knn_top1", "linear_top1", "checkpoint"]
+    assert table[1][:7] == ["1", "c", "completed", "8", "2.0", "0.8", "0.02"]
+    png = plot_png(rows, space, "test")
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def _row(i, score, loss, linear, knn, status="completed"):
+    return TrialRow(i, f"t{i}", status, 8, score, loss, {}, None, knn, linear)
+
+
+def test_validate_reports_spearman_of_score_and_loss_against_accuracy():
+    # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss
+    # ranks them in the opposite order.
+    rows = [_row(1, 1.0, 0.9, 0.9, 0.8), _row(2, 2.0, 0.5, 0.7, 0.6), _row(3, 3.0, 0.3, 0.5,
+                                                                          0.4),
+            _row(4, 0.5, 0.1, 0.1, 0.1, status="stopped at step 2")]
+    v = validate(rows)
+    assert v["trials"] == 3  # the stopped trial is left out
+    assert v["rho"]["selection_score~linear_top1"] == pytest.approx(-1.0)
+    assert v["rho"]["selection_score~knn_top1"] == pytest.approx(-1.0)
+    assert v["rho"]["loss~linear_top1"] == pytest.approx(1.0)
+    assert v["label_free_pick"] == v["best_by_labels"] == {"trial": "t1", "linear_top1": 0.9}
+    assert "at least 3" in validate(rows[:2])["note"]
+
+
+def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
+    import lejepa_ray.runtime
+
+    space = _space(tmp_path, LAMBDA)
+    (tmp_path / "runs" / "s").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "sweep.json").write_text(json.dumps({"samples": 99}))
+    monkeypatch.setattr(lejepa_ray.runtime, "connect", lambda **_: pytest.fail("Ray started"))
+    with pytest.raises(ConfigError, match="was started with another"):
+        run_sweep(SweepOptions(space=space, config=QUICKSTART, name="s",
+                               overrides=[f"storage_path={tmp_path / 'runs'}"]))
+
+
+@pytest.mark.slow
+def test_asha_sweep_interrupted_resumes_ranks_validates_and_exports(ray_cluster, tmp_path):
+    """One 4-trial ASHA sweep (the trials take ~75 s each on 2 cores, mostly Ray start-up, so
+    the issue's checks share it): Ctrl+C once the first trial has finished, rerun the same
+    command, and check the resumed sweep's ranking, files, probes and winner."""
+    space = _space(tmp_path, LAMBDA + "loss.num_slices:\n  choice: [64, 256]\n")
+    opts = SweepOptions(space=space, config=QUICKSTART, name="asha", samples=4, grace_steps=2,
+                        validate_with_labels="digits",
+                        overrides=[*TINY, f"storage_path={tmp_path}"])
+    sweep = tmp_path / "asha"
+
+    def interrupt_after_first_trial():
+        # Ctrl+C once the first trial has ended (its result is in results): Tune saves its
+        # state and returns; the second trial is running or starting.
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if any('"probe/linear_top1"' in p.read_text()
+                   for p in sweep.glob("_trial_*/result.json")):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=interrupt_after_first_trial, daemon=True)
+    killer.start()
+    first = run_sweep(opts)
+    killer.join()
+    assert first.interrupted and not first.resumed and first.rows == []
+    # The finished trial's training output: trial dirs are _trial_<id>_<index>_..., runs/<id>.
+    finished = {}
+    for p in sweep.glob("_trial_*/result.json"):
+        if '"probe/linear_top1"' in p.read_text():
+            trial = "_".join(p.parent.name.split("_")[2:4])
+            finished[trial] = (sweep / "runs" / trial / "checkpoint_00000008" / "state.json"
+                               ).stat().st_mtime
+    assert len(finished) == 1
+
+    result = run_sweep(opts)
+    assert result.resumed and not result.interrupted
+    for trial, mtime in finished.items():  # the finished trial was kept, not trained again
+        assert (sweep / "runs" / trial / "checkpoint_00000008" / "state.json").stat().st_mtime \
+            == mtime
+        assert next(r for r in result.rows if r.trial == trial).completed
+    rows = result.rows
+    assert len(rows) == 4 and [r.rank for r in rows] == [1, 2, 3, 4]
+    assert all(not r.status.startswith("error") for r in rows), [r.status for r in rows]
+    assert rows[0].completed and rows[0].checkpoint
+    done = [r for r in rows if r.completed]
+    assert [r.selection_score for r in done] == sorted(r.selection_score for r in done)
+    for r in rows:  # every report carried the score; a stopped trial ends on a rung (2 or 4)
+        assert math.isfinite(r.selection_score) and r.step in (2, 4, 8), r
+    header = (sweep / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("rank,trial,status,step,selection_score,loss,loss.lam,"
+                             "loss.num_slices,knn_top1,linear_top1")
+    assert (sweep / "plot.png").stat().st_size > 5000
+    winner = json.loads((sweep / "winner" / "config.json").read_text())
+    assert winner["architecture"] == "resnet18" and winner["lejepa"]["step"] == 8
+    assert all(0 <= r.linear_top1 <= 1 and 0 <= r.knn_top1 <= 1 for r in done)
+    assert json.loads((sweep / "validation.json").read_text())["trials"] == len(done)
