@@ -87,6 +87,18 @@ def test_searchers_seed_and_limit_concurrency(tmp_path):
     assert isinstance(optuna.searcher, OptunaSearch)
 
 
+def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
+    from lejepa_ray.config import load_config
+    from lejepa_ray.sweep import _scheduler
+
+    base = load_config(QUICKSTART)  # 150 steps; the space's trials run 40
+    space = [Dimension("optim.steps", "fixed", (40,))]
+    asha = _scheduler(SweepOptions(space="x"), base, space)
+    assert (asha._max_t, asha._brackets[0]._rungs[-1][0]) == (40, 10)
+    ranged = [Dimension("optim.steps", "randint", (20, 81))]
+    assert _scheduler(SweepOptions(space="x", grace_steps=5), base, ranged)._max_t == 80
+
+
 def _result(trial, step, score, loss, lam, error=None, probes=None):
     metrics = {"trial_id": trial, "step": step, METRIC: score, "loss/smoothed": loss,
                **(probes or {})}

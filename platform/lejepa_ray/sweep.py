@@ -258,7 +258,7 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
             trainable, param_space=to_tune(space),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="min", num_samples=opts.samples,
-                scheduler=_scheduler(opts, base), search_alg=_searcher(opts)),
+                scheduler=_scheduler(opts, base, space), search_alg=_searcher(opts)),
             run_config=tune.RunConfig(name=name, storage_path=root))
         print_fn(f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
                  f"{opts.search} search, {opts.max_concurrent_trials} at a time; outputs in "
@@ -305,12 +305,18 @@ def _unfinished(sweep_dir: str, expected: int) -> int:
     return max(expected, len(trials)) - ended
 
 
-def _scheduler(opts: SweepOptions, base: PretrainConfig):
+def _max_steps(base: PretrainConfig, space: list[Dimension]) -> int:
+    """The longest a trial can run: ``optim.steps`` of the config, or the space's largest."""
+    dim = next((d for d in space if d.key == "optim.steps"), None)
+    return max(int(v) for v in dim.corners()) if dim else base.optim.steps
+
+
+def _scheduler(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if opts.scheduler == "fifo":
         return FIFOScheduler()
-    steps = base.optim.steps
+    steps = _max_steps(base, space)
     grace = min(opts.grace_steps or max(1, steps // 4), steps)
     # A trial that reaches its last step ends by returning, not by being stopped: its final
     # checkpoint (and probe) must complete.
