@@ -1,5 +1,5 @@
 """Sweeps: option and space checks, ranking, results, Spearman validation; a real ASHA sweep
-and an interrupted sweep resumed, on the shared Ray instance."""
+with probes on the shared Ray instance."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import csv
 import io
 import json
 import math
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,47 +154,15 @@ def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_asha_sweep_interrupted_resumes_ranks_validates_and_exports(ray_cluster, tmp_path):
-    """One 4-trial ASHA sweep (the trials take ~75 s each on 2 cores, mostly Ray start-up, so
-    the issue's checks share it): Ctrl+C once the first trial has finished, rerun the same
-    command, and check the resumed sweep's ranking, files, probes and winner."""
+def test_asha_sweep_ranks_validates_and_exports(ray_cluster, tmp_path):
+    """One 4-trial ASHA sweep (~75 s a trial on 2 cores, mostly Ray start-up) with probes."""
     space = _space(tmp_path, LAMBDA + "loss.num_slices:\n  choice: [64, 256]\n")
     opts = SweepOptions(space=space, config=QUICKSTART, name="asha", samples=4, grace_steps=2,
                         validate_with_labels="digits",
                         overrides=[*TINY, f"storage_path={tmp_path}"])
     sweep = tmp_path / "asha"
-
-    def interrupt_after_first_trial():
-        # Ctrl+C once the first trial has ended (its result is in results): Tune saves its
-        # state and returns; the second trial is running or starting.
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if any('"probe/linear_top1"' in p.read_text()
-                   for p in sweep.glob("_trial_*/result.json")):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.5)
-
-    killer = threading.Thread(target=interrupt_after_first_trial, daemon=True)
-    killer.start()
-    first = run_sweep(opts)
-    killer.join()
-    assert first.interrupted and not first.resumed and first.rows == []
-    # The finished trial's training output: trial dirs are _trial_<id>_<index>_..., runs/<id>.
-    finished = {}
-    for p in sweep.glob("_trial_*/result.json"):
-        if '"probe/linear_top1"' in p.read_text():
-            trial = "_".join(p.parent.name.split("_")[2:4])
-            finished[trial] = (sweep / "runs" / trial / "checkpoint_00000008" / "state.json"
-                               ).stat().st_mtime
-    assert len(finished) == 1
-
     result = run_sweep(opts)
-    assert result.resumed and not result.interrupted
-    for trial, mtime in finished.items():  # the finished trial was kept, not trained again
-        assert (sweep / "runs" / trial / "checkpoint_00000008" / "state.json").stat().st_mtime \
-            == mtime
-        assert next(r for r in result.rows if r.trial == trial).completed
+    assert not result.resumed and not result.interrupted
     rows = result.rows
     assert len(rows) == 4 and [r.rank for r in rows] == [1, 2, 3, 4]
     assert all(not r.status.startswith("error") for r in rows), [r.status for r in rows]
