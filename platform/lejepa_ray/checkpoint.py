@@ -42,6 +42,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
+from lejepa_ray.runtime import quiet_logger
+
 if TYPE_CHECKING:
     from lejepa_ray.train import Trainer
 
@@ -384,15 +386,12 @@ def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
     if "://" not in run_dir:
         run_dir = str(Path(run_dir).expanduser().resolve())  # Ray reads a bare path as a URI
     # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
-    quiet = logging.getLogger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
     try:
-        result = Result.from_path(run_dir)
+        with quiet_logger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager",
+                          logging.WARNING):
+            result = Result.from_path(run_dir)
     except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
         return None
-    finally:
-        quiet.setLevel(level)
     if result.checkpoint is None:
         return None
     return result.checkpoint.path, dict(result.metrics or {})

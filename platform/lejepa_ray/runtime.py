@@ -14,8 +14,11 @@ size the CPU nodes.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+from collections.abc import Iterator
 
 
 def local_num_cpus(train_cpus: float) -> int:
@@ -43,3 +46,16 @@ def connect(train_cpus: float = 0.0, dashboard: bool = False, **init_kwargs) -> 
     init_kwargs["include_dashboard"] = dashboard
     ray.init(num_cpus=local_num_cpus(train_cpus), **init_kwargs)
     return True
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int) -> Iterator[None]:
+    """Raise the logger ``name`` to ``level`` for the block: for Ray's advice and warnings that
+    do not apply to how we call it."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

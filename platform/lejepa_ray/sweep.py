@@ -293,14 +293,11 @@ def _unfinished(sweep_dir: str, expected: int) -> int:
 
     from ray.tune import ExperimentAnalysis
 
+    from lejepa_ray.runtime import quiet_logger
+
     # It warns about trials without results yet, which are exactly what is being counted.
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR):
         trials = ExperimentAnalysis(sweep_dir).trials
-    finally:
-        quiet.setLevel(level)
     ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
     return max(expected, len(trials)) - ended
 
