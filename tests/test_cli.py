@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import console_script
 
 import lejepa_ray
 from lejepa_ray.cli import main
-
-
-def console_script() -> str:
-    # The script sits next to the interpreter of the environment the project is installed in.
-    script = Path(sys.executable).with_name("lejepa-ray")
-    found = str(script) if script.exists() else shutil.which("lejepa-ray")
-    assert found, "the lejepa-ray console script is not installed (pip install -e .)"
-    return found
 
 
 def test_console_script_reports_version():

@@ -1,5 +1,5 @@
 """Sweeps: option and space checks, ranking, results, Spearman validation; a real ASHA sweep
-with probes on the shared Ray instance."""
+with probes, interrupted with Ctrl+C and resumed, through the command line."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import csv
 import io
 import json
 import math
+import signal
+import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from procs import clean_env, console_script, tail
 
 from lejepa_ray.config import ConfigError
 from lejepa_ray.space import Dimension
@@ -154,28 +158,65 @@ def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_asha_sweep_ranks_validates_and_exports(ray_cluster, tmp_path):
-    """One 4-trial ASHA sweep (~75 s a trial on 2 cores, mostly Ray start-up) with probes."""
+def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_path):
+    """The command a user runs, twice: a 4-trial ASHA sweep with probes gets Ctrl+C (SIGINT)
+    once its first trial has finished, then the same command resumes it. Each run has its own
+    embedded Ray instance, as at a shell (~75 s a trial on 2 cores, mostly Ray start-up)."""
     space = _space(tmp_path, LAMBDA + "loss.num_slices:\n  choice: [64, 256]\n")
-    opts = SweepOptions(space=space, config=QUICKSTART, name="asha", samples=4, grace_steps=2,
-                        validate_with_labels="digits",
-                        overrides=[*TINY, f"storage_path={tmp_path}"])
+    cmd = [console_script(), "sweep", "--space", space, "--config", QUICKSTART, "--name",
+           "asha", "--samples", "4", "--grace-steps", "2", "--validate-with-labels", *TINY,
+           f"storage_path={tmp_path}"]
     sweep = tmp_path / "asha"
-    result = run_sweep(opts)
-    assert not result.resumed and not result.interrupted
-    rows = result.rows
-    assert len(rows) == 4 and [r.rank for r in rows] == [1, 2, 3, 4]
-    assert all(not r.status.startswith("error") for r in rows), [r.status for r in rows]
-    assert rows[0].completed and rows[0].checkpoint
-    done = [r for r in rows if r.completed]
-    assert [r.selection_score for r in done] == sorted(r.selection_score for r in done)
+
+    def finished_trials() -> dict[str, float]:
+        """Trials with their final probe reported -> mtime of their last checkpoint's state.
+        Trial dirs are _trial_<id>_<index>_...; the trial's run is runs/<id>."""
+        out = {}
+        for p in sweep.glob("_trial_*/result.json"):
+            if '"probe/linear_top1"' in p.read_text():
+                trial = "_".join(p.parent.name.split("_")[2:4])
+                state = sweep / "runs" / trial / "checkpoint_00000008" / "state.json"
+                out[trial] = state.stat().st_mtime
+        return out
+
+    first_log = tmp_path / "first.log"
+    with first_log.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        deadline = time.monotonic() + 600
+        while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, f"the sweep ended before Ctrl+C:\n{tail(first_log)}"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == 130, tail(first_log)
+    assert "interrupted with 3 unfinished trial(s)" in first_log.read_text(), tail(first_log)
+    finished = finished_trials()
+    assert len(finished) == 1
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), timeout=800)
+    assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
+    assert "resuming sweep asha" in second.stdout
+    assert "sweep resumed and finished" in second.stdout
+    for trial, mtime in finished.items():  # the finished trial was kept, not trained again
+        assert (sweep / "runs" / trial / "checkpoint_00000008" / "state.json").stat().st_mtime \
+            == mtime
+
+    with (sweep / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    assert all(not r["status"].startswith("error") for r in rows), [r["status"] for r in rows]
+    assert next(r for r in rows if r["trial"] in finished)["status"] == "completed"
+    done = [r for r in rows if r["status"] == "completed"]
+    assert rows[0] in done and rows[0]["checkpoint"]
+    scores = [float(r["selection_score"]) for r in done]
+    assert scores == sorted(scores)
     for r in rows:  # every report carried the score; a stopped trial ends on a rung (2 or 4)
-        assert math.isfinite(r.selection_score) and r.step in (2, 4, 8), r
-    header = (sweep / "results.csv").read_text().splitlines()[0]
-    assert header.startswith("rank,trial,status,step,selection_score,loss,loss.lam,"
-                             "loss.num_slices,knn_top1,linear_top1")
+        assert math.isfinite(float(r["selection_score"])) and r["step"] in ("2", "4", "8"), r
+    assert list(rows[0])[:10] == ["rank", "trial", "status", "step", "selection_score", "loss",
+                                  "loss.lam", "loss.num_slices", "knn_top1", "linear_top1"]
     assert (sweep / "plot.png").stat().st_size > 5000
     winner = json.loads((sweep / "winner" / "config.json").read_text())
     assert winner["architecture"] == "resnet18" and winner["lejepa"]["step"] == 8
-    assert all(0 <= r.linear_top1 <= 1 and 0 <= r.knn_top1 <= 1 for r in done)
+    assert all(0 <= float(r["linear_top1"]) <= 1 and 0 <= float(r["knn_top1"]) <= 1
+               for r in done)
     assert json.loads((sweep / "validation.json").read_text())["trials"] == len(done)
+    assert "label-free selection over" in second.stdout

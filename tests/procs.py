@@ -1,0 +1,31 @@
+"""Running the installed ``lejepa-ray`` console script (and ``ray``) as a user's shell would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def console_script(name: str = "lejepa-ray") -> str:
+    """The path of an installed console script (``lejepa-ray``, ``ray``)."""
+    # Scripts sit next to the interpreter of the environment the project is installed in.
+    script = Path(sys.executable).with_name(name)
+    found = str(script) if script.exists() else shutil.which(name)
+    assert found, f"the {name} console script is not installed (make test installs it)"
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables that would attach a child process to
+    another Ray cluster (this session's own instance, or a job's)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_JOB_ID", "RAY_AUTH_TOKEN")}
+    return {**env, **extra}
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The last lines of a log file, for an assertion message."""
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
