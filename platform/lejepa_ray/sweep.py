@@ -24,7 +24,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -161,8 +161,10 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     from lejepa_ray.pretrain import run
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = with_overrides(setup.base, [*overrides(params), f"name={trial_id}",
-                                      f"storage_path={setup.runs_dir}", "probe.knn=false"])
+    cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false"])
+    # Set, not parsed as an override: an all-digit id such as 28172_00000 would be read as
+    # the integer 2817200000.
+    cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)
     result = run(cfg, callbacks=[TuneReportCallback()])
     if setup.validate_data and result.checkpoint:
         tune.report({**result.metrics, **probe_checkpoint(result.checkpoint,
