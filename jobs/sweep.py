@@ -7,10 +7,9 @@ elsewhere it starts a local Ray instance.
 import sys
 from pathlib import Path
 
-try:
-    import lejepa_ray  # noqa: F401  (installed on the cluster's nodes)
-except ImportError:  # run from a checkout that was not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+# The code submitted with the job (its working directory's platform/) comes before the version
+# installed on the nodes; lejepa_ray.runtime.connect then ships it to every worker.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lejepa_ray.cli import main
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from lejepa_ray.runtime import local_num_cpus
 
@@ -12,3 +13,23 @@ def test_local_cluster_declares_cores_plus_training_plus_reads():
     assert local_num_cpus(0) == cores + 1
     assert local_num_cpus(2) == cores + 3  # two one-CPU training workers keep Data whole
     assert local_num_cpus(0.5) == cores + 2
+
+
+def test_connect_ships_the_package_to_a_joined_cluster_and_never_joins_a_stray_one(monkeypatch):
+    import ray
+
+    import lejepa_ray
+    from lejepa_ray import runtime
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_JOB_ID", "02000000")  # inside `ray job submit`
+    assert runtime.connect(train_cpus=2, runtime_env={"env_vars": {"A": "1"}}) is False
+    package = str(Path(lejepa_ray.__file__).resolve().parent)
+    assert calls[-1] == {"runtime_env": {"env_vars": {"A": "1"}, "py_modules": [package]}}
+    monkeypatch.delenv("RAY_JOB_ID")
+    # Outside a job: a new local instance, even if `ray start` left one on this machine.
+    assert runtime.connect(train_cpus=2) is True
+    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == local_num_cpus(2)

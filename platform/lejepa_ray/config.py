@@ -11,6 +11,7 @@ before any Ray resource is requested.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lejepa_ray.data.config import DataConfig, ViewConfig, _check
+
+STORAGE_ENV = "LEJEPA_STORAGE_PATH"
+"""Environment variable with the default ``storage_path`` (set by ``cluster.yaml``)."""
 
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -245,8 +249,10 @@ class PretrainConfig:
 
     name: str | None = None
     """Run name: the directory under ``storage_path``. None: ``lejepa-<model>-<timestamp>``."""
-    storage_path: str = "runs"
-    """Where run directories go: a local path (made absolute) or a URI (s3://...)."""
+    storage_path: str = field(default_factory=lambda: os.environ.get(STORAGE_ENV) or "runs")
+    """Where run directories go: a local path (made absolute) or a URI (s3://...). Default:
+    ``$LEJEPA_STORAGE_PATH`` (which ``cluster.yaml`` sets on every node, so jobs write to the
+    cluster's bucket), else ``runs``."""
     seed: int = 0
     """Seed of model initialization (the data has its own ``data.seed``)."""
     model: ModelConfig = field(default_factory=ModelConfig)

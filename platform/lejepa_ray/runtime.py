@@ -19,6 +19,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def local_num_cpus(train_cpus: float) -> int:
@@ -31,9 +32,12 @@ def local_num_cpus(train_cpus: float) -> int:
 def connect(train_cpus: float = 0.0, dashboard: bool = False, **init_kwargs) -> bool:
     """Connect this process to Ray; returns True when it started a local instance.
 
-    Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster. Otherwise it
-    starts an embedded instance with :func:`local_num_cpus` logical CPUs, and the dashboard only
-    when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``).
+    Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster and ships
+    this process's ``lejepa_ray`` package to every worker (``py_modules``), so the Train
+    workers and Tune trials run the code the job was submitted with, not whatever version the
+    nodes had installed. Otherwise it starts an embedded instance (never one that ``ray start``
+    left running on this machine) with :func:`local_num_cpus` logical CPUs, and the dashboard
+    only when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``).
     Already connected: nothing to do.
     """
     import ray
@@ -41,11 +45,20 @@ def connect(train_cpus: float = 0.0, dashboard: bool = False, **init_kwargs) -> 
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
-        ray.init(**init_kwargs)
+        env = dict(init_kwargs.pop("runtime_env", None) or {})
+        env["py_modules"] = [*env.get("py_modules", []), package_dir()]
+        ray.init(runtime_env=env, **init_kwargs)
         return False
     init_kwargs["include_dashboard"] = dashboard
-    ray.init(num_cpus=local_num_cpus(train_cpus), **init_kwargs)
+    ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
     return True
+
+
+def package_dir() -> str:
+    """The directory of the ``lejepa_ray`` package this process imported."""
+    import lejepa_ray
+
+    return str(Path(lejepa_ray.__file__).resolve().parent)
 
 
 @contextlib.contextmanager

@@ -169,8 +169,8 @@ def run(cfg: DataConfig, *, seconds: float = 30.0, workers: int | None = None,
         # `workers` logical CPUs for the transform actors, as many as the DataLoader has worker
         # processes, plus one for the read tasks (I/O the DataLoader's workers do themselves).
         # Without it the actors hold every CPU and reads starve. Physical cores are the same.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(address="local", num_cpus=workers + 1, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     DataContext.get_current().enable_progress_bars = False
     print_fn(f"Ray Data, {workers} transform actors, {seconds:.0f} s ...")
     stream = bench_ray_data(cfg, workers, batch_size, seconds)
