@@ -1,4 +1,5 @@
-"""cluster.yaml against the Ray cluster launcher's own schema (no cloud calls)."""
+"""cluster.yaml against the Ray cluster launcher's own schema, and every job config against its
+node types (lejepa_ray.cluster); no cloud calls."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+from lejepa_ray.cli import main
+from lejepa_ray.cluster import ClusterFitError, check_fits, worker_types
+from lejepa_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+JOB_CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +37,76 @@ def test_schema_check_is_not_vacuous(config):
         validate_config(prepare_config(broken))
 
 
-def test_head_does_no_training_and_gpu_workers_scale_from_zero(config):
+def test_head_does_no_training_and_workers_scale_from_zero_on_spot(config):
     nodes = config["available_node_types"]
-    assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}
+    head = nodes[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    assert "InstanceMarketOptions" not in head["node_config"]  # the head is on-demand
     for name, node in nodes.items():
         if name != config["head_node_type"]:
-            assert node["min_workers"] == 0, name
+            assert node["min_workers"] == 0 and node["max_workers"] >= 1, name
+            assert node["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}, name
+    assert config["idle_timeout_minutes"] > 0
+    gpus = {t.name: t.gpus for t in worker_types(config)}
+    assert gpus["gpu_8x_h100"] == 8 and 1 <= gpus["gpu_sweep"] < 8
+
+
+def test_nodes_run_the_pinned_stack_with_token_auth_and_s3_storage(config):
+    docker = config["docker"]
+    tag = f"rayproject/ray:{ray.__version__}-py311-"
+    assert docker["head_image"].startswith(tag) and docker["worker_image"].startswith(tag)
+    assert any("-c /home/ray/lejepa-ray/constraints.txt" in c for c in config["setup_commands"])
+    assert "/home/ray/.ray/auth_token" in config["file_mounts"]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[key])
+        assert "RAY_AUTH_MODE=token" in start and "LEJEPA_STORAGE_PATH=s3://" in start, key
+    # Nothing opens the dashboard or job API beyond the cluster's own security group.
+    assert "security_group" not in config["provider"]
+
+
+@pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.stem)
+def test_every_job_config_fits_the_cluster(config, path):
+    cfg = load_config(path)
+    fit = check_fits(cfg, config)
+    assert fit.workers == cfg.scaling.num_workers and sum(fit.capacity.values()) >= fit.workers
+    if cfg.scaling.use_gpu:
+        assert "gpu_8x_h100" in fit.per_node
+
+
+def test_the_sweep_config_runs_8_trials_at_once_on_the_sweep_nodes(config):
+    cfg = load_config(ROOT / "jobs" / "configs" / "imagenet1k_vit_small_sweep.yaml")
+    assert cfg.scaling.num_workers == 1 and cfg.scaling.use_gpu
+    assert check_fits(cfg, config, concurrent=8).per_node["gpu_sweep"] == 1
+
+
+def test_gigantic_fills_four_h100_nodes(config):
+    cfg = load_config(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml")
+    fit = check_fits(cfg, config)
+    assert fit.per_node["gpu_8x_h100"] == 8 and fit.capacity["gpu_8x_h100"] >= 32
+
+
+@pytest.mark.parametrize(("overrides", "concurrent", "message"), [
+    (["scaling.num_workers=64"], 1, "hold only 40"),
+    (["scaling.cpus_per_worker=200"], 1, "no worker node type has that"),
+    ([], 2, "64 training workers"),
+])
+def test_runs_that_cannot_fit_are_refused(config, overrides, concurrent, message):
+    cfg = load_config(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml", overrides)
+    with pytest.raises(ClusterFitError, match=message):
+        check_fits(cfg, config, concurrent)
+
+
+def test_node_types_must_declare_resources(config):
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_sweep"]["resources"] = {}
+    with pytest.raises(ClusterFitError, match=r"declares no resources\.CPU"):
+        worker_types(broken)
+
+
+def test_cluster_check_command(capsys):
+    gigantic = str(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml")
+    assert main(["cluster-check", "--cluster", str(CLUSTER_YAML), "--config", gigantic]) == 0
+    assert "fits: 32 training worker(s)" in capsys.readouterr().out
+    assert main(["cluster-check", "--cluster", str(CLUSTER_YAML), "--config", gigantic,
+                 "--concurrent", "2"]) == 2
+    assert "Raise max_workers" in capsys.readouterr().err

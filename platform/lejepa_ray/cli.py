@@ -280,6 +280,33 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=_data_bench)
 
 
+def _cluster_check(args: argparse.Namespace) -> int:
+    """Check offline that a config's training workers fit a cluster launcher YAML."""
+    from lejepa_ray.cluster import check_fits, load_cluster
+    from lejepa_ray.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    fit = check_fits(cfg, load_cluster(args.cluster), args.concurrent)
+    print(f"{args.config or 'defaults'} on {args.cluster}: {fit.describe()}")
+    return 0
+
+
+def _add_cluster_check_command(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "cluster-check", help="check offline that a config's workers fit a cluster.yaml",
+        description="Check, without any cloud call, that the training workers a config asks "
+        "for (scaling.num_workers, one GPU each with scaling.use_gpu, scaling.cpus_per_worker "
+        "CPUs), times --concurrent sweep trials, fit the node types a Ray cluster launcher "
+        "YAML declares.")
+    check.add_argument("--cluster", default="cluster.yaml", help="cluster launcher YAML "
+                       "(default: cluster.yaml)")
+    check.add_argument("--config", default=None, help="pretrain config YAML")
+    check.add_argument("--concurrent", type=int, default=1,
+                       help="runs at once (a sweep's --concurrent; default 1)")
+    check.add_argument("overrides", nargs="*", metavar="key=value")
+    check.set_defaults(func=_cluster_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lejepa_ray import __version__
 
@@ -294,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_pretrain_command(commands)
     _add_sweep_command(commands)
+    _add_cluster_check_command(commands)
     return parser
 
 
