@@ -79,9 +79,16 @@ class Head:
 
     def submit(self, job_id: str, *entrypoint: str, timeout: float) -> str:
         """`ray job submit --working-dir .` as the README writes it; the job's logs."""
-        out = self.ray("job", "submit", "--working-dir", ".", "--submission-id", job_id, "--",
-                       *entrypoint, timeout=timeout)
-        logs = out.stdout + out.stderr
+        # The job API answers before the head's dashboard agent, which runs the jobs, has
+        # registered; until then submissions fail with "No available agent ... try again".
+        deadline = time.monotonic() + 120
+        while True:
+            out = self.ray("job", "submit", "--working-dir", ".", "--submission-id", job_id,
+                           "--", *entrypoint, timeout=timeout)
+            logs = out.stdout + out.stderr
+            if "No available agent" not in logs or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert out.returncode == 0, logs[-6000:]
         status = self.ray("job", "status", job_id)
         assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr
