@@ -57,8 +57,14 @@ class Head:
         cmd = [console_script("ray"), "start", "--head", "--block", "--temp-dir", self.temp_dir,
                "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
                "--dashboard-port", self.dashboard.rsplit(":", 1)[1],
-               "--ray-client-server-port", str(_free_port()), "--num-cpus", "6",
-               "--include-dashboard", "true"]
+               "--num-cpus", "6", "--include-dashboard", "true"]
+        # Every port a second instance on this machine could collide on (this session's own
+        # Ray instance holds the defaults, e.g. the dashboard agent's 52365: then the head has
+        # no agent, and every submission fails with "No available agent").
+        for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
+                     "--dashboard-agent-grpc-port", "--metrics-export-port",
+                     "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
+            cmd += [flag, str(_free_port())]
         with self.log.open("w") as log:
             start_env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -107,7 +113,6 @@ class Head:
         leftover = subprocess.run(["pgrep", "-f", self.temp_dir], capture_output=True, text=True)
         if leftover.stdout.strip():
             subprocess.run(["pkill", "-9", "-f", self.temp_dir])
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def test_working_dir_upload_leaves_out_envs_outputs_and_data(tmp_path):
@@ -174,3 +179,4 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
     finally:
         head.stop()
     assert head.proc.returncode is not None
+    shutil.rmtree(head.temp_dir, ignore_errors=True)  # kept, with the head's logs, on failure
