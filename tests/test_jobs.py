@@ -85,8 +85,8 @@ class Head:
 
     def submit(self, job_id: str, *entrypoint: str, timeout: float) -> str:
         """`ray job submit --working-dir .` as the README writes it; the job's logs."""
-        # The job API answers before the head's dashboard agent, which runs the jobs, has
-        # registered; until then submissions fail with "No available agent ... try again".
+        # Until the head's dashboard agent (which runs the jobs) has registered, a submission
+        # fails with "No available agent ... try again later": retry for a while.
         deadline = time.monotonic() + 120
         while True:
             out = self.ray("job", "submit", "--working-dir", ".", "--submission-id", job_id,
