@@ -2,10 +2,10 @@
 
 ``cluster.yaml`` declares each node type's ``resources`` (CPU, GPU) and ``max_workers``. A run
 asks Ray Train for ``scaling.num_workers`` workers of one GPU (when ``use_gpu``) and
-``scaling.cpus_per_worker`` CPUs each; a sweep asks for that per trial, ``--concurrent`` trials at
-once. This module answers, before anyone pays for
-nodes, whether the autoscaler can ever place that: the worker bundles must fit on some node
-type, and the node types' maximum counts must hold all of them at once.
+``scaling.cpus_per_worker`` CPUs each; a sweep asks for that per trial, ``--concurrent`` trials
+at once. This module answers, before anyone pays for nodes, whether the autoscaler can ever
+place that: the worker bundles must fit on some node type, and the node types' maximum counts
+must hold all of them at once.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ class NodeType:
     """GPUs the node declares (``resources.GPU``)."""
     max_workers: int
     """The most nodes of this type the autoscaler starts."""
-    instance: str
-    """The cloud instance type (``node_config.InstanceType``), for messages."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,7 @@ def worker_types(cluster: dict) -> list[NodeType]:
             raise ClusterFitError(f"node type {name!r} declares no resources.CPU; declare its "
                                   "CPU (and GPU) counts so runs can be checked against it.")
         out.append(NodeType(name, float(resources["CPU"]), int(resources.get("GPU", 0)),
-                            int(node.get("max_workers", 0)),
-                            str(node.get("node_config", {}).get("InstanceType", "?"))))
+                            int(node.get("max_workers", 0))))
     return out
 
 
@@ -96,13 +93,14 @@ def check_fits(cfg: PretrainConfig, cluster: dict, concurrent: int = 1) -> Fit:
     s = cfg.scaling
     gpus = 1 if s.use_gpu else 0
     need = s.num_workers * concurrent
-    per_node = {}
+    per_node, capacity = {}, {}
     types = worker_types(cluster)
     for t in types:
         if t.gpus < gpus or t.cpus < s.cpus_per_worker:
             continue
         by_cpu = math.floor(t.cpus / s.cpus_per_worker)
         per_node[t.name] = min(by_cpu, t.gpus // gpus) if gpus else by_cpu
+        capacity[t.name] = per_node[t.name] * t.max_workers
     asked = f"{gpus} GPU and {s.cpus_per_worker:g} CPUs" if gpus else \
         f"{s.cpus_per_worker:g} CPUs"
     if not per_node:
@@ -110,8 +108,6 @@ def check_fits(cfg: PretrainConfig, cluster: dict, concurrent: int = 1) -> Fit:
         raise ClusterFitError(f"each training worker asks for {asked} (scaling.use_gpu, "
                               f"scaling.cpus_per_worker), but no worker node type has that "
                               f"({have}). Lower scaling.cpus_per_worker or add a node type.")
-    capacity = {name: n * next(t for t in types if t.name == name).max_workers
-                for name, n in per_node.items()}
     if sum(capacity.values()) < need:
         held = ", ".join(f"{name}: {c}" for name, c in capacity.items())
         raise ClusterFitError(
