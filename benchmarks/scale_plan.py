@@ -96,15 +96,16 @@ def main() -> None:
     print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
 
     rate = args.mfu * peak * n / flops
+    step_s = s.global_batch / rate
     steps = IMAGENET_TRAIN / s.global_batch
     epoch_s = IMAGENET_TRAIN / rate
+    run_h = cfg.optim.steps * step_s / 3600
     print(f"\nmodel FLOPs per image (3 × forward of all views): {flops / 1e12:.2f} TFLOP")
     print(f"at {args.mfu:.0%} MFU of {peak / 1e12:.0f} TFLOP/s: {rate:,.0f} images/s, "
-          f"{s.global_batch / rate:.2f} s per step")
+          f"{step_s:.2f} s per step")
     print(f"one ImageNet-1K epoch ({steps:,.0f} steps): {epoch_s / 60:.1f} min, "
           f"{n * epoch_s / 3600:.1f} GPU-hours; the config's {cfg.optim.steps:,} steps: "
-          f"{cfg.optim.steps * s.global_batch / rate / 3600:.1f} h, "
-          f"{n * cfg.optim.steps * s.global_batch / rate / 3600:,.0f} GPU-hours")
+          f"{run_h:.1f} h, {n * run_h:,.0f} GPU-hours")
     for mfu in (0.25, 0.35, 0.45):
         r = mfu * peak * n / flops
         print(f"  at {mfu:.0%} MFU: {r:,.0f} images/s, {IMAGENET_TRAIN / r / 60:.1f} min per "
@@ -121,9 +122,8 @@ def main() -> None:
         per_gpu = args.node_gbps / 8 * 1e9 / node.gpus * args.link_efficiency
         comm = volume / per_gpu
         print(f"\ncommunication per step: {volume / GB:.1f} GB per GPU over "
-              f"{per_gpu / GB:.0f} GB/s = {comm:.2f} s, against {s.global_batch / rate:.2f} s of "
-              f"compute per step at {args.mfu:.0%} MFU (FSDP2 overlaps the two; "
-              f"{comm / (s.global_batch / rate):.0%} of it)")
+              f"{per_gpu / GB:.0f} GB/s = {comm:.2f} s, against {step_s:.2f} s of compute per "
+              f"step at {args.mfu:.0%} MFU (FSDP2 overlaps the two; {comm / step_s:.0%} of it)")
     nodes = -(-n // node.gpus)
     spare = nodes * (node.cpus - node.gpus * s.cpus_per_worker)
     need = rate * args.cpu_ms_per_image / 1000
