@@ -1,4 +1,5 @@
-"""Running the installed ``lejepa-ray`` console script (and ``ray``) as a user's shell would."""
+"""Running the installed ``lejepa-ray`` console script (and ``ray``) as a user's shell would,
+and the short runs those tests ask for."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
+
+# The quickstart cut to 8 steps (a checkpoint at 4 and 8) on 512 digits: for the tests that
+# run whole pretraining runs, sweeps and jobs.
+TINY = ["optim.steps=8", "optim.warmup_steps=2", "checkpoint.every_steps=4",
+        "logging.every_steps=2", "loss.score_smoothing_steps=4", "data.num_samples=512"]
 
 
 def console_script(name: str = "lejepa-ray") -> str:

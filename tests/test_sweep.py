@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from procs import clean_env, console_script, tail
+from procs import TINY, clean_env, console_script, tail
 
 from lejepa_ray.config import ConfigError
 from lejepa_ray.space import Dimension
@@ -32,9 +32,6 @@ from lejepa_ray.sweep import (
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "jobs" / "configs" / "quickstart.yaml")
-# Tiny trials: 8 steps of the quickstart's ResNet-18 on digits, a checkpoint every 4.
-TINY = ["optim.steps=8", "optim.warmup_steps=2", "checkpoint.every_steps=4",
-        "logging.every_steps=2", "loss.score_smoothing_steps=4", "data.num_samples=512"]
 
 
 def _space(tmp_path: Path, text: str) -> str:
