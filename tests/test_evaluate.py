@@ -33,9 +33,27 @@ def test_eval_command_prints_a_summary_then_json(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["knn_top1"] is None and 0 <= result["linear_top1"] <= 1
-    assert lines[0].startswith("linear top-1 ") and "on digits at 32 px" in lines[0]
+    assert lines[0].startswith("linear top-1 ") and "at 32 px: fitted on digits" in lines[0]
+    assert result["protocol"] == "hash 80/20" and result["val_data"] is None
     assert main(["eval", str(path), "--data", str(tmp_path / "nothing")]) == 2
     assert "neither a source (synthetic, digits) nor an existing path" in capsys.readouterr().err
+
+
+def test_val_data_is_scored_on_images_the_probes_were_not_fitted_on(tmp_path, capsys):
+    from lejepa_ray.data.config import DataConfig
+    from lejepa_ray.data.sources import LocalSource
+
+    path, _ = _trained_checkpoint(tmp_path, "resnet18")
+    assert main(["eval", str(path), "--data", "digits:train", "--val-data", "digits:val",
+                 "--baseline"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    train, val = (len(LocalSource(DataConfig(source="digits", split=s))) for s in ("train", "val"))
+    assert result["protocol"] == "train/val" and result["val_data"] == "digits:val"
+    assert (result["bank"], result["queries"]) == (train, val) and train + val == 1797
+    # The raw-pixel baseline on the same split: digits are easy for it.
+    assert result["raw_knn_top1"] > 0.9 and result["raw_linear_top1"] > 0.9
+    assert "raw-pixel linear top-1" in lines[0] and f"digits:val ({val} images)" in lines[0]
 
 
 def test_eval_of_unlabelled_data_says_so(tmp_path):

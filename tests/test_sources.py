@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,10 +12,12 @@ from images import make_image_folder, photo
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import decode_rgb
+from lejepa_ray.data.keys import in_split
 from lejepa_ray.data.sources import (
     LocalSource,
     SourceError,
     class_names,
+    data_from_arg,
     list_image_folder,
     source_from_arg,
 )
@@ -142,3 +146,43 @@ def test_num_samples_takes_a_fixed_spread_of_the_folder(tmp_path):
     assert len(first) == 6
     assert [first[i]["key"] for i in range(6)] == [second[i]["key"] for i in range(6)]
     assert {first[i]["label"] for i in range(6)} == {0, 1}  # not just the first class
+
+
+def _keys(cfg: DataConfig) -> list[str]:
+    source = LocalSource(cfg)
+    return [source[i]["key"] for i in range(len(source))]
+
+
+@pytest.mark.parametrize("source", ["digits", "synthetic", "folder", "parquet"])
+def test_train_and_val_splits_partition_every_source(source, tmp_path):
+    path = None
+    if source in ("folder", "parquet"):
+        make_image_folder(tmp_path / "imgs", per_class=40, bad=False)
+        path = str(tmp_path / "imgs")
+    if source == "parquet":
+        from lejepa_ray.data.convert import convert_image_folder
+
+        convert_image_folder(path, str(tmp_path / "pq"))
+        path = str(tmp_path / "pq")
+    cfg = DataConfig(source=source, path=path, num_samples=200 if source == "synthetic" else None,
+                     image_size=16)
+    every, train, val = (set(_keys(replace(cfg, split=s))) for s in ("all", "train", "val"))
+    assert train | val == every and not train & val
+    assert 0.1 < len(val) / len(every) < 0.3
+    assert all(in_split(k, "val") and not in_split(k, "train") for k in val)
+
+
+def test_a_capped_split_keeps_its_own_samples_only():
+    capped = _keys(DataConfig(source="digits", split="val", num_samples=50))
+    assert len(capped) == 50 and all(in_split(k, "val") for k in capped)
+
+
+def test_data_from_arg_reads_a_split_suffix(tmp_path):
+    assert (data_from_arg("digits:val").source, data_from_arg("digits:val").split) == (
+        "digits", "val")
+    assert data_from_arg("digits").split == "all"
+    make_image_folder(tmp_path / "imgs", per_class=1, bad=False)
+    cfg = data_from_arg(f"{tmp_path / 'imgs'}:train")
+    assert (cfg.source, cfg.path, cfg.split) == ("folder", str(tmp_path / "imgs"), "train")
+    with pytest.raises(ValueError, match=r"data.split='test' is invalid"):
+        DataConfig(source="digits", split="test")

@@ -143,6 +143,25 @@ def test_converted_parquet_streams_the_same_views_as_its_folder(ray_cluster, tmp
     assert all(np.array_equal(from_parquet[k][1], from_folder[k][1]) for k in from_folder)
 
 
+def test_a_split_streams_the_samples_local_source_reads(ray_cluster, tmp_path):
+    from dataclasses import replace
+
+    from lejepa_ray.data.convert import convert_image_folder
+    from lejepa_ray.data.keys import stable_hash
+    from lejepa_ray.data.sources import LocalSource
+
+    make_image_folder(tmp_path / "images", per_class=15, bad=False)
+    convert_image_folder(str(tmp_path / "images"), str(tmp_path / "pq"))
+    for cfg in (DataConfig(source="digits", image_size=16, views=TINY, split="val",
+                           num_samples=60),
+                DataConfig(source="parquet", path=str(tmp_path / "pq"), views=TINY,
+                           split="train")):
+        local = LocalSource(cfg)
+        expected = {stable_hash(local[i]["key"]) for i in range(len(local))}
+        assert set(epoch_views(build_view_stream(cfg), cfg, batch_size=1)) == expected
+        assert len(LocalSource(replace(cfg, split="all"))) > len(expected)
+
+
 def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch):
     from lejepa_ray.data import stream
 

@@ -12,7 +12,8 @@ from images import photo
 
 from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.decode import EMPTY, NOT_AN_IMAGE
-from lejepa_ray.data.views import ViewMaker, stable_hash
+from lejepa_ray.data.keys import stable_hash
+from lejepa_ray.data.views import ViewMaker
 
 SMALL = ViewConfig(global_views=2, global_size=32, local_views=3, local_size=16)
 
@@ -44,7 +45,7 @@ def test_views_are_a_function_of_seed_epoch_and_key():
 
 def test_stable_hash_is_fixed_across_processes():
     # Python salts str hashes per process; crops must not depend on which process made them.
-    code = "from lejepa_ray.data.views import stable_hash; print(stable_hash(0, 1, 'a'))"
+    code = "from lejepa_ray.data.keys import stable_hash; print(stable_hash(0, 1, 'a'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True)
     assert int(other.stdout) == stable_hash(0, 1, "a")

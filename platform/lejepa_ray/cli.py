@@ -87,15 +87,13 @@ def _pretrain(args: argparse.Namespace) -> int:
             raise ValueError(f"no --config given and the quickstart config {QUICKSTART} is "
                              "missing; pass --config FILE.")
         path = QUICKSTART
-    cfg = load_config(path, args.overrides)
+    cfg = load_config(path, [*args.overrides, *(["logging.verbose=true"] if args.verbose else [])])
     result = run(cfg)
     minutes, seconds = divmod(round(result.train_seconds), 60)
     since = "" if result.resumed_from is None else f" (resumed at step {result.resumed_from})"
     print(f"\ntrained to step {cfg.optim.steps}{since} in {minutes} min {seconds} s")
-    if result.knn_accuracy is not None:
-        print(f"kNN probe (k={cfg.probe.k}) on {cfg.data.source}: accuracy "
-              f"{result.knn_accuracy:.3f} (the same backbone at initialization: "
-              f"{result.knn_accuracy_at_init:.3f})")
+    if result.probe is not None:
+        print(result.probe.table())
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}/tensorboard")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"config:      {result.run_dir}/config.yaml")
@@ -119,12 +117,17 @@ def _eval(args: argparse.Namespace) -> int:
     """Frozen-feature probes of a checkpoint or export; a summary, then one JSON line."""
     from lejepa_ray.evaluate import evaluate
 
-    result = evaluate(args.source, args.data, args.probe, size=args.size,
-                      max_samples=args.max_samples, k=args.k, temperature=args.temperature)
+    result = evaluate(args.source, args.data, args.probe, val_data=args.val_data,
+                      baseline=args.baseline, size=args.size, max_samples=args.max_samples,
+                      k=args.k, temperature=args.temperature)
     parts = [f"{name} top-1 {value:.3f}" for name, value in
-             (("kNN", result.knn_top1), ("linear", result.linear_top1)) if value is not None]
-    print(f"{', '.join(parts)} on {result.data} at {result.image_size} px ({result.queries} "
-          f"queries against {result.bank} labelled images, {result.classes} classes)")
+             (("kNN", result.knn_top1), ("linear", result.linear_top1),
+              ("raw-pixel kNN", result.raw_knn_top1),
+              ("raw-pixel linear", result.raw_linear_top1)) if value is not None]
+    scored = f"{result.val_data} ({result.queries} images)" if result.val_data else (
+        f"{result.queries} hash-split queries")
+    print(f"{', '.join(parts)} at {result.image_size} px: fitted on {result.data} "
+          f"({result.bank} images), scored on {scored}, {result.classes} classes")
     print(result.to_json())
     return 0
 
@@ -199,6 +202,8 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
         "`ray job submit` or with RAY_ADDRESS set, on that cluster.")
     pretrain.add_argument("--config", default=None,
                           help="YAML config (default: jobs/configs/quickstart.yaml)")
+    pretrain.add_argument("--verbose", action="store_true",
+                          help="show Ray's own logs too (the same as logging.verbose=true)")
     pretrain.add_argument("overrides", nargs="*", metavar="key=value",
                           help="dotted overrides, e.g. model.name=vit_small_patch16_224 "
                           "loss.lam=0.02 scaling.num_workers=8")
@@ -219,14 +224,21 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
 
     evaluator = commands.add_parser(
         "eval", help="kNN and linear probes of a checkpoint's or export's frozen features",
-        description="Embed labelled images with the frozen backbone (no projector), split them "
-        "80/20 into a bank and queries, and report kNN (cosine, temperature-weighted votes) "
-        "and linear (logistic regression) top-1 accuracy; the last line is JSON.")
+        description="Embed labelled images with the frozen backbone (no projector), fit the "
+        "probes on --data and score them on --val-data (without it: on a hash 80/20 split of "
+        "--data), and report kNN (cosine, temperature-weighted votes) and linear (logistic "
+        "regression) top-1 accuracy; the last line is JSON.")
     evaluator.add_argument("source", metavar="CHECKPOINT_OR_EXPORT",
                            help="a run or checkpoint directory, or an `export` folder")
     evaluator.add_argument("--data", required=True,
-                           help="labelled data: digits, synthetic, an image folder (labels from "
-                           "subfolders) or parquet shards")
+                           help="labelled data the probes are fitted on: digits, synthetic, an "
+                           "image folder (labels from subfolders) or parquet shards; a :train, "
+                           ":val or :all suffix picks that data.split (digits:train)")
+    evaluator.add_argument("--val-data", default=None,
+                           help="labelled data the probes are scored on (e.g. the val/ folder "
+                           "beside train/, or digits:val); default: a hash 80/20 split of --data")
+    evaluator.add_argument("--baseline", action="store_true",
+                           help="also report the probes on raw pixels of the same split")
     evaluator.add_argument("--probe", choices=("linear", "knn", "both"), default="both")
     evaluator.add_argument("--size", type=int, default=None,
                            help="image side in px (default: the size it was trained at)")

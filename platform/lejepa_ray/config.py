@@ -217,6 +217,10 @@ class LoggingConfig:
     peak_tflops: float | None = None
     """Peak dense bf16 TFLOP/s of one device, for MFU. None: looked up from the GPU's name
     (H100, H200, A100, ...); CPUs have no MFU."""
+    verbose: bool = False
+    """Show Ray's own logs on the console too (driver INFO lines, placement groups, Ray Data
+    plans, C++ notices). Off: our progress, warnings and errors only; Ray's logs stay in the
+    session's log folder (/tmp/ray/session_latest/logs)."""
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
@@ -226,16 +230,24 @@ class LoggingConfig:
 
 @dataclass
 class ProbeConfig:
-    """The kNN probe run after training, on labelled data of the training source."""
+    """The probes run after training, on labelled data of the training source.
+
+    Protocol: with ``data.split=train`` the probes are fitted on that split and scored on
+    ``data.split=val`` of the same source, images the run never trained on. Otherwise they are
+    fitted and scored on a hash 80/20 split of the training data (``lejepa_ray.probe``)."""
 
     knn: bool = True
-    """Run a kNN probe on the final backbone (needs a labelled source)."""
+    """Probe the final backbone after training (needs a labelled source); false: no probes."""
+    linear: bool = True
+    """Also fit the linear probe (logistic regression) beside the kNN one."""
+    baseline: bool = True
+    """Also probe raw pixels on the same split: the figure to beat."""
     k: int = 20
     """Neighbours voting."""
     temperature: float = 0.07
     """Votes are weighted by exp(cosine similarity / temperature)."""
     max_samples: int = 5000
-    """Use at most this many labelled images (split 80/20 into bank and queries)."""
+    """Use at most this many labelled images from each of the bank's and the queries' data."""
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "probe.k", self.k, ">= 1")

@@ -1,16 +1,16 @@
 """``lejepa-ray eval``: frozen-feature probes of a checkpoint or an exported backbone.
 
 The backbone's pooled features (no projector) of labelled images, resized and centre-cropped to
-the size it was trained at, are L2-normalized and split 80/20 into a bank and queries by a hash
-of each image's key (``probe.load_labelled``). Two probes, both on the same split:
-
-- **kNN**: cosine similarity, k nearest bank features vote with weights exp(sim / T)
-  (k = 20, T = 0.07 by default), as in DINO and the LeJEPA paper;
-- **linear**: multinomial logistic regression on the bank's standardized features.
+the size it was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.probe`.
+With ``val_data`` the probes are fitted on ``data`` and scored on ``val_data`` (protocol
+``train/val``: an ImageNet-style ``train/`` and ``val/``, or ``digits:train`` and
+``digits:val``); without it, on a hash 80/20 split of ``data``. ``baseline`` adds the same
+probes on raw pixels of the same split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,16 +41,27 @@ class FrozenBackbone(nn.Module):
 
 @dataclass
 class EvalResult:
-    """Probe accuracies (top-1, in [0, 1]) of one backbone on one labelled dataset."""
+    """Probe accuracies (top-1, in [0, 1]) of one backbone on one labelled bank/query split."""
 
     source: str
     data: str
+    """Where the bank came from (the ``--data`` argument)."""
+    val_data: str | None
+    """Where the queries came from (None: from ``data``, by the hash split)."""
+    protocol: str
+    """``train/val`` or ``hash 80/20``."""
     image_size: int
     bank: int
+    """Images the probes were fitted on."""
     queries: int
+    """Images the probes were scored on."""
     classes: int
     knn_top1: float | None
     linear_top1: float | None
+    raw_knn_top1: float | None = None
+    """The kNN probe on raw pixels of the same split (None: no ``--baseline``)."""
+    raw_linear_top1: float | None = None
+    """The linear probe on raw pixels of the same split."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -81,29 +92,38 @@ def load_frozen(source: str | Path) -> tuple[nn.Module, int]:
     return trained.encoder.eval(), trained.spec.global_size
 
 
-def evaluate(source: str | Path, data: str, probe: str = "both", *, size: int | None = None,
+def evaluate(source: str | Path, data: str, probe: str = "both", *,
+             val_data: str | None = None, baseline: bool = False, size: int | None = None,
              max_samples: int = 5000, k: int = 20, temperature: float = 0.07) -> EvalResult:
-    """kNN and/or linear top-1 accuracy of the frozen backbone at ``source`` on ``data`` (a
-    source name such as ``digits``, an image folder or parquet shards).
+    """kNN and/or linear top-1 accuracy of the frozen backbone at ``source``, fitted on
+    ``data`` and scored on ``val_data`` (or on a hash split of ``data``). Both name a source
+    (``digits``, ``digits:val``), an image folder or parquet shards.
 
     Raises:
         ValueError: an unknown probe, or data without labels of at least 2 classes.
         CheckpointError: ``source`` is neither an export nor a usable checkpoint.
     """
-    from lejepa_ray.data.config import DataConfig
-    from lejepa_ray.data.sources import source_from_arg
-    from lejepa_ray.probe import embed, knn_accuracy, linear_accuracy, load_labelled
+    from lejepa_ray.config import ProbeConfig
+    from lejepa_ray.data.sources import data_from_arg
+    from lejepa_ray.probe import load_labelled, probe_report
 
     if probe not in PROBES:
         raise ValueError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
     model, trained_size = load_frozen(source)
     size = size or trained_size
-    kind, path = source_from_arg(data)
-    images = load_labelled(DataConfig(source=kind, path=path), size, max_samples)
-    feats = embed(model, images.images)
-    q = images.is_query
-    knn = knn_accuracy(feats, images.labels, q, k, temperature) if probe != "linear" else None
-    linear = linear_accuracy(feats, images.labels, q) if probe != "knn" else None
-    return EvalResult(str(source), data, size, int((~q).sum()), int(q.sum()),
-                      int(images.labels.unique().numel()), knn, linear)
+    def at_size(arg: str):
+        # Generated sources render at any size: render at the probe's, as training did.
+        cfg = data_from_arg(arg)
+        return dataclasses.replace(cfg, image_size=size) if cfg.path is None else cfg
 
+    images = load_labelled(at_size(data), size, max_samples,
+                           at_size(val_data) if val_data else None)
+    cfg = ProbeConfig(k=k, temperature=temperature, linear=probe != "knn", baseline=baseline)
+    report = probe_report(model, images, cfg)
+    knn, linear = report.trained.knn_top1, report.trained.linear_top1
+    raw_knn, raw_linear = (report.raw.knn_top1, report.raw.linear_top1) if report.raw else (
+        None, None)
+    if probe == "linear":  # kNN costs nothing beside it, but was not asked for
+        knn = raw_knn = None
+    return EvalResult(str(source), data, val_data, report.protocol, size, report.bank,
+                      report.queries, report.classes, knn, linear, raw_knn, raw_linear)

@@ -8,6 +8,8 @@ anything, builds the Ray Data stream, runs a ``TorchTrainer`` whose workers exec
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +27,9 @@ from lejepa_ray import checkpoint, storage
 from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
 from lejepa_ray.metrics import MetricsWriter, is_local
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve
+
+if TYPE_CHECKING:
+    from lejepa_ray.probe import ProbeReport
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +52,8 @@ class PretrainResult:
     """The final checkpoint's directory."""
     metrics: dict[str, float]
     """The last metrics reported (with the final checkpoint)."""
-    knn_accuracy: float | None
-    """kNN top-1 accuracy of the final backbone (None when the probe was off)."""
-    knn_accuracy_at_init: float | None
-    """The same probe on the backbone at initialization, for reference."""
+    probe: ProbeReport | None
+    """The probes of the final backbone beside random init and raw pixels (None: no probe)."""
     train_seconds: float
     """Wall time of ``TorchTrainer.fit``."""
     resumed_from: int | None = None
@@ -125,7 +129,8 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
                           resumed_from, class_names(cfg.data) is not None, print_fn)
     storage.write_text(f"{run_dir}/{checkpoint.CONFIG_FILE}", to_yaml(cfg))
     storage.remove(f"{run_dir}/{STOPPED_FILE}")
-    connect(train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    connect(train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
+            verbose=cfg.logging.verbose)
     # Per-operator progress bars from every epoch would bury the training's own progress line,
     # which already reports throughput and the time spent waiting for data.
     DataContext.get_current().enable_progress_bars = False
@@ -171,14 +176,14 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
 def _probe(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str, ckpt, metrics: dict,
            seconds: float, resumed_from: int | None, labelled: bool, print_fn
            ) -> PretrainResult:
-    """The run's result, with the kNN probe of its final checkpoint when the data has labels."""
-    accuracy = accuracy_init = None
+    """The run's result, with the probes of its final checkpoint when the data has labels."""
+    report = None
     if cfg.probe.knn and not labelled:
-        print_fn(f"kNN probe skipped: data.source={cfg.data.source} has no labels.")
+        print_fn(f"probes skipped: data.source={cfg.data.source} has no labels.")
     elif cfg.probe.knn and ckpt is not None:
-        accuracy, accuracy_init = probe_checkpoint(cfg, spec, ckpt)
-    return PretrainResult(run_dir, ckpt.path if ckpt else None, metrics, accuracy,
-                          accuracy_init, seconds, resumed_from)
+        report = probe_checkpoint(cfg, spec, ckpt)
+    return PretrainResult(run_dir, ckpt.path if ckpt else None, metrics, report, seconds,
+                          resumed_from)
 
 
 def _user_error(error: Exception) -> Exception:
@@ -212,17 +217,20 @@ def _train_dataset(dataset, run_dir: str):
     return start_at(dataset, int(latest[1].get("data/epoch", 0)) if latest else 0)
 
 
-def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> tuple[float, float]:
-    """kNN accuracy of the checkpoint's backbone and of the same backbone at initialization."""
-    from lejepa_ray.probe import knn_probe, load_labelled
+def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> ProbeReport:
+    """The probes of the checkpoint's backbone, of the same backbone at initialization (the
+    workers' seed) and of raw pixels. A run on ``data.split=train`` is scored on
+    ``data.split=val`` of its source; any other on the hash split of its data."""
+    from lejepa_ray.probe import load_labelled, probe_report
 
-    data = load_labelled(cfg.data, cfg.data.views.global_size, cfg.probe.max_samples)
+    val = dataclasses.replace(cfg.data, split="val") if cfg.data.split == "train" else None
+    data = load_labelled(cfg.data, cfg.data.views.global_size, cfg.probe.max_samples, val)
     torch.manual_seed(cfg.seed)
-    encoder = LeJEPAEncoder(spec, cfg.model)
-    at_init = knn_probe(encoder, data, cfg.probe)
+    at_init = LeJEPAEncoder(spec, cfg.model)
+    trained = copy.deepcopy(at_init)
     with ckpt.as_directory() as path:
-        checkpoint.load_model_weights(path, encoder)
-    return knn_probe(encoder, data, cfg.probe), at_init
+        checkpoint.load_model_weights(path, trained)
+    return probe_report(trained, data, cfg.probe, at_init)
 
 
 def train_worker(config: dict) -> None:

@@ -1,10 +1,21 @@
-"""kNN probe: how well frozen backbone features separate the labelled classes.
+"""Frozen-feature probes: how well backbone features separate labelled classes.
 
-Labelled images of the source are resized (short side) and centre-cropped to the global view
-size, embedded by the backbone (pooled features, no projector), L2-normalized, and split 80/20
-by a hash of each sample's key into a memory bank and queries. Each query's k nearest bank
-features by cosine similarity vote for their labels with weights exp(similarity / T), as in
-DINO's and the LeJEPA paper's kNN evaluation.
+Labelled images are resized (short side) and centre-cropped to the global view size and
+embedded by the backbone (pooled features, no projector). The images are split into a bank
+(what the probes are fitted on) and queries (what they are scored on) by one of two protocols:
+
+- ``train/val``: the bank is one labelled set and the queries another (an ImageNet-style
+  ``train/`` and ``val/``, or ``data.split=train`` and ``val`` of one source);
+- ``hash 80/20``: one set, split by a hash of each sample's key (1 in 5 are queries).
+
+Two probes, both on the same bank and queries:
+
+- **kNN**: L2-normalized features; each query's k nearest bank features by cosine similarity
+  vote with weights exp(similarity / T), as in DINO's and the LeJEPA paper's evaluation;
+- **linear**: multinomial logistic regression on the bank's standardized features.
+
+The **raw-pixel** baseline runs the same probes on the flattened pixels, standardized with the
+bank's per-pixel mean and std: the figure a representation has to beat to be worth keeping.
 """
 
 from __future__ import annotations
@@ -19,9 +30,11 @@ from torchvision.transforms import v2
 from lejepa_ray.config import ProbeConfig
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
+from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.data.sources import LocalSource
-from lejepa_ray.data.views import stable_hash
-from lejepa_ray.model import LeJEPAEncoder
+
+HASH_SPLIT = "hash 80/20"
+TRAIN_VAL = "train/val"
 
 
 @dataclass(frozen=True)
@@ -31,11 +44,53 @@ class LabelledImages:
     images: torch.Tensor
     labels: torch.Tensor
     is_query: torch.Tensor
+    protocol: str = HASH_SPLIT
+    """How bank and queries were chosen: ``HASH_SPLIT`` or ``TRAIN_VAL``."""
+
+    @property
+    def bank_size(self) -> int:
+        return int((~self.is_query).sum())
+
+    @property
+    def query_size(self) -> int:
+        return int(self.is_query.sum())
+
+    @property
+    def classes(self) -> int:
+        return int(self.labels.unique().numel())
 
 
-def load_labelled(data: DataConfig, size: int, max_samples: int) -> LabelledImages:
-    """Up to ``max_samples`` decodable, labelled images of ``data``'s source, spread evenly
-    (parquet: the first rows, which the converter already mixed)."""
+def load_labelled(data: DataConfig, size: int, max_samples: int,
+                  val: DataConfig | None = None) -> LabelledImages:
+    """Labelled images for the probes: the bank from ``data`` and the queries from ``val``
+    (``TRAIN_VAL``), or, without ``val``, both from ``data`` by the hash split
+    (``HASH_SPLIT``). At most ``max_samples`` images are read from each.
+
+    Raises:
+        ValueError: fewer than 2 classes, or no bank or no queries.
+    """
+    images, labels, keys = _read_labelled(data, size, max_samples)
+    if val is None:
+        query = [stable_hash("probe-split", key) % 5 == 0 for key in keys]
+        protocol = HASH_SPLIT
+    else:
+        val_images, val_labels, _ = _read_labelled(val, size, max_samples)
+        query = [False] * len(images) + [True] * len(val_images)
+        images, labels, protocol = images + val_images, labels + val_labels, TRAIN_VAL
+    if len(set(labels)) < 2 or not any(query) or all(query):
+        raise ValueError(
+            f"the probes need labelled images of at least 2 classes in both the bank and the "
+            f"queries; data.source={data.source} gave {len(labels)} labelled images (an image "
+            "folder is labelled by its subfolders). To pretrain on unlabelled data, set "
+            "probe.knn=false.")
+    return LabelledImages(torch.stack(images), torch.tensor(labels), torch.tensor(query),
+                          protocol)
+
+
+def _read_labelled(data: DataConfig, size: int, max_samples: int
+                   ) -> tuple[list[torch.Tensor], list[int], list[str]]:
+    """Up to ``max_samples`` decodable, labelled images (3, S, S) of ``data``'s source, spread
+    evenly (parquet: the first rows, which the converter already mixed), with labels and keys."""
     limit = min(data.num_samples or max_samples, max_samples)
     # LocalSource reads into this process: never more than the probe needs.
     source = LocalSource(dataclasses.replace(data, num_samples=limit))
@@ -43,7 +98,7 @@ def load_labelled(data: DataConfig, size: int, max_samples: int) -> LabelledImag
         raise ValueError(f"data.source={data.source} has no images to probe with.")
     picks = np.unique(np.linspace(0, len(source) - 1, min(max_samples, len(source))).astype(int))
     prepare = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    images, labels, query = [], [], []
+    images, labels, keys = [], [], []
     for i in picks:
         row = source[int(i)]
         if row["label"] is None or row["label"] < 0:
@@ -54,17 +109,12 @@ def load_labelled(data: DataConfig, size: int, max_samples: int) -> LabelledImag
             continue
         images.append(prepare(img))
         labels.append(int(row["label"]))
-        query.append(stable_hash("probe-split", row["key"]) % 5 == 0)
-    if len(set(labels)) < 2 or not any(query) or all(query):
-        raise ValueError(
-            f"the probes need labelled images of at least 2 classes; data.source="
-            f"{data.source} gave {len(labels)} labelled images (an image folder is labelled by "
-            "its subfolders). To pretrain on unlabelled data, set probe.knn=false.")
-    return LabelledImages(torch.stack(images), torch.tensor(labels), torch.tensor(query))
+        keys.append(row["key"])
+    return images, labels, keys
 
 
 @torch.no_grad()
-def embed(encoder: LeJEPAEncoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def embed(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """L2-normalized backbone features (N, D) of uint8 ``images`` (N, 3, S, S). ``encoder`` is
     anything with ``eval()`` and ``features(uint8 images) -> (N, D)``."""
     encoder.eval()
@@ -100,7 +150,80 @@ def linear_accuracy(features: torch.Tensor, labels: torch.Tensor, is_query: torc
     return float((model.predict(x[query]) == y[query]).mean())
 
 
-def knn_probe(encoder: LeJEPAEncoder, data: LabelledImages, cfg: ProbeConfig) -> float:
-    """kNN top-1 accuracy of ``encoder``'s backbone features on ``data``."""
-    feats = embed(encoder, data.images)
-    return knn_accuracy(feats, data.labels, data.is_query, cfg.k, cfg.temperature)
+def raw_pixels(data: LabelledImages) -> torch.Tensor:
+    """The raw-pixel features (N, 3·S·S) of ``data``: flattened pixels standardized with the
+    bank's per-pixel mean and std, then L2-normalized (the kNN probe's cosine)."""
+    x = data.images.flatten(1).float()
+    bank = x[~data.is_query]
+    x = (x - bank.mean(0)) / (bank.std(0) + 1e-6)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Top-1 accuracies in [0, 1] of the probes on one set of features (None: not run)."""
+
+    knn_top1: float | None
+    linear_top1: float | None
+
+    def cells(self) -> list[str]:
+        return ["-" if v is None else f"{v:.3f}" for v in (self.knn_top1, self.linear_top1)]
+
+
+def score(features: torch.Tensor, data: LabelledImages, cfg: ProbeConfig) -> Scores:
+    """The probes ``cfg`` asks for (kNN, and linear when ``cfg.linear``) on ``features``
+    (N, D) of ``data``'s images."""
+    feats = torch.nn.functional.normalize(features.float(), dim=1)
+    knn = knn_accuracy(feats, data.labels, data.is_query, cfg.k, cfg.temperature)
+    linear = linear_accuracy(feats, data.labels, data.is_query) if cfg.linear else None
+    return Scores(knn, linear)
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """The probes of a trained backbone beside its baselines, on one bank/query split."""
+
+    protocol: str
+    """``train/val`` or ``hash 80/20`` (see the module docstring)."""
+    image_size: int
+    """Side in pixels of the probed images."""
+    bank: int
+    """Images the probes were fitted on."""
+    queries: int
+    """Images the probes were scored on."""
+    classes: int
+    trained: Scores
+    """The backbone after training."""
+    init: Scores | None
+    """The same architecture at its random initialization (same seed), or None."""
+    raw: Scores | None
+    """Raw pixels (``raw_pixels``), or None."""
+
+    def rows(self) -> list[tuple[str, Scores]]:
+        named = [("trained backbone", self.trained), ("random init", self.init),
+                 ("raw pixels", self.raw)]
+        return [(name, s) for name, s in named if s is not None]
+
+    def table(self) -> str:
+        """A small text table: one row per feature set, kNN and linear top-1."""
+        lines = [f"probe ({self.protocol}: fitted on {self.bank}, scored on {self.queries} "
+                 f"images, {self.classes} classes, {self.image_size} px)",
+                 f"  {'features':<18}{'kNN top-1':>10}{'linear top-1':>14}"]
+        for name, s in self.rows():
+            knn, linear = s.cells()
+            lines.append(f"  {name:<18}{knn:>10}{linear:>14}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def probe_report(trained: torch.nn.Module, data: LabelledImages, cfg: ProbeConfig,
+                 init: torch.nn.Module | None = None) -> ProbeReport:
+    """The probes of ``trained`` (and of ``init``, and of raw pixels when ``cfg.baseline``):
+    modules with ``eval()`` and ``features(uint8 (N, 3, S, S)) -> (N, D)``."""
+    return ProbeReport(
+        data.protocol, int(data.images.shape[-1]), data.bank_size, data.query_size,
+        data.classes, score(embed(trained, data.images), data, cfg),
+        None if init is None else score(embed(init, data.images), data, cfg),
+        score(raw_pixels(data), data, cfg) if cfg.baseline else None)

@@ -29,7 +29,8 @@ def local_num_cpus(train_cpus: float) -> int:
     return int(cores or 1) + math.ceil(train_cpus) + 1
 
 
-def connect(train_cpus: float = 0.0, dashboard: bool = False, **init_kwargs) -> bool:
+def connect(train_cpus: float = 0.0, dashboard: bool = False, verbose: bool = False,
+            prefixes: bool = False, **init_kwargs) -> bool:
     """Connect this process to Ray; returns True when it started a local instance.
 
     Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster and ships
@@ -39,19 +40,31 @@ def connect(train_cpus: float = 0.0, dashboard: bool = False, **init_kwargs) -> 
     left running on this machine) with :func:`local_num_cpus` logical CPUs, and the dashboard
     only when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``).
     Already connected: nothing to do.
+
+    Unless ``verbose``, the console shows our lines only: Ray's driver logs below ERROR and its
+    workers' bookkeeping (``compat.quiet_worker_logs``) are left to the session's log files,
+    and worker lines lose Ray's ``(Actor pid=…)`` prefix unless ``prefixes``.
     """
     import ray
 
     if ray.is_initialized():
         return False
+    if not verbose:
+        init_kwargs.setdefault("logging_level", logging.ERROR)
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         env = dict(init_kwargs.pop("runtime_env", None) or {})
         env["py_modules"] = [*env.get("py_modules", []), package_dir()]
         ray.init(runtime_env=env, **init_kwargs)
-        return False
-    init_kwargs["include_dashboard"] = dashboard
-    ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
-    return True
+        started = False
+    else:
+        init_kwargs["include_dashboard"] = dashboard
+        ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
+        started = True
+    if not verbose:
+        from lejepa_ray.compat import quiet_worker_logs
+
+        quiet_worker_logs(prefixes)
+    return started
 
 
 def package_dir() -> str:

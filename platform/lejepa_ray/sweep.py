@@ -245,7 +245,8 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     # The dashboard serves the state API, which Ray Train's placement-group cleaner polls to see
     # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
     # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
-    connect(train_cpus=opts.max_concurrent_trials * trial_cpus, dashboard=True)
+    connect(train_cpus=opts.max_concurrent_trials * trial_cpus, dashboard=True,
+            verbose=base.logging.verbose, prefixes=True)
     setup = _TrialSetup(base, f"{sweep_dir}/{RUNS_DIR}", opts.validate_with_labels)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"CPU": 1})
     resumed = saved is not None and tune.Tuner.can_restore(sweep_dir)

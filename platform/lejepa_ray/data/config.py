@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
+from lejepa_ray.data.keys import SPLITS
 
 SOURCES = ("folder", "parquet", "synthetic", "digits")
 SHUFFLES = ("files", "full", "none")
@@ -85,9 +86,14 @@ class DataConfig:
     """Folder or parquet path/URI (s3://, gs://...) for ``folder`` and ``parquet``; unused else."""
     seed: int = 0
     """Seed of the shuffles, of the synthetic images and of every crop's randomness."""
+    split: str = "all"
+    """``all``, or one side of a fixed 80/20 partition of the source by a hash of each sample's
+    key: ``train`` (80%) or ``val`` (20%). The same for every source, run and machine, so a run
+    can pretrain on ``train`` and be probed on ``val`` images it never saw. Sources that come
+    as separate train/val folders need no split: point ``path`` at one of them."""
     num_samples: int | None = None
-    """Synthetic: how many images to generate (None: 10,000). Other sources: use at most this
-    many (None: all)."""
+    """Synthetic: how many images to generate (None: 10,000), before the split. Other sources:
+    use at most this many of the split (None: all)."""
     image_size: int = 128
     """Side in pixels of the images the ``synthetic`` and ``digits`` sources produce."""
     num_classes: int = 10
@@ -120,6 +126,7 @@ class DataConfig:
                 f"data.source={self.source} needs data.path: set data.path to the "
                 f"{'image folder' if self.source == 'folder' else 'parquet file or folder'}."
             )
+        _check(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
         _check(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
         _check(self.num_samples is None or self.num_samples >= 1, "data.num_samples",
                self.num_samples, "None or an integer >= 1")

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.keys import SPLITS, in_split
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
 
 if TYPE_CHECKING:  # importing Ray costs seconds; converters and DataLoaders do not need it
@@ -34,6 +35,7 @@ MANIFEST = "dataset.json"  # written last by the converter: the shards and the c
 INCOMPLETE = "_CONVERTING"  # present while a conversion runs or after one was interrupted
 DEFAULT_SYNTHETIC_SAMPLES = 10_000
 DIGITS_CLASSES = [str(d) for d in range(10)]
+DIGITS_COUNT = 1797
 # Reading encoded bytes is I/O: a whole CPU per read task would starve the decode actors,
 # which do the real work, on a small node.
 _READ_CPUS = 0.25
@@ -109,6 +111,18 @@ def source_from_arg(value: str) -> tuple[str, str | None]:
     if any(e.path.endswith(".parquet") for e in entries):
         return "parquet", value
     return "folder", value
+
+
+def data_from_arg(value: str) -> DataConfig:
+    """The ``DataConfig`` of a command-line ``--data``: what :func:`source_from_arg` accepts,
+    optionally followed by ``:train``, ``:val`` or ``:all`` to pick a ``data.split``
+    (``digits:val``; ``/data/imgs:train``)."""
+    split = "all"
+    head, sep, tail = value.rpartition(":")
+    if sep and tail in SPLITS and head:
+        value, split = head, tail
+    source, path = source_from_arg(value)
+    return DataConfig(source=source, path=path, split=split)
 
 
 def list_image_folder(path: str) -> FolderListing:
@@ -197,7 +211,7 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
     if cfg.source == "folder":
         listing = list_image_folder(cfg.path)
         classes = listing.classes or None
-        files = [listing.files[i] for i in _subset(len(listing.files), cfg.num_samples)]
+        files = [listing.files[i] for i in _folder_picks(listing, cfg)]
         ds = ray.data.read_binary_files(
             files, include_paths=True, filesystem=listing.filesystem, shuffle=file_order,
             num_cpus=_READ_CPUS)
@@ -205,19 +219,20 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
             _folder_rows, fn_kwargs={"root": listing.root, "classes": listing.classes},
             batch_format="pyarrow")
     elif cfg.source == "parquet":
-        shards = _parquet_files(cfg.path, limit=cfg.num_samples)
+        shards = _parquet_files(cfg.path, limit=_file_limit(cfg))
         classes = shards.classes
         if cfg.num_samples is not None:
             # A capped dataset is small: read its exact first rows here, so every epoch (and
             # LocalSource) sees the same subset, then reshuffle those rows per epoch.
-            ds = ray.data.from_arrow(_parquet_head(shards, cfg.num_samples))
+            ds = ray.data.from_arrow(_parquet_head(shards, cfg.num_samples, cfg.split))
             if cfg.shuffle != "none":
                 ds = ds.random_shuffle(seed=reshuffled)
             return ds, classes
         ds = ray.data.read_parquet(shards.files, filesystem=shards.filesystem,
                                    shuffle=file_order, num_cpus=_READ_CPUS)
         # Ray Data pushes the projection down into the read: other columns are never loaded.
-        ds = ds.select_columns(shards.columns).map_batches(_parquet_rows, batch_format="pyarrow")
+        ds = ds.select_columns(shards.columns).map_batches(
+            _parquet_rows, fn_kwargs={"split": cfg.split}, batch_format="pyarrow")
     else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
         count = _generated_count(cfg)
         ds = ray.data.range(count, override_num_blocks=max(1, min(64, count // 256)))
@@ -242,21 +257,21 @@ class LocalSource(Sequence):
         self.cfg = cfg
         if cfg.source == "folder":
             listing = list_image_folder(cfg.path)
-            kept = _subset(len(listing.files), cfg.num_samples)
+            kept = _folder_picks(listing, cfg)
             self._files = [listing.files[i] for i in kept]
             self._keys = [listing.keys[i] for i in kept]
             self._labels = [listing.labels[i] for i in kept]
             self._fs = listing.filesystem
             self._len = len(self._files)
         elif cfg.source == "parquet":
-            self._table = _parquet_head(_parquet_files(cfg.path, limit=cfg.num_samples),
-                                        cfg.num_samples)
+            self._table = _parquet_head(_parquet_files(cfg.path, limit=_file_limit(cfg)),
+                                        cfg.num_samples, cfg.split)
             self._len = self._table.num_rows
-        elif cfg.source == "synthetic":
-            self._len = cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
         else:
-            self._table = _digits_table(cfg.image_size)[: cfg.num_samples]
-            self._len = self._table.num_rows
+            self._ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)
+            if cfg.source == "digits":
+                self._table = _digits_table(cfg.image_size).take(self._ids)
+            self._len = len(self._ids)
 
     def __len__(self) -> int:
         return self._len
@@ -270,6 +285,7 @@ class LocalSource(Sequence):
                 data = f.read()
             return {"image": data, "label": self._labels[i], "key": self._keys[i]}
         if cfg.source == "synthetic":
+            i = int(self._ids[i])
             img = synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)
             return {"image": encode_jpeg(img), "label": synthetic_label(i, cfg.num_classes),
                     "key": f"synthetic/{i}"}
@@ -286,6 +302,18 @@ def _subset(count: int, limit: int | None) -> list[int]:
     return sorted(np.random.default_rng(0).permutation(count)[:limit].tolist())
 
 
+def _folder_picks(listing: FolderListing, cfg: DataConfig) -> list[int]:
+    """Indices of the listed files in ``cfg.split``, at most ``cfg.num_samples`` of them."""
+    pool = [i for i, key in enumerate(listing.keys) if in_split(key, cfg.split)]
+    return [pool[i] for i in _subset(len(pool), cfg.num_samples)]
+
+
+def _file_limit(cfg: DataConfig) -> int | None:
+    """How many rows the leading parquet files must hold: ``num_samples`` of the whole source;
+    under a split, every file (the split's rows are spread over all of them)."""
+    return cfg.num_samples if cfg.split == "all" else None
+
+
 def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
     index = {name: i for i, name in enumerate(classes)}
     keys = [relative_path(p, root) for p in batch.column("path").to_pylist()]
@@ -296,7 +324,7 @@ def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
     })
 
 
-def _parquet_rows(batch: pa.Table) -> pa.Table:
+def _parquet_rows(batch: pa.Table, split: str = "all") -> pa.Table:
     images = batch.column("image").cast(pa.binary())
     n = batch.num_rows
     if "label" in batch.column_names:
@@ -310,7 +338,10 @@ def _parquet_rows(batch: pa.Table) -> pa.Table:
     # Without a path, the content names the sample: stable wherever the row is read.
     keys = [k if k is not None else _content_key(b) for k, b in zip(keys, images.to_pylist(),
                                                                       strict=True)]
-    return pa.table({"image": images, "label": labels, "key": pa.array(keys, pa.string())})
+    rows = pa.table({"image": images, "label": labels, "key": pa.array(keys, pa.string())})
+    if split == "all":
+        return rows
+    return rows.filter(pa.array([in_split(k, split) for k in keys], pa.bool_()))
 
 
 def _content_key(data: bytes | None) -> str:
@@ -329,9 +360,16 @@ def current_epoch() -> int:
 
 
 def _generated_count(cfg: DataConfig) -> int:
-    if cfg.source == "synthetic":
-        return cfg.num_samples or DEFAULT_SYNTHETIC_SAMPLES
-    return min(cfg.num_samples or 1797, 1797)
+    return len(_generated_ids(cfg.source, cfg.num_samples, cfg.split))
+
+
+@functools.lru_cache(maxsize=8)
+def _generated_ids(source: str, num_samples: int | None, split: str) -> np.ndarray:
+    """Ids (int64) of the synthetic or digits samples in ``split``. Synthetic generates
+    ``num_samples`` ids, then splits them; digits splits its 1,797, then keeps ``num_samples``."""
+    total = (num_samples or DEFAULT_SYNTHETIC_SAMPLES) if source == "synthetic" else DIGITS_COUNT
+    ids = np.array([i for i in range(total) if in_split(f"{source}/{i}", split)], np.int64)
+    return ids if source == "synthetic" else ids[:num_samples]
 
 
 @functools.lru_cache(maxsize=2)
@@ -344,7 +382,7 @@ def _generated_rows(batch: dict, cfg: DataConfig, count: int, shuffle: bool) -> 
     ids = batch["id"]
     if shuffle:
         ids = _permutation(cfg.seed, current_epoch(), count)[ids]
-    ids = ids.tolist()
+    ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)[ids].tolist()
     if cfg.source == "digits":
         rows = _digits_table(cfg.image_size).take(ids)
         return {c: rows.column(c).to_numpy(zero_copy_only=False)
@@ -446,12 +484,13 @@ def _parquet_files(path: str, limit: int | None = None) -> ParquetListing:
     return ParquetListing(files, classes, columns, fs)
 
 
-def _parquet_head(shards: ParquetListing, limit: int | None) -> pa.Table:
-    """The first ``limit`` rows (all when None) of the shards in order, as (image, label, key)."""
+def _parquet_head(shards: ParquetListing, limit: int | None, split: str = "all") -> pa.Table:
+    """The first ``limit`` rows (all when None) of ``split`` in the shards, in order, as
+    (image, label, key)."""
     tables = [pq.read_table(f, filesystem=shards.filesystem, columns=shards.columns)
               for f in shards.files]
-    table = pa.concat_tables(tables, promote_options="default")
-    return _parquet_rows(table.slice(0, limit) if limit is not None else table)
+    rows = _parquet_rows(pa.concat_tables(tables, promote_options="default"), split)
+    return rows.slice(0, limit) if limit is not None else rows
 
 
 def _schema(fs: pafs.FileSystem, file: str) -> pa.Schema:

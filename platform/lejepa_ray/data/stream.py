@@ -22,8 +22,9 @@ import torch
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
+from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.data.sources import current_epoch, read_dataset
-from lejepa_ray.data.views import ViewMaker, stable_hash
+from lejepa_ray.data.views import ViewMaker
 
 log = logging.getLogger(__name__)
 

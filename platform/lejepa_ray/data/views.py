@@ -8,7 +8,6 @@ uint8 is four times less data than float32.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,12 +17,7 @@ from torchvision.transforms import v2
 
 from lejepa_ray.data.config import ViewConfig
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
-
-
-def stable_hash(*parts: object) -> int:
-    """A 63-bit integer hash of ``parts`` that is the same in every process (unlike ``hash``)."""
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+from lejepa_ray.data.keys import stable_hash
 
 
 class PILGaussianBlur(v2.Transform):
@@ -49,14 +43,21 @@ class PILGaussianBlur(v2.Transform):
 
 def _augmentation(cfg: ViewConfig, size: int, scale: tuple[float, float]) -> v2.Compose:
     # Order and operations of the LeJEPA recipe; torchvision dispatches them to PIL's C kernels.
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True),
-        v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
-        v2.RandomGrayscale(p=cfg.grayscale_p),
-        v2.RandomApply([PILGaussianBlur(cfg.blur_sigma)], p=cfg.blur_p),
-        v2.RandomSolarize(threshold=cfg.solarize_threshold, p=cfg.solarize_p),
-        v2.RandomHorizontalFlip(p=cfg.flip_p),
-    ])
+    # Operations that can never fire are left out: on small images the per-call overhead of a
+    # transform costs as much as its work.
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True)]
+    if cfg.jitter_p > 0 and any(cfg.jitter):
+        steps.append(v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p))
+    if cfg.grayscale_p > 0:
+        steps.append(v2.RandomGrayscale(p=cfg.grayscale_p))
+    if cfg.blur_p > 0:
+        steps.append(v2.RandomApply([PILGaussianBlur(cfg.blur_sigma)], p=cfg.blur_p))
+    if cfg.solarize_p > 0:
+        steps.append(v2.RandomSolarize(threshold=cfg.solarize_threshold, p=cfg.solarize_p))
+    if cfg.flip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(p=cfg.flip_p))
+    return v2.Compose(steps)
 
 
 class ViewMaker:

@@ -1,0 +1,75 @@
+"""The private Ray internals we depend on, in one place, each with a test (tests/test_compat.py).
+
+When a Ray upgrade moves one of them, this is the file to change.
+
+Console: a Ray driver prints what every worker and actor writes (``log_to_driver``) through one
+handler, ``ray_print_logs``, of ``ray._private.ray_logging.global_worker_stdstream_dispatcher``.
+On a normal run most of it is Ray talking to itself: the placement-group cleaner polling a state
+API, C++ ``core_worker.cc`` notices, ``RayDeprecationWarning``s raised inside Ray's own calls,
+Ray Data's execution plans. :func:`quiet_worker_logs` swaps that handler for one that drops
+those lines and prints the rest (our progress lines, warnings and errors) without the
+``(RayTrainWorker pid=…)`` prefix.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+
+_HANDLER = "ray_print_logs"
+
+NOISY_ACTORS = ("PlacementGroupCleaner", "SplitCoordinator", "DatasetManager", "MapWorker",
+                "StatsActor", "AutoscalingRequester")
+"""Ray's own actors, whose output is about Ray's bookkeeping: dropped whole."""
+
+_CPP_LOG = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] \S+\.(cc|h):\d+")
+_RAY_WARNING = re.compile(r"(RayDeprecationWarning|ray/.*\.py:\d+: \w*Warning)")
+_RAYLET_NOISE = re.compile(r"worker processes have been started on node")
+
+
+def noise_filter(lines: Iterable[str], *, actor: str | None = None, pid: object = None
+                 ) -> list[str]:
+    """The lines of one batch of worker output that are worth showing. A Python warning raised
+    inside Ray takes its next line (the source line the warning quotes) with it."""
+    if actor and actor.startswith(NOISY_ACTORS):
+        return []
+    kept, skip_next = [], False
+    for line in lines:
+        if skip_next and line.startswith(" "):
+            skip_next = False
+            continue
+        skip_next = False
+        if _CPP_LOG.match(line) or (pid == "raylet" and _RAYLET_NOISE.search(line)):
+            continue
+        if _RAY_WARNING.search(line):
+            skip_next = True
+            continue
+        kept.append(line)
+    return kept
+
+
+def _actor_name(data: dict) -> str | None:
+    return data.get("actor_name") or data.get("task_name") or None
+
+
+def quiet_worker_logs(prefixes: bool = False) -> bool:
+    """Filter what the connected driver prints of its workers' output through
+    :func:`noise_filter`, with Ray's ``(Actor pid=…)`` prefixes only if ``prefixes`` (a sweep
+    needs them to tell trials apart). Returns False when Ray's handler is not where we expect
+    (then nothing changes)."""
+    from ray._private import ray_logging, worker
+
+    dispatcher = ray_logging.global_worker_stdstream_dispatcher
+    if not any(name == _HANDLER for name, _ in dispatcher.handlers):
+        return False
+    dispatcher.remove_handler(_HANDLER)
+    dispatcher.add_handler(_HANDLER, functools.partial(
+        _print_kept, worker.print_to_stdstream, not prefixes))
+    return True
+
+
+def _print_kept(print_to_stdstream, ignore_prefix: bool, data: dict) -> None:
+    lines = noise_filter(data.get("lines", []), actor=_actor_name(data), pid=data.get("pid"))
+    if lines:
+        print_to_stdstream({**data, "lines": lines}, ignore_prefix=ignore_prefix)
