@@ -79,11 +79,11 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
         z = encoder(images.unsqueeze(1))[0]  # (N, projector_dim)
     rank = _effective_rank(z)
     print(f"spread {z.std(0).mean():.3f}, effective rank {rank:.1f} of {z.shape[1]}, "
-          f"kNN {result.knn_accuracy:.3f} (init {result.knn_accuracy_at_init:.3f}), "
+          f"kNN {result.probe.trained.knn_top1:.3f} (init {result.probe.init.knn_top1:.3f}), "
           f"losses {[round(x, 3) for x in loss]}")
     assert z.std(0).mean() > 0.2
     assert rank > 1.5
-    assert result.knn_accuracy is not None and result.knn_accuracy > 0.3
+    assert result.probe is not None and result.probe.trained.knn_top1 > 0.3
 
     # `lejepa-ray eval`'s probes: the trained backbone beats the same one at initialization.
     from lejepa_ray.evaluate import evaluate
@@ -109,7 +109,7 @@ def test_fsdp_run_checkpoints_shards_that_load_in_one_process(ray_cluster, tmp_p
     files = {p.name for p in Path(result.checkpoint).iterdir()}
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= files
     assert result.metrics["step"] == 4
-    assert result.knn_accuracy is not None  # the driver loaded the gathered shards
+    assert result.probe is not None  # the driver loaded the gathered shards
 
 
 def _shards(ckpt: str | Path) -> list[str]:
