@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from procs import console_script
+from procs import TINY, clean_env, console_script
 
 import lejepa_ray
 from lejepa_ray.cli import main
@@ -65,3 +66,22 @@ def test_pretrain_job_entry_point_reports_errors_like_the_cli():
                          text=True)
     assert out.returncode == 2
     assert "loss.lam=2" in out.stderr
+
+
+# What Ray prints on its own: driver log records, worker prefixes, C++ notices, warnings.
+RAY_LINE = re.compile(r"\(\w+ pid=\d+|\(raylet\)|\b(INFO|WARNING)\b|\w+\.cc:\d+|Warning:|"
+                      r"PlacementGroupCleaner|SplitCoordinator|Dataset \w+ execution")
+
+
+@pytest.mark.slow
+def test_default_run_prints_our_lines_and_none_of_rays(tmp_path):
+    out = subprocess.run(
+        [console_script(), "pretrain", *TINY, f"storage_path={tmp_path}", "name=console"],
+        env=clean_env(), capture_output=True, text=True, timeout=600)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert out.returncode == 0, "\n".join(lines[-40:])
+    assert [line for line in lines if RAY_LINE.search(line)] == [], "\n".join(lines)
+    assert lines[0].startswith("run console: ")
+    assert any(line.startswith("step 8/8 | loss ") for line in lines)
+    assert any(line.strip().startswith("raw pixels ") for line in lines)
+    assert len(lines) < 25, "\n".join(lines)

@@ -33,10 +33,10 @@ def test_ray_noise_is_dropped_and_our_lines_are_kept():
 
 
 def test_the_filter_replaces_rays_print_handler(capsys):
-    from ray._private import ray_logging
+    from ray._private import ray_logging, worker
 
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
-    before = list(dispatcher.handlers)
+    before, printer = list(dispatcher.handlers), worker.print_to_stdstream
     dispatcher.add_handler("ray_print_logs", lambda data: None)  # as ray.init installs it
     try:
         assert quiet_worker_logs() is True
@@ -48,5 +48,13 @@ def test_the_filter_replaces_rays_print_handler(capsys):
                          "lines": [RAY_NOISE[0][1]]})
         out = capsys.readouterr().out
         assert out.strip() == "step 2/8 | loss 0.9"  # no "(RayTrainWorker pid=7)" prefix
+        # The raylet's messages go through the module's print function, also filtered.
+        worker.print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been "
+                                             "started on node: x"], "pid": "raylet",
+                                   "is_err": False}, ignore_prefix=False)
+        oom = "Task was killed due to the node running low on memory."
+        worker.print_to_stdstream({"lines": [oom], "pid": "raylet", "is_err": False},
+                                  ignore_prefix=False)
+        assert capsys.readouterr().out.strip().endswith(oom)
     finally:
-        dispatcher.handlers = before
+        dispatcher.handlers, worker.print_to_stdstream = before, printer

@@ -3,7 +3,8 @@
 When a Ray upgrade moves one of them, this is the file to change.
 
 Console: a Ray driver prints what every worker and actor writes (``log_to_driver``) through one
-handler, ``ray_print_logs``, of ``ray._private.ray_logging.global_worker_stdstream_dispatcher``.
+handler, ``ray_print_logs``, of ``ray._private.ray_logging.global_worker_stdstream_dispatcher``,
+and the raylet's warnings through ``ray._private.worker.print_to_stdstream`` directly.
 On a normal run most of it is Ray talking to itself: the placement-group cleaner polling a state
 API, C++ ``core_worker.cc`` notices, ``RayDeprecationWarning``s raised inside Ray's own calls,
 Ray Data's execution plans. :func:`quiet_worker_logs` swaps that handler for one that drops
@@ -63,13 +64,21 @@ def quiet_worker_logs(prefixes: bool = False) -> bool:
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
     if not any(name == _HANDLER for name, _ in dispatcher.handlers):
         return False
+    original = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
     dispatcher.remove_handler(_HANDLER)
-    dispatcher.add_handler(_HANDLER, functools.partial(
-        _print_kept, worker.print_to_stdstream, not prefixes))
+    dispatcher.add_handler(_HANDLER, functools.partial(_print_kept, original, not prefixes))
+    # The raylet's warnings: printed by a thread that looks the function up at every call.
+    raylet = functools.partial(_print_kept, original, None)
+    raylet.__wrapped__ = original
+    worker.print_to_stdstream = raylet
     return True
 
 
-def _print_kept(print_to_stdstream, ignore_prefix: bool, data: dict) -> None:
+def _print_kept(print_to_stdstream, strip: bool | None, data: dict,
+                ignore_prefix: bool = False) -> None:
+    """Print the lines of ``data`` that :func:`noise_filter` keeps; without Ray's prefix if
+    ``strip``, else as the caller asked (``ignore_prefix``)."""
     lines = noise_filter(data.get("lines", []), actor=_actor_name(data), pid=data.get("pid"))
     if lines:
-        print_to_stdstream({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+        print_to_stdstream({**data, "lines": lines},
+                           ignore_prefix=ignore_prefix if strip is None else strip)
