@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint bench bench-train bench-recovery pretrain lock clean
+.PHONY: test lint bench bench-train bench-recovery bench-quality bench-profile pretrain lock clean
 
 test: $(STAMP)  ## lint, then the whole test suite (multi-process tests included)
 	$(BIN)/ruff check .
@@ -23,7 +23,13 @@ bench-train: $(STAMP)  ## step time of the same loop under Ray Train and torchru
 bench-recovery: $(STAMP)  ## SIGKILL a training worker mid-run: recovery time, steps recomputed
 	$(BIN)/python benchmarks/recovery.py
 
-pretrain: $(STAMP)  ## the embedded default: CPU pretraining on digits, then a kNN probe
+bench-quality: $(STAMP)  ## the quickstart over 3 seeds: held-out probes vs random init and raw pixels
+	$(BIN)/python benchmarks/quality.py --seeds 0 1 2
+
+bench-profile: $(STAMP)  ## where one quickstart training step's time goes
+	$(BIN)/python benchmarks/step_profile.py
+
+pretrain: $(STAMP)  ## the embedded default: CPU pretraining on digits, then the probes
 	$(BIN)/lejepa-ray pretrain
 
 $(STAMP): pyproject.toml constraints.txt

@@ -98,14 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = _runs(args)
     print(_table(runs))
-    summary = {"runs": runs}
+    print(json.dumps(_summary(runs)))
+    return 0
+
+
+def _summary(runs: list[dict]) -> dict:
+    """The runs, with the mean and standard deviation over seeds of every figure."""
+    summary: dict = {"runs": runs}
     for key in runs[0]:
         if key.endswith(("_knn", "_linear", "_s")) and len(runs) > 1:
             values = [r[key] for r in runs]
             summary[f"{key}_mean"] = round(statistics.mean(values), 4)
             summary[f"{key}_std"] = round(statistics.stdev(values), 4)
-    print(json.dumps(summary))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

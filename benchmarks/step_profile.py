@@ -22,13 +22,13 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 
 def _encoded_batch(cfg, n: int) -> tuple[list[bytes], list[str]]:
@@ -39,7 +39,8 @@ def _encoded_batch(cfg, n: int) -> tuple[list[bytes], list[str]]:
     return [r["image"] for r in rows], [r["key"] for r in rows]
 
 
-def _allreduce_worker(rank: int, world: int, numel: int, steps: int, port: int, out) -> None:
+def _allreduce_rank(rank: int, world: int, numel: int, steps: int, port: int) -> float:
+    """One rank of the all-reduce timing (run in its own process): median seconds."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -50,29 +51,26 @@ def _allreduce_worker(rank: int, world: int, numel: int, steps: int, port: int, 
         dist.all_reduce(grads)
         if i >= 3:
             times.append(time.perf_counter() - start)
-    if rank == 0:
-        out.put(statistics.median(times))
     dist.destroy_process_group()
+    return statistics.median(times)
 
 
 def allreduce_seconds(numel: int, world: int, steps: int) -> float:
     """Median seconds of one gloo all-reduce of ``numel`` float32 values over ``world``
-    local processes."""
+    local processes (this script, rerun once per rank)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_allreduce_worker, args=(r, world, numel, steps, port, out))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    seconds = out.get(timeout=300)
-    for p in procs:
-        p.join()
-    return seconds
+    procs = [subprocess.Popen(
+        [sys.executable, __file__, "--allreduce-rank", str(r), str(world), str(numel),
+         str(steps), str(port)], stdout=subprocess.PIPE, text=True) for r in range(world)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"the all-reduce processes failed: exit codes "
+                           f"{[p.returncode for p in procs]}")
+    return float(outs[0].strip().splitlines()[-1])
 
 
 def profile(cfg, steps: int) -> dict[str, float]:
@@ -128,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
 
+    if argv is None and sys.argv[1:2] == ["--allreduce-rank"]:  # one rank of allreduce_seconds
+        print(_allreduce_rank(*(int(x) for x in sys.argv[2:7])))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="pretrain config (default: quickstart)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up)")

@@ -1,0 +1,52 @@
+"""benchmarks/quality.py and benchmarks/step_profile.py: what they print and measure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from procs import TINY
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(seed: int, knn: float) -> dict:
+    return {"seed": seed, "steps": 8, "wall_s": 30.0, "train_s": 20.0, "train_images_per_s": 25.6,
+            "last_window_images_per_s": 40.0, "protocol": "train/val", "bank": 1437,
+            "queries": 360, "trained_knn": knn, "trained_linear": 0.9, "init_knn": 0.8,
+            "init_linear": 0.85, "raw_knn": 0.96, "raw_linear": 0.95}
+
+
+def test_quality_table_gives_the_spread_over_seeds():
+    quality = _load("quality")
+    runs = [_run(0, 0.90), _run(1, 0.92), _run(2, 0.94)]
+    table = quality._table(runs).splitlines()
+    assert "train/val: fitted on 1437, scored on 360 images" in table[0]
+    trained = next(line for line in table if "trained backbone" in line)
+    assert "0.920 ± 0.020" in trained and "0.900 ± 0.000" in trained
+    assert sum(line.strip().startswith(("0 ", "1 ", "2 ")) for line in table) == 3
+    summary = quality._summary(runs)
+    assert summary["trained_knn_mean"] == 0.92 and summary["trained_knn_std"] == 0.02
+    json.dumps(summary)
+
+
+def test_step_profile_times_every_component(capsys):
+    profile = _load("step_profile")
+    assert profile.main(["--steps", "2", *TINY, "model.name=resnet10t", "scaling.batch_size=8",
+                         "scaling.num_workers=2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert set(result["ms"]) == {"views", "backbone fwd", "projector fwd", "loss fwd",
+                                 "backward", "optimizer", "allreduce"}
+    assert all(ms > 0 for ms in result["ms"].values())
+    assert any(line.startswith("implied: ") for line in out)
