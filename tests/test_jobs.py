@@ -153,7 +153,7 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
         run = head.storage / "e2e"  # storage_path came from LEJEPA_STORAGE_PATH, as on a cluster
         assert (run / "checkpoint_00000008" / "state.json").exists(), logs[-4000:]
         assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
-        assert "kNN probe (k=20) on digits: accuracy" in logs  # the quickstart's probe ran
+        assert "probe (train/val: fitted on" in logs and "raw pixels" in logs  # probes ran
 
         logs = head.submit("e2e-sweep", "python", "jobs/sweep.py", "--space",
                            "tune_spaces/lambda_slices.yaml", "--config",

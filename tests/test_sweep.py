@@ -212,7 +212,7 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
                                   "loss.lam", "loss.num_slices", "knn_top1", "linear_top1"]
     assert (sweep / "plot.png").stat().st_size > 5000
     winner = json.loads((sweep / "winner" / "config.json").read_text())
-    assert winner["architecture"] == "resnet18" and winner["lejepa"]["step"] == 8
+    assert winner["architecture"] == "resnet10t" and winner["lejepa"]["step"] == 8
     assert all(0 <= float(r["linear_top1"]) <= 1 and 0 <= float(r["knn_top1"]) <= 1
                for r in done)
     assert json.loads((sweep / "validation.json").read_text())["trials"] == len(done)
