@@ -171,11 +171,10 @@ class Scores:
 
 
 def score(features: torch.Tensor, data: LabelledImages, cfg: ProbeConfig) -> Scores:
-    """The probes ``cfg`` asks for (kNN, and linear when ``cfg.linear``) on ``features``
-    (N, D) of ``data``'s images."""
-    feats = torch.nn.functional.normalize(features.float(), dim=1)
-    knn = knn_accuracy(feats, data.labels, data.is_query, cfg.k, cfg.temperature)
-    linear = linear_accuracy(feats, data.labels, data.is_query) if cfg.linear else None
+    """The probes ``cfg`` asks for (kNN, and linear when ``cfg.linear``) on L2-normalized
+    ``features`` (N, D) of ``data``'s images, as :func:`embed` and :func:`raw_pixels` give."""
+    knn = knn_accuracy(features, data.labels, data.is_query, cfg.k, cfg.temperature)
+    linear = linear_accuracy(features, data.labels, data.is_query) if cfg.linear else None
     return Scores(knn, linear)
 
 

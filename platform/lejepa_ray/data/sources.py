@@ -489,7 +489,10 @@ def _parquet_head(shards: ParquetListing, limit: int | None, split: str = "all")
     (image, label, key)."""
     tables = [pq.read_table(f, filesystem=shards.filesystem, columns=shards.columns)
               for f in shards.files]
-    rows = _parquet_rows(pa.concat_tables(tables, promote_options="default"), split)
+    table = pa.concat_tables(tables, promote_options="default")
+    if split == "all" and limit is not None:
+        table = table.slice(0, limit)  # keys (content hashes) only for the rows returned
+    rows = _parquet_rows(table, split)
     return rows.slice(0, limit) if limit is not None else rows
 
 
