@@ -38,29 +38,50 @@ def _runs(args: argparse.Namespace) -> list[dict]:
     out, root = [], tempfile.mkdtemp(prefix="lejepa-quality-")
     for seed in args.seeds:
         budget = [f"optim.steps={args.steps}"] if args.steps else []
-        cfg = load_config(config, ["data.split=train", *budget, *args.overrides,
-                                   f"seed={seed}", f"data.seed={seed}",
-                                   f"name=quality-seed{seed}", f"storage_path={root}"])
+        cfg = load_config(
+            config,
+            [
+                "data.split=train",
+                *budget,
+                *args.overrides,
+                f"seed={seed}",
+                f"data.seed={seed}",
+                f"name=quality-seed{seed}",
+                f"storage_path={root}",
+            ],
+        )
         start = time.perf_counter()
         result = run(cfg)
         wall = time.perf_counter() - start
         if result.probe is None:
-            raise SystemExit(f"{config}: the run has no probe (unlabelled data, or "
-                             "probe.knn=false); the quality benchmark needs labels.")
+            raise SystemExit(
+                f"{config}: the run has no probe (unlabelled data, or "
+                "probe.knn=false); the quality benchmark needs labels."
+            )
         report = result.probe
         images = cfg.optim.steps * cfg.scaling.global_batch
-        out.append({
-            "seed": seed, "steps": cfg.optim.steps, "wall_s": round(wall, 1),
-            "train_s": round(result.train_seconds, 1),
-            # Over the whole fit (worker start-up and the pipeline's first batches included),
-            # and in the last logging window (steady state).
-            "train_images_per_s": round(images / result.train_seconds, 1),
-            "last_window_images_per_s": round(
-                result.metrics.get("throughput/images_per_s", float("nan")), 1),
-            "protocol": report.protocol, "bank": report.bank, "queries": report.queries,
-            **{f"{name}_{probe}": getattr(getattr(report, name), f"{probe}_top1")
-               for name in FEATURES for probe in ("knn", "linear")},
-        })
+        out.append(
+            {
+                "seed": seed,
+                "steps": cfg.optim.steps,
+                "wall_s": round(wall, 1),
+                "train_s": round(result.train_seconds, 1),
+                # Over the whole fit (worker start-up and the pipeline's first batches included),
+                # and in the last logging window (steady state).
+                "train_images_per_s": round(images / result.train_seconds, 1),
+                "last_window_images_per_s": round(
+                    result.metrics.get("throughput/images_per_s", float("nan")), 1
+                ),
+                "protocol": report.protocol,
+                "bank": report.bank,
+                "queries": report.queries,
+                **{
+                    f"{name}_{probe}": getattr(getattr(report, name), f"{probe}_top1")
+                    for name in FEATURES
+                    for probe in ("knn", "linear")
+                },
+            }
+        )
     return out
 
 
@@ -72,28 +93,35 @@ def _spread(values: list[float]) -> str:
 
 def _table(runs: list[dict]) -> str:
     first = runs[0]
-    lines = [f"held-out probes ({first['protocol']}: fitted on {first['bank']}, scored on "
-             f"{first['queries']} images), {len(runs)} seed(s): mean ± std over seeds",
-             f"  {'features':<18}{'kNN top-1':>16}{'linear top-1':>16}"]
+    lines = [
+        f"held-out probes ({first['protocol']}: fitted on {first['bank']}, scored on "
+        f"{first['queries']} images), {len(runs)} seed(s): mean ± std over seeds",
+        f"  {'features':<18}{'kNN top-1':>16}{'linear top-1':>16}",
+    ]
     for name in FEATURES:
         cells = [_spread([r[f"{name}_{p}"] for r in runs]) for p in ("knn", "linear")]
         lines.append(f"  {LABELS[name]:<18}{cells[0]:>16}{cells[1]:>16}")
-    lines.append(f"  {'seed':<6}{'steps':>6}{'wall s':>9}{'train s':>9}{'img/s':>8}"
-                 f"{'kNN':>8}{'linear':>8}")
+    lines.append(
+        f"  {'seed':<6}{'steps':>6}{'wall s':>9}{'train s':>9}{'img/s':>8}{'kNN':>8}{'linear':>8}"
+    )
     for r in runs:
-        lines.append(f"  {r['seed']:<6}{r['steps']:>6}{r['wall_s']:>9}{r['train_s']:>9}"
-                     f"{r['train_images_per_s']:>8}{r['trained_knn']:>8.3f}"
-                     f"{r['trained_linear']:>8.3f}")
+        lines.append(
+            f"  {r['seed']:<6}{r['steps']:>6}{r['wall_s']:>9}{r['train_s']:>9}"
+            f"{r['train_images_per_s']:>8}{r['trained_knn']:>8.3f}"
+            f"{r['trained_linear']:>8.3f}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="pretrain config (default: quickstart)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="one run per seed (seed and data.seed)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="step budget (default: the config's optim.steps)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="one run per seed (seed and data.seed)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="step budget (default: the config's optim.steps)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     runs = _runs(args)

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--every", type=int, default=8, help="checkpoint interval (steps)")
-    parser.add_argument("--delay", type=float, default=6.0,
-                        help="seconds between the checkpoint and the kill")
+    parser.add_argument(
+        "--delay", type=float, default=6.0, help="seconds between the checkpoint and the kill"
+    )
     parser.add_argument("--storage", default=None, help="run directory parent (default: temp)")
     args = parser.parse_args(argv)
 
@@ -41,12 +42,22 @@ def main(argv: list[str] | None = None) -> dict:
     from lejepa_ray.pretrain import run
 
     storage = args.storage or tempfile.mkdtemp(prefix="lejepa-recovery-")
-    cfg = load_config(QUICKSTART, [
-        "name=recovery", f"storage_path={storage}", f"optim.steps={args.steps}",
-        "optim.warmup_steps=2", "logging.every_steps=1", f"checkpoint.every_steps={args.every}",
-        "probe.knn=false", "fault.max_failures=2"])
-    killer = KillAfter(checkpoint_registered(Path(storage, "recovery"), args.every),
-                       delay_s=args.delay)
+    cfg = load_config(
+        QUICKSTART,
+        [
+            "name=recovery",
+            f"storage_path={storage}",
+            f"optim.steps={args.steps}",
+            "optim.warmup_steps=2",
+            "logging.every_steps=1",
+            f"checkpoint.every_steps={args.every}",
+            "probe.knn=false",
+            "fault.max_failures=2",
+        ],
+    )
+    killer = KillAfter(
+        checkpoint_registered(Path(storage, "recovery"), args.every), delay_s=args.delay
+    )
     killer.start()
     start = time.time()
     result = run(cfg)
@@ -55,15 +66,25 @@ def main(argv: list[str] | None = None) -> dict:
     if killer.killed_at is None:
         sys.exit(f"no worker was killed: {killer.error}")
     figures = recovery(Path(result.run_dir, "tensorboard"), killer.killed_at, args.every)
-    print(f"killed worker pid {killer.pid} {killer.killed_at - start:.1f} s into the run, "
-          f"{args.delay:.0f} s after the checkpoint of step {args.every}")
-    print(f"checkpoint loaded by the restarted workers {figures.seconds_to_resume:.1f} s "
-          f"after the kill; first new step logged after {figures.seconds_to_next_step:.1f} s")
-    print(f"steps recomputed: {figures.steps_recomputed} (logged steps "
-          f"{args.every + 1}..{figures.last_step_before_kill} were lost with the kill)")
+    print(
+        f"killed worker pid {killer.pid} {killer.killed_at - start:.1f} s into the run, "
+        f"{args.delay:.0f} s after the checkpoint of step {args.every}"
+    )
+    print(
+        f"checkpoint loaded by the restarted workers {figures.seconds_to_resume:.1f} s "
+        f"after the kill; first new step logged after {figures.seconds_to_next_step:.1f} s"
+    )
+    print(
+        f"steps recomputed: {figures.steps_recomputed} (logged steps "
+        f"{args.every + 1}..{figures.last_step_before_kill} were lost with the kill)"
+    )
     print(f"run finished at step {int(result.metrics['step'])} of {args.steps} in {wall:.0f} s")
-    out = {**asdict(figures), "steps_recomputed": figures.steps_recomputed,
-           "final_step": int(result.metrics["step"]), "wall_s": wall}
+    out = {
+        **asdict(figures),
+        "steps_recomputed": figures.steps_recomputed,
+        "final_step": int(result.metrics["step"]),
+        "wall_s": wall,
+    }
     print(json.dumps(out))
     return out
 

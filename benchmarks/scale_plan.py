@@ -35,13 +35,25 @@ def main() -> None:
     p.add_argument("--node-type", default="gpu_8x_h100")
     p.add_argument("--gpu", default="H100", help="a key of lejepa_ray.flops.PEAK_BF16_TFLOPS")
     p.add_argument("--mfu", type=float, default=0.40, help="assumed model FLOPs utilization")
-    p.add_argument("--cpu-ms-per-image", type=float, default=25.0,
-                   help="one core's time to decode one image and make its views (README "
-                   "data table: ~1 ms decode + 18-27 ms crops on the 2-core dev machine)")
-    p.add_argument("--node-gbps", type=float, default=3200.0,
-                   help="inter-node network per node in Gbit/s (p5.48xlarge EFA: 3200)")
-    p.add_argument("--link-efficiency", type=float, default=0.8,
-                   help="share of that bandwidth NCCL's collectives reach")
+    p.add_argument(
+        "--cpu-ms-per-image",
+        type=float,
+        default=25.0,
+        help="one core's time to decode one image and make its views (README "
+        "data table: ~1 ms decode + 18-27 ms crops on the 2-core dev machine)",
+    )
+    p.add_argument(
+        "--node-gbps",
+        type=float,
+        default=3200.0,
+        help="inter-node network per node in Gbit/s (p5.48xlarge EFA: 3200)",
+    )
+    p.add_argument(
+        "--link-efficiency",
+        type=float,
+        default=0.8,
+        help="share of that bandwidth NCCL's collectives reach",
+    )
     args = p.parse_args()
 
     cfg = load_config(args.config)
@@ -59,16 +71,21 @@ def main() -> None:
     mlp_ratio = blocks[0].mlp.fc1.out_features / d
     patch = backbone.patch_embed.patch_size[0]
     prefix = getattr(backbone, "num_prefix_tokens", 1)
-    tokens = (v.global_views * _tokens(v.global_size, patch, prefix)
-              + v.local_views * _tokens(v.local_size, patch, prefix))
+    tokens = v.global_views * _tokens(v.global_size, patch, prefix) + v.local_views * _tokens(
+        v.local_size, patch, prefix
+    )
     flops = train_flops_per_image(spec, cfg.model, v)
     peak = dict(PEAK_BF16_TFLOPS)[args.gpu] * 1e12
 
-    print(f"{cfg.model.name}: {params / 1e9:.3f}B parameters ({depth} blocks of "
-          f"{block_params / 1e6:.1f}M, width {d}, MLP ×{mlp_ratio:.2f}), {n} × {args.gpu}, "
-          f"{s.strategy}, batch {s.batch_size}/GPU (global {s.global_batch})")
-    print(f"tokens per image: {tokens} ({v.global_views} × {v.global_size} px + "
-          f"{v.local_views} × {v.local_size} px at patch {patch})")
+    print(
+        f"{cfg.model.name}: {params / 1e9:.3f}B parameters ({depth} blocks of "
+        f"{block_params / 1e6:.1f}M, width {d}, MLP ×{mlp_ratio:.2f}), {n} × {args.gpu}, "
+        f"{s.strategy}, batch {s.batch_size}/GPU (global {s.global_batch})"
+    )
+    print(
+        f"tokens per image: {tokens} ({v.global_views} × {v.global_size} px + "
+        f"{v.local_views} × {v.local_size} px at patch {patch})"
+    )
 
     # Memory per GPU. FSDP2 shards fp32 parameters, their fp32 gradients and AdamW's two fp32
     # moments over n ranks; a block's bf16 parameters are gathered for its forward and backward
@@ -89,10 +106,14 @@ def main() -> None:
     how = f"sharded {n} ways" if fsdp else "replicated (DDP)"
     print(f"  parameters + gradients + AdamW (fp32, {how}): {shards / GB:7.2f}")
     print(f"  gathered bf16 block parameters and fp32 block gradients:  {gathered / GB:7.2f}")
-    print(f"  activations, no checkpointing:    {act_full / GB:7.2f}  -> total "
-          f"{(shards + gathered + act_full) / GB:6.1f}")
-    print(f"  activations, block checkpointing: {act_ckpt / GB:7.2f}  -> total "
-          f"{(shards + gathered + act_ckpt) / GB:6.1f}")
+    print(
+        f"  activations, no checkpointing:    {act_full / GB:7.2f}  -> total "
+        f"{(shards + gathered + act_full) / GB:6.1f}"
+    )
+    print(
+        f"  activations, block checkpointing: {act_ckpt / GB:7.2f}  -> total "
+        f"{(shards + gathered + act_ckpt) / GB:6.1f}"
+    )
     print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
 
     rate = args.mfu * peak * n / flops
@@ -101,15 +122,18 @@ def main() -> None:
     epoch_s = IMAGENET_TRAIN / rate
     run_h = cfg.optim.steps * step_s / 3600
     print(f"\nmodel FLOPs per image (3 × forward of all views): {flops / 1e12:.2f} TFLOP")
-    print(f"at {args.mfu:.0%} MFU of {peak / 1e12:.0f} TFLOP/s: {rate:,.0f} images/s, "
-          f"{step_s:.2f} s per step")
-    print(f"one ImageNet-1K epoch ({steps:,.0f} steps): {epoch_s / 60:.1f} min, "
-          f"{n * epoch_s / 3600:.1f} GPU-hours; the config's {cfg.optim.steps:,} steps: "
-          f"{run_h:.1f} h, {n * run_h:,.0f} GPU-hours")
+    print(
+        f"at {args.mfu:.0%} MFU of {peak / 1e12:.0f} TFLOP/s: {rate:,.0f} images/s, "
+        f"{step_s:.2f} s per step"
+    )
+    print(
+        f"one ImageNet-1K epoch ({steps:,.0f} steps): {epoch_s / 60:.1f} min, "
+        f"{n * epoch_s / 3600:.1f} GPU-hours; the config's {cfg.optim.steps:,} steps: "
+        f"{run_h:.1f} h, {n * run_h:,.0f} GPU-hours"
+    )
     for mfu in (0.25, 0.35, 0.45):
         r = mfu * peak * n / flops
-        print(f"  at {mfu:.0%} MFU: {r:,.0f} images/s, {IMAGENET_TRAIN / r / 60:.1f} min per "
-              "epoch")
+        print(f"  at {mfu:.0%} MFU: {r:,.0f} images/s, {IMAGENET_TRAIN / r / 60:.1f} min per epoch")
 
     # FSDP2 traffic per step and GPU (ring collectives move (n-1)/n of the full size): the bf16
     # parameters are all-gathered for the forward and again for the backward (blocks reshard
@@ -121,15 +145,19 @@ def main() -> None:
         volume *= (n - 1) / n
         per_gpu = args.node_gbps / 8 * 1e9 / node.gpus * args.link_efficiency
         comm = volume / per_gpu
-        print(f"\ncommunication per step: {volume / GB:.1f} GB per GPU over "
-              f"{per_gpu / GB:.0f} GB/s = {comm:.2f} s, against {step_s:.2f} s of compute per "
-              f"step at {args.mfu:.0%} MFU (FSDP2 overlaps the two; {comm / step_s:.0%} of it)")
+        print(
+            f"\ncommunication per step: {volume / GB:.1f} GB per GPU over "
+            f"{per_gpu / GB:.0f} GB/s = {comm:.2f} s, against {step_s:.2f} s of compute per "
+            f"step at {args.mfu:.0%} MFU (FSDP2 overlaps the two; {comm / step_s:.0%} of it)"
+        )
     nodes = -(-n // node.gpus)
     spare = nodes * (node.cpus - node.gpus * s.cpus_per_worker)
     need = rate * args.cpu_ms_per_image / 1000
-    print(f"\nviews: {rate:,.0f} images/s × {args.cpu_ms_per_image:g} ms = {need:,.0f} cores "
-          f"busy; {nodes} × {node.name} keep {spare:g} vCPUs beside the training workers "
-          f"({node.cpus:g} each, {s.cpus_per_worker:g} per worker)")
+    print(
+        f"\nviews: {rate:,.0f} images/s × {args.cpu_ms_per_image:g} ms = {need:,.0f} cores "
+        f"busy; {nodes} × {node.name} keep {spare:g} vCPUs beside the training workers "
+        f"({node.cpus:g} each, {s.cpus_per_worker:g} per worker)"
+    )
 
 
 if __name__ == "__main__":

@@ -63,13 +63,28 @@ def allreduce_seconds(numel: int, world: int, steps: int) -> float:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen(
-        [sys.executable, __file__, "--allreduce-rank", str(r), str(world), str(numel),
-         str(steps), str(port)], stdout=subprocess.PIPE, text=True) for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--allreduce-rank",
+                str(r),
+                str(world),
+                str(numel),
+                str(steps),
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     if any(p.returncode for p in procs):
-        raise RuntimeError(f"the all-reduce processes failed: exit codes "
-                           f"{[p.returncode for p in procs]}")
+        raise RuntimeError(
+            f"the all-reduce processes failed: exit codes {[p.returncode for p in procs]}"
+        )
     return float(outs[0].strip().splitlines()[-1])
 
 
@@ -88,8 +103,10 @@ def profile(cfg, steps: int) -> dict[str, float]:
     optimizer = build_optimizer(encoder, cfg.optim, scaled_lr(cfg))
     images, keys = _encoded_batch(cfg, cfg.scaling.batch_size)
     maker = ViewMaker(v, cfg.data.seed, cfg.data.max_pixels)
-    parts: dict[str, list[float]] = {k: [] for k in (
-        "views", "backbone fwd", "projector fwd", "loss fwd", "backward", "optimizer")}
+    parts: dict[str, list[float]] = {
+        k: []
+        for k in ("views", "backbone fwd", "projector fwd", "loss fwd", "backward", "optimizer")
+    }
     encoder.train()
     for step in range(steps + 3):
         t = [time.perf_counter()]
@@ -104,8 +121,14 @@ def profile(cfg, steps: int) -> dict[str, float]:
         emb = torch.cat([f.view(b, -1, f.shape[-1]) for f in feats], dim=1).flatten(0, 1)
         z = encoder.projector(emb).view(b, -1, cfg.model.projector_dim).transpose(0, 1)
         t.append(time.perf_counter())
-        out = lejepa_loss(z[: v.global_views], z, step, cfg.loss.lam,
-                          num_slices=cfg.loss.num_slices, validate=False)
+        out = lejepa_loss(
+            z[: v.global_views],
+            z,
+            step,
+            cfg.loss.lam,
+            num_slices=cfg.loss.num_slices,
+            validate=False,
+        )
         t.append(time.perf_counter())
         out.total.backward()
         t.append(time.perf_counter())
@@ -139,17 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     seconds = profile(cfg, args.steps)
     total = sum(seconds.values())
     batch, world = cfg.scaling.batch_size, cfg.scaling.num_workers
-    print(f"{cfg.model.name}, {batch} images per rank x {world} rank(s), "
-          f"{int(cfg.scaling.cpus_per_worker)} thread(s) per rank; median of {args.steps} steps")
+    print(
+        f"{cfg.model.name}, {batch} images per rank x {world} rank(s), "
+        f"{int(cfg.scaling.cpus_per_worker)} thread(s) per rank; median of {args.steps} steps"
+    )
     print(f"  {'component':<15}{'ms/step':>9}{'share':>8}")
     for name, s in seconds.items():
         print(f"  {name:<15}{1e3 * s:>9.1f}{s / total:>8.0%}")
     compute = total - seconds["views"]
     print(f"  {'total':<15}{1e3 * total:>9.1f}")
-    print(f"implied: {batch * world / compute:.0f} img/s if views are made on other cores, "
-          f"{batch * world / total:.0f} img/s if each rank's core also makes its views")
-    print(json.dumps({"model": cfg.model.name, "batch_per_rank": batch, "ranks": world,
-                      "ms": {k: round(1e3 * s, 2) for k, s in seconds.items()}}))
+    print(
+        f"implied: {batch * world / compute:.0f} img/s if views are made on other cores, "
+        f"{batch * world / total:.0f} img/s if each rank's core also makes its views"
+    )
+    print(
+        json.dumps(
+            {
+                "model": cfg.model.name,
+                "batch_per_rank": batch,
+                "ranks": world,
+                "ms": {k: round(1e3 * s, 2) for k, s in seconds.items()},
+            }
+        )
+    )
     return 0
 
 

@@ -33,14 +33,20 @@ def _config(args: argparse.Namespace):
     from lejepa_ray.config import load_config
 
     # The quickstart's projector and loss; the command line sets model, views and batch.
-    return load_config(QUICKSTART, [
-        f"model.name={args.model}",
-        f"data.views.global_size={args.size}", f"data.views.local_size={args.size // 2}",
-        f"data.views.local_views={args.local_views}",
-        f"optim.steps={args.warmup + args.steps}", "optim.warmup_steps=0",
-        f"scaling.batch_size={args.batch_size}", f"scaling.num_workers={WORKERS}",
-        f"scaling.use_gpu={args.gpu}",
-    ])
+    return load_config(
+        QUICKSTART,
+        [
+            f"model.name={args.model}",
+            f"data.views.global_size={args.size}",
+            f"data.views.local_size={args.size // 2}",
+            f"data.views.local_views={args.local_views}",
+            f"optim.steps={args.warmup + args.steps}",
+            "optim.warmup_steps=0",
+            f"scaling.batch_size={args.batch_size}",
+            f"scaling.num_workers={WORKERS}",
+            f"scaling.use_gpu={args.gpu}",
+        ],
+    )
 
 
 def time_steps(cfg, device, rank: int, warmup: int, steps: int) -> list[float]:
@@ -54,12 +60,20 @@ def time_steps(cfg, device, rank: int, warmup: int, steps: int) -> list[float]:
     v = cfg.data.views
     gen = torch.Generator().manual_seed(rank)
     batch = {
-        "global": torch.randint(0, 256, (cfg.scaling.batch_size, v.global_views, 3,
-                                         v.global_size, v.global_size),
-                                generator=gen, dtype=torch.uint8).to(device),
-        "local": torch.randint(0, 256, (cfg.scaling.batch_size, v.local_views, 3,
-                                        v.local_size, v.local_size),
-                               generator=gen, dtype=torch.uint8).to(device),
+        "global": torch.randint(
+            0,
+            256,
+            (cfg.scaling.batch_size, v.global_views, 3, v.global_size, v.global_size),
+            generator=gen,
+            dtype=torch.uint8,
+        ).to(device),
+        "local": torch.randint(
+            0,
+            256,
+            (cfg.scaling.batch_size, v.local_views, 3, v.local_size, v.local_size),
+            generator=gen,
+            dtype=torch.uint8,
+        ).to(device),
     }
     times = []
     for i in range(warmup + steps):
@@ -97,17 +111,25 @@ def _ray_worker(config: dict) -> None:
     args = config["args"]
     torch.set_num_threads(args.threads)
     rank = ray.train.get_context().get_world_rank()
-    times = time_steps(_config(args), ray.train.torch.get_device(), rank, args.warmup,
-                       args.steps)
+    times = time_steps(_config(args), ray.train.torch.get_device(), rank, args.warmup, args.steps)
     if rank == 0:
         Path(args.out).write_text(json.dumps(times))
 
 
 def run_torchrun(args: argparse.Namespace) -> list[float]:
     out = tempfile.mktemp(suffix=".json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORKERS}",
-           "--master-port=29533", __file__, "--torchrun-worker", "--out", out,
-           *_passthrough(args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={WORKERS}",
+        "--master-port=29533",
+        __file__,
+        "--torchrun-worker",
+        "--out",
+        out,
+        *_passthrough(args),
+    ]
     # torchrun sets OMP_NUM_THREADS=1 for several processes; set it the same on both sides.
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     subprocess.run(cmd, check=True, env=env)
@@ -123,17 +145,32 @@ def run_ray(args: argparse.Namespace) -> list[float]:
     connect(train_cpus=WORKERS, log_to_driver=False)  # kept up between rounds
     args.out = tempfile.mktemp(suffix=".json")
     TorchTrainer(
-        _ray_worker, train_loop_config={"args": args},
-        scaling_config=ScalingConfig(num_workers=WORKERS, use_gpu=args.gpu,
-                                     resources_per_worker={"CPU": args.threads}),
+        _ray_worker,
+        train_loop_config={"args": args},
+        scaling_config=ScalingConfig(
+            num_workers=WORKERS, use_gpu=args.gpu, resources_per_worker={"CPU": args.threads}
+        ),
     ).fit()
     return json.loads(Path(args.out).read_text())
 
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
-    out = ["--model", args.model, "--size", str(args.size), "--batch-size",
-           str(args.batch_size), "--local-views", str(args.local_views), "--steps",
-           str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    out = [
+        "--model",
+        args.model,
+        "--size",
+        str(args.size),
+        "--batch-size",
+        str(args.batch_size),
+        "--local-views",
+        str(args.local_views),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
     return out + (["--gpu"] if args.gpu else [])
 
 
@@ -154,17 +191,23 @@ def main() -> None:
     if args.torchrun_worker:
         _torchrun_worker(args)
         return
-    print(f"{args.model}, {WORKERS} workers, batch {args.batch_size}/worker, 2×{args.size}px + "
-          f"{args.local_views}×{args.size // 2}px views, {args.steps} timed steps after "
-          f"{args.warmup}", flush=True)
+    print(
+        f"{args.model}, {WORKERS} workers, batch {args.batch_size}/worker, 2×{args.size}px + "
+        f"{args.local_views}×{args.size // 2}px views, {args.steps} timed steps after "
+        f"{args.warmup}",
+        flush=True,
+    )
     plain: list[float] = []
     ray_times: list[float] = []
     for r in range(args.rounds):
         plain += run_torchrun(args)
         ray_times += run_ray(args)
-        print(f"round {r + 1}/{args.rounds}: torchrun median "
-              f"{statistics.median(plain[-args.steps:]) * 1e3:.1f} ms, Ray Train median "
-              f"{statistics.median(ray_times[-args.steps:]) * 1e3:.1f} ms", flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: torchrun median "
+            f"{statistics.median(plain[-args.steps :]) * 1e3:.1f} ms, Ray Train median "
+            f"{statistics.median(ray_times[-args.steps :]) * 1e3:.1f} ms",
+            flush=True,
+        )
     result = {
         "torchrun_step_s": statistics.median(plain),
         "ray_train_step_s": statistics.median(ray_times),
@@ -176,10 +219,14 @@ def main() -> None:
     result["overhead_ratio"] = result["ray_train_step_s"] / result["torchrun_step_s"]
     result["overhead_ratio_min"] = result["ray_train_min_step_s"] / result["torchrun_min_step_s"]
     for side, times in (("torchrun ", plain), ("Ray Train", ray_times)):
-        print(f"{side}: median step {statistics.median(times) * 1e3:.1f} ms "
-              f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, {len(times)} steps)")
-    print(f"overhead ratio Ray Train / torchrun: median {result['overhead_ratio']:.3f}, "
-          f"min {result['overhead_ratio_min']:.3f} (target <= 1.10)")
+        print(
+            f"{side}: median step {statistics.median(times) * 1e3:.1f} ms "
+            f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, {len(times)} steps)"
+        )
+    print(
+        f"overhead ratio Ray Train / torchrun: median {result['overhead_ratio']:.3f}, "
+        f"min {result['overhead_ratio_min']:.3f} (target <= 1.10)"
+    )
     print(json.dumps(result))
 
 

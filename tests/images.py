@@ -33,15 +33,21 @@ def corrupt_png() -> bytes:
     """A PNG whose header is valid but whose pixel data is not a zlib stream."""
     data = bytearray(encode(Image.new("RGB", (32, 32), (10, 200, 30))))
     start = data.index(b"IDAT") + 4
-    data[start:start + 16] = b"\x00" * 16
+    data[start : start + 16] = b"\x00" * 16
     return bytes(data)
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width``×``height`` pixels but carries no pixel data: a bomb's header."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -68,7 +74,8 @@ def make_image_folder(root, per_class: int = 6, bad: bool = True) -> dict:
         for i in range(per_class):
             fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][i % 3]
             (root / name / f"{i:03d}.{ext}").write_bytes(
-                photo(48 + 8 * i, 40, seed=100 * c + i, fmt=fmt))
+                photo(48 + 8 * i, 40, seed=100 * c + i, fmt=fmt)
+            )
     (root / "cat" / "notes.txt").write_text("not an image extension: ignored entirely")
     (root / "cat" / ".hidden.jpg").write_bytes(b"hidden files are ignored")
     expected = {"good": 2 * per_class, "bad": {}}

@@ -10,8 +10,14 @@ from pathlib import Path
 
 # The quickstart cut to 8 steps (a checkpoint at 4 and 8) on 512 digits: for the tests that
 # run whole pretraining runs, sweeps and jobs.
-TINY = ["optim.steps=8", "optim.warmup_steps=2", "checkpoint.every_steps=4",
-        "logging.every_steps=2", "loss.score_smoothing_steps=4", "data.num_samples=512"]
+TINY = [
+    "optim.steps=8",
+    "optim.warmup_steps=2",
+    "checkpoint.every_steps=4",
+    "logging.every_steps=2",
+    "loss.score_smoothing_steps=4",
+    "data.num_samples=512",
+]
 
 
 def console_script(name: str = "lejepa-ray") -> str:
@@ -26,8 +32,11 @@ def console_script(name: str = "lejepa-ray") -> str:
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the variables that would attach a child process to
     another Ray cluster (this session's own instance, or a job's)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_JOB_ID", "RAY_AUTH_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_JOB_ID", "RAY_AUTH_TOKEN")
+    }
     return {**env, **extra}
 
 

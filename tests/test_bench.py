@@ -13,14 +13,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_reports_both_rates_and_their_ratio(ray_cluster):
-    cfg = DataConfig(source="synthetic", num_samples=400, image_size=48,
-                     views=ViewConfig(global_size=32, local_views=2, local_size=16))
+    cfg = DataConfig(
+        source="synthetic",
+        num_samples=400,
+        image_size=48,
+        views=ViewConfig(global_size=32, local_views=2, local_size=16),
+    )
     printed: list[str] = []
     result = bench.run(cfg, seconds=2, workers=1, batch_size=8, print_fn=printed.append)
     last = json.loads(printed[-1])
     assert last == result
     assert last["ray_data_samples_per_s"] > 0 and last["dataloader_samples_per_s"] > 0
     assert last["ratio"] == pytest.approx(
-        last["ray_data_samples_per_s"] / last["dataloader_samples_per_s"], rel=1e-2)
+        last["ray_data_samples_per_s"] / last["dataloader_samples_per_s"], rel=1e-2
+    )
     assert last["limited_by"] in ("read", "decode", "crops")
     assert "ratio Ray Data / DataLoader" in "\n".join(printed)

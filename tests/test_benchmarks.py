@@ -21,10 +21,23 @@ def _load(name: str):
 
 
 def _run(seed: int, knn: float) -> dict:
-    return {"seed": seed, "steps": 8, "wall_s": 30.0, "train_s": 20.0, "train_images_per_s": 25.6,
-            "last_window_images_per_s": 40.0, "protocol": "train/val", "bank": 1437,
-            "queries": 360, "trained_knn": knn, "trained_linear": 0.9, "init_knn": 0.8,
-            "init_linear": 0.85, "raw_knn": 0.96, "raw_linear": 0.95}
+    return {
+        "seed": seed,
+        "steps": 8,
+        "wall_s": 30.0,
+        "train_s": 20.0,
+        "train_images_per_s": 25.6,
+        "last_window_images_per_s": 40.0,
+        "protocol": "train/val",
+        "bank": 1437,
+        "queries": 360,
+        "trained_knn": knn,
+        "trained_linear": 0.9,
+        "init_knn": 0.8,
+        "init_linear": 0.85,
+        "raw_knn": 0.96,
+        "raw_linear": 0.95,
+    }
 
 
 def test_quality_table_gives_the_spread_over_seeds():
@@ -42,11 +55,29 @@ def test_quality_table_gives_the_spread_over_seeds():
 
 def test_step_profile_times_every_component(capsys):
     profile = _load("step_profile")
-    assert profile.main(["--steps", "2", *TINY, "model.name=resnet10t", "scaling.batch_size=8",
-                         "scaling.num_workers=2"]) == 0
+    assert (
+        profile.main(
+            [
+                "--steps",
+                "2",
+                *TINY,
+                "model.name=resnet10t",
+                "scaling.batch_size=8",
+                "scaling.num_workers=2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
-    assert set(result["ms"]) == {"views", "backbone fwd", "projector fwd", "loss fwd",
-                                 "backward", "optimizer", "allreduce"}
+    assert set(result["ms"]) == {
+        "views",
+        "backbone fwd",
+        "projector fwd",
+        "loss fwd",
+        "backward",
+        "optimizer",
+        "allreduce",
+    }
     assert all(ms > 0 for ms in result["ms"].values())
     assert any(line.startswith("implied: ") for line in out)

@@ -19,14 +19,22 @@ from lejepa_ray.model import LeJEPAEncoder
 from lejepa_ray.pretrain import resolve_backbone
 from lejepa_ray.train import Trainer
 
-SMALL = ["model.projector_hidden=64", "model.projector_dim=16", "data.views.global_size=32",
-         "data.views.local_size=16", "data.views.local_views=2", "loss.num_slices=64",
-         "optim.steps=10", "optim.warmup_steps=3", "optim.lr=1e-3", "scaling.batch_size=8"]
+SMALL = [
+    "model.projector_hidden=64",
+    "model.projector_dim=16",
+    "data.views.global_size=32",
+    "data.views.local_size=16",
+    "data.views.local_views=2",
+    "loss.num_slices=64",
+    "optim.steps=10",
+    "optim.warmup_steps=3",
+    "optim.lr=1e-3",
+    "scaling.batch_size=8",
+]
 
 
 def _config(*overrides: str):
-    return load_config(None, ["model.name=resnet18", "scaling.num_workers=1", *SMALL,
-                              *overrides])
+    return load_config(None, ["model.name=resnet18", "scaling.num_workers=1", *SMALL, *overrides])
 
 
 def _trainer(*overrides: str) -> Trainer:
@@ -36,23 +44,31 @@ def _trainer(*overrides: str) -> Trainer:
 
 def _batch(seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return {"global": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=gen, dtype=torch.uint8),
-            "local": torch.randint(0, 256, (8, 2, 3, 16, 16), generator=gen, dtype=torch.uint8)}
+    return {
+        "global": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=gen, dtype=torch.uint8),
+        "local": torch.randint(0, 256, (8, 2, 3, 16, 16), generator=gen, dtype=torch.uint8),
+    }
 
 
 def _state(trainer: Trainer, **data) -> TrainState:
     world = dist.get_world_size() if dist.is_initialized() else 1
-    return TrainState(step=trainer.step, world_size=world, skipped_steps=trainer.skipped_steps,
-                      scheduler=trainer.scheduler.state_dict(), model=trainer.cfg.model.name,
-                      **data)
+    return TrainState(
+        step=trainer.step,
+        world_size=world,
+        skipped_steps=trainer.skipped_steps,
+        scheduler=trainer.scheduler.state_dict(),
+        model=trainer.cfg.model.name,
+        **data,
+    )
 
 
 def _tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Every parameter, buffer and optimizer tensor, gathered and by name."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model, optim = get_state_dict(trainer.model, trainer.optimizer,
-                                  options=StateDictOptions(full_state_dict=True))
+    model, optim = get_state_dict(
+        trainer.model, trainer.optimizer, options=StateDictOptions(full_state_dict=True)
+    )
     out = {f"model.{k}": v.detach().clone() for k, v in model.items()}
     for name, slots in optim["state"].items():
         out.update({f"optim.{name}.{k}": v.detach().clone() for k, v in slots.items()})
@@ -97,15 +113,22 @@ def test_files_are_unique_per_rank_and_hold_no_pickled_objects(tmp_path):
     a = _trainer()
     a.train_step([_batch(0)])
     _save(a, tmp_path / "ckpt")
-    names = sorted(p.relative_to(tmp_path / "ckpt").as_posix()
-                   for p in (tmp_path / "ckpt").rglob("*") if p.is_file())
-    assert names == [".metadata", "__0_0.distcp", "config.yaml", "rng/rank_00000.json",
-                     "state.json"]
+    names = sorted(
+        p.relative_to(tmp_path / "ckpt").as_posix()
+        for p in (tmp_path / "ckpt").rglob("*")
+        if p.is_file()
+    )
+    assert names == [
+        ".metadata",
+        "__0_0.distcp",
+        "config.yaml",
+        "rng/rank_00000.json",
+        "state.json",
+    ]
     metadata = checkpoint.read_metadata(tmp_path / "ckpt")
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    assert all(isinstance(v, TensorStorageMetadata)
-               for v in metadata.state_dict_metadata.values())
+    assert all(isinstance(v, TensorStorageMetadata) for v in metadata.state_dict_metadata.values())
     assert json.loads((tmp_path / "ckpt/state.json").read_text())["step"] == 1
 
 
@@ -119,8 +142,11 @@ def saved(tmp_path) -> Path:
 
 def test_another_model_is_refused_with_both_names(saved):
     other = _trainer("model.name=resnet34")
-    with pytest.raises(CheckpointError, match=r"cannot load a resnet18 checkpoint .* into "
-                       r"resnet34: [1-9]\d* tensors missing"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot load a resnet18 checkpoint .* into "
+        r"resnet34: [1-9]\d* tensors missing",
+    ):
         checkpoint.load(saved, other)
     wider = _trainer("model.projector_dim=32")
     with pytest.raises(CheckpointError, match=r"of a different shape \(model\.projector"):
@@ -134,8 +160,9 @@ def test_truncated_or_missing_shard_is_reported_before_loading(saved):
         checkpoint.load(saved, _trainer())
     shard.unlink()
     with pytest.raises(CheckpointError, match=r"__0_0.distcp is missing"):
-        checkpoint.load_model_weights(saved, LeJEPAEncoder(resolve_backbone(_config()),
-                                                           _config().model))
+        checkpoint.load_model_weights(
+            saved, LeJEPAEncoder(resolve_backbone(_config()), _config().model)
+        )
 
 
 def test_garbled_shard_bytes_give_a_checkpoint_error(saved):
@@ -171,8 +198,7 @@ class _Payload:
         return (os.system, ("touch pwned",))
 
 
-def test_index_with_foreign_objects_is_refused_without_running_them(saved, tmp_path,
-                                                                    monkeypatch):
+def test_index_with_foreign_objects_is_refused_without_running_them(saved, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (saved / ".metadata").write_bytes(pickle.dumps(_Payload()))
     with pytest.raises(CheckpointError, match=r"refused to load posix\.system"):
@@ -195,8 +221,7 @@ WORLD = 2
 
 
 def _fsdp_worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
         trainer = _trainer("scaling.strategy=fsdp", f"scaling.num_workers={WORLD}")
@@ -208,22 +233,32 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
             checkpoint.load(Path(out_dir, "single"), trainer)
         tensors = _tensors(trainer)
         if rank == 0:
-            torch.save({"tensors": tensors, "step": trainer.step,
-                        "lr": trainer.optimizer.param_groups[0]["lr"]},
-                       f"{out_dir}/fsdp_{mode}.pt")
+            torch.save(
+                {
+                    "tensors": tensors,
+                    "step": trainer.step,
+                    "lr": trainer.optimizer.param_groups[0]["lr"],
+                },
+                f"{out_dir}/fsdp_{mode}.pt",
+            )
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
-    mp.spawn(_fsdp_worker, args=(str(tmp_path / "init1"), str(tmp_path), "save"),
-             nprocs=WORLD, join=True)
+    mp.spawn(
+        _fsdp_worker, args=(str(tmp_path / "init1"), str(tmp_path), "save"), nprocs=WORLD, join=True
+    )
     fsdp = torch.load(tmp_path / "fsdp_save.pt", weights_only=True)
     assert sorted(p.name for p in (tmp_path / "fsdp").glob("__*")) == [
-        "__0_0.distcp", "__1_0.distcp"]
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     assert sorted(p.name for p in (tmp_path / "fsdp/rng").iterdir()) == [
-        "rank_00000.json", "rank_00001.json"]
+        "rank_00000.json",
+        "rank_00001.json",
+    ]
 
     # 2 FSDP ranks -> 1 process without sharding: the gathered tensors, bit for bit.
     single = _trainer()
@@ -235,12 +270,12 @@ def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
     # 1 process -> 2 FSDP ranks: each rank loads its shards of the same tensors.
     single.train_step([_batch(99)])
     _save(single, tmp_path / "single")
-    mp.spawn(_fsdp_worker, args=(str(tmp_path / "init2"), str(tmp_path), "load"),
-             nprocs=WORLD, join=True)
+    mp.spawn(
+        _fsdp_worker, args=(str(tmp_path / "init2"), str(tmp_path), "load"), nprocs=WORLD, join=True
+    )
     back = torch.load(tmp_path / "fsdp_load.pt", weights_only=True)
     assert back["step"] == 4
     _assert_bitwise(back["tensors"], _tensors(single))
-
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -253,6 +288,9 @@ def test_pickled_entry_where_a_tensor_belongs_is_refused_unread(tmp_path):
     state["model"]["projector.0.weight"] = ["not", "a", "tensor"]  # DCP pickles this
     dcp.save(state, checkpoint_id=str(tmp_path / "foreign"), no_dist=True)
     (tmp_path / "foreign" / "state.json").write_text('{"step": 3}')
-    with pytest.raises(CheckpointError, match=r"pickled objects where tensors belong "
-                       r"\(model\.projector\.0\.weight\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"pickled objects where tensors belong "
+        r"\(model\.projector\.0\.weight\)",
+    ):
         checkpoint.load_model_weights(tmp_path / "foreign", encoder)

@@ -62,22 +62,27 @@ def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys, monkeyp
 
 def test_pretrain_job_entry_point_reports_errors_like_the_cli():
     job = Path(__file__).parents[1] / "jobs" / "pretrain.py"
-    out = subprocess.run([sys.executable, str(job), "loss.lam=2"], capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, str(job), "loss.lam=2"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "loss.lam=2" in out.stderr
 
 
 # What Ray prints on its own: driver log records, worker prefixes, C++ notices, warnings.
-RAY_LINE = re.compile(r"\(\w+ pid=\d+|\(raylet\)|\b(INFO|WARNING)\b|\w+\.cc:\d+|Warning:|"
-                      r"PlacementGroupCleaner|SplitCoordinator|Dataset \w+ execution")
+RAY_LINE = re.compile(
+    r"\(\w+ pid=\d+|\(raylet\)|\b(INFO|WARNING)\b|\w+\.cc:\d+|Warning:|"
+    r"PlacementGroupCleaner|SplitCoordinator|Dataset \w+ execution"
+)
 
 
 @pytest.mark.slow
 def test_default_run_prints_our_lines_and_none_of_rays(tmp_path):
     out = subprocess.run(
         [console_script(), "pretrain", *TINY, f"storage_path={tmp_path}", "name=console"],
-        env=clean_env(), capture_output=True, text=True, timeout=600)
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert out.returncode == 0, "\n".join(lines[-40:])
     assert [line for line in lines if RAY_LINE.search(line)] == [], "\n".join(lines)

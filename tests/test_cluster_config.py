@@ -85,11 +85,14 @@ def test_gigantic_fills_four_h100_nodes(config):
     assert fit.per_node["gpu_8x_h100"] == 8 and fit.capacity["gpu_8x_h100"] >= 32
 
 
-@pytest.mark.parametrize(("overrides", "concurrent", "message"), [
-    (["scaling.num_workers=64"], 1, "hold only 40"),
-    (["scaling.cpus_per_worker=200"], 1, "no worker node type has that"),
-    ([], 2, "64 training workers"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "concurrent", "message"),
+    [
+        (["scaling.num_workers=64"], 1, "hold only 40"),
+        (["scaling.cpus_per_worker=200"], 1, "no worker node type has that"),
+        ([], 2, "64 training workers"),
+    ],
+)
 def test_runs_that_cannot_fit_are_refused(config, overrides, concurrent, message):
     cfg = load_config(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml", overrides)
     with pytest.raises(ClusterFitError, match=message):
@@ -107,6 +110,18 @@ def test_cluster_check_command(capsys):
     gigantic = str(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml")
     assert main(["cluster-check", "--cluster", str(CLUSTER_YAML), "--config", gigantic]) == 0
     assert "fits: 32 training worker(s)" in capsys.readouterr().out
-    assert main(["cluster-check", "--cluster", str(CLUSTER_YAML), "--config", gigantic,
-                 "--concurrent", "2"]) == 2
+    assert (
+        main(
+            [
+                "cluster-check",
+                "--cluster",
+                str(CLUSTER_YAML),
+                "--config",
+                gigantic,
+                "--concurrent",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "Raise max_workers" in capsys.readouterr().err

@@ -7,22 +7,33 @@ from lejepa_ray.compat import noise_filter, quiet_worker_logs
 
 # Lines a default run printed before the filter (Ray 2.60, 2 CPUs), shortened.
 RAY_NOISE = [
-    ("PlacementGroupCleaner", "Failed to query Ray Train Controller actor state. State API may "
-     "be temporarily unavailable. Continuing to monitor."),
-    ("TrainController", "[2026-12-02 07:39:47,122 E 3015 3046] core_worker.cc:2465: Actor with "
-     "class name: 'PreemptionWatcher' and ID: 'ef69' has constructor arguments in the object "
-     "store and max_restarts > 0."),
+    (
+        "PlacementGroupCleaner",
+        "Failed to query Ray Train Controller actor state. State API may "
+        "be temporarily unavailable. Continuing to monitor.",
+    ),
+    (
+        "TrainController",
+        "[2026-12-02 07:39:47,122 E 3015 3046] core_worker.cc:2465: Actor with "
+        "class name: 'PreemptionWatcher' and ID: 'ef69' has constructor arguments in the object "
+        "store and max_restarts > 0.",
+    ),
     ("SplitCoordinator", "Starting execution of Dataset train_0357_0. Full logs are in /tmp"),
-    ("DatasetManager", "/x/ray/data/_internal/execution/interfaces/execution_options.py:436: "
-     "RayDeprecationWarning: `ExecutionOptions.exclude_resources` is deprecated"),
+    (
+        "DatasetManager",
+        "/x/ray/data/_internal/execution/interfaces/execution_options.py:436: "
+        "RayDeprecationWarning: `ExecutionOptions.exclude_resources` is deprecated",
+    ),
 ]
 
 
 def test_ray_noise_is_dropped_and_our_lines_are_kept():
     for actor, line in RAY_NOISE:
         assert noise_filter([line], actor=actor) == [], line
-    ours = ["step 10/150 | loss 0.8207 (pred 0.4389, sigreg 8.074) | 117 img/s",
-            "resumed from /tmp/run/checkpoint_00000100: step 100"]
+    ours = [
+        "step 10/150 | loss 0.8207 (pred 0.4389, sigreg 8.074) | 117 img/s",
+        "resumed from /tmp/run/checkpoint_00000100: step 100",
+    ]
     assert noise_filter(ours, actor="RayTrainWorker") == ours
     # A warning raised inside Ray takes the source line it quotes with it; ours stay.
     lines = ["/v/ray/train/v2/x.py:12: RayDeprecationWarning: old", "  self.x = x", ours[0]]
@@ -41,20 +52,32 @@ def test_the_filter_replaces_rays_print_handler(capsys):
     try:
         assert quiet_worker_logs() is True
         assert [name for name, _ in dispatcher.handlers].count("ray_print_logs") == 1
-        base = {"ip": "127.0.0.1", "pid": 7, "job": "01", "is_err": False,
-                "actor_name": "RayTrainWorker", "task_name": "", "localhost": "127.0.0.1"}
+        base = {
+            "ip": "127.0.0.1",
+            "pid": 7,
+            "job": "01",
+            "is_err": False,
+            "actor_name": "RayTrainWorker",
+            "task_name": "",
+            "localhost": "127.0.0.1",
+        }
         dispatcher.emit({**base, "lines": ["step 2/8 | loss 0.9"]})
-        dispatcher.emit({**base, "actor_name": "PlacementGroupCleaner",
-                         "lines": [RAY_NOISE[0][1]]})
+        dispatcher.emit({**base, "actor_name": "PlacementGroupCleaner", "lines": [RAY_NOISE[0][1]]})
         out = capsys.readouterr().out
         assert out.strip() == "step 2/8 | loss 0.9"  # no "(RayTrainWorker pid=7)" prefix
         # The raylet's messages go through the module's print function, also filtered.
-        worker.print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been "
-                                             "started on node: x"], "pid": "raylet",
-                                   "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream(
+            {
+                "lines": ["WARNING: 8 PYTHON worker processes have been started on node: x"],
+                "pid": "raylet",
+                "is_err": False,
+            },
+            ignore_prefix=False,
+        )
         oom = "Task was killed due to the node running low on memory."
-        worker.print_to_stdstream({"lines": [oom], "pid": "raylet", "is_err": False},
-                                  ignore_prefix=False)
+        worker.print_to_stdstream(
+            {"lines": [oom], "pid": "raylet", "is_err": False}, ignore_prefix=False
+        )
         assert capsys.readouterr().out.strip().endswith(oom)
     finally:
         dispatcher.handlers, worker.print_to_stdstream = before, printer

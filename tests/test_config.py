@@ -20,8 +20,15 @@ CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["model.name=vit_small_patch16_224", "loss.lam=0.02",
-                             "data.views.local_views=4", "optim.betas=[0.9,0.95]"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=vit_small_patch16_224",
+            "loss.lam=0.02",
+            "data.views.local_views=4",
+            "optim.betas=[0.9,0.95]",
+        ],
+    )
     assert isinstance(cfg, PretrainConfig)
     assert cfg.model.name == "vit_small_patch16_224"
     assert cfg.loss.lam == 0.02 and cfg.data.views.local_views == 4
@@ -95,8 +102,10 @@ def test_unknown_timm_name_suggests_close_matches():
     [
         (["scaling.batch_size=1", "scaling.num_workers=1"], "needs at least 2"),
         (["data.views.local_size=256"], "larger than data.views.global_size"),
-        (["data.source=synthetic", "data.num_samples=100", "scaling.batch_size=64"],
-         "no full batch"),
+        (
+            ["data.source=synthetic", "data.num_samples=100", "scaling.batch_size=64"],
+            "no full batch",
+        ),
         (["model.name=resnet_18"], "not a timm architecture"),
     ],
 )
@@ -112,6 +121,8 @@ def test_impossible_runs_fail_before_ray(overrides, message, monkeypatch):
 
 
 def test_learning_rate_scales_with_global_batch():
-    cfg = load_config(None, ["optim.lr=5e-4", "scaling.batch_size=64", "scaling.num_workers=4",
-                             "optim.accum_steps=2"])
+    cfg = load_config(
+        None,
+        ["optim.lr=5e-4", "scaling.batch_size=64", "scaling.num_workers=4", "optim.accum_steps=2"],
+    )
     assert scaled_lr(cfg) == pytest.approx(5e-4)  # 64 × 4 × 2 = 512: the reference batch

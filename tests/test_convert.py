@@ -29,12 +29,17 @@ def rows(out) -> set[tuple]:
 
 def test_convert_writes_good_images_and_counts_bad_ones(tmp_path):
     expected = make_image_folder(tmp_path / "src", per_class=6)
-    summary = convert_image_folder(str(tmp_path / "src"), str(tmp_path / "out"),
-                                   shard_size_mb=SHARD_MB)
+    summary = convert_image_folder(
+        str(tmp_path / "src"), str(tmp_path / "out"), shard_size_mb=SHARD_MB
+    )
     assert summary.images == expected["good"] == 12
     assert dict(summary.skipped) == expected["bad"]
     assert {e["path"] for e in summary.skipped_files} == {
-        "dog/empty.jpg", "dog/readme.png", "cat/cut.JPG", "cat/bomb.png"}
+        "dog/empty.jpg",
+        "dog/readme.png",
+        "cat/cut.JPG",
+        "cat/bomb.png",
+    }
     assert summary.shards_written == len(shard_files(tmp_path / "out")) >= 2
 
     manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
@@ -49,15 +54,17 @@ def test_convert_writes_good_images_and_counts_bad_ones(tmp_path):
     # The original bytes are stored, labels follow the subfolders.
     got = rows(tmp_path / "out")
     src = tmp_path / "src"
-    assert (("cat/001.png", 0, (src / "cat/001.png").read_bytes()) in got)
-    assert (("dog/005.webp", 1, (src / "dog/005.webp").read_bytes()) in got)
+    assert ("cat/001.png", 0, (src / "cat/001.png").read_bytes()) in got
+    assert ("dog/005.webp", 1, (src / "dog/005.webp").read_bytes()) in got
 
 
 def test_shards_mix_the_classes(tmp_path):
     make_image_folder(tmp_path / "src", per_class=20, bad=False)
     convert_image_folder(str(tmp_path / "src"), str(tmp_path / "out"), shard_size_mb=0.06)
-    labels = [set(pq.read_table(p).column("label").to_pylist())
-              for p in sorted((tmp_path / "out").glob("shard-*.parquet"))]
+    labels = [
+        set(pq.read_table(p).column("label").to_pylist())
+        for p in sorted((tmp_path / "out").glob("shard-*.parquet"))
+    ]
     assert len(labels) >= 2 and all(s == {0, 1} for s in labels)
 
 
@@ -125,8 +132,21 @@ def test_changed_source_is_reconverted(tmp_path):
 
 def test_cli_convert_prints_the_summary(tmp_path, capsys):
     make_image_folder(tmp_path / "src", per_class=4)
-    assert main(["data", "convert", str(tmp_path / "src"), str(tmp_path / "out"),
-                 "--shard-size-mb", "0.01", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(tmp_path / "src"),
+                str(tmp_path / "out"),
+                "--shard-size-mb",
+                "0.01",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Wrote 8 images" in out
     for reason in ("empty", "not_an_image", "truncated", "too_large"):

@@ -28,8 +28,10 @@ def test_checkpoint_and_its_export_give_the_same_probes(tmp_path):
 
 def test_eval_command_prints_a_summary_then_json(tmp_path, capsys):
     path, _ = _trained_checkpoint(tmp_path, "resnet18")
-    assert main(["eval", str(path), "--data", "digits", "--probe", "linear",
-                 "--max-samples", "200"]) == 0
+    assert (
+        main(["eval", str(path), "--data", "digits", "--probe", "linear", "--max-samples", "200"])
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["knn_top1"] is None and 0 <= result["linear_top1"] <= 1
@@ -44,8 +46,12 @@ def test_val_data_is_scored_on_images_the_probes_were_not_fitted_on(tmp_path, ca
     from lejepa_ray.data.sources import LocalSource
 
     path, _ = _trained_checkpoint(tmp_path, "resnet18")
-    assert main(["eval", str(path), "--data", "digits:train", "--val-data", "digits:val",
-                 "--baseline"]) == 0
+    assert (
+        main(
+            ["eval", str(path), "--data", "digits:train", "--val-data", "digits:val", "--baseline"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     train, val = (len(LocalSource(DataConfig(source="digits", split=s))) for s in ("train", "val"))

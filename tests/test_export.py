@@ -19,18 +19,37 @@ from lejepa_ray.train import Trainer
 
 
 def _trained_checkpoint(tmp_path, name: str):
-    cfg = load_config(None, [
-        f"model.name={name}", "model.projector_hidden=64", "model.projector_dim=16",
-        "data.views.global_size=32", "data.views.local_size=16", "data.views.local_views=2",
-        "loss.num_slices=64", "optim.steps=4", "optim.warmup_steps=1", "scaling.batch_size=8",
-        "scaling.num_workers=1"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={name}",
+            "model.projector_hidden=64",
+            "model.projector_dim=16",
+            "data.views.global_size=32",
+            "data.views.local_size=16",
+            "data.views.local_views=2",
+            "loss.num_slices=64",
+            "optim.steps=4",
+            "optim.warmup_steps=1",
+            "scaling.batch_size=8",
+            "scaling.num_workers=1",
+        ],
+    )
     trainer = Trainer(cfg, resolve_backbone(cfg), torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):
-        trainer.train_step([{
-            "global": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=gen, dtype=torch.uint8),
-            "local": torch.randint(0, 256, (8, 2, 3, 16, 16), generator=gen, dtype=torch.uint8),
-        }])
+        trainer.train_step(
+            [
+                {
+                    "global": torch.randint(
+                        0, 256, (8, 2, 3, 32, 32), generator=gen, dtype=torch.uint8
+                    ),
+                    "local": torch.randint(
+                        0, 256, (8, 2, 3, 16, 16), generator=gen, dtype=torch.uint8
+                    ),
+                }
+            ]
+        )
     path = tmp_path / "run" / "checkpoint_00000002"
     path.mkdir(parents=True)
     checkpoint.save(path, trainer, TrainState(step=2, model=name), to_yaml(cfg))
@@ -51,9 +70,13 @@ def test_exported_backbone_loads_in_timm_with_the_trained_features(tmp_path, nam
         assert hub["model_args"]["dynamic_img_size"] is True
 
     # The documented call, with nothing but the files (pretrained=True reads the local file).
-    model = timm.create_model(hub["architecture"], pretrained=True, num_classes=0,
-                              pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
-                              **hub["model_args"]).eval()
+    model = timm.create_model(
+        hub["architecture"],
+        pretrained=True,
+        num_classes=0,
+        pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
+        **hub["model_args"],
+    ).eval()
     trained = trainer.encoder.backbone.eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

@@ -44,32 +44,61 @@ class Head:
         self.dashboard = f"http://127.0.0.1:{_free_port()}"
         # The job drivers' `python` is this environment's, as a node's is its image's.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        self.env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token),
-                             PATH=path,
-                             RAY_ADDRESS=self.dashboard, LEJEPA_STORAGE_PATH=str(self.storage),
-                             RAY_USAGE_STATS_ENABLED="0")
+        self.env = clean_env(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.token),
+            PATH=path,
+            RAY_ADDRESS=self.dashboard,
+            LEJEPA_STORAGE_PATH=str(self.storage),
+            RAY_USAGE_STATS_ENABLED="0",
+        )
         self.log = tmp / "head.log"
         # CPUs: the sweep trial's driver, its 2 training workers and Ray Data's actors and reads
         # (lejepa_ray.runtime.local_num_cpus(3) on this 2-core machine).
-        cmd = [console_script("ray"), "start", "--head", "--block", "--temp-dir", self.temp_dir,
-               "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", self.dashboard.rsplit(":", 1)[1],
-               "--num-cpus", "6", "--include-dashboard", "true"]
+        cmd = [
+            console_script("ray"),
+            "start",
+            "--head",
+            "--block",
+            "--temp-dir",
+            self.temp_dir,
+            "--port",
+            str(_free_port()),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            self.dashboard.rsplit(":", 1)[1],
+            "--num-cpus",
+            "6",
+            "--include-dashboard",
+            "true",
+        ]
         # Every port a second instance on this machine could collide on (this session's own
         # Ray instance holds the defaults, e.g. the dashboard agent's 52365: then the head has
         # no agent, and every submission fails with "No available agent").
-        for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
-                     "--dashboard-agent-grpc-port", "--metrics-export-port",
-                     "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
+        for flag in (
+            "--ray-client-server-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--metrics-export-port",
+            "--runtime-env-agent-port",
+            "--node-manager-port",
+            "--object-manager-port",
+        ):
             cmd += [flag, str(_free_port())]
         with self.log.open("w") as log:
             start_env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env=start_env)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=start_env)
 
     def ray(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([console_script("ray"), *args], capture_output=True, text=True,
-                              cwd=ROOT, env={**self.env, **env}, timeout=timeout)
+        return subprocess.run(
+            [console_script("ray"), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**self.env, **env},
+            timeout=timeout,
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -86,8 +115,17 @@ class Head:
         # fails with "No available agent ... try again later": retry for a while.
         deadline = time.monotonic() + 120
         while True:
-            out = self.ray("job", "submit", "--working-dir", ".", "--submission-id", job_id,
-                           "--", *entrypoint, timeout=timeout)
+            out = self.ray(
+                "job",
+                "submit",
+                "--working-dir",
+                ".",
+                "--submission-id",
+                job_id,
+                "--",
+                *entrypoint,
+                timeout=timeout,
+            )
             logs = out.stdout + out.stderr
             if "No available agent" not in logs or time.monotonic() > deadline:
                 break
@@ -122,13 +160,24 @@ def test_working_dir_upload_leaves_out_envs_outputs_and_data(tmp_path):
     for name in (".gitignore", ".rayignore"):
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_text((ROOT / name).read_text())
-    kept = ["jobs/pretrain.py", "jobs/configs/quickstart.yaml", "tune_spaces/quick.yaml",
-            "platform/lejepa_ray/cli.py", "platform/lejepa_ray/data/stream.py",
-            "constraints.txt"]
-    left_out = [".venv/lib/torch.so", "runs/r/checkpoint_00000008/state.json",
-                "data/train/000.jpg", "shards/part-0.parquet", ".git/HEAD",
-                "benchmarks/results/x.json", "platform/lejepa_ray/__pycache__/cli.pyc",
-                "tests/test_jobs.py"]
+    kept = [
+        "jobs/pretrain.py",
+        "jobs/configs/quickstart.yaml",
+        "tune_spaces/quick.yaml",
+        "platform/lejepa_ray/cli.py",
+        "platform/lejepa_ray/data/stream.py",
+        "constraints.txt",
+    ]
+    left_out = [
+        ".venv/lib/torch.so",
+        "runs/r/checkpoint_00000008/state.json",
+        "data/train/000.jpg",
+        "shards/part-0.parquet",
+        ".git/HEAD",
+        "benchmarks/results/x.json",
+        "platform/lejepa_ray/__pycache__/cli.pyc",
+        "tests/test_jobs.py",
+    ]
     for rel in kept + left_out:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_text("x")
@@ -148,30 +197,54 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
         assert wrong.returncode != 0
         assert "auth" in (wrong.stdout + wrong.stderr).lower()
 
-        logs = head.submit("e2e-pretrain", "python", "jobs/pretrain.py", "--config",
-                           "jobs/configs/quickstart.yaml", "name=e2e", *TINY, timeout=600)
+        logs = head.submit(
+            "e2e-pretrain",
+            "python",
+            "jobs/pretrain.py",
+            "--config",
+            "jobs/configs/quickstart.yaml",
+            "name=e2e",
+            *TINY,
+            timeout=600,
+        )
         run = head.storage / "e2e"  # storage_path came from LEJEPA_STORAGE_PATH, as on a cluster
         assert (run / "checkpoint_00000008" / "state.json").exists(), logs[-4000:]
         assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
         assert "probe (train/val: fitted on" in logs and "raw pixels" in logs  # probes ran
 
-        logs = head.submit("e2e-sweep", "python", "jobs/sweep.py", "--space",
-                           "tune_spaces/lambda_slices.yaml", "--config",
-                           "jobs/configs/quickstart.yaml", "--name", "e2e-sweep", "--samples",
-                           "2", "--scheduler", "fifo", *TINY, timeout=900)
+        logs = head.submit(
+            "e2e-sweep",
+            "python",
+            "jobs/sweep.py",
+            "--space",
+            "tune_spaces/lambda_slices.yaml",
+            "--config",
+            "jobs/configs/quickstart.yaml",
+            "--name",
+            "e2e-sweep",
+            "--samples",
+            "2",
+            "--scheduler",
+            "fifo",
+            *TINY,
+            timeout=900,
+        )
         sweep = head.storage / "e2e-sweep"
         with (sweep / "results.csv").open() as f:
             rows = list(csv.DictReader(f))
-        assert [(r["rank"], r["status"]) for r in rows] == [("1", "completed"),
-                                                             ("2", "completed")], logs[-4000:]
+        assert [(r["rank"], r["status"]) for r in rows] == [
+            ("1", "completed"),
+            ("2", "completed"),
+        ], logs[-4000:]
         assert float(rows[0]["selection_score"]) <= float(rows[1]["selection_score"])
         assert (sweep / "winner" / "config.json").exists()
         for r in rows:
             assert (sweep / "runs" / r["trial"] / "checkpoint_00000008").is_dir()
         listed = head.ray("job", "list").stdout
         for job_id in ("e2e-pretrain", "e2e-sweep"):
-            assert re.search(rf"submission_id='{job_id}'.*?status=<JobStatus.SUCCEEDED", listed,
-                             re.S), listed
+            assert re.search(
+                rf"submission_id='{job_id}'.*?status=<JobStatus.SUCCEEDED", listed, re.S
+            ), listed
     finally:
         head.stop()
     assert head.proc.returncode is not None

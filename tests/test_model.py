@@ -17,14 +17,21 @@ def _cfg(name: str, **kw) -> ModelConfig:
     ("name", "global_size", "local_size", "options", "local_input", "resized"),
     [
         ("resnet18", 64, 32, {}, 32, False),  # CNNs take any size as built
-        ("vit_tiny_patch16_224", 64, 40, {"dynamic_img_size": True, "dynamic_img_pad": True},
-         40, False),  # 40 is no multiple of the patch: padded
+        (
+            "vit_tiny_patch16_224",
+            64,
+            40,
+            {"dynamic_img_size": True, "dynamic_img_pad": True},
+            40,
+            False,
+        ),  # 40 is no multiple of the patch: padded
         ("swin_tiny_patch4_window7_224", 64, 32, {"strict_img_size": False}, 32, False),
         ("maxvit_nano_rw_256", 64, 32, {"img_size": 64}, 64, True),  # fixed resolution
     ],
 )
-def test_each_family_gets_views_it_can_take(name, global_size, local_size, options,
-                                            local_input, resized):
+def test_each_family_gets_views_it_can_take(
+    name, global_size, local_size, options, local_input, resized
+):
     spec = resolve(_cfg(name), global_size, local_size)
     assert spec.kwargs == options
     assert (spec.local_size, spec.local_resized) == (local_input, resized)
@@ -73,10 +80,12 @@ def test_projector_is_the_batchnorm_mlp():
 
 def test_projector_input_is_what_the_backbone_returns():
     # MobileNetV3's head convolution follows the pooling: num_features 960, output 1280.
-    spec = resolve(ModelConfig(name="mobilenetv3_large_100", projector_hidden=32,
-                               projector_dim=8), 64, 32)
+    spec = resolve(
+        ModelConfig(name="mobilenetv3_large_100", projector_hidden=32, projector_dim=8), 64, 32
+    )
     assert spec.num_features == 1280
-    encoder = LeJEPAEncoder(spec, ModelConfig(name="mobilenetv3_large_100",
-                                              projector_hidden=32, projector_dim=8))
+    encoder = LeJEPAEncoder(
+        spec, ModelConfig(name="mobilenetv3_large_100", projector_hidden=32, projector_dim=8)
+    )
     views = torch.randint(0, 256, (2, 1, 3, 64, 64), dtype=torch.uint8)
     assert encoder(views).shape == (1, 2, 8)

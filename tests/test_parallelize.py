@@ -24,20 +24,31 @@ WORLD = 2
 
 
 def _run(worker, tmp_path, *args) -> list[dict]:
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path), *args), nprocs=WORLD,
-             join=True)
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path), *args), nprocs=WORLD, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
 def _small_config(strategy: str, meta_init: bool, precision: str = "fp32") -> PretrainConfig:
-    return load_config(None, [
-        "model.name=vit_tiny_patch16_224", "model.projector_hidden=64",
-        "model.projector_dim=32", f"model.meta_init={meta_init}",
-        "data.views.global_size=32", "data.views.local_size=16", "data.views.local_views=2",
-        "loss.num_slices=64", "optim.steps=10", "optim.warmup_steps=0", "optim.lr=1e-3",
-        f"scaling.strategy={strategy}", f"scaling.num_workers={WORLD}", "scaling.batch_size=8",
-        f"scaling.precision={precision}",
-    ])
+    return load_config(
+        None,
+        [
+            "model.name=vit_tiny_patch16_224",
+            "model.projector_hidden=64",
+            "model.projector_dim=32",
+            f"model.meta_init={meta_init}",
+            "data.views.global_size=32",
+            "data.views.local_size=16",
+            "data.views.local_views=2",
+            "loss.num_slices=64",
+            "optim.steps=10",
+            "optim.warmup_steps=0",
+            "optim.lr=1e-3",
+            f"scaling.strategy={strategy}",
+            f"scaling.num_workers={WORLD}",
+            "scaling.batch_size=8",
+            f"scaling.precision={precision}",
+        ],
+    )
 
 
 def _full(p: torch.Tensor) -> torch.Tensor:
@@ -45,32 +56,39 @@ def _full(p: torch.Tensor) -> torch.Tensor:
 
 
 def _step_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
         gen = torch.Generator().manual_seed(100 + rank)  # each rank its own samples
-        batch = {"global": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=gen,
-                                         dtype=torch.uint8),
-                 "local": torch.randint(0, 256, (8, 2, 3, 16, 16), generator=gen,
-                                        dtype=torch.uint8)}
+        batch = {
+            "global": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=gen, dtype=torch.uint8),
+            "local": torch.randint(0, 256, (8, 2, 3, 16, 16), generator=gen, dtype=torch.uint8),
+        }
         out = {}
-        for strategy, meta, precision in (("ddp", False, "fp32"), ("fsdp", False, "fp32"),
-                                          ("fsdp", True, "fp32"), ("fsdp", True, "bf16"),
-                                          ("ddp", False, "bf16")):
+        for strategy, meta, precision in (
+            ("ddp", False, "fp32"),
+            ("fsdp", False, "fp32"),
+            ("fsdp", True, "fp32"),
+            ("fsdp", True, "bf16"),
+            ("ddp", False, "bf16"),
+        ):
             cfg = _small_config(strategy, meta, precision)
             spec = resolve(cfg.model, 32, 16)
             trainer = Trainer(cfg, spec, torch.device("cpu"))
             params = list(trainer.encoder.parameters())
-            local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-                        for p in params)
+            local = sum(
+                p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params
+            )
             total = sum(p.numel() for p in params)
             result = trainer.train_step([batch])
             out[f"{strategy}-{meta}" + ("-bf16" if precision == "bf16" else "")] = {
-                "losses": result.losses, "grad_norm": result.grad_norm,
-                "local": local, "total": total,
-                "params": {n: _full(p).detach().clone()
-                           for n, p in trainer.encoder.named_parameters()},
+                "losses": result.losses,
+                "grad_norm": result.grad_norm,
+                "local": local,
+                "total": total,
+                "params": {
+                    n: _full(p).detach().clone() for n, p in trainer.encoder.named_parameters()
+                },
             }
         torch.save(out, f"{out_dir}/rank{rank}.pt")
     finally:
@@ -105,8 +123,7 @@ def test_one_lejepa_step_under_ddp_and_fsdp(tmp_path):
 
 
 def _gigantic_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
         cfg = ModelConfig(name="vit_gigantic_patch14_224")
@@ -115,18 +132,23 @@ def _gigantic_worker(rank: int, init_file: str, out_dir: str) -> None:
             encoder = LeJEPAEncoder(spec, cfg)
         total_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
         after_build = peak_rss_bytes()
-        parallelize(encoder, ScalingConfig(strategy="fsdp", num_workers=WORLD),
-                    torch.device("cpu"))
+        parallelize(encoder, ScalingConfig(strategy="fsdp", num_workers=WORLD), torch.device("cpu"))
         local_bytes = sum(p.to_local().numel() * p.element_size() for p in encoder.parameters())
         after_shard = peak_rss_bytes()
         # A forward gathers one block at a time; 28 px views keep the arithmetic small.
         with torch.no_grad():
             z = encoder(torch.randint(0, 256, (2, 1, 3, 28, 28), dtype=torch.uint8))
-        torch.save({"total_bytes": total_bytes, "local_bytes": local_bytes,
-                    "rss_after_build": after_build, "rss_after_shard": after_shard,
-                    "finite": bool(torch.isfinite(z).all()),
-                    "peak_rss": peak_rss_bytes()},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "total_bytes": total_bytes,
+                "local_bytes": local_bytes,
+                "rss_after_build": after_build,
+                "rss_after_shard": after_shard,
+                "finite": bool(torch.isfinite(z).all()),
+                "peak_rss": peak_rss_bytes(),
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -136,11 +158,13 @@ def test_vit_gigantic_is_never_whole_on_one_rank(tmp_path):
     ranks = _run(_gigantic_worker, tmp_path)
     gib = 2**30
     for r, rank in enumerate(ranks):
-        print(f"rank {r}: model {rank['total_bytes'] / gib:.2f} GiB fp32, local shard "
-              f"{rank['local_bytes'] / gib:.2f} GiB; peak RSS: built on meta "
-              f"{rank['rss_after_build'] / gib:.2f} GiB, sharded and materialized "
-              f"{rank['rss_after_shard'] / gib:.2f} GiB, after a forward "
-              f"{rank['peak_rss'] / gib:.2f} GiB")
+        print(
+            f"rank {r}: model {rank['total_bytes'] / gib:.2f} GiB fp32, local shard "
+            f"{rank['local_bytes'] / gib:.2f} GiB; peak RSS: built on meta "
+            f"{rank['rss_after_build'] / gib:.2f} GiB, sharded and materialized "
+            f"{rank['rss_after_shard'] / gib:.2f} GiB, after a forward "
+            f"{rank['peak_rss'] / gib:.2f} GiB"
+        )
         assert rank["total_bytes"] > 7e9  # 1.85B fp32 parameters
         assert abs(rank["local_bytes"] / rank["total_bytes"] - 0.5) < 0.01
         assert rank["rss_after_build"] < 0.15 * rank["total_bytes"]

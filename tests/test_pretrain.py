@@ -19,8 +19,9 @@ def _quickstart(tmp_path: Path, name: str, *overrides: str) -> PretrainConfig:
     """The CPU quickstart with a ResNet-18, stored under ``tmp_path/name``. The engine tests
     keep ResNet-18: its random init probes near chance (0.16), so 40 steps of learning show
     plainly, where the quickstart's resnet10t starts at 0.86."""
-    return load_config(QUICKSTART, [f"name={name}", f"storage_path={tmp_path}",
-                                    "model.name=resnet18", *overrides])
+    return load_config(
+        QUICKSTART, [f"name={name}", f"storage_path={tmp_path}", "model.name=resnet18", *overrides]
+    )
 
 
 def _scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -28,8 +29,9 @@ def _scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
 
     events = EventAccumulator(f"{run_dir}/tensorboard")
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"]}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
 
 
 def _effective_rank(z: torch.Tensor) -> float:
@@ -41,9 +43,15 @@ def _effective_rank(z: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
-    cfg = _quickstart(tmp_path, "ddp", "optim.steps=40", "optim.warmup_steps=4",
-                      "logging.every_steps=2", "checkpoint.every_steps=20",
-                      "probe.max_samples=600")
+    cfg = _quickstart(
+        tmp_path,
+        "ddp",
+        "optim.steps=40",
+        "optim.warmup_steps=4",
+        "logging.every_steps=2",
+        "checkpoint.every_steps=20",
+        "probe.max_samples=600",
+    )
     result = run(cfg)
 
     # Outputs where the run says they are: config, TensorBoard events, both ranks' shards.
@@ -56,10 +64,22 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     assert result.metrics["step"] == 40
 
     scalars = _scalars(result.run_dir)
-    for tag in ("loss", "loss/prediction", "loss/sigreg", "selection_score", "lr", "grad_norm",
-                "throughput/images_per_s", "throughput/views_per_s",
-                "throughput/tflops_per_device", "time/data_wait_fraction", "memory/peak_gib",
-                "data/seen", "data/skipped", "data/skip_rate"):
+    for tag in (
+        "loss",
+        "loss/prediction",
+        "loss/sigreg",
+        "selection_score",
+        "lr",
+        "grad_norm",
+        "throughput/images_per_s",
+        "throughput/views_per_s",
+        "throughput/tflops_per_device",
+        "time/data_wait_fraction",
+        "memory/peak_gib",
+        "data/seen",
+        "data/skipped",
+        "data/skip_rate",
+    ):
         assert tag in scalars, tag
     assert [s for s, _ in scalars["loss"]] == list(range(2, 41, 2))
     loss = [v for _, v in scalars["loss"]]
@@ -81,9 +101,11 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     with torch.no_grad():
         z = encoder(images.unsqueeze(1))[0]  # (N, projector_dim)
     rank = _effective_rank(z)
-    print(f"spread {z.std(0).mean():.3f}, effective rank {rank:.1f} of {z.shape[1]}, "
-          f"kNN {result.probe.trained.knn_top1:.3f} (init {result.probe.init.knn_top1:.3f}), "
-          f"losses {[round(x, 3) for x in loss]}")
+    print(
+        f"spread {z.std(0).mean():.3f}, effective rank {rank:.1f} of {z.shape[1]}, "
+        f"kNN {result.probe.trained.knn_top1:.3f} (init {result.probe.init.knn_top1:.3f}), "
+        f"losses {[round(x, 3) for x in loss]}"
+    )
     assert z.std(0).mean() > 0.2
     assert rank > 1.5
     assert result.probe is not None and result.probe.trained.knn_top1 > 0.3
@@ -95,8 +117,12 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     init_cfg = _quickstart(tmp_path, "ddp", "scaling.num_workers=1")
     at_init = Trainer(init_cfg, resolve_backbone(init_cfg), torch.device("cpu"))
     (tmp_path / "init").mkdir()
-    checkpoint.save(tmp_path / "init", at_init, checkpoint.TrainState(step=0, model="resnet18"),
-                    to_yaml(init_cfg))
+    checkpoint.save(
+        tmp_path / "init",
+        at_init,
+        checkpoint.TrainState(step=0, model="resnet18"),
+        to_yaml(init_cfg),
+    )
     trained = evaluate(result.checkpoint, "digits", "both", max_samples=600)
     untrained = evaluate(tmp_path / "init", "digits", "both", max_samples=600)
     print(f"eval: trained {trained}, at init {untrained}")
@@ -106,8 +132,15 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_run_checkpoints_shards_that_load_in_one_process(ray_cluster, tmp_path):
-    cfg = _quickstart(tmp_path, "fsdp", "scaling.strategy=fsdp", "optim.steps=4",
-                      "optim.warmup_steps=1", "logging.every_steps=2", "probe.max_samples=200")
+    cfg = _quickstart(
+        tmp_path,
+        "fsdp",
+        "scaling.strategy=fsdp",
+        "optim.steps=4",
+        "optim.warmup_steps=1",
+        "logging.every_steps=2",
+        "probe.max_samples=200",
+    )
     result = run(cfg)
     files = {p.name for p in Path(result.checkpoint).iterdir()}
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= files
@@ -122,11 +155,23 @@ def _shards(ckpt: str | Path) -> list[str]:
 @pytest.mark.slow
 def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster, tmp_path):
     # 256 images: an epoch is 4 steps of 64, so the data position matters across the resume.
-    first = ("optim.warmup_steps=2", "logging.every_steps=1", "probe.knn=false",
-             "data.num_samples=256")
+    first = (
+        "optim.warmup_steps=2",
+        "logging.every_steps=1",
+        "probe.knn=false",
+        "data.num_samples=256",
+    )
     # 2 workers; step 5's loss is made NaN: skipped and counted, the run goes on.
-    a = run(_quickstart(tmp_path, "resume", *first, "optim.steps=6",
-                        "checkpoint.every_steps=3", "fault.inject_nonfinite_steps=[5]"))
+    a = run(
+        _quickstart(
+            tmp_path,
+            "resume",
+            *first,
+            "optim.steps=6",
+            "checkpoint.every_steps=3",
+            "fault.inject_nonfinite_steps=[5]",
+        )
+    )
     assert a.metrics["step"] == 6 and a.resumed_from is None
     assert _shards(a.checkpoint) == ["__0_0.distcp", "__1_0.distcp"]
     skipped = dict(_scalars(a.run_dir)["steps/skipped_nonfinite"])
@@ -140,8 +185,15 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
 
     # The same run name again, on 1 worker with the same global batch and a longer plan: it
     # continues from step 6 (DCP reshards 2 -> 1) and the LR follows the new plan.
-    cfg = _quickstart(tmp_path, "resume", *first, "optim.steps=10", "checkpoint.every_steps=5",
-                      "scaling.num_workers=1", "scaling.batch_size=64")
+    cfg = _quickstart(
+        tmp_path,
+        "resume",
+        *first,
+        "optim.steps=10",
+        "checkpoint.every_steps=5",
+        "scaling.num_workers=1",
+        "scaling.batch_size=64",
+    )
     b = run(cfg)
     assert b.resumed_from == 6 and b.metrics["step"] == 10
     assert _shards(b.checkpoint) == ["__0_0.distcp"]
@@ -157,12 +209,24 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
 
     # Two bad steps in a row with a limit of 2: the run stops with the reason, and the last
     # good checkpoint (step 10) is still there, complete, to resume from.
-    with pytest.raises(TrainingStopped, match=r"stopped at step 12: the last 2 steps had a "
-                       r"non-finite loss.*Last good checkpoint: .*checkpoint_00000010"):
-        run(_quickstart(tmp_path, "resume", *first, "optim.steps=14",
-                        "checkpoint.every_steps=5", "scaling.num_workers=1",
-                        "scaling.batch_size=64", "fault.inject_nonfinite_steps=[11,12]",
-                        "fault.max_nonfinite_steps=2"))
+    with pytest.raises(
+        TrainingStopped,
+        match=r"stopped at step 12: the last 2 steps had a "
+        r"non-finite loss.*Last good checkpoint: .*checkpoint_00000010",
+    ):
+        run(
+            _quickstart(
+                tmp_path,
+                "resume",
+                *first,
+                "optim.steps=14",
+                "checkpoint.every_steps=5",
+                "scaling.num_workers=1",
+                "scaling.batch_size=64",
+                "fault.inject_nonfinite_steps=[11,12]",
+                "fault.max_nonfinite_steps=2",
+            )
+        )
     assert checkpoint.read_state(b.checkpoint).step == 10
     assert not (Path(b.run_dir) / "checkpoint_00000015").exists()
 
@@ -171,9 +235,16 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     from lejepa_ray.chaos import KillAfter, checkpoint_registered, recovery
 
-    cfg = _quickstart(tmp_path, "killed", "optim.steps=24", "optim.warmup_steps=2",
-                      "logging.every_steps=1", "checkpoint.every_steps=8", "probe.knn=false",
-                      "fault.max_failures=2")
+    cfg = _quickstart(
+        tmp_path,
+        "killed",
+        "optim.steps=24",
+        "optim.warmup_steps=2",
+        "logging.every_steps=1",
+        "checkpoint.every_steps=8",
+        "probe.knn=false",
+        "fault.max_failures=2",
+    )
     run_dir = tmp_path / "killed"
     # SIGKILL a worker a few steps after Ray Train has registered the checkpoint of step 8.
     killer = KillAfter(checkpoint_registered(run_dir, 8), delay_s=3.0)
@@ -212,12 +283,15 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
     trainer = Trainer(trainer_cfg, resolve_backbone(trainer_cfg), torch.device("cpu"))
     ckpt = tmp_path / "other" / "checkpoint_00000005"
     ckpt.mkdir(parents=True)
-    checkpoint.save(ckpt, trainer, checkpoint.TrainState(step=5, model="resnet34"),
-                    to_yaml(trainer_cfg))
+    checkpoint.save(
+        ckpt, trainer, checkpoint.TrainState(step=5, model="resnet34"), to_yaml(trainer_cfg)
+    )
     check_resumable(str(ckpt), trainer_cfg, resolve_backbone(trainer_cfg))  # same model: fine
     monkeypatch.setattr(runtime, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     monkeypatch.setattr(checkpoint, "latest_checkpoint", lambda run_dir: (str(ckpt), {"step": 5}))
-    with pytest.raises(checkpoint.CheckpointError,
-                       match=r"cannot load a resnet34 checkpoint .* into resnet18: .*"
-                       r"another name= or storage_path="):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"cannot load a resnet34 checkpoint .* into resnet18: .*"
+        r"another name= or storage_path=",
+    ):
         run(cfg)

@@ -24,7 +24,8 @@ def test_separable_features_are_classified_perfectly_and_noise_is_at_chance():
     labels = torch.arange(400) % 4
     centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=1)
     feats = torch.nn.functional.normalize(
-        centres[labels] + 0.05 * torch.randn(400, 16, generator=gen), dim=1)
+        centres[labels] + 0.05 * torch.randn(400, 16, generator=gen), dim=1
+    )
     is_query = torch.arange(400) % 5 == 0
     assert knn_accuracy(feats, labels, is_query, k=20) == 1.0
     noise = torch.nn.functional.normalize(torch.randn(400, 16, generator=gen), dim=1)
@@ -62,8 +63,9 @@ def test_raw_pixels_are_standardized_with_the_bank_only():
     images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
     images[1] = 10
     images[3] = 255  # a query far off the bank's range must not shift the statistics
-    data = LabelledImages(images, torch.tensor([0, 1, 0, 1]),
-                          torch.tensor([False, False, True, True]))
+    data = LabelledImages(
+        images, torch.tensor([0, 1, 0, 1]), torch.tensor([False, False, True, True])
+    )
     x = raw_pixels(data)
     assert x.shape == (4, 12) and torch.allclose(x.norm(dim=1), torch.ones(4))
     assert torch.allclose(x[0], -x[1])  # the bank's two images sit either side of its mean
@@ -78,8 +80,7 @@ def test_report_puts_the_backbone_beside_its_baselines():
 
     report = probe_report(Pixels(), data, ProbeConfig(), init=Pixels())
     assert report.protocol == HASH_SPLIT and report.bank + report.queries == 400
-    assert [name for name, _ in report.rows()] == ["trained backbone", "random init",
-                                                   "raw pixels"]
+    assert [name for name, _ in report.rows()] == ["trained backbone", "random init", "raw pixels"]
     assert report.raw.knn_top1 > 0.85 and report.raw.linear_top1 > 0.85
     assert report.trained.knn_top1 == report.init.knn_top1
     table = report.table().splitlines()

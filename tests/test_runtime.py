@@ -30,8 +30,10 @@ def test_connect_ships_the_package_to_a_joined_cluster_and_never_joins_a_stray_o
     assert runtime.connect(train_cpus=2, runtime_env={"env_vars": {"A": "1"}}) is False
     package = str(Path(lejepa_ray.__file__).resolve().parent)
     # Ray's driver INFO/WARNING lines stay in its logs unless the run asks to be verbose.
-    assert calls[-1] == {"runtime_env": {"env_vars": {"A": "1"}, "py_modules": [package]},
-                         "logging_level": logging.ERROR}
+    assert calls[-1] == {
+        "runtime_env": {"env_vars": {"A": "1"}, "py_modules": [package]},
+        "logging_level": logging.ERROR,
+    }
     assert runtime.connect(verbose=True) is False and "logging_level" not in calls[-1]
     monkeypatch.delenv("RAY_JOB_ID")
     # Outside a job: a new local instance, even if `ray start` left one on this machine.

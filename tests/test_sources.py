@@ -31,8 +31,10 @@ def test_folder_labels_come_from_first_level_subfolders(tmp_path):
     listing = list_image_folder(str(tmp_path))
     assert listing.classes == ["cat", "dog"]
     assert len(listing.files) == 7  # notes.txt and .hidden.jpg are not images
-    by_name = {f.split("/", len(str(tmp_path).split("/")))[-1]: y
-               for f, y in zip(listing.files, listing.labels, strict=True)}
+    by_name = {
+        f.split("/", len(str(tmp_path).split("/")))[-1]: y
+        for f, y in zip(listing.files, listing.labels, strict=True)
+    }
     assert by_name["cat/000.jpg"] == 0 and by_name["dog/deeper/x.jpeg"] == 1
 
 
@@ -164,8 +166,9 @@ def test_train_and_val_splits_partition_every_source(source, tmp_path):
 
         convert_image_folder(path, str(tmp_path / "pq"))
         path = str(tmp_path / "pq")
-    cfg = DataConfig(source=source, path=path, num_samples=200 if source == "synthetic" else None,
-                     image_size=16)
+    cfg = DataConfig(
+        source=source, path=path, num_samples=200 if source == "synthetic" else None, image_size=16
+    )
     every, train, val = (set(_keys(replace(cfg, split=s))) for s in ("all", "train", "val"))
     assert train | val == every and not train & val
     assert 0.1 < len(val) / len(every) < 0.3
@@ -179,7 +182,9 @@ def test_a_capped_split_keeps_its_own_samples_only():
 
 def test_data_from_arg_reads_a_split_suffix(tmp_path):
     assert (data_from_arg("digits:val").source, data_from_arg("digits:val").split) == (
-        "digits", "val")
+        "digits",
+        "val",
+    )
     assert data_from_arg("digits").split == "all"
     make_image_folder(tmp_path / "imgs", per_class=1, bad=False)
     cfg = data_from_arg(f"{tmp_path / 'imgs'}:train")

@@ -34,36 +34,50 @@ def test_shipped_spaces_load_and_map_onto_tune():
 def test_every_sampler_and_the_overrides_a_trial_gets(tmp_path):
     from ray.tune.search.sample import Integer
 
-    space = load_space(_space(tmp_path, """
+    space = load_space(
+        _space(
+            tmp_path,
+            """
 loss.lam: {uniform: [0.01, 0.1]}
 optim.warmup_steps: {randint: [0, 10]}
 model.name: {grid: [resnet18, vit_tiny_patch16_224]}
 model.model_args: {drop_path_rate: 0.1}
-"""))
+""",
+        )
+    )
     tune_space = to_tune(space)
     assert isinstance(tune_space["optim.warmup_steps"], Integer)
     assert tune_space["model.name"] == {"grid_search": ["resnet18", "vit_tiny_patch16_224"]}
     assert tune_space["model.model_args"] == {"drop_path_rate": 0.1}
-    trial = {"loss.lam": 0.0123456789012345, "optim.warmup_steps": 3,
-             "model.name": "vit_tiny_patch16_224", "model.model_args": {"drop_path_rate": 0.1}}
+    trial = {
+        "loss.lam": 0.0123456789012345,
+        "optim.warmup_steps": 3,
+        "model.name": "vit_tiny_patch16_224",
+        "model.model_args": {"drop_path_rate": 0.1},
+    }
     cfg = load_config(None, overrides(trial))
     assert cfg.loss.lam == 0.0123456789012345  # no precision lost on the way
     assert cfg.optim.warmup_steps == 3 and cfg.model.name == "vit_tiny_patch16_224"
     assert cfg.model.model_args == {"drop_path_rate": 0.1}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("loss.lamda: {choice: [0.1]}", r"loss\.lamda=0\.1 is not a valid value: .*lamda"),
-    ("loss.lam: {loguniform: [0.0, 0.5]}", r"loguniform needs low > 0"),
-    ("loss.lam: {uniform: [0.5, 0.1]}", r"takes \[low, high\] numbers with low < high"),
-    ("loss.lam: {uniform: [0.1, 1.5]}", r"loss\.lam=1\.5 is not a valid value"),
-    ("loss.lam: {normal: [0, 1]}", r"loss\.lam=\{'normal': \[0, 1\]\} is not a valid value"),
-    ("loss.num_slices: {choice: []}", r"choice takes a non-empty list"),
-    ("optim.steps: {randint: [1.5, 9]}", r"randint takes integers"),
-    ("model.name: {choice: [resnet18, vit_smol_patch16_224]}",
-     r"'vit_smol_patch16_224' is not a timm architecture. Did you mean"),
-    ("[1, 2]", r"must map dotted config keys to samplers"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("loss.lamda: {choice: [0.1]}", r"loss\.lamda=0\.1 is not a valid value: .*lamda"),
+        ("loss.lam: {loguniform: [0.0, 0.5]}", r"loguniform needs low > 0"),
+        ("loss.lam: {uniform: [0.5, 0.1]}", r"takes \[low, high\] numbers with low < high"),
+        ("loss.lam: {uniform: [0.1, 1.5]}", r"loss\.lam=1\.5 is not a valid value"),
+        ("loss.lam: {normal: [0, 1]}", r"loss\.lam=\{'normal': \[0, 1\]\} is not a valid value"),
+        ("loss.num_slices: {choice: []}", r"choice takes a non-empty list"),
+        ("optim.steps: {randint: [1.5, 9]}", r"randint takes integers"),
+        (
+            "model.name: {choice: [resnet18, vit_smol_patch16_224]}",
+            r"'vit_smol_patch16_224' is not a timm architecture. Did you mean",
+        ),
+        ("[1, 2]", r"must map dotted config keys to samplers"),
+    ],
+)
 def test_bad_spaces_fail_with_the_key_and_what_to_do(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_space(_space(tmp_path, text))

@@ -22,8 +22,11 @@ def epoch_views(stream, cfg, batch_size=4) -> dict[int, tuple]:
     out = {}
     for batch in iter_views(stream.dataset, stream.counter, cfg, batch_size, device="cpu"):
         for i, sid in enumerate(batch["sample_id"].tolist()):
-            out[sid] = (int(batch["epoch"][i]), batch["global"][i].numpy(),
-                        batch["local"][i].numpy())
+            out[sid] = (
+                int(batch["epoch"][i]),
+                batch["global"][i].numpy(),
+                batch["local"][i].numpy(),
+            )
     return out
 
 
@@ -35,9 +38,14 @@ def test_epochs_are_reshuffled_and_views_are_reproducible(ray_cluster):
         order = []
         for batch in iter_views(stream.dataset, stream.counter, cfg, 8, device="cpu"):
             order += batch["sample_id"].tolist()
-            views.append({s: (int(e), g.numpy()) for s, e, g in
-                          zip(batch["sample_id"].tolist(), batch["epoch"], batch["global"],
-                              strict=True)})
+            views.append(
+                {
+                    s: (int(e), g.numpy())
+                    for s, e, g in zip(
+                        batch["sample_id"].tolist(), batch["epoch"], batch["global"], strict=True
+                    )
+                }
+            )
         orders.append(order)
     assert len(orders[0]) == len(orders[1]) == 48 and set(orders[0]) == set(orders[1])
     assert orders[0] != orders[1]  # reshuffled per epoch
@@ -78,8 +86,7 @@ def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, 
     from ray.train.torch import TorchTrainer
 
     expected = make_image_folder(tmp_path / "images", per_class=12)  # 24 good, 4 bad
-    cfg = DataConfig(source="folder", path=str(tmp_path / "images"), views=TINY,
-                     max_skip_rate=0.2)
+    cfg = DataConfig(source="folder", path=str(tmp_path / "images"), views=TINY, max_skip_rate=0.2)
     stream = build_view_stream(cfg)
     results = tmp_path / "results"
     results.mkdir()
@@ -93,12 +100,17 @@ def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, 
         epochs = []
         for _ in range(2):
             ids, seen_epochs, shapes = [], set(), set()
-            for batch in iter_epoch(config["counter"], config["cfg"], batch_size=4,
-                                    device="cpu"):
+            for batch in iter_epoch(config["counter"], config["cfg"], batch_size=4, device="cpu"):
                 ids += batch["sample_id"].tolist()
                 seen_epochs |= set(batch["epoch"].tolist())
-                shapes.add((tuple(batch["global"].shape), str(batch["global"].dtype),
-                            tuple(batch["local"].shape), str(batch["local"].dtype)))
+                shapes.add(
+                    (
+                        tuple(batch["global"].shape),
+                        str(batch["global"].dtype),
+                        tuple(batch["local"].shape),
+                        str(batch["local"].dtype),
+                    )
+                )
             epochs.append({"ids": ids, "epochs": sorted(seen_epochs), "shapes": sorted(shapes)})
         out = {"epochs": epochs, "metrics": skip_metrics(config["counter"])}
         (config["results"] / f"rank{rank}.json").write_text(json.dumps(out))
@@ -117,14 +129,17 @@ def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, 
         per_rank = [r["epochs"][epoch] for r in ranks]
         assert [len(r["ids"]) for r in per_rank] == [12, 12]  # equal shards, full batches
         assert all(r["epochs"] == [epoch] for r in per_rank)
-        assert all(r["shapes"] == [[[4, 2, 3, 32, 32], "torch.uint8", [4, 3, 3, 16, 16],
-                                    "torch.uint8"]] for r in per_rank)
+        assert all(
+            r["shapes"] == [[[4, 2, 3, 32, 32], "torch.uint8", [4, 3, 3, 16, 16], "torch.uint8"]]
+            for r in per_rank
+        )
         assert len(set(per_rank[0]["ids"]) | set(per_rank[1]["ids"])) == expected["good"]
     assert ranks[0]["epochs"][0]["ids"] != ranks[0]["epochs"][1]["ids"]  # reshuffled
     metrics = ranks[0]["metrics"]
     assert metrics["data/seen"] == 2 * 28 and metrics["data/skipped"] == 2 * 4
     assert {k: v for k, v in metrics.items() if k.startswith("data/skipped/")} == {
-        f"data/skipped/{reason}": 2.0 * n for reason, n in expected["bad"].items()}
+        f"data/skipped/{reason}": 2.0 * n for reason, n in expected["bad"].items()
+    }
 
 
 def test_converted_parquet_streams_the_same_views_as_its_folder(ray_cluster, tmp_path):
@@ -152,10 +167,10 @@ def test_a_split_streams_the_samples_local_source_reads(ray_cluster, tmp_path):
 
     make_image_folder(tmp_path / "images", per_class=15, bad=False)
     convert_image_folder(str(tmp_path / "images"), str(tmp_path / "pq"))
-    for cfg in (DataConfig(source="digits", image_size=16, views=TINY, split="val",
-                           num_samples=60),
-                DataConfig(source="parquet", path=str(tmp_path / "pq"), views=TINY,
-                           split="train")):
+    for cfg in (
+        DataConfig(source="digits", image_size=16, views=TINY, split="val", num_samples=60),
+        DataConfig(source="parquet", path=str(tmp_path / "pq"), views=TINY, split="train"),
+    ):
         local = LocalSource(cfg)
         expected = {stable_hash(local[i]["key"]) for i in range(len(local))}
         assert set(epoch_views(build_view_stream(cfg), cfg, batch_size=1)) == expected

@@ -43,28 +43,44 @@ def _space(tmp_path: Path, text: str) -> str:
 LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"
 
 
-@pytest.mark.parametrize(("text", "kwargs", "message"), [
-    (LAMBDA, {"overrides": ["name=x"]}, "each is named after its Tune trial"),
-    ("name:\n  choice: [a, b]\n", {}, "name cannot be swept"),
-    ("model.name:\n  grid: [resnet18, resnet34]\n", {"search": "optuna"},
-     "optuna cannot search `grid` keys"),
-    ("loss.lam:\n  choice: [0.05, 2.0]\n", {}, "loss.lam=2.0 is not a valid value"),
-    (LAMBDA, {"overrides": ["scaling.batch_size=1", "scaling.num_workers=1"]},
-     "needs at least 2"),
-])
+@pytest.mark.parametrize(
+    ("text", "kwargs", "message"),
+    [
+        (LAMBDA, {"overrides": ["name=x"]}, "each is named after its Tune trial"),
+        ("name:\n  choice: [a, b]\n", {}, "name cannot be swept"),
+        (
+            "model.name:\n  grid: [resnet18, resnet34]\n",
+            {"search": "optuna"},
+            "optuna cannot search `grid` keys",
+        ),
+        ("loss.lam:\n  choice: [0.05, 2.0]\n", {}, "loss.lam=2.0 is not a valid value"),
+        (
+            LAMBDA,
+            {"overrides": ["scaling.batch_size=1", "scaling.num_workers=1"]},
+            "needs at least 2",
+        ),
+    ],
+)
 def test_check_rejects_what_cannot_run(tmp_path, text, kwargs, message):
-    opts = SweepOptions(space=_space(tmp_path, text), config=QUICKSTART,
-                        overrides=kwargs.pop("overrides", []), **kwargs)
+    opts = SweepOptions(
+        space=_space(tmp_path, text),
+        config=QUICKSTART,
+        overrides=kwargs.pop("overrides", []),
+        **kwargs,
+    )
     with pytest.raises(ConfigError, match=message):
         check(opts)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"scheduler": "hyperband"}, "--scheduler must be one of asha, fifo"),
-    ({"search": "bayes"}, "--search must be one of random, optuna"),
-    ({"samples": 0}, "--samples must be >= 1"),
-    ({"reduction_factor": 1}, "--reduction-factor must be >= 2"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheduler": "hyperband"}, "--scheduler must be one of asha, fifo"),
+        ({"search": "bayes"}, "--search must be one of random, optuna"),
+        ({"samples": 0}, "--samples must be >= 1"),
+        ({"reduction_factor": 1}, "--reduction-factor must be >= 2"),
+    ],
+)
 def test_options_are_checked(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         SweepOptions(space="x.yaml", **kwargs)
@@ -97,10 +113,16 @@ def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
 
 
 def _result(trial, step, score, loss, lam, error=None, probes=None):
-    metrics = {"trial_id": trial, "step": step, METRIC: score, "loss/smoothed": loss,
-               **(probes or {})}
-    return SimpleNamespace(metrics=metrics, config={"loss.lam": lam}, error=error,
-                           path=f"/x/{trial}")
+    metrics = {
+        "trial_id": trial,
+        "step": step,
+        METRIC: score,
+        "loss/smoothed": loss,
+        **(probes or {}),
+    }
+    return SimpleNamespace(
+        metrics=metrics, config={"loss.lam": lam}, error=error, path=f"/x/{trial}"
+    )
 
 
 def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
@@ -108,16 +130,32 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
 
     base = load_config(QUICKSTART, TINY)
     space = [Dimension("loss.lam", "loguniform", (0.01, 0.3))]
-    grid = [_result("a", 8, 3.0, 0.9, 0.05), _result("b", 2, 1.0, 0.5, 0.1),
-            _result("c", 8, 2.0, 0.8, 0.02), _result("d", 4, math.nan, math.nan, 0.2,
-                                                      error=RuntimeError("boom\nbad λ"))]
+    grid = [
+        _result("a", 8, 3.0, 0.9, 0.05),
+        _result("b", 2, 1.0, 0.5, 0.1),
+        _result("c", 8, 2.0, 0.8, 0.02),
+        _result("d", 4, math.nan, math.nan, 0.2, error=RuntimeError("boom\nbad λ")),
+    ]
     rows = rank(grid, base, space, str(tmp_path))
     assert [(r.rank, r.trial, r.status) for r in rows] == [
-        (1, "c", "completed"), (2, "a", "completed"), (3, "b", "stopped at step 2"),
-        (4, "d", "error: bad λ")]
+        (1, "c", "completed"),
+        (2, "a", "completed"),
+        (3, "b", "stopped at step 2"),
+        (4, "d", "error: bad λ"),
+    ]
     table = list(csv.reader(io.StringIO(results_csv(rows, space))))
-    assert table[0] == ["rank", "trial", "status", "step", "selection_score", "loss",
-                        "loss.lam", "knn_top1", "linear_top1", "checkpoint"]
+    assert table[0] == [
+        "rank",
+        "trial",
+        "status",
+        "step",
+        "selection_score",
+        "loss",
+        "loss.lam",
+        "knn_top1",
+        "linear_top1",
+        "checkpoint",
+    ]
     assert table[1][:7] == ["1", "c", "completed", "8", "2.0", "0.8", "0.02"]
     png = plot_png(rows, space, "test")
     assert png.startswith(b"\x89PNG") and len(png) > 5000
@@ -130,9 +168,12 @@ def _row(i, score, loss, linear, knn, status="completed"):
 def test_validate_reports_spearman_of_score_and_loss_against_accuracy():
     # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss
     # ranks them in the opposite order.
-    rows = [_row(1, 1.0, 0.9, 0.9, 0.8), _row(2, 2.0, 0.5, 0.7, 0.6), _row(3, 3.0, 0.3, 0.5,
-                                                                          0.4),
-            _row(4, 0.5, 0.1, 0.1, 0.1, status="stopped at step 2")]
+    rows = [
+        _row(1, 1.0, 0.9, 0.9, 0.8),
+        _row(2, 2.0, 0.5, 0.7, 0.6),
+        _row(3, 3.0, 0.3, 0.5, 0.4),
+        _row(4, 0.5, 0.1, 0.1, 0.1, status="stopped at step 2"),
+    ]
     v = validate(rows)
     assert v["trials"] == 3  # the stopped trial is left out
     assert v["rho"]["selection_score~linear_top1"] == pytest.approx(-1.0)
@@ -150,8 +191,14 @@ def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
     (tmp_path / "runs" / "s" / "sweep.json").write_text(json.dumps({"samples": 99}))
     monkeypatch.setattr(lejepa_ray.runtime, "connect", lambda **_: pytest.fail("Ray started"))
     with pytest.raises(ConfigError, match="was started with another"):
-        run_sweep(SweepOptions(space=space, config=QUICKSTART, name="s",
-                               overrides=[f"storage_path={tmp_path / 'runs'}"]))
+        run_sweep(
+            SweepOptions(
+                space=space,
+                config=QUICKSTART,
+                name="s",
+                overrides=[f"storage_path={tmp_path / 'runs'}"],
+            )
+        )
 
 
 @pytest.mark.slow
@@ -160,9 +207,23 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     once its first trial has finished, then the same command resumes it. Each run has its own
     embedded Ray instance, as at a shell (~75 s a trial on 2 cores, mostly Ray start-up)."""
     space = _space(tmp_path, LAMBDA + "loss.num_slices:\n  choice: [64, 256]\n")
-    cmd = [console_script(), "sweep", "--space", space, "--config", QUICKSTART, "--name",
-           "asha", "--samples", "4", "--grace-steps", "2", "--validate-with-labels", *TINY,
-           f"storage_path={tmp_path}"]
+    cmd = [
+        console_script(),
+        "sweep",
+        "--space",
+        space,
+        "--config",
+        QUICKSTART,
+        "--name",
+        "asha",
+        "--samples",
+        "4",
+        "--grace-steps",
+        "2",
+        "--validate-with-labels",
+        *TINY,
+        f"storage_path={tmp_path}",
+    ]
     sweep = tmp_path / "asha"
 
     def finished_trials() -> dict[str, float]:
@@ -194,8 +255,9 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     assert "resuming sweep asha" in second.stdout
     assert "sweep resumed and finished" in second.stdout
     for trial, mtime in finished.items():  # the finished trial was kept, not trained again
-        assert (sweep / "runs" / trial / "checkpoint_00000008" / "state.json").stat().st_mtime \
-            == mtime
+        assert (
+            sweep / "runs" / trial / "checkpoint_00000008" / "state.json"
+        ).stat().st_mtime == mtime
 
     with (sweep / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -208,12 +270,21 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     assert scores == sorted(scores)
     for r in rows:  # every report carried the score; a stopped trial ends on a rung (2 or 4)
         assert math.isfinite(float(r["selection_score"])) and r["step"] in ("2", "4", "8"), r
-    assert list(rows[0])[:10] == ["rank", "trial", "status", "step", "selection_score", "loss",
-                                  "loss.lam", "loss.num_slices", "knn_top1", "linear_top1"]
+    assert list(rows[0])[:10] == [
+        "rank",
+        "trial",
+        "status",
+        "step",
+        "selection_score",
+        "loss",
+        "loss.lam",
+        "loss.num_slices",
+        "knn_top1",
+        "linear_top1",
+    ]
     assert (sweep / "plot.png").stat().st_size > 5000
     winner = json.loads((sweep / "winner" / "config.json").read_text())
     assert winner["architecture"] == "resnet10t" and winner["lejepa"]["step"] == 8
-    assert all(0 <= float(r["linear_top1"]) <= 1 and 0 <= float(r["knn_top1"]) <= 1
-               for r in done)
+    assert all(0 <= float(r["linear_top1"]) <= 1 and 0 <= float(r["knn_top1"]) <= 1 for r in done)
     assert json.loads((sweep / "validation.json").read_text())["trials"] == len(done)
     assert "label-free selection over" in second.stdout

@@ -15,29 +15,47 @@ from lejepa_ray.train import Trainer, fit
 
 
 def _trainer(*overrides: str) -> Trainer:
-    cfg = load_config(None, [
-        "model.name=resnet18", "model.projector_hidden=64", "model.projector_dim=16",
-        "data.views.global_size=32", "data.views.local_size=16", "data.views.local_views=2",
-        "loss.num_slices=64", "optim.steps=6", "optim.warmup_steps=2",
-        "scaling.batch_size=8", "scaling.num_workers=1", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "model.name=resnet18",
+            "model.projector_hidden=64",
+            "model.projector_dim=16",
+            "data.views.global_size=32",
+            "data.views.local_size=16",
+            "data.views.local_views=2",
+            "loss.num_slices=64",
+            "optim.steps=6",
+            "optim.warmup_steps=2",
+            "scaling.batch_size=8",
+            "scaling.num_workers=1",
+            *overrides,
+        ],
+    )
     return Trainer(cfg, resolve_backbone(cfg), torch.device("cpu"))
 
 
 def _batches(n: int = 8):
     gen = torch.Generator().manual_seed(0)
-    batch = {"global": torch.randint(0, 256, (n, 2, 3, 32, 32), generator=gen,
-                                     dtype=torch.uint8),
-             "local": torch.randint(0, 256, (n, 2, 3, 16, 16), generator=gen,
-                                    dtype=torch.uint8)}
+    batch = {
+        "global": torch.randint(0, 256, (n, 2, 3, 32, 32), generator=gen, dtype=torch.uint8),
+        "local": torch.randint(0, 256, (n, 2, 3, 16, 16), generator=gen, dtype=torch.uint8),
+    }
     return itertools.repeat(batch)
 
 
 def test_fit_reports_at_log_and_checkpoint_steps():
-    trainer = _trainer("logging.every_steps=2", "checkpoint.every_steps=3",
-                       "loss.score_smoothing_steps=3")
+    trainer = _trainer(
+        "logging.every_steps=2", "checkpoint.every_steps=3", "loss.score_smoothing_steps=3"
+    )
     calls = []
-    last = fit(trainer, _batches(), report=lambda s, m, save: calls.append((s, m, save)),
-               flops_per_image=1e9, peak_tflops=1.0)
+    last = fit(
+        trainer,
+        _batches(),
+        report=lambda s, m, save: calls.append((s, m, save)),
+        flops_per_image=1e9,
+        peak_tflops=1.0,
+    )
     assert trainer.step == 6
     # (step, checkpoint): logs at 2, 4, 6; checkpoints, with fresh metrics, at 3 and the end.
     assert [(s, save) for s, _, save in calls] == [(2, False), (3, True), (4, False), (6, True)]
@@ -47,10 +65,22 @@ def test_fit_reports_at_log_and_checkpoint_steps():
     assert calls[1][1]["loss/smoothed"] == pytest.approx((2 * windows[0] + windows[1]) / 3)
     assert last["loss/smoothed"] == pytest.approx((windows[2] + 2 * windows[3]) / 3)
     assert last["selection_score/smoothed"] == pytest.approx(
-        last["loss/smoothed"] / 0.05**0.4, rel=1e-5)
-    for key in ("loss", "loss/prediction", "loss/sigreg", "selection_score", "lr", "grad_norm",
-                "throughput/images_per_s", "throughput/views_per_s", "time/data_wait_fraction",
-                "memory/peak_gib", "throughput/tflops_per_device", "throughput/mfu"):
+        last["loss/smoothed"] / 0.05**0.4, rel=1e-5
+    )
+    for key in (
+        "loss",
+        "loss/prediction",
+        "loss/sigreg",
+        "selection_score",
+        "lr",
+        "grad_norm",
+        "throughput/images_per_s",
+        "throughput/views_per_s",
+        "time/data_wait_fraction",
+        "memory/peak_gib",
+        "throughput/tflops_per_device",
+        "throughput/mfu",
+    ):
         assert key in last, key
     assert last["throughput/views_per_s"] == pytest.approx(4 * last["throughput/images_per_s"])
     assert last["selection_score"] == pytest.approx(last["loss"] / 0.05**0.4, rel=1e-5)
@@ -126,8 +156,11 @@ def test_logged_loss_excludes_skipped_steps_and_reports_the_count():
 def test_consecutive_non_finite_steps_stop_the_run():
     from lejepa_ray.train import NonFiniteLossError
 
-    trainer = _trainer("fault.inject_nonfinite_steps=[2,3,4]", "fault.max_nonfinite_steps=3",
-                       "checkpoint.every_steps=1")
+    trainer = _trainer(
+        "fault.inject_nonfinite_steps=[2,3,4]",
+        "fault.max_nonfinite_steps=3",
+        "checkpoint.every_steps=1",
+    )
     saved = []
     with pytest.raises(NonFiniteLossError, match=r"stopped at step 4: the last 3 steps"):
         fit(trainer, _batches(), report=lambda s, m, save: saved.append(s))

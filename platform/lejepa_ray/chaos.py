@@ -114,10 +114,14 @@ def recovery(tensorboard_dir: str | Path, killed_at: float, checkpoint_step: int
     events = scalar_events(tensorboard_dir)
     before = [step for t, step in events if t <= killed_at]
     after = [t for t, step in events if t > killed_at and step > checkpoint_step]
-    resumed = [t for t, step in scalar_events(tensorboard_dir, "resume/load_s")
-               if t > killed_at and step == checkpoint_step]
+    resumed = [
+        t
+        for t, step in scalar_events(tensorboard_dir, "resume/load_s")
+        if t > killed_at and step == checkpoint_step
+    ]
     if not before or not after or not resumed:
-        raise RuntimeError(f"{tensorboard_dir} does not show a run that was logging steps, "
-                           f"resumed from step {checkpoint_step} and went on after the kill")
-    return Recovery(checkpoint_step, max(before), min(resumed) - killed_at,
-                    min(after) - killed_at)
+        raise RuntimeError(
+            f"{tensorboard_dir} does not show a run that was logging steps, "
+            f"resumed from step {checkpoint_step} and went on after the kill"
+        )
+    return Recovery(checkpoint_step, max(before), min(resumed) - killed_at, min(after) - killed_at)

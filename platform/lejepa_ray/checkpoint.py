@@ -95,8 +95,11 @@ def save(path: str | Path, trainer: Trainer, state: TrainState, config_yaml: str
     model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
     with warnings.catch_warnings():  # DCP warns when it saves in one process: we mean to
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.save({"model": model_state, "optim": {"state": optim_state["state"]}},
-                 checkpoint_id=str(path), no_dist=not dist.is_initialized())
+        dcp.save(
+            {"model": model_state, "optim": {"state": optim_state["state"]}},
+            checkpoint_id=str(path),
+            no_dist=not dist.is_initialized(),
+        )
     _rng_file(path).parent.mkdir(exist_ok=True)
     _rng_file(path).write_text(json.dumps(_rng_state()))
     if _rank() == 0:
@@ -119,12 +122,19 @@ def load(path: str | Path, trainer: Trainer) -> TrainState:
     model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
     target = {"model": model_state, "optim": {"state": optim_state["state"]}}
     _read_into(path, target, model_name=trainer.cfg.model.name, saved_model=state.model)
-    set_state_dict(trainer.model, trainer.optimizer, model_state_dict=model_state,
-                   optim_state_dict={"state": target["optim"]["state"],
-                                     "param_groups": optim_state["param_groups"]})
+    set_state_dict(
+        trainer.model,
+        trainer.optimizer,
+        model_state_dict=model_state,
+        optim_state_dict={
+            "state": target["optim"]["state"],
+            "param_groups": optim_state["param_groups"],
+        },
+    )
     trainer.scheduler.load_state_dict(state.scheduler)
-    for group, lr in zip(trainer.optimizer.param_groups, trainer.scheduler.get_last_lr(),
-                         strict=True):
+    for group, lr in zip(
+        trainer.optimizer.param_groups, trainer.scheduler.get_last_lr(), strict=True
+    ):
         group["lr"] = lr
     trainer.step, trainer.skipped_steps = state.step, state.skipped_steps
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -160,24 +170,35 @@ def read_state(path: str | Path) -> TrainState:
     if not file.is_file():
         raise CheckpointError(
             f"{path} has no {STATE_FILE}: it is not a lejepa-ray checkpoint, or it was "
-            "interrupted while being written. Use an earlier checkpoint of the run.")
+            "interrupted while being written. Use an earlier checkpoint of the run."
+        )
     try:
         raw = json.loads(file.read_text())
         state = TrainState(**raw)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file} is corrupt ({e}); use an earlier checkpoint.") from None
     if state.format != FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {state.format}; this version of "
-                              f"lejepa-ray reads format {FORMAT}.")
+        raise CheckpointError(
+            f"{path} has checkpoint format {state.format}; this version of "
+            f"lejepa-ray reads format {FORMAT}."
+        )
     return state
 
 
 # Everything DCP's index pickles: its own dataclasses, torch sizes, dtypes and layouts, and the
 # path it was saved to. Anything else in a .metadata file is refused, never constructed.
 _METADATA_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-        "TensorProperties", "ChunkStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch.serialization", "_get_layout"),
@@ -191,7 +212,8 @@ _METADATA_GLOBALS = {
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _METADATA_GLOBALS or (
-                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused to load {module}.{name}")
 
@@ -205,13 +227,16 @@ def read_metadata(path: str | Path) -> Metadata:
     """
     file = Path(path, METADATA_FILE)
     if not file.is_file():
-        raise CheckpointError(f"{path} has no {METADATA_FILE}: the checkpoint is incomplete "
-                              "(interrupted while being written). Use an earlier checkpoint.")
+        raise CheckpointError(
+            f"{path} has no {METADATA_FILE}: the checkpoint is incomplete "
+            "(interrupted while being written). Use an earlier checkpoint."
+        )
     try:
         metadata = _MetadataUnpickler(io.BytesIO(file.read_bytes())).load()
     except Exception as e:  # truncated, garbage, or a refused class
-        raise CheckpointError(f"{file} is corrupt or not a DCP index ({e}); use an earlier "
-                              "checkpoint.") from None
+        raise CheckpointError(
+            f"{file} is corrupt or not a DCP index ({e}); use an earlier checkpoint."
+        ) from None
     if not isinstance(metadata, Metadata):
         raise CheckpointError(f"{file} is not a DCP index (it holds a {type(metadata)}).")
     return metadata
@@ -231,12 +256,18 @@ class _SafeReader(FileSystemReader):
 def check_model(path: str | Path, model: nn.Module, model_name: str | None = None) -> None:
     """Raise CheckpointError unless the checkpoint at ``path`` holds every tensor of ``model``
     (unsharded; the meta device will do) with the same shape. Reads only the index."""
-    _check_tensors(path, read_metadata(path), {"model": model.state_dict()},
-                   model_name=model_name, saved_model=read_state(path).model)
+    _check_tensors(
+        path,
+        read_metadata(path),
+        {"model": model.state_dict()},
+        model_name=model_name,
+        saved_model=read_state(path).model,
+    )
 
 
-def _check_tensors(path: str | Path, metadata: Metadata, target: dict, *,
-                   model_name: str | None, saved_model: str) -> None:
+def _check_tensors(
+    path: str | Path, metadata: Metadata, target: dict, *, model_name: str | None, saved_model: str
+) -> None:
     saved = metadata.state_dict_metadata
     wanted = dict(_flatten(target))
     missing = [k for k in wanted if k not in saved]
@@ -246,30 +277,35 @@ def _check_tensors(path: str | Path, metadata: Metadata, target: dict, *,
     # The checkpoint's model tensors this model lacks: a bigger model of the same family
     # (resnet34 against resnet18) holds all of the smaller one's tensors with their shapes.
     extra = [k for k in saved if k.startswith("model.") and k not in wanted]
-    wrong = [f"{k}: checkpoint {tuple(saved[k].size)}, model {tuple(v.shape)}"
-             for k, v in wanted.items() if k in saved and k not in pickled
-             and tuple(saved[k].size) != tuple(v.shape)]
+    wrong = [
+        f"{k}: checkpoint {tuple(saved[k].size)}, model {tuple(v.shape)}"
+        for k, v in wanted.items()
+        if k in saved and k not in pickled and tuple(saved[k].size) != tuple(v.shape)
+    ]
     if pickled:
         raise CheckpointError(
             f"{path} holds pickled objects where tensors belong ({', '.join(pickled[:3])}); "
-            "lejepa-ray never unpickles objects. Is it another program's checkpoint?")
+            "lejepa-ray never unpickles objects. Is it another program's checkpoint?"
+        )
     if missing or wrong or extra:
         model_keys = [k for k in missing if k.startswith("model.")]
         which = f"a {saved_model} checkpoint" if saved_model else "this checkpoint"
         here = f" into {model_name}" if model_name and model_name != saved_model else ""
-        detail = ("; ".join(wrong[:3]) or
-                  (f"missing {', '.join((model_keys or missing)[:3])}" if missing else
-                   f"not in the model: {', '.join(extra[:3])}"))
+        detail = "; ".join(wrong[:3]) or (
+            f"missing {', '.join((model_keys or missing)[:3])}"
+            if missing
+            else f"not in the model: {', '.join(extra[:3])}"
+        )
         raise CheckpointError(
             f"cannot load {which} from {path}{here}: {len(missing)} tensors missing, "
             f"{len(extra)} not in the model and {len(wrong)} of a different shape "
             f"({detail}). The model config (model.name, "
             "model.model_args, projector sizes) must match the checkpoint's config.yaml; to "
-            "start afresh use another name= or storage_path=.")
+            "start afresh use another name= or storage_path=."
+        )
 
 
-def _read_into(path: str | Path, target: dict, *, model_name: str | None,
-               saved_model: str) -> None:
+def _read_into(path: str | Path, target: dict, *, model_name: str | None, saved_model: str) -> None:
     """Check the checkpoint's files and that it holds every tensor of ``target`` with the same
     shape, then load them in place (DCP reshards)."""
     metadata = read_metadata(path)
@@ -278,8 +314,9 @@ def _read_into(path: str | Path, target: dict, *, model_name: str | None,
     try:
         with warnings.catch_warnings():  # DCP warns when it loads in one process: we mean to
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
-            dcp.load(target, storage_reader=_SafeReader(str(path)),
-                     no_dist=not dist.is_initialized())
+            dcp.load(
+                target, storage_reader=_SafeReader(str(path)), no_dist=not dist.is_initialized()
+            )
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # DCP's own is a BaseException
@@ -287,8 +324,10 @@ def _read_into(path: str | Path, target: dict, *, model_name: str | None,
         # a user needs.
         lines = [line.strip() for line in str(e).splitlines() if "Error" in line]
         cause = (lines[-1] if lines else str(e).strip().splitlines()[-1])[:200]
-        raise CheckpointError(f"reading the shards of {path} failed: a shard file is corrupt "
-                              f"({cause}). Use an earlier checkpoint.") from None
+        raise CheckpointError(
+            f"reading the shards of {path} failed: a shard file is corrupt "
+            f"({cause}). Use an earlier checkpoint."
+        ) from None
 
 
 def _check_files(path: Path, metadata: Metadata) -> None:
@@ -302,8 +341,10 @@ def _check_files(path: Path, metadata: Metadata) -> None:
         have = file.stat().st_size if file.is_file() else None
         if have is None or have < size:
             state = "is missing" if have is None else f"has {have} of {size} bytes"
-            raise CheckpointError(f"{file} {state}: the checkpoint is incomplete or truncated. "
-                                  "Use an earlier checkpoint.")
+            raise CheckpointError(
+                f"{file} {state}: the checkpoint is incomplete or truncated. "
+                "Use an earlier checkpoint."
+            )
 
 
 def _flatten(tree: dict, prefix: str = ""):
@@ -334,7 +375,8 @@ def _rng_state() -> dict:
     return {
         "torch": encode(torch.get_rng_state()),
         "cuda": [encode(s) for s in torch.cuda.get_rng_state_all()]
-        if torch.cuda.is_available() else [],
+        if torch.cuda.is_available()
+        else [],
         "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
         "python": [version, list(internal), gauss_next],
     }
@@ -362,18 +404,24 @@ def find(run_or_checkpoint: str | Path) -> Path:
     """
     text = str(run_or_checkpoint)
     if "://" in text and not text.startswith("file://"):
-        raise CheckpointError(f"{text} is remote; copy the run or checkpoint directory to a "
-                              "local disk first (e.g. `aws s3 sync URI DIR`).")
+        raise CheckpointError(
+            f"{text} is remote; copy the run or checkpoint directory to a "
+            "local disk first (e.g. `aws s3 sync URI DIR`)."
+        )
     path = Path(text.removeprefix("file://")).expanduser()
     if (path / STATE_FILE).is_file() or (path / METADATA_FILE).is_file():
         return path
     if not path.is_dir():
-        raise CheckpointError(f"{path} does not exist; pass a run directory (runs/<name>) or a "
-                              "checkpoint directory (runs/<name>/checkpoint_<step>).")
+        raise CheckpointError(
+            f"{path} does not exist; pass a run directory (runs/<name>) or a "
+            "checkpoint directory (runs/<name>/checkpoint_<step>)."
+        )
     latest = latest_checkpoint(str(path))
     if latest is None:
-        raise CheckpointError(f"{path} holds no completed checkpoint; a run writes one every "
-                              "checkpoint.every_steps steps and at its end.")
+        raise CheckpointError(
+            f"{path} holds no completed checkpoint; a run writes one every "
+            "checkpoint.every_steps steps and at its end."
+        )
     return Path(latest[0].removeprefix("file://"))
 
 
@@ -387,8 +435,9 @@ def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
         run_dir = str(Path(run_dir).expanduser().resolve())  # Ray reads a bare path as a URI
     # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
     try:
-        with quiet_logger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager",
-                          logging.WARNING):
+        with quiet_logger(
+            "ray.train.v2._internal.execution.checkpoint.checkpoint_manager", logging.WARNING
+        ):
             result = Result.from_path(run_dir)
     except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
         return None

@@ -45,13 +45,19 @@ def _data_convert(args: argparse.Namespace) -> int:
     from lejepa_ray.data.convert import convert_image_folder, format_summary
 
     with tqdm(unit="img", desc="convert", file=sys.stderr) as bar:
+
         def advance(done: int, total: int) -> None:
             bar.total = total  # known once the converter has listed the folder
             bar.update(done - bar.n)
 
         summary = convert_image_folder(
-            args.src, args.dst, shard_size_mb=args.shard_size_mb, workers=args.workers,
-            max_pixels=args.max_pixels, progress=advance)
+            args.src,
+            args.dst,
+            shard_size_mb=args.shard_size_mb,
+            workers=args.workers,
+            max_pixels=args.max_pixels,
+            progress=advance,
+        )
     print(format_summary(summary, args.dst))
     return 0
 
@@ -63,10 +69,19 @@ def _data_bench(args: argparse.Namespace) -> int:
     from lejepa_ray.data.sources import source_from_arg
 
     source, path = source_from_arg(args.data)
-    views = ViewConfig(global_size=args.global_size, local_size=args.local_size,
-                       global_views=args.global_views, local_views=args.local_views)
-    cfg = DataConfig(source=source, path=path, num_samples=args.num_samples,
-                     image_size=args.image_size, views=views)
+    views = ViewConfig(
+        global_size=args.global_size,
+        local_size=args.local_size,
+        global_views=args.global_views,
+        local_views=args.local_views,
+    )
+    cfg = DataConfig(
+        source=source,
+        path=path,
+        num_samples=args.num_samples,
+        image_size=args.image_size,
+        views=views,
+    )
     bench.run(cfg, seconds=args.seconds, workers=args.workers, batch_size=args.batch_size)
     return 0
 
@@ -84,8 +99,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     path = args.config
     if path is None:
         if not QUICKSTART.is_file():
-            raise ValueError(f"no --config given and the quickstart config {QUICKSTART} is "
-                             "missing; pass --config FILE.")
+            raise ValueError(
+                f"no --config given and the quickstart config {QUICKSTART} is "
+                "missing; pass --config FILE."
+            )
         path = QUICKSTART
     cfg = load_config(path, [*args.overrides, *(["logging.verbose=true"] if args.verbose else [])])
     result = run(cfg)
@@ -106,9 +123,11 @@ def _export(args: argparse.Namespace) -> int:
 
     result = export(args.source, args.out_dir)
     out = result.out_dir
-    print(f"exported {result.architecture} ({result.parameters / 1e6:.1f}M parameters) from "
-          f"{result.checkpoint} (step {result.step}) to {out}/{WEIGHTS_FILE} + config.json; "
-          f"projector: {out}/{PROJECTOR_FILE}")
+    print(
+        f"exported {result.architecture} ({result.parameters / 1e6:.1f}M parameters) from "
+        f"{result.checkpoint} (step {result.step}) to {out}/{WEIGHTS_FILE} + config.json; "
+        f"projector: {out}/{PROJECTOR_FILE}"
+    )
     print(f"load it: {result.load_line()}")
     return 0
 
@@ -117,17 +136,36 @@ def _eval(args: argparse.Namespace) -> int:
     """Frozen-feature probes of a checkpoint or export; a summary, then one JSON line."""
     from lejepa_ray.evaluate import evaluate
 
-    result = evaluate(args.source, args.data, args.probe, val_data=args.val_data,
-                      baseline=args.baseline, size=args.size, max_samples=args.max_samples,
-                      k=args.k, temperature=args.temperature)
-    parts = [f"{name} top-1 {value:.3f}" for name, value in
-             (("kNN", result.knn_top1), ("linear", result.linear_top1),
-              ("raw-pixel kNN", result.raw_knn_top1),
-              ("raw-pixel linear", result.raw_linear_top1)) if value is not None]
-    scored = f"{result.val_data} ({result.queries} images)" if result.val_data else (
-        f"{result.queries} hash-split queries")
-    print(f"{', '.join(parts)} at {result.image_size} px: fitted on {result.data} "
-          f"({result.bank} images), scored on {scored}, {result.classes} classes")
+    result = evaluate(
+        args.source,
+        args.data,
+        args.probe,
+        val_data=args.val_data,
+        baseline=args.baseline,
+        size=args.size,
+        max_samples=args.max_samples,
+        k=args.k,
+        temperature=args.temperature,
+    )
+    parts = [
+        f"{name} top-1 {value:.3f}"
+        for name, value in (
+            ("kNN", result.knn_top1),
+            ("linear", result.linear_top1),
+            ("raw-pixel kNN", result.raw_knn_top1),
+            ("raw-pixel linear", result.raw_linear_top1),
+        )
+        if value is not None
+    ]
+    scored = (
+        f"{result.val_data} ({result.queries} images)"
+        if result.val_data
+        else (f"{result.queries} hash-split queries")
+    )
+    print(
+        f"{', '.join(parts)} at {result.image_size} px: fitted on {result.data} "
+        f"({result.bank} images), scored on {scored}, {result.classes} classes"
+    )
     print(result.to_json())
     return 0
 
@@ -137,18 +175,28 @@ def _sweep(args: argparse.Namespace) -> int:
     from lejepa_ray.sweep import SweepOptions, run_sweep
 
     opts = SweepOptions(
-        space=args.space, config=args.config or str(QUICKSTART), overrides=args.overrides,
-        name=args.name, samples=args.samples, scheduler=args.scheduler, search=args.search,
-        max_concurrent_trials=args.concurrent, grace_steps=args.grace_steps,
-        reduction_factor=args.reduction_factor, seed=args.seed,
+        space=args.space,
+        config=args.config or str(QUICKSTART),
+        overrides=args.overrides,
+        name=args.name,
+        samples=args.samples,
+        scheduler=args.scheduler,
+        search=args.search,
+        max_concurrent_trials=args.concurrent,
+        grace_steps=args.grace_steps,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
         validate_with_labels=args.validate_data if args.validate_with_labels else None,
-        export_winner=not args.no_export)
+        export_winner=not args.no_export,
+    )
     result = run_sweep(opts)
     if result.interrupted:
         return 130
     minutes, seconds = divmod(round(result.seconds), 60)
-    print(f"\nsweep {'resumed and ' if result.resumed else ''}finished in {minutes} min "
-          f"{seconds} s: {len(result.rows)} trials")
+    print(
+        f"\nsweep {'resumed and ' if result.resumed else ''}finished in {minutes} min "
+        f"{seconds} s: {len(result.rows)} trials"
+    )
     print(f"results: {result.sweep_dir}/results.csv, plot: {result.sweep_dir}/plot.png")
     print(f"TensorBoard of every trial: tensorboard --logdir {result.sweep_dir}/runs")
     return 0
@@ -156,96 +204,165 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser(
-        "sweep", help="Ray Tune sweep of the pretrain config, ranked by the label-free score",
+        "sweep",
+        help="Ray Tune sweep of the pretrain config, ranked by the label-free score",
         description="Run one pretraining per trial (a TorchTrainer per Tune trial), rank the "
         "trials by selection_score = loss / λ^α smoothed over the last steps (lower is "
         "better; no labels), write results.csv and plot.png, and export the winner's "
-        "backbone. Rerunning with the same --name resumes an interrupted sweep.")
+        "backbone. Rerunning with the same --name resumes an interrupted sweep.",
+    )
     sweep.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
-    sweep.add_argument("--config", default=None,
-                       help="pretrain config every trial starts from (default: "
-                       "jobs/configs/quickstart.yaml)")
-    sweep.add_argument("--name", default=None,
-                       help="sweep directory under storage_path (default: "
-                       "sweep-<space>-<timestamp>); the same name resumes")
-    sweep.add_argument("--samples", type=int, default=4,
-                       help="trials drawn from the space, times its grid combinations "
-                       "(default: 4)")
+    sweep.add_argument(
+        "--config",
+        default=None,
+        help="pretrain config every trial starts from (default: jobs/configs/quickstart.yaml)",
+    )
+    sweep.add_argument(
+        "--name",
+        default=None,
+        help="sweep directory under storage_path (default: "
+        "sweep-<space>-<timestamp>); the same name resumes",
+    )
+    sweep.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        help="trials drawn from the space, times its grid combinations (default: 4)",
+    )
     sweep.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
-    sweep.add_argument("--search", choices=("random", "optuna"), default="random",
-                       help="random, or optuna's TPE (pip install 'lejepa-ray[optuna]')")
-    sweep.add_argument("--concurrent", type=int, default=1,
-                       help="trials at once (default: 1); each takes its config's workers")
-    sweep.add_argument("--grace-steps", type=int, default=None,
-                       help="ASHA's first rung in steps (default: a quarter of optim.steps)")
-    sweep.add_argument("--reduction-factor", type=int, default=2,
-                       help="ASHA keeps the best 1/N at each rung (default: 2)")
+    sweep.add_argument(
+        "--search",
+        choices=("random", "optuna"),
+        default="random",
+        help="random, or optuna's TPE (pip install 'lejepa-ray[optuna]')",
+    )
+    sweep.add_argument(
+        "--concurrent",
+        type=int,
+        default=1,
+        help="trials at once (default: 1); each takes its config's workers",
+    )
+    sweep.add_argument(
+        "--grace-steps",
+        type=int,
+        default=None,
+        help="ASHA's first rung in steps (default: a quarter of optim.steps)",
+    )
+    sweep.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=2,
+        help="ASHA keeps the best 1/N at each rung (default: 2)",
+    )
     sweep.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
-    sweep.add_argument("--validate-with-labels", action="store_true",
-                       help="probe every completed trial (kNN and linear) and report Spearman "
-                       "ρ of the score and the raw loss against probe accuracy")
-    sweep.add_argument("--validate-data", default="digits",
-                       help="labelled data for --validate-with-labels (default: digits)")
-    sweep.add_argument("--no-export", action="store_true",
-                       help="do not export the winner's backbone")
-    sweep.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted overrides for every trial, e.g. optim.steps=60 "
-                       "storage_path=s3://bucket/sweeps")
+    sweep.add_argument(
+        "--validate-with-labels",
+        action="store_true",
+        help="probe every completed trial (kNN and linear) and report Spearman "
+        "ρ of the score and the raw loss against probe accuracy",
+    )
+    sweep.add_argument(
+        "--validate-data",
+        default="digits",
+        help="labelled data for --validate-with-labels (default: digits)",
+    )
+    sweep.add_argument(
+        "--no-export", action="store_true", help="do not export the winner's backbone"
+    )
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides for every trial, e.g. optim.steps=60 "
+        "storage_path=s3://bucket/sweeps",
+    )
     sweep.set_defaults(func=_sweep)
 
 
 def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     pretrain = commands.add_parser(
-        "pretrain", help="LeJEPA pretraining of a timm backbone on Ray Train",
+        "pretrain",
+        help="LeJEPA pretraining of a timm backbone on Ray Train",
         description="Pretrain with LeJEPA. With no arguments: the CPU quickstart (digits, a "
         "small backbone, a few minutes, then a kNN probe) on a local Ray instance; inside "
-        "`ray job submit` or with RAY_ADDRESS set, on that cluster.")
-    pretrain.add_argument("--config", default=None,
-                          help="YAML config (default: jobs/configs/quickstart.yaml)")
-    pretrain.add_argument("--verbose", action="store_true",
-                          help="show Ray's own logs too (the same as logging.verbose=true)")
-    pretrain.add_argument("overrides", nargs="*", metavar="key=value",
-                          help="dotted overrides, e.g. model.name=vit_small_patch16_224 "
-                          "loss.lam=0.02 scaling.num_workers=8")
+        "`ray job submit` or with RAY_ADDRESS set, on that cluster.",
+    )
+    pretrain.add_argument(
+        "--config", default=None, help="YAML config (default: jobs/configs/quickstart.yaml)"
+    )
+    pretrain.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own logs too (the same as logging.verbose=true)",
+    )
+    pretrain.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. model.name=vit_small_patch16_224 "
+        "loss.lam=0.02 scaling.num_workers=8",
+    )
     pretrain.set_defaults(func=_pretrain)
 
     exporter = commands.add_parser(
-        "export", help="a checkpoint's backbone as a timm model (model.safetensors + "
-        "config.json)",
+        "export",
+        help="a checkpoint's backbone as a timm model (model.safetensors + config.json)",
         description="Consolidate a checkpoint (DDP or FSDP shards, any world size) and write "
         "its backbone in timm's hub layout, loadable with timm.create_model(..., "
         "pretrained=True, pretrained_cfg_overlay=dict(file=...)); the projector goes to "
-        "projector.safetensors beside it.")
-    exporter.add_argument("source", metavar="RUN_OR_CHECKPOINT",
-                          help="a run directory (its latest checkpoint) or a checkpoint "
-                          "directory")
+        "projector.safetensors beside it.",
+    )
+    exporter.add_argument(
+        "source",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory (its latest checkpoint) or a checkpoint directory",
+    )
     exporter.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     exporter.set_defaults(func=_export)
 
     evaluator = commands.add_parser(
-        "eval", help="kNN and linear probes of a checkpoint's or export's frozen features",
+        "eval",
+        help="kNN and linear probes of a checkpoint's or export's frozen features",
         description="Embed labelled images with the frozen backbone (no projector), fit the "
         "probes on --data and score them on --val-data (without it: on a hash 80/20 split of "
         "--data), and report kNN (cosine, temperature-weighted votes) and linear (logistic "
-        "regression) top-1 accuracy; the last line is JSON.")
-    evaluator.add_argument("source", metavar="CHECKPOINT_OR_EXPORT",
-                           help="a run or checkpoint directory, or an `export` folder")
-    evaluator.add_argument("--data", required=True,
-                           help="labelled data the probes are fitted on: digits, synthetic, an "
-                           "image folder (labels from subfolders) or parquet shards; a :train, "
-                           ":val or :all suffix picks that data.split (digits:train)")
-    evaluator.add_argument("--val-data", default=None,
-                           help="labelled data the probes are scored on (e.g. the val/ folder "
-                           "beside train/, or digits:val); default: a hash 80/20 split of --data")
-    evaluator.add_argument("--baseline", action="store_true",
-                           help="also report the probes on raw pixels of the same split")
+        "regression) top-1 accuracy; the last line is JSON.",
+    )
+    evaluator.add_argument(
+        "source",
+        metavar="CHECKPOINT_OR_EXPORT",
+        help="a run or checkpoint directory, or an `export` folder",
+    )
+    evaluator.add_argument(
+        "--data",
+        required=True,
+        help="labelled data the probes are fitted on: digits, synthetic, an "
+        "image folder (labels from subfolders) or parquet shards; a :train, "
+        ":val or :all suffix picks that data.split (digits:train)",
+    )
+    evaluator.add_argument(
+        "--val-data",
+        default=None,
+        help="labelled data the probes are scored on (e.g. the val/ folder "
+        "beside train/, or digits:val); default: a hash 80/20 split of --data",
+    )
+    evaluator.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also report the probes on raw pixels of the same split",
+    )
     evaluator.add_argument("--probe", choices=("linear", "knn", "both"), default="both")
-    evaluator.add_argument("--size", type=int, default=None,
-                           help="image side in px (default: the size it was trained at)")
+    evaluator.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="image side in px (default: the size it was trained at)",
+    )
     evaluator.add_argument("--max-samples", type=int, default=5000)
     evaluator.add_argument("--k", type=int, default=20, help="kNN neighbours (default: 20)")
-    evaluator.add_argument("--temperature", type=float, default=0.07,
-                           help="kNN vote temperature (default: 0.07)")
+    evaluator.add_argument(
+        "--temperature", type=float, default=0.07, help="kNN vote temperature (default: 0.07)"
+    )
     evaluator.set_defaults(func=_eval)
 
 
@@ -256,35 +373,51 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
     convert = sub.add_parser(
-        "convert", help="image folder -> parquet shards (decode-checked, resumable)",
+        "convert",
+        help="image folder -> parquet shards (decode-checked, resumable)",
         description="Convert an image folder (labels from first-level subfolders) to parquet "
-        "shards of encoded images. Rerunning resumes an interrupted conversion.")
+        "shards of encoded images. Rerunning resumes an interrupted conversion.",
+    )
     convert.add_argument("src", help="image folder")
     convert.add_argument("dst", help="output folder for the shards and dataset.json")
-    convert.add_argument("--shard-size-mb", type=float, default=256.0,
-                         help="target shard size in MiB (default: 256)")
-    convert.add_argument("--workers", type=int, default=1,
-                         help="parallel processes (default: 1)")
-    convert.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                         help="skip larger images as decompression bombs (default: %(default)s)")
+    convert.add_argument(
+        "--shard-size-mb", type=float, default=256.0, help="target shard size in MiB (default: 256)"
+    )
+    convert.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    convert.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip larger images as decompression bombs (default: %(default)s)",
+    )
     convert.set_defaults(func=_data_convert)
 
     bench = sub.add_parser(
-        "bench", help="views/s of Ray Data against a DataLoader with the same workers",
+        "bench",
+        help="views/s of Ray Data against a DataLoader with the same workers",
         description="Measure multi-view samples/s of the Ray Data stream and of a "
         "torch DataLoader making the same views with the same number of CPU workers. "
-        "Prints a profile, the ratio and, last, one JSON line.")
-    bench.add_argument("--data", default="synthetic",
-                       help="synthetic, digits, an image folder or parquet shards")
-    bench.add_argument("--seconds", type=float, default=30.0,
-                       help="measuring time per pipeline (default: 30)")
-    bench.add_argument("--workers", type=int, default=None,
-                       help="CPU workers on each side (default: all cores)")
+        "Prints a profile, the ratio and, last, one JSON line.",
+    )
+    bench.add_argument(
+        "--data", default="synthetic", help="synthetic, digits, an image folder or parquet shards"
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=30.0, help="measuring time per pipeline (default: 30)"
+    )
+    bench.add_argument(
+        "--workers", type=int, default=None, help="CPU workers on each side (default: all cores)"
+    )
     bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--num-samples", type=int, default=None,
-                       help="synthetic count, or a cap on the other sources")
-    bench.add_argument("--image-size", type=int, default=256,
-                       help="side of synthetic/digits images (default: 256)")
+    bench.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="synthetic count, or a cap on the other sources",
+    )
+    bench.add_argument(
+        "--image-size", type=int, default=256, help="side of synthetic/digits images (default: 256)"
+    )
     bench.add_argument("--global-views", type=int, default=2)
     bench.add_argument("--global-size", type=int, default=224)
     bench.add_argument("--local-views", type=int, default=8)
@@ -305,16 +438,20 @@ def _cluster_check(args: argparse.Namespace) -> int:
 
 def _add_cluster_check_command(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
-        "cluster-check", help="check offline that a config's workers fit a cluster.yaml",
+        "cluster-check",
+        help="check offline that a config's workers fit a cluster.yaml",
         description="Check, without any cloud call, that the training workers a config asks "
         "for (scaling.num_workers, one GPU each with scaling.use_gpu, scaling.cpus_per_worker "
         "CPUs), times --concurrent sweep trials, fit the node types a Ray cluster launcher "
-        "YAML declares.")
-    check.add_argument("--cluster", default="cluster.yaml", help="cluster launcher YAML "
-                       "(default: cluster.yaml)")
+        "YAML declares.",
+    )
+    check.add_argument(
+        "--cluster", default="cluster.yaml", help="cluster launcher YAML (default: cluster.yaml)"
+    )
     check.add_argument("--config", default=None, help="pretrain config YAML")
-    check.add_argument("--concurrent", type=int, default=1,
-                       help="runs at once (a sweep's --concurrent; default 1)")
+    check.add_argument(
+        "--concurrent", type=int, default=1, help="runs at once (a sweep's --concurrent; default 1)"
+    )
     check.add_argument("overrides", nargs="*", metavar="key=value")
     check.set_defaults(func=_cluster_check)
 

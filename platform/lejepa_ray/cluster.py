@@ -49,8 +49,10 @@ class Fit:
     the autoscaler starts is its choice."""
 
     def describe(self) -> str:
-        types = ", ".join(f"{name} ({self.per_node[name]} per node, up to {c})"
-                          for name, c in self.capacity.items())
+        types = ", ".join(
+            f"{name} ({self.per_node[name]} per node, up to {c})"
+            for name, c in self.capacity.items()
+        )
         return f"fits: {self.workers} training worker(s); node types that can hold them: {types}"
 
 
@@ -58,8 +60,10 @@ def load_cluster(path: str | Path) -> dict:
     """A cluster launcher YAML as a dict."""
     path = Path(path)
     if not path.is_file():
-        raise ClusterFitError(f"cluster config {path} does not exist; pass the YAML you give "
-                                "`ray up` (the repository's is cluster.yaml).")
+        raise ClusterFitError(
+            f"cluster config {path} does not exist; pass the YAML you give "
+            "`ray up` (the repository's is cluster.yaml)."
+        )
     return yaml.safe_load(path.read_text())
 
 
@@ -76,10 +80,18 @@ def worker_types(cluster: dict) -> list[NodeType]:
             continue
         resources = node.get("resources") or {}
         if "CPU" not in resources:
-            raise ClusterFitError(f"node type {name!r} declares no resources.CPU; declare its "
-                                  "CPU (and GPU) counts so runs can be checked against it.")
-        out.append(NodeType(name, float(resources["CPU"]), int(resources.get("GPU", 0)),
-                            int(node.get("max_workers", 0))))
+            raise ClusterFitError(
+                f"node type {name!r} declares no resources.CPU; declare its "
+                "CPU (and GPU) counts so runs can be checked against it."
+            )
+        out.append(
+            NodeType(
+                name,
+                float(resources["CPU"]),
+                int(resources.get("GPU", 0)),
+                int(node.get("max_workers", 0)),
+            )
+        )
     return out
 
 
@@ -101,18 +113,20 @@ def check_fits(cfg: PretrainConfig, cluster: dict, concurrent: int = 1) -> Fit:
         by_cpu = math.floor(t.cpus / s.cpus_per_worker)
         per_node[t.name] = min(by_cpu, t.gpus // gpus) if gpus else by_cpu
         capacity[t.name] = per_node[t.name] * t.max_workers
-    asked = f"{gpus} GPU and {s.cpus_per_worker:g} CPUs" if gpus else \
-        f"{s.cpus_per_worker:g} CPUs"
+    asked = f"{gpus} GPU and {s.cpus_per_worker:g} CPUs" if gpus else f"{s.cpus_per_worker:g} CPUs"
     if not per_node:
         have = "; ".join(f"{t.name}: {t.gpus} GPU, {t.cpus:g} CPU" for t in types)
-        raise ClusterFitError(f"each training worker asks for {asked} (scaling.use_gpu, "
-                              f"scaling.cpus_per_worker), but no worker node type has that "
-                              f"({have}). Lower scaling.cpus_per_worker or add a node type.")
+        raise ClusterFitError(
+            f"each training worker asks for {asked} (scaling.use_gpu, "
+            f"scaling.cpus_per_worker), but no worker node type has that "
+            f"({have}). Lower scaling.cpus_per_worker or add a node type."
+        )
     if sum(capacity.values()) < need:
         held = ", ".join(f"{name}: {c}" for name, c in capacity.items())
         raise ClusterFitError(
             f"{need} training workers ({s.num_workers} per run × {concurrent} at once), each "
             f"with {asked}, but the node types' max_workers hold only {sum(capacity.values())} "
             f"({held}). Raise max_workers in the cluster YAML, or lower scaling.num_workers or "
-            "--concurrent.")
+            "--concurrent."
+        )
     return Fit(need, per_node, capacity)

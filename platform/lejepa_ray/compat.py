@@ -20,8 +20,14 @@ from collections.abc import Iterable
 
 _HANDLER = "ray_print_logs"
 
-NOISY_ACTORS = ("PlacementGroupCleaner", "SplitCoordinator", "DatasetManager", "MapWorker",
-                "StatsActor", "AutoscalingRequester")
+NOISY_ACTORS = (
+    "PlacementGroupCleaner",
+    "SplitCoordinator",
+    "DatasetManager",
+    "MapWorker",
+    "StatsActor",
+    "AutoscalingRequester",
+)
 """Ray's own actors, whose output is about Ray's bookkeeping: dropped whole."""
 
 _CPP_LOG = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] \S+\.(cc|h):\d+")
@@ -29,8 +35,9 @@ _RAY_WARNING = re.compile(r"(RayDeprecationWarning|ray/.*\.py:\d+: \w*Warning)")
 _RAYLET_NOISE = re.compile(r"worker processes have been started on node")
 
 
-def noise_filter(lines: Iterable[str], *, actor: str | None = None, pid: object = None
-                 ) -> list[str]:
+def noise_filter(
+    lines: Iterable[str], *, actor: str | None = None, pid: object = None
+) -> list[str]:
     """The lines of one batch of worker output that are worth showing. A Python warning raised
     inside Ray takes its next line (the source line the warning quotes) with it."""
     if actor and actor.startswith(NOISY_ACTORS):
@@ -74,11 +81,13 @@ def quiet_worker_logs(prefixes: bool = False) -> bool:
     return True
 
 
-def _print_kept(print_to_stdstream, strip: bool | None, data: dict,
-                ignore_prefix: bool = False) -> None:
+def _print_kept(
+    print_to_stdstream, strip: bool | None, data: dict, ignore_prefix: bool = False
+) -> None:
     """Print the lines of ``data`` that :func:`noise_filter` keeps; without Ray's prefix if
     ``strip``, else as the caller asked (``ignore_prefix``)."""
     lines = noise_filter(data.get("lines", []), actor=_actor_name(data), pid=data.get("pid"))
     if lines:
-        print_to_stdstream({**data, "lines": lines},
-                           ignore_prefix=ignore_prefix if strip is None else strip)
+        print_to_stdstream(
+            {**data, "lines": lines}, ignore_prefix=ignore_prefix if strip is None else strip
+        )

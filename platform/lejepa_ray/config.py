@@ -56,11 +56,19 @@ class ModelConfig:
         _check(bool(self.name), "model.name", self.name, "a timm architecture name")
         _check(self.projector_hidden >= 1, "model.projector_hidden", self.projector_hidden, ">= 1")
         _check(self.projector_dim >= 1, "model.projector_dim", self.projector_dim, ">= 1")
-        _check(self.projector_layers >= 1, "model.projector_layers", self.projector_layers,
-               ">= 1 (1 is a single linear map)")
+        _check(
+            self.projector_layers >= 1,
+            "model.projector_layers",
+            self.projector_layers,
+            ">= 1 (1 is a single linear map)",
+        )
         for key in ("pretrained", "num_classes", "device"):
-            _check(key not in self.model_args, f"model.model_args.{key}",
-                   self.model_args.get(key), "unset: the platform sets it")
+            _check(
+                key not in self.model_args,
+                f"model.model_args.{key}",
+                self.model_args.get(key),
+                "unset: the platform sets it",
+            )
 
 
 @dataclass
@@ -85,11 +93,19 @@ class LossConfig:
         _check(0 < self.lam < 1, "loss.lam", self.lam, "a value in (0, 1); the paper uses 0.05")
         _check(self.num_slices >= 1, "loss.num_slices", self.num_slices, ">= 1 (default 1024)")
         _check(self.t_max > 0, "loss.t_max", self.t_max, "> 0 (default 3.0)")
-        _check(self.num_knots >= 3 and self.num_knots % 2 == 1, "loss.num_knots",
-               self.num_knots, "an odd integer >= 3 (default 17)")
+        _check(
+            self.num_knots >= 3 and self.num_knots % 2 == 1,
+            "loss.num_knots",
+            self.num_knots,
+            "an odd integer >= 3 (default 17)",
+        )
         _check(self.alpha >= 0, "loss.alpha", self.alpha, ">= 0 (default 0.4)")
-        _check(self.score_smoothing_steps >= 1, "loss.score_smoothing_steps",
-               self.score_smoothing_steps, ">= 1 (default 50)")
+        _check(
+            self.score_smoothing_steps >= 1,
+            "loss.score_smoothing_steps",
+            self.score_smoothing_steps,
+            ">= 1 (default 50)",
+        )
 
 
 @dataclass
@@ -120,14 +136,23 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "optim.steps", self.steps, ">= 1")
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
-        _check(self.lr_reference_batch >= 1, "optim.lr_reference_batch",
-               self.lr_reference_batch, ">= 1")
+        _check(
+            self.lr_reference_batch >= 1,
+            "optim.lr_reference_batch",
+            self.lr_reference_batch,
+            ">= 1",
+        )
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
-        _check(0 <= self.warmup_steps < self.steps, "optim.warmup_steps", self.warmup_steps,
-               f"in [0, optim.steps={self.steps})")
+        _check(
+            0 <= self.warmup_steps < self.steps,
+            "optim.warmup_steps",
+            self.warmup_steps,
+            f"in [0, optim.steps={self.steps})",
+        )
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
-               "two values in [0, 1)")
+        _check(
+            all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas, "two values in [0, 1)"
+        )
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
         _check(self.accum_steps >= 1, "optim.accum_steps", self.accum_steps, ">= 1")
 
@@ -159,10 +184,18 @@ class ScalingConfig:
         _check(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0")
         _check(self.batch_size >= 1, "scaling.batch_size", self.batch_size, ">= 1")
-        _check(self.strategy in STRATEGIES, "scaling.strategy", self.strategy,
-               f"one of {', '.join(STRATEGIES)}")
-        _check(self.precision in PRECISIONS, "scaling.precision", self.precision,
-               f"one of {', '.join(PRECISIONS)}")
+        _check(
+            self.strategy in STRATEGIES,
+            "scaling.strategy",
+            self.strategy,
+            f"one of {', '.join(STRATEGIES)}",
+        )
+        _check(
+            self.precision in PRECISIONS,
+            "scaling.precision",
+            self.precision,
+            f"one of {', '.join(PRECISIONS)}",
+        )
 
     @property
     def global_batch(self) -> int:
@@ -202,10 +235,18 @@ class FaultConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_failures >= -1, "fault.max_failures", self.max_failures, ">= -1")
-        _check(self.max_nonfinite_steps >= 1, "fault.max_nonfinite_steps",
-               self.max_nonfinite_steps, ">= 1")
-        _check(all(s >= 1 for s in self.inject_nonfinite_steps),
-               "fault.inject_nonfinite_steps", self.inject_nonfinite_steps, "steps >= 1")
+        _check(
+            self.max_nonfinite_steps >= 1,
+            "fault.max_nonfinite_steps",
+            self.max_nonfinite_steps,
+            ">= 1",
+        )
+        _check(
+            all(s >= 1 for s in self.inject_nonfinite_steps),
+            "fault.inject_nonfinite_steps",
+            self.inject_nonfinite_steps,
+            "steps >= 1",
+        )
 
 
 @dataclass
@@ -224,8 +265,12 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
-        _check(self.peak_tflops is None or self.peak_tflops > 0, "logging.peak_tflops",
-               self.peak_tflops, "None or > 0")
+        _check(
+            self.peak_tflops is None or self.peak_tflops > 0,
+            "logging.peak_tflops",
+            self.peak_tflops,
+            "None or > 0",
+        )
 
 
 @dataclass
@@ -279,12 +324,17 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.name is not None:
-            _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
-                   "name", self.name, "a directory name without '/'")
+            _check(
+                bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+                "name",
+                self.name,
+                "a directory name without '/'",
+            )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-                ) -> PretrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> PretrainConfig:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides, validated.
 
     Raises:
@@ -294,14 +344,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; "
-                              "pass a YAML file such as jobs/configs/quickstart.yaml.")
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist; "
+                "pass a YAML file such as jobs/configs/quickstart.yaml."
+            )
         layers.append(OmegaConf.load(path))
     return _merge(layers, overrides, path)
 
 
-def with_overrides(cfg: PretrainConfig, overrides: list[str] | tuple[str, ...]
-                   ) -> PretrainConfig:
+def with_overrides(cfg: PretrainConfig, overrides: list[str] | tuple[str, ...]) -> PretrainConfig:
     """``cfg`` with ``key=value`` overrides applied, validated as :func:`load_config` does.
 
     Raises:
@@ -310,8 +361,9 @@ def with_overrides(cfg: PretrainConfig, overrides: list[str] | tuple[str, ...]
     return _merge([OmegaConf.structured(cfg)], overrides, None)
 
 
-def _merge(layers: list, overrides: list[str] | tuple[str, ...], path: Path | None
-           ) -> PretrainConfig:
+def _merge(
+    layers: list, overrides: list[str] | tuple[str, ...], path: Path | None
+) -> PretrainConfig:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value; write e.g. loss.lam=0.02.")
@@ -353,19 +405,22 @@ def check_run(cfg: PretrainConfig) -> None:
         raise ConfigError(
             f"scaling.batch_size={cfg.scaling.batch_size} × scaling.num_workers="
             f"{cfg.scaling.num_workers} gives {cfg.scaling.global_batch} image per step; "
-            "SIGReg tests the distribution of the batch and needs at least 2 (use >= 64).")
+            "SIGReg tests the distribution of the batch and needs at least 2 (use >= 64)."
+        )
     views: ViewConfig = cfg.data.views
     if views.local_views and views.local_size > views.global_size:
         raise ConfigError(
             f"data.views.local_size={views.local_size} is larger than data.views.global_size="
-            f"{views.global_size}; local views are the small crops.")
+            f"{views.global_size}; local views are the small crops."
+        )
     if cfg.data.source in ("synthetic", "digits") and cfg.data.num_samples is not None:
         per_worker = cfg.data.num_samples // cfg.scaling.num_workers
         if per_worker < cfg.scaling.batch_size:
             raise ConfigError(
                 f"data.num_samples={cfg.data.num_samples} split over {cfg.scaling.num_workers} "
                 f"workers gives {per_worker} images each, fewer than scaling.batch_size="
-                f"{cfg.scaling.batch_size}: no full batch. Lower the batch or add samples.")
+                f"{cfg.scaling.batch_size}: no full batch. Lower the batch or add samples."
+            )
 
 
 def check_model_name(name: str) -> None:
@@ -379,11 +434,11 @@ def check_model_name(name: str) -> None:
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ConfigError(
         f"model.name={name!r} is not a timm architecture.{hint} "
-        "`python -c \"import timm; print(timm.list_models('vit_*'))\"` lists the names.")
+        "`python -c \"import timm; print(timm.list_models('vit_*'))\"` lists the names."
+    )
 
 
 def scaled_lr(cfg: PretrainConfig) -> float:
     """Peak learning rate for the run's global batch (linear scaling from the reference)."""
     batch = cfg.scaling.global_batch * cfg.optim.accum_steps
     return cfg.optim.lr * batch / cfg.optim.lr_reference_batch
-

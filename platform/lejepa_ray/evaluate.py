@@ -82,9 +82,12 @@ def load_frozen(source: str | Path) -> tuple[nn.Module, int]:
 
         hub = json.loads(hub_file.read_text())
         backbone = timm.create_model(
-            hub["architecture"], pretrained=True, num_classes=0,
+            hub["architecture"],
+            pretrained=True,
+            num_classes=0,
             pretrained_cfg_overlay=dict(file=str(path / "model.safetensors")),
-            **hub.get("model_args", {}))
+            **hub.get("model_args", {}),
+        )
         pcfg = hub.get("pretrained_cfg", {})
         size = hub.get("lejepa", {}).get("image_size") or pcfg.get("input_size", [3, 224])[-1]
         return FrozenBackbone(backbone).eval(), int(size)
@@ -92,9 +95,18 @@ def load_frozen(source: str | Path) -> tuple[nn.Module, int]:
     return trained.encoder.eval(), trained.spec.global_size
 
 
-def evaluate(source: str | Path, data: str, probe: str = "both", *,
-             val_data: str | None = None, baseline: bool = False, size: int | None = None,
-             max_samples: int = 5000, k: int = 20, temperature: float = 0.07) -> EvalResult:
+def evaluate(
+    source: str | Path,
+    data: str,
+    probe: str = "both",
+    *,
+    val_data: str | None = None,
+    baseline: bool = False,
+    size: int | None = None,
+    max_samples: int = 5000,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> EvalResult:
     """kNN and/or linear top-1 accuracy of the frozen backbone at ``source``, fitted on
     ``data`` and scored on ``val_data`` (or on a hash split of ``data``). Both name a source
     (``digits``, ``digits:val``), an image folder or parquet shards.
@@ -111,19 +123,34 @@ def evaluate(source: str | Path, data: str, probe: str = "both", *,
         raise ValueError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
     model, trained_size = load_frozen(source)
     size = size or trained_size
+
     def at_size(arg: str):
         # Generated sources render at any size: render at the probe's, as training did.
         cfg = data_from_arg(arg)
         return dataclasses.replace(cfg, image_size=size) if cfg.path is None else cfg
 
-    images = load_labelled(at_size(data), size, max_samples,
-                           at_size(val_data) if val_data else None)
+    images = load_labelled(
+        at_size(data), size, max_samples, at_size(val_data) if val_data else None
+    )
     cfg = ProbeConfig(k=k, temperature=temperature, linear=probe != "knn", baseline=baseline)
     report = probe_report(model, images, cfg)
     knn, linear = report.trained.knn_top1, report.trained.linear_top1
-    raw_knn, raw_linear = (report.raw.knn_top1, report.raw.linear_top1) if report.raw else (
-        None, None)
+    raw_knn, raw_linear = (
+        (report.raw.knn_top1, report.raw.linear_top1) if report.raw else (None, None)
+    )
     if probe == "linear":  # kNN costs nothing beside it, but was not asked for
         knn = raw_knn = None
-    return EvalResult(str(source), data, val_data, report.protocol, size, report.bank,
-                      report.queries, report.classes, knn, linear, raw_knn, raw_linear)
+    return EvalResult(
+        str(source),
+        data,
+        val_data,
+        report.protocol,
+        size,
+        report.bank,
+        report.queries,
+        report.classes,
+        knn,
+        linear,
+        raw_knn,
+        raw_linear,
+    )

@@ -51,9 +51,11 @@ class ExportResult:
     def load_line(self) -> str:
         """The ``timm.create_model`` call that loads the exported backbone."""
         extra = "".join(f", {k}={v!r}" for k, v in self.model_args.items())
-        return (f"timm.create_model({self.architecture!r}, pretrained=True, num_classes=0, "
-                f"pretrained_cfg_overlay=dict(file={str(self.out_dir / WEIGHTS_FILE)!r})"
-                f"{extra})")
+        return (
+            f"timm.create_model({self.architecture!r}, pretrained=True, num_classes=0, "
+            f"pretrained_cfg_overlay=dict(file={str(self.out_dir / WEIGHTS_FILE)!r})"
+            f"{extra})"
+        )
 
 
 @dataclass
@@ -80,8 +82,10 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
     try:
         cfg = load_config(path / checkpoint.CONFIG_FILE)
     except ConfigError as e:
-        raise CheckpointError(f"{path} has no usable {checkpoint.CONFIG_FILE} ({e}); it is "
-                              "incomplete or not a lejepa-ray checkpoint.") from None
+        raise CheckpointError(
+            f"{path} has no usable {checkpoint.CONFIG_FILE} ({e}); it is "
+            "incomplete or not a lejepa-ray checkpoint."
+        ) from None
     spec = resolve_backbone(cfg)
     encoder = LeJEPAEncoder(spec, cfg.model)
     step = checkpoint.load_model_weights(path, encoder)
@@ -106,14 +110,26 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     save_for_hf(backbone, str(out), model_args=dict(spec.kwargs), safe_serialization=True)
     hub = json.loads((out / "config.json").read_text())
     # num_classes is already a top-level field, and callers pass num_classes=0 themselves.
-    hub["model_args"] = {k: v for k, v in hub.get("model_args", {}).items()
-                         if k != "num_classes"}
-    hub["lejepa"] = {"step": step, "checkpoint": str(path.resolve()),
-                     "image_size": spec.global_size,
-                     "projector": PROJECTOR_FILE, "training_config": TRAINING_CONFIG_FILE}
+    hub["model_args"] = {k: v for k, v in hub.get("model_args", {}).items() if k != "num_classes"}
+    hub["lejepa"] = {
+        "step": step,
+        "checkpoint": str(path.resolve()),
+        "image_size": spec.global_size,
+        "projector": PROJECTOR_FILE,
+        "training_config": TRAINING_CONFIG_FILE,
+    }
     (out / "config.json").write_text(json.dumps(hub, indent=2))
-    save_file({k: v.contiguous() for k, v in trained.encoder.projector.state_dict().items()},
-              str(out / PROJECTOR_FILE), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in trained.encoder.projector.state_dict().items()},
+        str(out / PROJECTOR_FILE),
+        metadata={"format": "pt"},
+    )
     shutil.copyfile(path / checkpoint.CONFIG_FILE, out / TRAINING_CONFIG_FILE)
-    return ExportResult(out, path, step, hub["architecture"], hub["model_args"],
-                        sum(p.numel() for p in backbone.parameters()))
+    return ExportResult(
+        out,
+        path,
+        step,
+        hub["architecture"],
+        hub["model_args"],
+        sum(p.numel() for p in backbone.parameters()),
+    )

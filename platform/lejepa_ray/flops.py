@@ -42,16 +42,37 @@ def train_flops_per_image(spec: BackboneSpec, model_cfg: ModelConfig, views: Vie
     """Model FLOPs of one training image with all its views: 3 × forward (backbone at each
     view size, then the projector)."""
     encoder = LeJEPAEncoder(spec, model_cfg, device="meta")
-    g = torch.empty(1, views.global_views, 3, views.global_size, views.global_size,
-                    dtype=torch.uint8, device="meta")
+    g = torch.empty(
+        1,
+        views.global_views,
+        3,
+        views.global_size,
+        views.global_size,
+        dtype=torch.uint8,
+        device="meta",
+    )
     loc = None
     if views.local_views:
-        loc = torch.empty(1, views.local_views, 3, views.local_size, views.local_size,
-                          dtype=torch.uint8, device="meta")
+        loc = torch.empty(
+            1,
+            views.local_views,
+            3,
+            views.local_size,
+            views.local_size,
+            dtype=torch.uint8,
+            device="meta",
+        )
     encoder.train()
     # BatchNorm needs 2 samples in training mode; count 2 images and halve.
-    return 3 * forward_flops(encoder, g.expand(2, *g.shape[1:]),
-                             None if loc is None else loc.expand(2, *loc.shape[1:])) // 2
+    return (
+        3
+        * forward_flops(
+            encoder,
+            g.expand(2, *g.shape[1:]),
+            None if loc is None else loc.expand(2, *loc.shape[1:]),
+        )
+        // 2
+    )
 
 
 def peak_tflops(device: torch.device, override: float | None = None) -> float | None:

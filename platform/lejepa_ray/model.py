@@ -51,8 +51,9 @@ class BackboneSpec:
     """Size of the pooled backbone features."""
 
 
-def create_backbone(name: str, kwargs: dict[str, Any], device: str | torch.device | None = None
-                    ) -> nn.Module:
+def create_backbone(
+    name: str, kwargs: dict[str, Any], device: str | torch.device | None = None
+) -> nn.Module:
     """``timm.create_model(name, pretrained=False, num_classes=0, **kwargs)`` on ``device``."""
     import timm
 
@@ -88,15 +89,17 @@ def resolve(cfg: ModelConfig, global_size: int, local_size: int | None) -> Backb
         if not _accepts(model, global_size):
             continue
         if local_size is None or _accepts(model, local_size):
-            return BackboneSpec(cfg.name, kwargs, global_size, local_size, False,
-                                _feature_size(model))
+            return BackboneSpec(
+                cfg.name, kwargs, global_size, local_size, False, _feature_size(model)
+            )
         fallback = fallback or (kwargs, model)
     if fallback is None:
         raise ConfigError(
             f"model.name={cfg.name} does not accept {global_size}×{global_size} images with "
             f"model_args={user} (tried {', '.join(map(str, options))}). Set "
             "data.views.global_size to the model's input size, or pass the size options it "
-            "needs in model.model_args.")
+            "needs in model.model_args."
+        )
     kwargs, model = fallback
     reduction = max(1, int(getattr(model, "feature_info", [{}])[-1].get("reduction", 1) or 1))
     size = -(-local_size // reduction) * reduction
@@ -113,8 +116,9 @@ def _feature_size(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
-def pixel_normalization(backbone: nn.Module, device: str | torch.device | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_normalization(
+    backbone: nn.Module, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std ``(1, 3, 1, 1)`` on the 0-255 scale of uint8 pixels, from the backbone's
     timm ``pretrained_cfg`` (ImageNet's when it has none)."""
     pcfg = getattr(backbone, "pretrained_cfg", {}) or {}
@@ -133,15 +137,20 @@ class LeJEPAEncoder(nn.Module):
     at once so its batch statistics cover every view.
     """
 
-    def __init__(self, spec: BackboneSpec, cfg: ModelConfig,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self, spec: BackboneSpec, cfg: ModelConfig, device: str | torch.device | None = None
+    ):
         super().__init__()
         self.spec = spec
         self.backbone = create_backbone(spec.name, spec.kwargs, device)
         hidden = [cfg.projector_hidden] * (cfg.projector_layers - 1)
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            self.projector = MLP(spec.num_features, [*hidden, cfg.projector_dim],
-                                 norm_layer=nn.BatchNorm1d, activation_layer=nn.ReLU)
+            self.projector = MLP(
+                spec.num_features,
+                [*hidden, cfg.projector_dim],
+                norm_layer=nn.BatchNorm1d,
+                activation_layer=nn.ReLU,
+            )
         mean, std = pixel_normalization(self.backbone, device)
         # Not persistent: derived from the architecture, so checkpoints hold weights only.
         self.register_buffer("mean", mean, persistent=False)
@@ -151,16 +160,18 @@ class LeJEPAEncoder(nn.Module):
         """(B, V, 3, S, S) uint8 -> (B·V, 3, size, size) normalized float."""
         x = views.flatten(0, 1).float()
         if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=False,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=False, align_corners=False
+            )
         return (x - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(N, num_features)`` of uint8 images ``(N, 3, S, S)``."""
         return self.backbone(self._pixels(images.unsqueeze(1), images.shape[-1]))
 
-    def forward(self, global_views: torch.Tensor, local_views: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self, global_views: torch.Tensor, local_views: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, n_global = global_views.shape[:2]
         feats = [self.backbone(self._pixels(global_views, self.spec.global_size))]
         n_views = n_global

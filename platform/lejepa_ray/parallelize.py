@@ -53,8 +53,9 @@ def block_modules(backbone: nn.Module) -> list[nn.Module]:
     return [modules[n] for n in sorted(names, key=lambda n: (-n.count("."), n)) if n in modules]
 
 
-def parallelize(model: LeJEPAEncoder, scaling: ScalingConfig, device: torch.device,
-                *, seed: int = 0) -> nn.Module:
+def parallelize(
+    model: LeJEPAEncoder, scaling: ScalingConfig, device: torch.device, *, seed: int = 0
+) -> nn.Module:
     """Apply activation checkpointing, per-block compile and DDP or FSDP2 to ``model``.
 
     ``model`` may hold meta parameters under FSDP (see ``ModelConfig.meta_init``); they are
@@ -81,8 +82,13 @@ def parallelize(model: LeJEPAEncoder, scaling: ScalingConfig, device: torch.devi
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _fully_shard(model: LeJEPAEncoder, blocks: list[nn.Module], device: torch.device,
-                 dtype: torch.dtype, seed: int) -> nn.Module:
+def _fully_shard(
+    model: LeJEPAEncoder,
+    blocks: list[nn.Module],
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -128,8 +134,9 @@ def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
     neither touches keeps the value ``__init__`` gave it. Every parameter is NaN before and
     checked after, so a parameter nothing initialized is an error, never silent garbage.
     """
-    kept = {name: _local(p).detach().clone() for name, p in model.named_parameters()
-            if not p.is_meta}
+    kept = {
+        name: _local(p).detach().clone() for name, p in model.named_parameters() if not p.is_meta
+    }
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     model.to_empty(device=device)
     for name, b in model.named_buffers():
@@ -154,7 +161,8 @@ def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
         raise RuntimeError(
             f"meta-device initialization left {len(bad)} parameter(s) uninitialized "
             f"({', '.join(bad[:5])}): their layers have no reset_parameters()/init_weights(). "
-            "Set model.meta_init=false to build the model on the device instead.")
+            "Set model.meta_init=false to build the model on the device instead."
+        )
 
 
 def _initialize(model: nn.Module) -> None:

@@ -67,8 +67,11 @@ def run_name(cfg: PretrainConfig) -> str:
 
 def storage_root(cfg: PretrainConfig) -> str:
     """``cfg.storage_path`` made absolute when it is a local path."""
-    return cfg.storage_path if not is_local(cfg.storage_path) else str(
-        Path(cfg.storage_path.removeprefix("file://")).expanduser().resolve())
+    return (
+        cfg.storage_path
+        if not is_local(cfg.storage_path)
+        else str(Path(cfg.storage_path.removeprefix("file://")).expanduser().resolve())
+    )
 
 
 def resolve_backbone(cfg: PretrainConfig) -> BackboneSpec:
@@ -98,8 +101,10 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     check_run(cfg)
     spec = resolve_backbone(cfg)
     if spec.local_resized:
-        print_fn(f"{cfg.model.name} takes no {cfg.data.views.local_size}px input; local views "
-                 f"are resized to {spec.local_size}px.")
+        print_fn(
+            f"{cfg.model.name} takes no {cfg.data.views.local_size}px input; local views "
+            f"are resized to {spec.local_size}px."
+        )
 
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
@@ -118,19 +123,32 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     if latest is not None:
         check_resumable(latest[0], cfg, spec)
         if resumed_from >= cfg.optim.steps:
-            print_fn(f"run {name} is complete: its latest checkpoint ({latest[0]}) is at step "
-                     f"{resumed_from} of optim.steps={cfg.optim.steps}; raise optim.steps to "
-                     "train on.")
+            print_fn(
+                f"run {name} is complete: its latest checkpoint ({latest[0]}) is at step "
+                f"{resumed_from} of optim.steps={cfg.optim.steps}; raise optim.steps to "
+                "train on."
+            )
             from ray.train import Checkpoint
 
             from lejepa_ray.data.sources import class_names
 
-            return _probe(cfg, spec, run_dir, Checkpoint(latest[0]), latest[1], 0.0,
-                          resumed_from, class_names(cfg.data) is not None, print_fn)
+            return _probe(
+                cfg,
+                spec,
+                run_dir,
+                Checkpoint(latest[0]),
+                latest[1],
+                0.0,
+                resumed_from,
+                class_names(cfg.data) is not None,
+                print_fn,
+            )
     storage.write_text(f"{run_dir}/{checkpoint.CONFIG_FILE}", to_yaml(cfg))
     storage.remove(f"{run_dir}/{STOPPED_FILE}")
-    connect(train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
-            verbose=cfg.logging.verbose)
+    connect(
+        train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
+        verbose=cfg.logging.verbose,
+    )
     # Per-operator progress bars from every epoch would bury the training's own progress line,
     # which already reports throughput and the time spent waiting for data.
     DataContext.get_current().enable_progress_bars = False
@@ -138,27 +156,39 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "cfg": cfg, "spec": spec, "counter": stream.counter, "run_dir": run_dir,
+            "cfg": cfg,
+            "spec": spec,
+            "counter": stream.counter,
+            "run_dir": run_dir,
             "flops_per_image": train_flops_per_image(spec, cfg.model, cfg.data.views),
         },
         scaling_config=RayScaling(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
-                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+            },
+        ),
         run_config=RunConfig(
-            name=name, storage_path=root,
+            name=name,
+            storage_path=root,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=FailureConfig(max_failures=cfg.fault.max_failures),
             # Ray Train's per-report INFO lines would interleave with our progress line.
-            logging_config=LoggingConfig(log_level="WARNING"), callbacks=list(callbacks)),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
+        ),
         # A factory, called at the start of every attempt (the first, and each restart after
         # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
         datasets={"train": functools.partial(_train_dataset, stream.dataset, run_dir)},
     )
     where = "" if latest is None else f"; resuming from step {resumed_from} ({latest[0]})"
-    print_fn(f"run {name}: {cfg.model.name} on {cfg.scaling.num_workers} "
-             f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
-             f"{cfg.optim.steps} steps; outputs in {run_dir}{where}")
+    print_fn(
+        f"run {name}: {cfg.model.name} on {cfg.scaling.num_workers} "
+        f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
+        f"{cfg.optim.steps} steps; outputs in {run_dir}{where}"
+    )
     start = time.perf_counter()
     try:
         result = trainer.fit()
@@ -169,21 +199,39 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     if stopped is not None:
         last = result.checkpoint.path if result.checkpoint else "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
-    return _probe(cfg, spec, run_dir, result.checkpoint, dict(result.metrics or {}), seconds,
-                  resumed_from, stream.classes is not None, print_fn)
+    return _probe(
+        cfg,
+        spec,
+        run_dir,
+        result.checkpoint,
+        dict(result.metrics or {}),
+        seconds,
+        resumed_from,
+        stream.classes is not None,
+        print_fn,
+    )
 
 
-def _probe(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str, ckpt, metrics: dict,
-           seconds: float, resumed_from: int | None, labelled: bool, print_fn
-           ) -> PretrainResult:
+def _probe(
+    cfg: PretrainConfig,
+    spec: BackboneSpec,
+    run_dir: str,
+    ckpt,
+    metrics: dict,
+    seconds: float,
+    resumed_from: int | None,
+    labelled: bool,
+    print_fn,
+) -> PretrainResult:
     """The run's result, with the probes of its final checkpoint when the data has labels."""
     report = None
     if cfg.probe.knn and not labelled:
         print_fn(f"probes skipped: data.source={cfg.data.source} has no labels.")
     elif cfg.probe.knn and ckpt is not None:
         report = probe_checkpoint(cfg, spec, ckpt)
-    return PretrainResult(run_dir, ckpt.path if ckpt else None, metrics, report, seconds,
-                          resumed_from)
+    return PretrainResult(
+        run_dir, ckpt.path if ckpt else None, metrics, report, seconds, resumed_from
+    )
 
 
 def _user_error(error: Exception) -> Exception:
@@ -261,17 +309,33 @@ def train_worker(config: dict) -> None:
         with resumed.as_directory() as path:
             state = checkpoint.load(path, trainer)
         load_seconds = time.perf_counter() - start
-    cursor = EpochCursor(config["counter"], cfg.data, cfg.scaling.batch_size, world,
-                         state.data_epoch, state.data_samples)
+    cursor = EpochCursor(
+        config["counter"],
+        cfg.data,
+        cfg.scaling.batch_size,
+        world,
+        state.data_epoch,
+        state.data_samples,
+    )
     writer = None
     if rank == 0:
-        writer = MetricsWriter(config["run_dir"], cfg.optim.steps,
-                               resumed_step=state.step if resumed is not None else None)
+        writer = MetricsWriter(
+            config["run_dir"],
+            cfg.optim.steps,
+            resumed_step=state.step if resumed is not None else None,
+        )
         if resumed is not None:
             writer.resumed(state.step, load_seconds)
-            log.warning("resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
-                        "rank(s), loaded in %.1f s", resumed.path, state.step, state.data_epoch,
-                        state.data_samples, state.world_size, load_seconds)
+            log.warning(
+                "resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
+                "rank(s), loaded in %.1f s",
+                resumed.path,
+                state.step,
+                state.data_epoch,
+                state.data_samples,
+                state.world_size,
+                load_seconds,
+            )
     config_yaml = to_yaml(cfg)
 
     def report(step: int, metrics: dict[str, float], save: bool) -> None:
@@ -287,24 +351,40 @@ def train_worker(config: dict) -> None:
             writer.sync()
         metrics["data/samples"] = cursor.samples
         saved = checkpoint.TrainState(
-            step=step, world_size=world, skipped_steps=trainer.skipped_steps,
-            data_epoch=cursor.epoch, data_samples=cursor.samples,
-            scheduler=trainer.scheduler.state_dict(), model=cfg.model.name)
+            step=step,
+            world_size=world,
+            skipped_steps=trainer.skipped_steps,
+            data_epoch=cursor.epoch,
+            data_samples=cursor.samples,
+            scheduler=trainer.scheduler.state_dict(),
+            model=cfg.model.name,
+        )
         with tempfile.TemporaryDirectory(prefix="lejepa-ckpt-") as tmp:
             checkpoint.save(tmp, trainer, saved, config_yaml)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{step:08d}")
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_{step:08d}",
+            )
 
     try:
-        fit(trainer, iter(cursor), report=report, flops_per_image=config["flops_per_image"],
-            peak_tflops=peak_tflops(device, cfg.logging.peak_tflops), world_size=world)
+        fit(
+            trainer,
+            iter(cursor),
+            report=report,
+            flops_per_image=config["flops_per_image"],
+            peak_tflops=peak_tflops(device, cfg.logging.peak_tflops),
+            world_size=world,
+        )
     except NonFiniteLossError as e:
         # Every rank raises at the same step (the finiteness flag is all-reduced). Ending the
         # attempt normally, rather than failing it, keeps Ray from restarting into the same
         # divergence; the driver reads the marker and reports it.
         if rank == 0:
-            storage.write_text(f"{config['run_dir']}/{STOPPED_FILE}",
-                        json.dumps({"step": trainer.step, "message": str(e)}))
+            storage.write_text(
+                f"{config['run_dir']}/{STOPPED_FILE}",
+                json.dumps({"step": trainer.step, "message": str(e)}),
+            )
             log.error("%s", e)
     finally:
         if writer is not None:

@@ -60,8 +60,9 @@ class LabelledImages:
         return int(self.labels.unique().numel())
 
 
-def load_labelled(data: DataConfig, size: int, max_samples: int,
-                  val: DataConfig | None = None) -> LabelledImages:
+def load_labelled(
+    data: DataConfig, size: int, max_samples: int, val: DataConfig | None = None
+) -> LabelledImages:
     """Labelled images for the probes: the bank from ``data`` and the queries from ``val``
     (``TRAIN_VAL``), or, without ``val``, both from ``data`` by the hash split
     (``HASH_SPLIT``). At most ``max_samples`` images are read from each.
@@ -82,13 +83,14 @@ def load_labelled(data: DataConfig, size: int, max_samples: int,
             f"the probes need labelled images of at least 2 classes in both the bank and the "
             f"queries; data.source={data.source} gave {len(labels)} labelled images (an image "
             "folder is labelled by its subfolders). To pretrain on unlabelled data, set "
-            "probe.knn=false.")
-    return LabelledImages(torch.stack(images), torch.tensor(labels), torch.tensor(query),
-                          protocol)
+            "probe.knn=false."
+        )
+    return LabelledImages(torch.stack(images), torch.tensor(labels), torch.tensor(query), protocol)
 
 
-def _read_labelled(data: DataConfig, size: int, max_samples: int
-                   ) -> tuple[list[torch.Tensor], list[int], list[str]]:
+def _read_labelled(
+    data: DataConfig, size: int, max_samples: int
+) -> tuple[list[torch.Tensor], list[int], list[str]]:
     """Up to ``max_samples`` decodable, labelled images (3, S, S) of ``data``'s source, spread
     evenly (parquet: the first rows, which the converter already mixed), with labels and keys."""
     limit = min(data.num_samples or max_samples, max_samples)
@@ -118,13 +120,20 @@ def embed(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256)
     """L2-normalized backbone features (N, D) of uint8 ``images`` (N, 3, S, S). ``encoder`` is
     anything with ``eval()`` and ``features(uint8 images) -> (N, D)``."""
     encoder.eval()
-    feats = [encoder.features(images[i: i + batch_size]).float()
-             for i in range(0, len(images), batch_size)]
+    feats = [
+        encoder.features(images[i : i + batch_size]).float()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.nn.functional.normalize(torch.cat(feats), dim=1)
 
 
-def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, is_query: torch.Tensor,
-                 k: int = 20, temperature: float = 0.07) -> float:
+def knn_accuracy(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    is_query: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
     """Top-1 accuracy of temperature-weighted kNN votes of the queries among the bank."""
     bank, bank_labels = features[~is_query], labels[~is_query]
     queries, truth = features[is_query], labels[is_query]
@@ -135,8 +144,9 @@ def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, is_query: torch.T
     return float((votes.argmax(1) == truth).float().mean())
 
 
-def linear_accuracy(features: torch.Tensor, labels: torch.Tensor, is_query: torch.Tensor,
-                    max_iter: int = 1000) -> float:
+def linear_accuracy(
+    features: torch.Tensor, labels: torch.Tensor, is_query: torch.Tensor, max_iter: int = 1000
+) -> float:
     """Top-1 accuracy on the queries of a multinomial logistic regression fitted on the bank's
     frozen features (standardized; scikit-learn's L-BFGS, L2 penalty C=1)."""
     from sklearn.linear_model import LogisticRegression
@@ -199,15 +209,20 @@ class ProbeReport:
     """Raw pixels (``raw_pixels``), or None."""
 
     def rows(self) -> list[tuple[str, Scores]]:
-        named = [("trained backbone", self.trained), ("random init", self.init),
-                 ("raw pixels", self.raw)]
+        named = [
+            ("trained backbone", self.trained),
+            ("random init", self.init),
+            ("raw pixels", self.raw),
+        ]
         return [(name, s) for name, s in named if s is not None]
 
     def table(self) -> str:
         """A small text table: one row per feature set, kNN and linear top-1."""
-        lines = [f"probe ({self.protocol}: fitted on {self.bank}, scored on {self.queries} "
-                 f"images, {self.classes} classes, {self.image_size} px)",
-                 f"  {'features':<18}{'kNN top-1':>10}{'linear top-1':>14}"]
+        lines = [
+            f"probe ({self.protocol}: fitted on {self.bank}, scored on {self.queries} "
+            f"images, {self.classes} classes, {self.image_size} px)",
+            f"  {'features':<18}{'kNN top-1':>10}{'linear top-1':>14}",
+        ]
         for name, s in self.rows():
             knn, linear = s.cells()
             lines.append(f"  {name:<18}{knn:>10}{linear:>14}")
@@ -217,12 +232,21 @@ class ProbeReport:
         return dataclasses.asdict(self)
 
 
-def probe_report(trained: torch.nn.Module, data: LabelledImages, cfg: ProbeConfig,
-                 init: torch.nn.Module | None = None) -> ProbeReport:
+def probe_report(
+    trained: torch.nn.Module,
+    data: LabelledImages,
+    cfg: ProbeConfig,
+    init: torch.nn.Module | None = None,
+) -> ProbeReport:
     """The probes of ``trained`` (and of ``init``, and of raw pixels when ``cfg.baseline``):
     modules with ``eval()`` and ``features(uint8 (N, 3, S, S)) -> (N, D)``."""
     return ProbeReport(
-        data.protocol, int(data.images.shape[-1]), data.bank_size, data.query_size,
-        data.classes, score(embed(trained, data.images), data, cfg),
+        data.protocol,
+        int(data.images.shape[-1]),
+        data.bank_size,
+        data.query_size,
+        data.classes,
+        score(embed(trained, data.images), data, cfg),
         None if init is None else score(embed(init, data.images), data, cfg),
-        score(raw_pixels(data), data, cfg) if cfg.baseline else None)
+        score(raw_pixels(data), data, cfg) if cfg.baseline else None,
+    )

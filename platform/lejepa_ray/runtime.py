@@ -29,8 +29,13 @@ def local_num_cpus(train_cpus: float) -> int:
     return int(cores or 1) + math.ceil(train_cpus) + 1
 
 
-def connect(train_cpus: float = 0.0, dashboard: bool = False, verbose: bool = False,
-            prefixes: bool = False, **init_kwargs) -> bool:
+def connect(
+    train_cpus: float = 0.0,
+    dashboard: bool = False,
+    verbose: bool = False,
+    prefixes: bool = False,
+    **init_kwargs,
+) -> bool:
     """Connect this process to Ray; returns True when it started a local instance.
 
     Inside ``ray job submit`` (or with ``RAY_ADDRESS`` set) it joins that cluster and ships

@@ -70,15 +70,18 @@ def load_space(path: str | Path) -> list[Dimension]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"search space {str(path)!r} does not exist; see tune_spaces/ for "
-                          "examples.")
+        raise ConfigError(
+            f"search space {str(path)!r} does not exist; see tune_spaces/ for examples."
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path} must map dotted config keys to samplers, e.g. "
-                          "`loss.lam: {loguniform: [0.005, 0.5]}`.")
+        raise ConfigError(
+            f"{path} must map dotted config keys to samplers, e.g. "
+            "`loss.lam: {loguniform: [0.005, 0.5]}`."
+        )
     space = [_dimension(path, str(key), spec) for key, spec in raw.items()]
     check_space(space, where=str(path))
     return space
@@ -92,10 +95,14 @@ def _dimension(path: Path, key: str, spec: Any) -> Dimension:
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}: {sampler} takes a non-empty list, got {values!r}.")
     if sampler in ("uniform", "loguniform", "randint"):
-        if len(values) != 2 or not all(isinstance(v, int | float) for v in values) \
-                or not values[0] < values[1]:
-            raise ConfigError(f"{where}: {sampler} takes [low, high] numbers with low < high, "
-                              f"got {values!r}.")
+        if (
+            len(values) != 2
+            or not all(isinstance(v, int | float) for v in values)
+            or not values[0] < values[1]
+        ):
+            raise ConfigError(
+                f"{where}: {sampler} takes [low, high] numbers with low < high, got {values!r}."
+            )
         if sampler == "loguniform" and values[0] <= 0:
             raise ConfigError(f"{where}: loguniform needs low > 0, got {values!r}.")
         if sampler == "randint" and not all(isinstance(v, int) for v in values):
@@ -103,9 +110,13 @@ def _dimension(path: Path, key: str, spec: Any) -> Dimension:
     return Dimension(key, sampler, tuple(values))
 
 
-def check_space(space: list[Dimension], *, where: str = "search space",
-                config: str | Path | None = None, base: list[str] | tuple[str, ...] = ()
-                ) -> None:
+def check_space(
+    space: list[Dimension],
+    *,
+    where: str = "search space",
+    config: str | Path | None = None,
+    base: list[str] | tuple[str, ...] = (),
+) -> None:
     """Every key exists in the pretrain config and each corner value passes the config's
     checks, with the other keys at their first corner, on top of ``config`` and ``base``
     overrides (the sweep's own config).
@@ -126,8 +137,9 @@ def check_space(space: list[Dimension], *, where: str = "search space",
             try:
                 load_config(config, [*base, *overrides(trial)])
             except ConfigError as e:
-                raise ConfigError(f"{where}: {dim.key}={value!r} is not a valid value: {e}"
-                                  ) from None
+                raise ConfigError(
+                    f"{where}: {dim.key}={value!r} is not a valid value: {e}"
+                ) from None
 
 
 def to_tune(space: list[Dimension]) -> dict[str, Any]:

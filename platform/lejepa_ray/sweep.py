@@ -88,14 +88,18 @@ class SweepOptions:
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got "
-                              f"{self.scheduler!r}.")
+            raise ConfigError(
+                f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}."
+            )
         if self.search not in SEARCHES:
-            raise ConfigError(f"--search must be one of {', '.join(SEARCHES)}, got "
-                              f"{self.search!r}.")
-        for flag, value, low in (("--samples", self.samples, 1),
-                                 ("--concurrent", self.max_concurrent_trials, 1),
-                                 ("--reduction-factor", self.reduction_factor, 2)):
+            raise ConfigError(
+                f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}."
+            )
+        for flag, value, low in (
+            ("--samples", self.samples, 1),
+            ("--concurrent", self.max_concurrent_trials, 1),
+            ("--reduction-factor", self.reduction_factor, 2),
+        ):
             if value < low:
                 raise ConfigError(f"{flag} must be >= {low}, got {value}.")
         if self.grace_steps is not None and self.grace_steps < 1:
@@ -167,8 +171,7 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)
     result = run(cfg, callbacks=[TuneReportCallback()])
     if setup.validate_data and result.checkpoint:
-        tune.report({**result.metrics, **probe_checkpoint(result.checkpoint,
-                                                          setup.validate_data)})
+        tune.report({**result.metrics, **probe_checkpoint(result.checkpoint, setup.validate_data)})
 
 
 def probe_checkpoint(path: str, data: str) -> dict[str, float]:
@@ -193,8 +196,10 @@ def check(opts: SweepOptions) -> tuple[PretrainConfig, list[Dimension]]:
         ConfigError: an invalid config or space, a reserved key, or options that conflict.
     """
     if any(o.split("=", 1)[0].strip() == "name" for o in opts.overrides):
-        raise ConfigError("`name=` cannot be set for a sweep's trials: each is named after its "
-                          "Tune trial. Name the sweep with --name.")
+        raise ConfigError(
+            "`name=` cannot be set for a sweep's trials: each is named after its "
+            "Tune trial. Name the sweep with --name."
+        )
     base = load_config(opts.config, opts.overrides)
     space = load_space(opts.space)
     reserved = [d.key for d in space if d.key in _RESERVED]
@@ -205,13 +210,16 @@ def check(opts: SweepOptions) -> tuple[PretrainConfig, list[Dimension]]:
     if opts.search == "optuna":
         grid = [d.key for d in space if d.sampler == "grid"]
         if grid:
-            raise ConfigError(f"{opts.space}: optuna cannot search `grid` keys ({', '.join(grid)});"
-                              " use `choice`, or --search random.")
+            raise ConfigError(
+                f"{opts.space}: optuna cannot search `grid` keys ({', '.join(grid)});"
+                " use `choice`, or --search random."
+            )
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise ConfigError("--search optuna needs Optuna: pip install 'lejepa-ray[optuna]'."
-                              ) from None
+            raise ConfigError(
+                "--search optuna needs Optuna: pip install 'lejepa-ray[optuna]'."
+            ) from None
     return base, space
 
 
@@ -232,48 +240,73 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     name = sweep_name(opts)
     root = storage_root(base)
     sweep_dir = f"{root.rstrip('/')}/{name}"
-    spec = {"space": {d.key: [d.sampler, list(d.values)] for d in space},
-            "config": to_yaml(base), "samples": opts.samples, "scheduler": opts.scheduler,
-            "search": opts.search, "seed": opts.seed}
+    spec = {
+        "space": {d.key: [d.sampler, list(d.values)] for d in space},
+        "config": to_yaml(base),
+        "samples": opts.samples,
+        "scheduler": opts.scheduler,
+        "search": opts.search,
+        "seed": opts.seed,
+    }
     saved = storage.read_text(f"{sweep_dir}/{SPEC_FILE}")
     if saved is not None and json.loads(saved) != spec:
         changed = sorted(k for k, v in json.loads(saved).items() if spec.get(k) != v)
-        raise ConfigError(f"sweep {name!r} in {sweep_dir} was started with another "
-                          f"{', '.join(changed)}; rerun it with the same --space, --config, "
-                          "overrides and options to resume it, or give another --name.")
+        raise ConfigError(
+            f"sweep {name!r} in {sweep_dir} was started with another "
+            f"{', '.join(changed)}; rerun it with the same --space, --config, "
+            "overrides and options to resume it, or give another --name."
+        )
     trial_cpus = base.scaling.num_workers * base.scaling.cpus_per_worker + 1
     # The dashboard serves the state API, which Ray Train's placement-group cleaner polls to see
     # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
     # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
-    connect(train_cpus=opts.max_concurrent_trials * trial_cpus, dashboard=True,
-            verbose=base.logging.verbose, prefixes=True)
+    connect(
+        train_cpus=opts.max_concurrent_trials * trial_cpus,
+        dashboard=True,
+        verbose=base.logging.verbose,
+        prefixes=True,
+    )
     setup = _TrialSetup(base, f"{sweep_dir}/{RUNS_DIR}", opts.validate_with_labels)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"CPU": 1})
     resumed = saved is not None and tune.Tuner.can_restore(sweep_dir)
     if resumed:
-        print_fn(f"resuming sweep {name} from {sweep_dir}: finished trials are kept, "
-                 "unfinished ones resume from their latest checkpoints")
-        tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True,
-                                   resume_errored=False)
+        print_fn(
+            f"resuming sweep {name} from {sweep_dir}: finished trials are kept, "
+            "unfinished ones resume from their latest checkpoints"
+        )
+        tuner = tune.Tuner.restore(
+            sweep_dir, trainable, resume_unfinished=True, resume_errored=False
+        )
     else:
         storage.write_text(f"{sweep_dir}/{SPEC_FILE}", json.dumps(spec, indent=2))
         tuner = tune.Tuner(
-            trainable, param_space=to_tune(space),
+            trainable,
+            param_space=to_tune(space),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="min", num_samples=opts.samples,
-                scheduler=_scheduler(opts, base, space), search_alg=_searcher(opts)),
-            run_config=tune.RunConfig(name=name, storage_path=root))
-        print_fn(f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
-                 f"{opts.search} search, {opts.max_concurrent_trials} at a time; outputs in "
-                 f"{sweep_dir}")
+                metric=METRIC,
+                mode="min",
+                num_samples=opts.samples,
+                scheduler=_scheduler(opts, base, space),
+                search_alg=_searcher(opts),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=root),
+        )
+        print_fn(
+            f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
+            f"{opts.search} search, {opts.max_concurrent_trials} at a time; outputs in "
+            f"{sweep_dir}"
+        )
     start = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - start
-    unfinished = _unfinished(sweep_dir, opts.samples * math.prod(
-        len(d.values) for d in space if d.sampler == "grid"))
+    unfinished = _unfinished(
+        sweep_dir, opts.samples * math.prod(len(d.values) for d in space if d.sampler == "grid")
+    )
     if unfinished:  # Ctrl+C: Tune saved its state and returned
-        print_fn(f"\nsweep {name} interrupted with {unfinished} unfinished trial(s); rerun the "
-                 "same command to resume it.")
+        print_fn(
+            f"\nsweep {name} interrupted with {unfinished} unfinished trial(s); rerun the "
+            "same command to resume it."
+        )
         return SweepResult(sweep_dir, [], seconds, resumed, None, None, interrupted=True)
     rows = rank(grid, base, space, sweep_dir)
     varied = [d for d in space if d.sampler != "fixed"]
@@ -320,8 +353,13 @@ def _scheduler(opts: SweepOptions, base: PretrainConfig, space: list[Dimension])
     grace = min(opts.grace_steps or max(1, steps // 4), steps)
     # A trial that reaches its last step ends by returning, not by being stopped: its final
     # checkpoint (and probe) must complete.
-    return ASHAScheduler(time_attr="step", max_t=steps, grace_period=grace,
-                         reduction_factor=opts.reduction_factor, stop_last_trials=False)
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=steps,
+        grace_period=grace,
+        reduction_factor=opts.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
 def _searcher(opts: SweepOptions):
@@ -329,14 +367,14 @@ def _searcher(opts: SweepOptions):
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(seed=opts.seed),
-                                  max_concurrent=opts.max_concurrent_trials)
+        return ConcurrencyLimiter(
+            OptunaSearch(seed=opts.seed), max_concurrent=opts.max_concurrent_trials
+        )
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # Tune applies max_concurrent_trials only to searchers it builds itself; this one is built
     # here for its seed, so it gets the limit directly.
-    return BasicVariantGenerator(random_state=opts.seed,
-                                 max_concurrent=opts.max_concurrent_trials)
+    return BasicVariantGenerator(random_state=opts.seed, max_concurrent=opts.max_concurrent_trials)
 
 
 def rank(grid, base: PretrainConfig, space: list[Dimension], sweep_dir: str) -> list[TrialRow]:
@@ -357,11 +395,20 @@ def rank(grid, base: PretrainConfig, space: list[Dimension], sweep_dir: str) -> 
         else:
             status = "completed" if step >= steps else f"stopped at step {step}"
         latest = latest_checkpoint(f"{sweep_dir}/{RUNS_DIR}/{trial}")
-        rows.append(TrialRow(
-            0, trial, status, step, float(metrics.get(METRIC, math.nan)),
-            float(metrics.get("loss/smoothed", math.nan)), params,
-            latest[0] if latest else None, metrics.get("probe/knn_top1"),
-            metrics.get("probe/linear_top1")))
+        rows.append(
+            TrialRow(
+                0,
+                trial,
+                status,
+                step,
+                float(metrics.get(METRIC, math.nan)),
+                float(metrics.get("loss/smoothed", math.nan)),
+                params,
+                latest[0] if latest else None,
+                metrics.get("probe/knn_top1"),
+                metrics.get("probe/linear_top1"),
+            )
+        )
 
     def order(row: TrialRow) -> tuple:
         group = 0 if row.completed else 2 if row.status.startswith("error") else 1
@@ -380,12 +427,35 @@ def results_csv(rows: list[TrialRow], varied: list[Dimension]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     keys = [d.key for d in varied]
-    writer.writerow(["rank", "trial", "status", "step", "selection_score", "loss", *keys,
-                     "knn_top1", "linear_top1", "checkpoint"])
+    writer.writerow(
+        [
+            "rank",
+            "trial",
+            "status",
+            "step",
+            "selection_score",
+            "loss",
+            *keys,
+            "knn_top1",
+            "linear_top1",
+            "checkpoint",
+        ]
+    )
     for r in rows:
-        writer.writerow([r.rank, r.trial, r.status, r.step, r.selection_score, r.loss,
-                         *(r.params[k] for k in keys), _blank(r.knn_top1),
-                         _blank(r.linear_top1), r.checkpoint or ""])
+        writer.writerow(
+            [
+                r.rank,
+                r.trial,
+                r.status,
+                r.step,
+                r.selection_score,
+                r.loss,
+                *(r.params[k] for k in keys),
+                _blank(r.knn_top1),
+                _blank(r.linear_top1),
+                r.checkpoint or "",
+            ]
+        )
     return out.getvalue()
 
 
@@ -397,20 +467,37 @@ def format_table(rows: list[TrialRow], varied: list[Dimension]) -> str:
     """The ranked trials as an aligned text table for the console."""
     keys = [d.key for d in varied]
     probes = any(r.linear_top1 is not None for r in rows)
-    head = ["rank", "trial", "score", "loss", "step", *keys,
-            *(["kNN", "linear"] if probes else []), "status"]
+    head = [
+        "rank",
+        "trial",
+        "score",
+        "loss",
+        "step",
+        *keys,
+        *(["kNN", "linear"] if probes else []),
+        "status",
+    ]
     body = []
     for r in rows:
-        cells = [str(r.rank), r.trial, f"{r.selection_score:.4f}", f"{r.loss:.4f}",
-                 str(r.step), *(_short(r.params[k]) for k in keys)]
+        cells = [
+            str(r.rank),
+            r.trial,
+            f"{r.selection_score:.4f}",
+            f"{r.loss:.4f}",
+            str(r.step),
+            *(_short(r.params[k]) for k in keys),
+        ]
         if probes:
             cells += [_pct(r.knn_top1), _pct(r.linear_top1)]
         body.append([*cells, r.status])
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-             for row in [head, *body]]
-    return "\n".join(["", "trials ranked by selection_score (loss / λ^α, lower is better):",
-                      *lines])
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in [head, *body]
+    ]
+    return "\n".join(
+        ["", "trials ranked by selection_score (loss / λ^α, lower is better):", *lines]
+    )
 
 
 def _short(value: Any) -> str:
@@ -435,13 +522,15 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
     dims = varied or [Dimension("trial", "fixed", ())]
     fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
-        values = [r.params.get(dim.key, r.trial) if dim.key != "trial" else r.trial
-                  for r in scored]
+        values = [r.params.get(dim.key, r.trial) if dim.key != "trial" else r.trial for r in scored]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         if numeric:
             x = values
-            if values and min(values) > 0 and (dim.sampler == "loguniform"
-                                               or max(values) / min(values) >= 10):
+            if (
+                values
+                and min(values) > 0
+                and (dim.sampler == "loguniform" or max(values) / min(values) >= 10)
+            ):
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
@@ -449,9 +538,14 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
             x = [labels.index(str(v)) for v in values]
             ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         for xi, r in zip(x, scored, strict=True):
-            ax.scatter(xi, r.selection_score, s=160 if r.rank == 1 else 36,
-                       marker="*" if r.rank == 1 else "o",
-                       facecolors="C0" if r.completed else "none", edgecolors="C0")
+            ax.scatter(
+                xi,
+                r.selection_score,
+                s=160 if r.rank == 1 else 36,
+                marker="*" if r.rank == 1 else "o",
+                facecolors="C0" if r.completed else "none",
+                edgecolors="C0",
+            )
         ax.set_xlabel(dim.key)
         ax.set_ylabel(METRIC)
         ax.grid(alpha=0.3)
@@ -472,12 +566,16 @@ def _export_winner(rows: list[TrialRow], sweep_dir: str, print_fn) -> str | None
         return None
     out = f"{sweep_dir}/{WINNER_DIR}"
     if not is_local(out):
-        print_fn(f"winner {best.trial}: {best.checkpoint}; copy it to local disk and run "
-                 "`lejepa-ray export` on it (export writes local folders only).")
+        print_fn(
+            f"winner {best.trial}: {best.checkpoint}; copy it to local disk and run "
+            "`lejepa-ray export` on it (export writes local folders only)."
+        )
         return None
     result = export(best.checkpoint, out)
-    print_fn(f"\nwinner {best.trial} (score {best.selection_score:.4f}, step {result.step}): "
-             f"{result.architecture} backbone exported to {out}\nload it: {result.load_line()}")
+    print_fn(
+        f"\nwinner {best.trial} (score {best.selection_score:.4f}, step {result.step}): "
+        f"{result.architecture} backbone exported to {out}\nload it: {result.load_line()}"
+    )
     return out
 
 
@@ -490,8 +588,7 @@ def validate(rows: list[TrialRow]) -> dict[str, Any]:
     done = [r for r in rows if r.completed and r.linear_top1 is not None]
     out: dict[str, Any] = {"trials": len(done), "rho": {}}
     if len(done) < 3:
-        out["note"] = (f"Spearman ρ needs at least 3 completed trials with probes; got "
-                       f"{len(done)}.")
+        out["note"] = f"Spearman ρ needs at least 3 completed trials with probes; got {len(done)}."
         return out
     for x in ("selection_score", "loss"):
         for y in ("linear_top1", "knn_top1"):
@@ -499,8 +596,10 @@ def validate(rows: list[TrialRow]) -> dict[str, Any]:
             out["rho"][f"{x}~{y}"] = float(rho.statistic)
     best_by_labels = max(done, key=lambda r: r.linear_top1)
     out["label_free_pick"] = {"trial": done[0].trial, "linear_top1": done[0].linear_top1}
-    out["best_by_labels"] = {"trial": best_by_labels.trial,
-                             "linear_top1": best_by_labels.linear_top1}
+    out["best_by_labels"] = {
+        "trial": best_by_labels.trial,
+        "linear_top1": best_by_labels.linear_top1,
+    }
     out["rows"] = [asdict(r) for r in done]
     return out
 
@@ -510,12 +609,15 @@ def format_validation(v: dict[str, Any]) -> str:
         return v["note"]
     rho = v["rho"]
     pick, best = v["label_free_pick"], v["best_by_labels"]
-    return "\n".join([
-        f"\nlabel-free selection over {v['trials']} completed trials (Spearman ρ; −1: lower "
-        "score exactly when accuracy is higher):",
-        f"  selection_score vs linear probe {rho['selection_score~linear_top1']:+.3f}, "
-        f"vs kNN {rho['selection_score~knn_top1']:+.3f}",
-        f"  raw loss        vs linear probe {rho['loss~linear_top1']:+.3f}, "
-        f"vs kNN {rho['loss~knn_top1']:+.3f}",
-        f"  picked without labels: {pick['trial']} (linear {pick['linear_top1']:.3f}); best by "
-        f"labels: {best['trial']} (linear {best['linear_top1']:.3f})"])
+    return "\n".join(
+        [
+            f"\nlabel-free selection over {v['trials']} completed trials (Spearman ρ; −1: lower "
+            "score exactly when accuracy is higher):",
+            f"  selection_score vs linear probe {rho['selection_score~linear_top1']:+.3f}, "
+            f"vs kNN {rho['selection_score~knn_top1']:+.3f}",
+            f"  raw loss        vs linear probe {rho['loss~linear_top1']:+.3f}, "
+            f"vs kNN {rho['loss~knn_top1']:+.3f}",
+            f"  picked without labels: {pick['trial']} (linear {pick['linear_top1']:.3f}); best by "
+            f"labels: {best['trial']} (linear {best['linear_top1']:.3f})",
+        ]
+    )

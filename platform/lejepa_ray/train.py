@@ -89,17 +89,27 @@ class Trainer:
         poison = self.step + 1 in cfg.fault.inject_nonfinite_steps
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            with self._gradient_sync(last), torch.autocast(
-                    self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with (
+                self._gradient_sync(last),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast),
+            ):
                 z = self.model(batch["global"], batch.get("local"))
                 out = lejepa_loss(
-                    z[: batch["global"].shape[1]], z, self.step, cfg.loss.lam,
-                    num_slices=cfg.loss.num_slices, t_max=cfg.loss.t_max,
-                    num_knots=cfg.loss.num_knots, alpha=cfg.loss.alpha, validate=False)
+                    z[: batch["global"].shape[1]],
+                    z,
+                    self.step,
+                    cfg.loss.lam,
+                    num_slices=cfg.loss.num_slices,
+                    t_max=cfg.loss.t_max,
+                    num_knots=cfg.loss.num_knots,
+                    alpha=cfg.loss.alpha,
+                    validate=False,
+                )
                 total = out.total * float("nan") if poison else out.total
                 (total / len(micro_batches)).backward()
-            losses += torch.stack([total.detach(), out.prediction.detach(),
-                                   out.sigreg.detach(), out.selection_score]).float()
+            losses += torch.stack(
+                [total.detach(), out.prediction.detach(), out.sigreg.detach(), out.selection_score]
+            ).float()
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -131,7 +141,8 @@ class Trainer:
                 f", gradient norm {grad_norm.item():.4g}) and were skipped; "
                 f"fault.max_nonfinite_steps={cfg.fault.max_nonfinite_steps}. Lower optim.lr or "
                 "raise optim.warmup_steps, then rerun with the same name to resume from the "
-                "last good checkpoint.")
+                "last good checkpoint."
+            )
         return StepResult(losses / len(micro_batches), grad_norm.detach(), ok)
 
 
@@ -151,8 +162,9 @@ class Meter:
         self.steps += 1
         if result.finite:
             self.good_steps += 1
-            self.loss_sum = result.losses if self.loss_sum is None else self.loss_sum + \
-                result.losses
+            self.loss_sum = (
+                result.losses if self.loss_sum is None else self.loss_sum + result.losses
+            )
 
 
 class RecentMean:
@@ -180,10 +192,15 @@ class RecentMean:
         return [sum(m[i] * c for m, c in self.windows) / total for i in range(4)]
 
 
-def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
-        report: Callable[[int, dict[str, float], bool], None],
-        flops_per_image: float | None = None, peak_tflops: float | None = None,
-        world_size: int = 1) -> dict[str, float]:
+def fit(
+    trainer: Trainer,
+    batches: Iterator[dict[str, torch.Tensor]],
+    *,
+    report: Callable[[int, dict[str, float], bool], None],
+    flops_per_image: float | None = None,
+    peak_tflops: float | None = None,
+    world_size: int = 1,
+) -> dict[str, float]:
     """Run optimizer steps from ``trainer.step`` until ``cfg.optim.steps``; returns the last
     metrics.
 
@@ -218,16 +235,24 @@ def fit(trainer: Trainer, batches: Iterator[dict[str, torch.Tensor]], *,
         # ranks by) is then that step's, not an older window's.
         log = step % cfg.logging.every_steps == 0 or save
         if log:
-            metrics = _metrics(trainer, result, meter, recent, views, flops_per_image,
-                               peak_tflops, world_size)
+            metrics = _metrics(
+                trainer, result, meter, recent, views, flops_per_image, peak_tflops, world_size
+            )
             meter = Meter(time.perf_counter())
             report(step, metrics, save)
     return metrics
 
 
-def _metrics(trainer: Trainer, result: StepResult, meter: Meter, recent: RecentMean, views: int,
-             flops_per_image: float | None, peak_tflops: float | None,
-             world_size: int) -> dict[str, float]:
+def _metrics(
+    trainer: Trainer,
+    result: StepResult,
+    meter: Meter,
+    recent: RecentMean,
+    views: int,
+    flops_per_image: float | None,
+    peak_tflops: float | None,
+    world_size: int,
+) -> dict[str, float]:
     if meter.loss_sum is None:  # every step since the last log was skipped
         losses = torch.full((4,), float("nan"), device=trainer.device)
     else:
@@ -243,9 +268,14 @@ def _metrics(trainer: Trainer, result: StepResult, meter: Meter, recent: RecentM
     smoothed = recent.value() or [float("nan")] * 4
     images_per_s = meter.images / elapsed
     out = {
-        "loss": total, "loss/prediction": pred, "loss/sigreg": reg, "selection_score": score,
-        "loss/smoothed": smoothed[0], "selection_score/smoothed": smoothed[3],
-        "lr": trainer.scheduler.get_last_lr()[0], "grad_norm": float(result.grad_norm),
+        "loss": total,
+        "loss/prediction": pred,
+        "loss/sigreg": reg,
+        "selection_score": score,
+        "loss/smoothed": smoothed[0],
+        "selection_score/smoothed": smoothed[3],
+        "lr": trainer.scheduler.get_last_lr()[0],
+        "grad_norm": float(result.grad_norm),
         "throughput/images_per_s": images_per_s,
         "throughput/views_per_s": images_per_s * views,
         "time/step_s": elapsed / max(1, meter.steps),
@@ -265,4 +295,3 @@ def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return peak_rss_bytes() / 2**30
-

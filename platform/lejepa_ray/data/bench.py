@@ -49,8 +49,11 @@ def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
     finally:
         torch.set_num_threads(threads)
     used = max(used, 1)
-    out = {"read_ms": 1e3 * read_s / used, "decode_ms": 1e3 * decode_s / used,
-           "views_ms": 1e3 * views_s / used}
+    out = {
+        "read_ms": 1e3 * read_s / used,
+        "decode_ms": 1e3 * decode_s / used,
+        "views_ms": 1e3 * views_s / used,
+    }
     return out
 
 
@@ -79,13 +82,16 @@ def _collate(items: list) -> dict[str, torch.Tensor]:
     items = [x for x in items if x is not None]
     if not items:
         return {"global": torch.empty(0), "local": torch.empty(0), "label": torch.empty(0)}
-    return {"global": torch.stack([x[0] for x in items]),
-            "local": torch.stack([x[1] for x in items]),
-            "label": torch.tensor([x[2] for x in items])}
+    return {
+        "global": torch.stack([x[0] for x in items]),
+        "local": torch.stack([x[1] for x in items]),
+        "label": torch.tensor([x[2] for x in items]),
+    }
 
 
-def _measure(epochs: Callable[[int], Iterable[dict]], seconds: float,
-             max_epochs: int = 3) -> dict[str, float]:
+def _measure(
+    epochs: Callable[[int], Iterable[dict]], seconds: float, max_epochs: int = 3
+) -> dict[str, float]:
     """Steady-state samples per second over about ``seconds`` of streaming.
 
     Each epoch's start-up (worker or actor start, first batch) is timed apart and left out of
@@ -110,23 +116,38 @@ def _measure(epochs: Callable[[int], Iterable[dict]], seconds: float,
                 break
         streaming += (now - first) if first is not None else 0.0
         epoch += 1
-    return {"samples_per_s": samples / max(streaming, 1e-9), "samples": samples,
-            "startup_s": sum(startups) / len(startups), "epochs": epoch}
+    return {
+        "samples_per_s": samples / max(streaming, 1e-9),
+        "samples": samples,
+        "startup_s": sum(startups) / len(startups),
+        "epochs": epoch,
+    }
 
 
-def bench_dataloader(cfg: DataConfig, workers: int, batch_size: int,
-                     seconds: float) -> dict[str, float]:
+def bench_dataloader(
+    cfg: DataConfig, workers: int, batch_size: int, seconds: float
+) -> dict[str, float]:
     """Samples/s of ``torch.utils.data.DataLoader`` with ``workers`` worker processes."""
+
     def epochs(epoch: int) -> Iterator[dict]:
-        loader = DataLoader(_ViewsDataset(cfg, epoch), batch_size=batch_size, shuffle=True,
-                            num_workers=workers, collate_fn=_collate, drop_last=True,
-                            prefetch_factor=2, generator=torch.Generator().manual_seed(epoch))
+        loader = DataLoader(
+            _ViewsDataset(cfg, epoch),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            collate_fn=_collate,
+            drop_last=True,
+            prefetch_factor=2,
+            generator=torch.Generator().manual_seed(epoch),
+        )
         return iter(loader)
+
     return _measure(epochs, seconds)
 
 
-def bench_ray_data(cfg: DataConfig, workers: int, batch_size: int,
-                   seconds: float) -> dict[str, float]:
+def bench_ray_data(
+    cfg: DataConfig, workers: int, batch_size: int, seconds: float
+) -> dict[str, float]:
     """Samples/s of the Ray Data views stream with ``workers`` transform actors."""
     import ray
 
@@ -136,6 +157,7 @@ def bench_ray_data(cfg: DataConfig, workers: int, batch_size: int,
 
     def epochs(epoch: int) -> Iterator[dict]:
         return iter_views(stream.dataset, stream.counter, cfg, batch_size, device="cpu")
+
     result = _measure(epochs, seconds)
     ray.kill(stream.counter)
     return result
@@ -143,12 +165,20 @@ def bench_ray_data(cfg: DataConfig, workers: int, batch_size: int,
 
 def _rate_line(name: str, measured: dict, bound: float) -> str:
     rate = measured["samples_per_s"]
-    return (f"{name:<11}: {rate:8.1f} samples/s ({rate / bound:.0%} of the bound; "
-            f"start-up {measured['startup_s']:.1f} s per epoch, not counted)")
+    return (
+        f"{name:<11}: {rate:8.1f} samples/s ({rate / bound:.0%} of the bound; "
+        f"start-up {measured['startup_s']:.1f} s per epoch, not counted)"
+    )
 
 
-def run(cfg: DataConfig, *, seconds: float = 30.0, workers: int | None = None,
-        batch_size: int = 32, print_fn: Callable[[str], None] = print) -> dict:
+def run(
+    cfg: DataConfig,
+    *,
+    seconds: float = 30.0,
+    workers: int | None = None,
+    batch_size: int = 32,
+    print_fn: Callable[[str], None] = print,
+) -> dict:
     """Benchmark both pipelines; print a report and, last, one JSON line; return that dict.
 
     Starts a local Ray instance with ``workers`` CPUs unless one is already connected.
@@ -169,15 +199,24 @@ def run(cfg: DataConfig, *, seconds: float = 30.0, workers: int | None = None,
         # `workers` logical CPUs for the transform actors, as many as the DataLoader has worker
         # processes, plus one for the read tasks (I/O the DataLoader's workers do themselves).
         # Without it the actors hold every CPU and reads starve. Physical cores are the same.
-        ray.init(address="local", num_cpus=workers + 1, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=workers + 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     DataContext.get_current().enable_progress_bars = False
     print_fn(f"Ray Data, {workers} transform actors, {seconds:.0f} s ...")
     stream = bench_ray_data(cfg, workers, batch_size, seconds)
 
     ratio = stream["samples_per_s"] / loader["samples_per_s"]
-    limiter = max(("decode", stages["decode_ms"]), ("crops", stages["views_ms"]),
-                  ("read", stages["read_ms"]), key=lambda kv: kv[1])[0]
+    limiter = max(
+        ("decode", stages["decode_ms"]),
+        ("crops", stages["views_ms"]),
+        ("read", stages["read_ms"]),
+        key=lambda kv: kv[1],
+    )[0]
     v = cfg.views
     print_fn(
         f"\nviews per sample: {v.global_views}×{v.global_size}px + {v.local_views}×"
@@ -186,11 +225,15 @@ def run(cfg: DataConfig, *, seconds: float = 30.0, workers: int | None = None,
         f"{stages['decode_ms']:.2f} ms, crops+augment {stages['views_ms']:.2f} ms "
         f"-> at most {bound:.1f} samples/s on {workers} workers; {limiter} dominates\n"
         f"{_rate_line('DataLoader', loader, bound)}\n{_rate_line('Ray Data', stream, bound)}\n"
-        f"ratio Ray Data / DataLoader: {ratio:.2f}")
+        f"ratio Ray Data / DataLoader: {ratio:.2f}"
+    )
     result = {
-        "source": cfg.source, "path": cfg.path, "workers": workers, "batch_size": batch_size,
-        "seconds": seconds, "views": f"{v.global_views}x{v.global_size}+{v.local_views}x"
-        f"{v.local_size}",
+        "source": cfg.source,
+        "path": cfg.path,
+        "workers": workers,
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "views": f"{v.global_views}x{v.global_size}+{v.local_views}x{v.local_size}",
         "ray_data_samples_per_s": round(stream["samples_per_s"], 2),
         "dataloader_samples_per_s": round(loader["samples_per_s"], 2),
         "bound_samples_per_s": round(bound, 2),

@@ -51,28 +51,42 @@ class ViewConfig:
     """Solarization threshold on the 0..255 scale."""
 
     def __post_init__(self) -> None:
-        _check(self.global_views >= 1, "data.views.global_views", self.global_views,
-               "an integer >= 1")
+        _check(
+            self.global_views >= 1, "data.views.global_views", self.global_views, "an integer >= 1"
+        )
         _check(self.local_views >= 0, "data.views.local_views", self.local_views, "an integer >= 0")
         for name in ("global_size", "local_size"):
-            _check(getattr(self, name) >= 8, f"data.views.{name}", getattr(self, name),
-                   ">= 8 pixels")
+            _check(
+                getattr(self, name) >= 8, f"data.views.{name}", getattr(self, name), ">= 8 pixels"
+            )
         for name in ("global_scale", "local_scale"):
             lo, hi = getattr(self, name)
-            _check(0 < lo <= hi <= 1, f"data.views.{name}", (lo, hi),
-                   "0 < low <= high <= 1")
-        _check(0 < self.ratio[0] <= self.ratio[1], "data.views.ratio", self.ratio,
-               "0 < low <= high")
+            _check(0 < lo <= hi <= 1, f"data.views.{name}", (lo, hi), "0 < low <= high <= 1")
+        _check(
+            0 < self.ratio[0] <= self.ratio[1], "data.views.ratio", self.ratio, "0 < low <= high"
+        )
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
             p = getattr(self, name)
             _check(0 <= p <= 1, f"data.views.{name}", p, "a probability in [0, 1]")
-        _check(len(self.jitter) == 4 and min(self.jitter) >= 0, "data.views.jitter", self.jitter,
-               "four non-negative strengths (brightness, contrast, saturation, hue)")
+        _check(
+            len(self.jitter) == 4 and min(self.jitter) >= 0,
+            "data.views.jitter",
+            self.jitter,
+            "four non-negative strengths (brightness, contrast, saturation, hue)",
+        )
         _check(self.jitter[3] <= 0.5, "data.views.jitter", self.jitter, "a hue strength <= 0.5")
-        _check(0 < self.blur_sigma[0] <= self.blur_sigma[1], "data.views.blur_sigma",
-               self.blur_sigma, "0 < low <= high")
-        _check(0 <= self.solarize_threshold <= 255, "data.views.solarize_threshold",
-               self.solarize_threshold, "a value in 0..255")
+        _check(
+            0 < self.blur_sigma[0] <= self.blur_sigma[1],
+            "data.views.blur_sigma",
+            self.blur_sigma,
+            "0 < low <= high",
+        )
+        _check(
+            0 <= self.solarize_threshold <= 255,
+            "data.views.solarize_threshold",
+            self.solarize_threshold,
+            "a value in 0..255",
+        )
 
 
 @dataclass
@@ -128,19 +142,39 @@ class DataConfig:
             )
         _check(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
         _check(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
-        _check(self.num_samples is None or self.num_samples >= 1, "data.num_samples",
-               self.num_samples, "None or an integer >= 1")
+        _check(
+            self.num_samples is None or self.num_samples >= 1,
+            "data.num_samples",
+            self.num_samples,
+            "None or an integer >= 1",
+        )
         _check(self.image_size >= 8, "data.image_size", self.image_size, ">= 8 pixels")
         _check(2 <= self.num_classes <= 40, "data.num_classes", self.num_classes, "2..40")
-        _check(self.workers is None or self.workers >= 1, "data.workers", self.workers,
-               "None or an integer >= 1")
-        _check(self.transform_batch_size >= 1, "data.transform_batch_size",
-               self.transform_batch_size, ">= 1")
-        _check(self.local_shuffle_buffer >= 0, "data.local_shuffle_buffer",
-               self.local_shuffle_buffer, ">= 0")
+        _check(
+            self.workers is None or self.workers >= 1,
+            "data.workers",
+            self.workers,
+            "None or an integer >= 1",
+        )
+        _check(
+            self.transform_batch_size >= 1,
+            "data.transform_batch_size",
+            self.transform_batch_size,
+            ">= 1",
+        )
+        _check(
+            self.local_shuffle_buffer >= 0,
+            "data.local_shuffle_buffer",
+            self.local_shuffle_buffer,
+            ">= 0",
+        )
         _check(self.max_pixels >= 1, "data.max_pixels", self.max_pixels, ">= 1")
-        _check(0 <= self.max_skip_rate <= 1, "data.max_skip_rate", self.max_skip_rate,
-               "a fraction in [0, 1]")
+        _check(
+            0 <= self.max_skip_rate <= 1,
+            "data.max_skip_rate",
+            self.max_skip_rate,
+            "a fraction in [0, 1]",
+        )
 
 
 def _check(ok: bool, key: str, value: object, expected: str) -> None:

@@ -81,7 +81,8 @@ def convert_image_folder(
         raise ValueError(
             f"data convert reads and writes local folders, got {src!r} -> {dst!r}: copy the "
             "images to local disk first, and upload the shards after (parquet sources read "
-            "s3:// and gs:// directly).")
+            "s3:// and gs:// directly)."
+        )
     if shard_size_mb <= 0:
         raise ValueError(f"--shard-size-mb={shard_size_mb} is invalid: expected a size > 0.")
     if workers < 1:
@@ -100,17 +101,30 @@ def convert_image_folder(
         if plans[-1] and used + listing.sizes[i] > budget:
             plans.append([])
             used = 0.0
-        plans[-1].append({"file": listing.files[i], "path": listing.keys[i],
-                          "label": listing.labels[i], "size": listing.sizes[i],
-                          "mtime": listing.mtimes[i]})
+        plans[-1].append(
+            {
+                "file": listing.files[i],
+                "path": listing.keys[i],
+                "label": listing.labels[i],
+                "size": listing.sizes[i],
+                "mtime": listing.mtimes[i],
+            }
+        )
         used += listing.sizes[i]
 
     jobs = []
     for index, plan in enumerate(plans):
         fingerprint = _fingerprint(plan, listing.classes, max_pixels)
-        jobs.append({"index": index, "plan": plan, "fingerprint": fingerprint,
-                     "final": str(out / _shard_name(index)), "classes": listing.classes,
-                     "max_pixels": max_pixels})
+        jobs.append(
+            {
+                "index": index,
+                "plan": plan,
+                "fingerprint": fingerprint,
+                "final": str(out / _shard_name(index)),
+                "classes": listing.classes,
+                "max_pixels": max_pixels,
+            }
+        )
     # From here until the new manifest is published the folder is marked unfinished, so no
     # reader mixes the shards of two conversions (a rerun may rewrite shards of the old one).
     (out / INCOMPLETE).write_text("a conversion is running or was interrupted; rerun it\n")
@@ -134,19 +148,31 @@ def convert_image_folder(
         summary.images += stats["rows"]
         summary.skipped.update(stats["skipped"])
         for example in stats["examples"]:
-            if sum(e["reason"] == example["reason"] for e in summary.skipped_files) < \
-                    _EXAMPLES_PER_REASON:
+            if (
+                sum(e["reason"] == example["reason"] for e in summary.skipped_files)
+                < _EXAMPLES_PER_REASON
+            ):
                 summary.skipped_files.append(example)
         summary.shards_reused += reused
         summary.shards_written += not reused
         size = os.path.getsize(job["final"])
         summary.bytes += size
-        shards.append({"file": _shard_name(job["index"]), "rows": stats["rows"],
-                       "bytes": size, "fingerprint": job["fingerprint"]})
+        shards.append(
+            {
+                "file": _shard_name(job["index"]),
+                "rows": stats["rows"],
+                "bytes": size,
+                "fingerprint": job["fingerprint"],
+            }
+        )
     manifest = {
-        "format": FORMAT, "source": listing.root, "classes": listing.classes,
-        "images": summary.images, "skipped": dict(summary.skipped),
-        "skipped_examples": summary.skipped_files, "shards": shards,
+        "format": FORMAT,
+        "source": listing.root,
+        "classes": listing.classes,
+        "images": summary.images,
+        "skipped": dict(summary.skipped),
+        "skipped_examples": summary.skipped_files,
+        "shards": shards,
     }
     tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -168,8 +194,7 @@ def format_summary(summary: ConvertSummary, dst: str) -> str:
         lines.append(f"Skipped {summary.skipped.total:,} files:")
         for reason, count in summary.skipped.most_common():
             example = next(e for e in summary.skipped_files if e["reason"] == reason)
-            lines.append(f"  {reason:<13}{count:>8,}   e.g. {example['path']}: "
-                         f"{example['detail']}")
+            lines.append(f"  {reason:<13}{count:>8,}   e.g. {example['path']}: {example['detail']}")
         lines.append(f"Examples of every reason are in {Path(dst) / MANIFEST}.")
     else:
         lines.append("Skipped 0 files: every image decoded.")
@@ -194,8 +219,12 @@ def _shard_name(index: int) -> str:
 
 
 def _fingerprint(plan: list[dict], classes: list[str], max_pixels: int) -> str:
-    inputs = [FORMAT, classes, max_pixels,
-              [(r["path"], r["label"], r["size"], r["mtime"]) for r in plan]]
+    inputs = [
+        FORMAT,
+        classes,
+        max_pixels,
+        [(r["path"], r["label"], r["size"], r["mtime"]) for r in plan],
+    ]
     return hashlib.blake2b(json.dumps(inputs).encode(), digest_size=16).hexdigest()
 
 
@@ -227,13 +256,21 @@ def _convert_shard(job: dict) -> tuple[dict, bool]:
         rows["path"].append(record["path"])
         rows["width"].append(img.width)
         rows["height"].append(img.height)
-    stats = {"fingerprint": job["fingerprint"], "rows": len(rows["image"]),
-             "skipped": dict(skipped), "examples": examples}
+    stats = {
+        "fingerprint": job["fingerprint"],
+        "rows": len(rows["image"]),
+        "skipped": dict(skipped),
+        "examples": examples,
+    }
     schema = pa.schema(
-        [("image", pa.binary()), ("label", pa.int64()), ("path", pa.string()),
-         ("width", pa.int32()), ("height", pa.int32())],
-        metadata={_META_KEY: json.dumps(stats),
-                  b"lejepa_ray.classes": json.dumps(job["classes"])},
+        [
+            ("image", pa.binary()),
+            ("label", pa.int64()),
+            ("path", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+        ],
+        metadata={_META_KEY: json.dumps(stats), b"lejepa_ray.classes": json.dumps(job["classes"])},
     )
     table = pa.table(rows, schema=schema)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -253,9 +290,10 @@ def _publish(tmp: Path, final: Path) -> None:
 def _remove_leftovers(out: Path, keep: set[str]) -> None:
     """Delete temporary files of interrupted runs and shards a different plan left behind."""
     for p in out.iterdir():
-        stale_shard = p.name.startswith("shard-") and p.suffix == ".parquet" \
-            and p.name not in keep
+        stale_shard = p.name.startswith("shard-") and p.suffix == ".parquet" and p.name not in keep
         if (p.name.startswith(".") and p.name.endswith(".tmp")) or stale_shard:
-            print(f"removing {p.name} (left by an earlier, different or interrupted run)",
-                  file=sys.stderr)
+            print(
+                f"removing {p.name} (left by an earlier, different or interrupted run)",
+                file=sys.stderr,
+            )
             p.unlink()

@@ -101,8 +101,9 @@ def source_from_arg(value: str) -> tuple[str, str | None]:
     fs, root = resolve_filesystem(value)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise SourceError(f"--data {value!r} is neither a source (synthetic, digits) nor an "
-                          "existing path.")
+        raise SourceError(
+            f"--data {value!r} is neither a source (synthetic, digits) nor an existing path."
+        )
     if info.type == pafs.FileType.File:
         return "parquet", value
     if fs.get_file_info(posixpath.join(root, MANIFEST)).type == pafs.FileType.File:
@@ -142,10 +143,13 @@ def list_image_folder(path: str) -> FolderListing:
         )
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     images = sorted(
-        (e for e in entries
-         if e.type == pafs.FileType.File
-         and e.base_name.lower().endswith(IMAGE_EXTENSIONS)
-         and not e.base_name.startswith(".")),
+        (
+            e
+            for e in entries
+            if e.type == pafs.FileType.File
+            and e.base_name.lower().endswith(IMAGE_EXTENSIONS)
+            and not e.base_name.startswith(".")
+        ),
         key=lambda e: e.path,
     )
     files = [e.path for e in images]
@@ -168,7 +172,7 @@ def relative_path(path: str, root: str) -> str:
     same as the ``path`` column the converter writes."""
     base = root.rstrip("/") + "/"
     at = path.find(base)
-    return path[at + len(base):] if at >= 0 else path
+    return path[at + len(base) :] if at >= 0 else path
 
 
 def folder_label(key: str, index: dict[str, int]) -> int:
@@ -204,8 +208,11 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
     import ray.data
     from ray.data import FileShuffleConfig, RandomSeedConfig
 
-    file_order = None if cfg.shuffle == "none" else FileShuffleConfig(
-        seed=cfg.seed, reseed_after_execution=True)
+    file_order = (
+        None
+        if cfg.shuffle == "none"
+        else FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True)
+    )
 
     reshuffled = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
     if cfg.source == "folder":
@@ -213,11 +220,17 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
         classes = listing.classes or None
         files = [listing.files[i] for i in _folder_picks(listing, cfg)]
         ds = ray.data.read_binary_files(
-            files, include_paths=True, filesystem=listing.filesystem, shuffle=file_order,
-            num_cpus=_READ_CPUS)
+            files,
+            include_paths=True,
+            filesystem=listing.filesystem,
+            shuffle=file_order,
+            num_cpus=_READ_CPUS,
+        )
         ds = ds.map_batches(
-            _folder_rows, fn_kwargs={"root": listing.root, "classes": listing.classes},
-            batch_format="pyarrow")
+            _folder_rows,
+            fn_kwargs={"root": listing.root, "classes": listing.classes},
+            batch_format="pyarrow",
+        )
     elif cfg.source == "parquet":
         shards = _parquet_files(cfg.path, limit=_file_limit(cfg))
         classes = shards.classes
@@ -228,17 +241,21 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
             if cfg.shuffle != "none":
                 ds = ds.random_shuffle(seed=reshuffled)
             return ds, classes
-        ds = ray.data.read_parquet(shards.files, filesystem=shards.filesystem,
-                                   shuffle=file_order, num_cpus=_READ_CPUS)
+        ds = ray.data.read_parquet(
+            shards.files, filesystem=shards.filesystem, shuffle=file_order, num_cpus=_READ_CPUS
+        )
         # Ray Data pushes the projection down into the read: other columns are never loaded.
         ds = ds.select_columns(shards.columns).map_batches(
-            _parquet_rows, fn_kwargs={"split": cfg.split}, batch_format="pyarrow")
+            _parquet_rows, fn_kwargs={"split": cfg.split}, batch_format="pyarrow"
+        )
     else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
         count = _generated_count(cfg)
         ds = ray.data.range(count, override_num_blocks=max(1, min(64, count // 256)))
         ds = ds.map_batches(
-            _generated_rows, batch_format="numpy",
-            fn_kwargs={"cfg": cfg, "count": count, "shuffle": cfg.shuffle != "none"})
+            _generated_rows,
+            batch_format="numpy",
+            fn_kwargs={"cfg": cfg, "count": count, "shuffle": cfg.shuffle != "none"},
+        )
         return ds, _generated_classes(cfg)
     if cfg.shuffle == "full":
         ds = ds.random_shuffle(seed=reshuffled)
@@ -264,8 +281,9 @@ class LocalSource(Sequence):
             self._fs = listing.filesystem
             self._len = len(self._files)
         elif cfg.source == "parquet":
-            self._table = _parquet_head(_parquet_files(cfg.path, limit=_file_limit(cfg)),
-                                        cfg.num_samples, cfg.split)
+            self._table = _parquet_head(
+                _parquet_files(cfg.path, limit=_file_limit(cfg)), cfg.num_samples, cfg.split
+            )
             self._len = self._table.num_rows
         else:
             self._ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)
@@ -287,12 +305,16 @@ class LocalSource(Sequence):
         if cfg.source == "synthetic":
             i = int(self._ids[i])
             img = synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)
-            return {"image": encode_jpeg(img), "label": synthetic_label(i, cfg.num_classes),
-                    "key": f"synthetic/{i}"}
+            return {
+                "image": encode_jpeg(img),
+                "label": synthetic_label(i, cfg.num_classes),
+                "key": f"synthetic/{i}",
+            }
         return {c: self._table.column(c)[i].as_py() for c in ("image", "label", "key")}
 
 
 # --- row builders: each source's native columns to (image, label, key) -----------------------
+
 
 def _subset(count: int, limit: int | None) -> list[int]:
     """Indices of at most ``limit`` of ``count`` sorted files: a fixed spread over all of them
@@ -317,11 +339,13 @@ def _file_limit(cfg: DataConfig) -> int | None:
 def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
     index = {name: i for i, name in enumerate(classes)}
     keys = [relative_path(p, root) for p in batch.column("path").to_pylist()]
-    return pa.table({
-        "image": batch.column("bytes").cast(pa.binary()),
-        "label": pa.array([folder_label(key, index) for key in keys], pa.int64()),
-        "key": pa.array(keys, pa.string()),
-    })
+    return pa.table(
+        {
+            "image": batch.column("bytes").cast(pa.binary()),
+            "label": pa.array([folder_label(key, index) for key in keys], pa.int64()),
+            "key": pa.array(keys, pa.string()),
+        }
+    )
 
 
 def _parquet_rows(batch: pa.Table, split: str = "all") -> pa.Table:
@@ -336,8 +360,10 @@ def _parquet_rows(batch: pa.Table, split: str = "all") -> pa.Table:
     else:
         keys = [None] * n
     # Without a path, the content names the sample: stable wherever the row is read.
-    keys = [k if k is not None else _content_key(b) for k, b in zip(keys, images.to_pylist(),
-                                                                      strict=True)]
+    keys = [
+        k if k is not None else _content_key(b)
+        for k, b in zip(keys, images.to_pylist(), strict=True)
+    ]
     rows = pa.table({"image": images, "label": labels, "key": pa.array(keys, pa.string())})
     if split == "all":
         return rows
@@ -385,10 +411,10 @@ def _generated_rows(batch: dict, cfg: DataConfig, count: int, shuffle: bool) -> 
     ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)[ids].tolist()
     if cfg.source == "digits":
         rows = _digits_table(cfg.image_size).take(ids)
-        return {c: rows.column(c).to_numpy(zero_copy_only=False)
-                for c in ("image", "label", "key")}
-    images = [encode_jpeg(synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes))
-              for i in ids]
+        return {c: rows.column(c).to_numpy(zero_copy_only=False) for c in ("image", "label", "key")}
+    images = [
+        encode_jpeg(synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)) for i in ids
+    ]
     return {
         "image": np.array(images, dtype=object),
         "label": np.array([synthetic_label(i, cfg.num_classes) for i in ids], dtype=np.int64),
@@ -409,16 +435,20 @@ def _digits_table(size: int) -> pa.Table:
     for p in pixels:
         buffer = io.BytesIO()
         Image.fromarray(p, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(
-            buffer, format="PNG")
+            buffer, format="PNG"
+        )
         images.append(buffer.getvalue())
-    return pa.table({
-        "image": pa.array(images, pa.binary()),
-        "label": pa.array(digits.target.astype(np.int64)),
-        "key": pa.array([f"digits/{i}" for i in range(len(images))], pa.string()),
-    })
+    return pa.table(
+        {
+            "image": pa.array(images, pa.binary()),
+            "label": pa.array(digits.target.astype(np.int64)),
+            "key": pa.array([f"digits/{i}" for i in range(len(images))], pa.string()),
+        }
+    )
 
 
 # --- parquet discovery ---------------------------------------------------------------------
+
 
 def _parquet_files(path: str, limit: int | None = None) -> ParquetListing:
     """The parquet files to read under ``path``, their columns and the class names stored
@@ -438,7 +468,8 @@ def _parquet_files(path: str, limit: int | None = None) -> ParquetListing:
     elif fs.get_file_info(posixpath.join(root, INCOMPLETE)).type == pafs.FileType.File:
         raise SourceError(
             f"data.path={path!r} holds an unfinished conversion ({INCOMPLETE} is present): "
-            "rerun the same `lejepa-ray data convert` command to complete it.")
+            "rerun the same `lejepa-ray data convert` command to complete it."
+        )
     else:
         manifest = posixpath.join(root, MANIFEST)
         if fs.get_file_info(manifest).type == pafs.FileType.File:
@@ -448,28 +479,36 @@ def _parquet_files(path: str, limit: int | None = None) -> ParquetListing:
             classes = meta.get("classes") or None
         else:
             files = sorted(
-                e.path for e in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                if e.type == pafs.FileType.File and e.path.endswith(".parquet")
-                and not e.base_name.startswith((".", "_")))
+                e.path
+                for e in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                if e.type == pafs.FileType.File
+                and e.path.endswith(".parquet")
+                and not e.base_name.startswith((".", "_"))
+            )
     if not files:
         raise SourceError(
             f"data.path={path!r} holds no parquet files: expected *.parquet shards with an "
-            "'image' column (make them with `lejepa-ray data convert IMAGE_FOLDER OUT`).")
+            "'image' column (make them with `lejepa-ray data convert IMAGE_FOLDER OUT`)."
+        )
     schema = _schema(fs, files[0])
     if "image" not in schema.names:
         raise SourceError(
             f"{files[0]} has no 'image' column (columns: {', '.join(schema.names)}): parquet "
-            "sources need the encoded image bytes in a column named 'image'.")
-    expected = {"image": (pa.types.is_binary, pa.types.is_large_binary, "binary (encoded bytes)"),
-                "label": (pa.types.is_integer, pa.types.is_integer, "an integer class index"),
-                "path": (pa.types.is_string, pa.types.is_large_string, "a string")}
+            "sources need the encoded image bytes in a column named 'image'."
+        )
+    expected = {
+        "image": (pa.types.is_binary, pa.types.is_large_binary, "binary (encoded bytes)"),
+        "label": (pa.types.is_integer, pa.types.is_integer, "an integer class index"),
+        "path": (pa.types.is_string, pa.types.is_large_string, "a string"),
+    }
     for name, (check, check_large, what) in expected.items():
         if name in schema.names:
             kind = schema.field(name).type
             if not (check(kind) or check_large(kind)):
                 raise SourceError(
                     f"{files[0]}: column {name!r} has type {kind}, expected {what}. Rewrite the "
-                    "shards (e.g. with `lejepa-ray data convert`) or rename the column.")
+                    "shards (e.g. with `lejepa-ray data convert`) or rename the column."
+                )
     if classes is None and schema.metadata and b"lejepa_ray.classes" in schema.metadata:
         classes = json.loads(schema.metadata[b"lejepa_ray.classes"]) or None
     if limit is not None:
@@ -487,8 +526,9 @@ def _parquet_files(path: str, limit: int | None = None) -> ParquetListing:
 def _parquet_head(shards: ParquetListing, limit: int | None, split: str = "all") -> pa.Table:
     """The first ``limit`` rows (all when None) of ``split`` in the shards, in order, as
     (image, label, key)."""
-    tables = [pq.read_table(f, filesystem=shards.filesystem, columns=shards.columns)
-              for f in shards.files]
+    tables = [
+        pq.read_table(f, filesystem=shards.filesystem, columns=shards.columns) for f in shards.files
+    ]
     table = pa.concat_tables(tables, promote_options="default")
     if split == "all" and limit is not None:
         table = table.slice(0, limit)  # keys (content hashes) only for the rows returned

@@ -155,8 +155,9 @@ def iter_epoch(
         DataQualityError: the skip rate passed ``cfg.max_skip_rate``, or no sample was usable.
     """
     shard = ray.train.get_dataset_shard(dataset_name)
-    yield from iter_views(shard, counter, cfg, batch_size, device=device,
-                          prefetch_batches=prefetch_batches)
+    yield from iter_views(
+        shard, counter, cfg, batch_size, device=device, prefetch_batches=prefetch_batches
+    )
 
 
 class EpochCursor:
@@ -169,8 +170,15 @@ class EpochCursor:
     between two executions, so the samples dropped are, up to that order, the ones trained on.
     """
 
-    def __init__(self, counter: ray.actor.ActorHandle, cfg: DataConfig, batch_size: int,
-                 world_size: int, epoch: int = 0, samples: int = 0):
+    def __init__(
+        self,
+        counter: ray.actor.ActorHandle,
+        cfg: DataConfig,
+        batch_size: int,
+        world_size: int,
+        epoch: int = 0,
+        samples: int = 0,
+    ):
         self.counter, self.cfg, self.batch_size = counter, cfg, batch_size
         self.world_size = world_size
         self.epoch, self.samples = epoch, samples
@@ -185,8 +193,11 @@ class EpochCursor:
                 if first:  # the pipeline's own count is the truth (see build_view_stream)
                     epoch, first = int(batch["epoch"][0]), False
                     if epoch != self.epoch:
-                        log.warning("the data pipeline is at epoch %d, the run expected %d",
-                                    epoch, self.epoch)
+                        log.warning(
+                            "the data pipeline is at epoch %d, the run expected %d",
+                            epoch,
+                            self.epoch,
+                        )
                     self.epoch = epoch
                 if drop:
                     drop -= 1
@@ -223,8 +234,9 @@ def iter_views(
     check_skip_rate(ray.get(counter.totals.remote()), cfg, end_of_epoch=True, batches=n)
 
 
-def check_skip_rate(totals: dict, cfg: DataConfig, *, end_of_epoch: bool = False,
-                    batches: int | None = None) -> None:
+def check_skip_rate(
+    totals: dict, cfg: DataConfig, *, end_of_epoch: bool = False, batches: int | None = None
+) -> None:
     """Raise when the samples skipped so far pass the configured rate, or none were usable.
 
     Args:
@@ -239,11 +251,13 @@ def check_skip_rate(totals: dict, cfg: DataConfig, *, end_of_epoch: bool = False
     if end_of_epoch and batches == 0:
         if seen and skipped.total == seen:
             raise DataQualityError(
-                f"No usable images in {where}: all {seen} samples were skipped ({reasons}).")
+                f"No usable images in {where}: all {seen} samples were skipped ({reasons})."
+            )
         raise DataQualityError(
             f"No full batch reached this worker from {where}: {seen - skipped.total} usable "
             "samples were too few for the batch size times the number of workers. Lower the "
-            "batch size or add images.")
+            "batch size or add images."
+        )
     if seen == 0 or (seen < cfg.min_samples_for_skip_rate and not end_of_epoch):
         return
     rate = skipped.total / seen
@@ -251,7 +265,8 @@ def check_skip_rate(totals: dict, cfg: DataConfig, *, end_of_epoch: bool = False
         raise DataQualityError(
             f"{skipped.total} of {seen} samples ({rate:.1%}) from {where} could not be used, "
             f"more than data.max_skip_rate={cfg.max_skip_rate:.1%} ({reasons}). Fix or remove "
-            "the bad files (`lejepa-ray data convert` lists them), or raise data.max_skip_rate.")
+            "the bad files (`lejepa-ray data convert` lists them), or raise data.max_skip_rate."
+        )
 
 
 def skip_metrics(counter: ray.actor.ActorHandle) -> dict[str, float]:
@@ -259,7 +274,10 @@ def skip_metrics(counter: ray.actor.ActorHandle) -> dict[str, float]:
     ``data/skipped/<reason>`` and ``data/skip_rate``."""
     totals = ray.get(counter.totals.remote())
     skipped = SkipCounts(totals["skipped"])
-    metrics = {"data/seen": float(totals["seen"]), "data/skipped": float(skipped.total),
-               "data/skip_rate": skipped.total / max(1, totals["seen"])}
+    metrics = {
+        "data/seen": float(totals["seen"]),
+        "data/skipped": float(skipped.total),
+        "data/skip_rate": skipped.total / max(1, totals["seen"]),
+    }
     metrics.update({f"data/skipped/{k}": float(v) for k, v in skipped.items()})
     return metrics

@@ -51,8 +51,10 @@ def synthetic_image(index: int, seed: int, size: int, num_classes: int) -> Image
 
     def polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         cos, sin = math.cos(rotation), math.sin(rotation)
-        return [(cx + radius * (px * cos - py * sin), cy + radius * (px * sin + py * cos))
-                for px, py in points]
+        return [
+            (cx + radius * (px * cos - py * sin), cy + radius * (px * sin + py * cos))
+            for px, py in points
+        ]
 
     width = max(1, round(radius / 8))
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
@@ -60,15 +62,31 @@ def synthetic_image(index: int, seed: int, size: int, num_classes: int) -> Image
     if name == "disc":
         draw.ellipse(box, fill=colour, outline=outline, width=width)
     elif name == "square":
-        draw.polygon(polygon([(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]),
-                     fill=colour, outline=outline, width=width)
+        draw.polygon(
+            polygon([(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]),
+            fill=colour,
+            outline=outline,
+            width=width,
+        )
     elif name == "triangle":
         corners = [(math.cos(a), math.sin(a)) for a in (0, 2 * math.pi / 3, 4 * math.pi / 3)]
         draw.polygon(polygon(corners), fill=colour, outline=outline, width=width)
     elif name == "cross":
         t = 0.3
-        arm = [(-1, -t), (-t, -t), (-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1),
-               (-t, 1), (-t, t), (-1, t)]
+        arm = [
+            (-1, -t),
+            (-t, -t),
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+        ]
         draw.polygon(polygon(arm), fill=colour, outline=outline, width=width)
     else:  # ring
         draw.ellipse(box, outline=colour, width=max(2, round(radius / 3)))
@@ -82,8 +100,15 @@ def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def write_image_folder(dst: str, count: int, width: int = 500, height: int = 375,
-                       seed: int = 0, num_classes: int = 10, quality: int = 90) -> None:
+def write_image_folder(
+    dst: str,
+    count: int,
+    width: int = 500,
+    height: int = 375,
+    seed: int = 0,
+    num_classes: int = 10,
+    quality: int = 90,
+) -> None:
     """Save ``count`` synthetic images as JPEG files in an ImageNet-style folder under ``dst``.
 
     The default 500×375 px at quality 90 is close to an average ImageNet photo, which makes the
@@ -96,5 +121,6 @@ def write_image_folder(dst: str, count: int, width: int = 500, height: int = 375
         (root / f"class_{c:02d}").mkdir(parents=True, exist_ok=True)
     for i in range(count):
         img = synthetic_image(i, seed, max(width, height), num_classes).resize((width, height))
-        img.save(root / f"class_{synthetic_label(i, num_classes):02d}" / f"{i:07d}.jpg",
-                 quality=quality)
+        img.save(
+            root / f"class_{synthetic_label(i, num_classes):02d}" / f"{i:07d}.jpg", quality=quality
+        )

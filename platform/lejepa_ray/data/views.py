@@ -46,7 +46,8 @@ def _augmentation(cfg: ViewConfig, size: int, scale: tuple[float, float]) -> v2.
     # Operations that can never fire are left out: on small images the per-call overhead of a
     # transform costs as much as its work.
     steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True)]
+        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True)
+    ]
     if cfg.jitter_p > 0 and any(cfg.jitter):
         steps.append(v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p))
     if cfg.grayscale_p > 0:
