@@ -24,6 +24,29 @@ def test_checkpoint_and_its_export_give_the_same_probes(tmp_path):
     assert 0 <= a.knn_top1 <= 1 and 0 <= a.linear_top1 <= 1
     only_knn = evaluate(path, "digits", "knn", max_samples=300)
     assert only_knn.linear_top1 is None and only_knn.knn_top1 == a.knn_top1
+    assert a.features == b.features == "backbone"
+
+
+def test_projector_outputs_are_probed_from_a_checkpoint_not_from_an_export(tmp_path):
+    from lejepa_ray.evaluate import load_frozen
+    from lejepa_ray.export import load_encoder
+
+    path, _ = _trained_checkpoint(tmp_path, "resnet18")
+    model, size = load_frozen(path, "projector")
+    loaded = load_encoder(path)
+    trained = loaded.encoder.eval()
+    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model.features(images)
+        assert out.shape == (4, loaded.cfg.model.projector_dim)
+        torch.testing.assert_close(out, trained.projector(trained.features(images)))
+    result = evaluate(path, "digits", "knn", features="projector", max_samples=300)
+    assert result.features == "projector" and 0 <= result.knn_top1 <= 1
+    export(path, tmp_path / "out")
+    with pytest.raises(ValueError, match="give the run or checkpoint directory"):
+        evaluate(tmp_path / "out", "digits", features="projector")
+    with pytest.raises(ValueError, match="--features must be one of backbone, projector"):
+        load_frozen(path, "neck")
 
 
 def test_eval_command_prints_a_summary_then_json(tmp_path, capsys):

@@ -140,6 +140,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.source,
         args.data,
         args.probe,
+        features=args.features,
         val_data=args.val_data,
         baseline=args.baseline,
         size=args.size,
@@ -162,8 +163,9 @@ def _eval(args: argparse.Namespace) -> int:
         if result.val_data
         else (f"{result.queries} hash-split queries")
     )
+    of = "" if result.features == "backbone" else " (projector outputs)"
     print(
-        f"{', '.join(parts)} at {result.image_size} px: fitted on {result.data} "
+        f"{', '.join(parts)}{of} at {result.image_size} px: fitted on {result.data} "
         f"({result.bank} images), scored on {scored}, {result.classes} classes"
     )
     print(result.to_json())
@@ -284,7 +286,8 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
         "pretrain",
         help="LeJEPA pretraining of a timm backbone on Ray Train",
         description="Pretrain with LeJEPA. With no arguments: the CPU quickstart (digits, a "
-        "small backbone, a few minutes, then a kNN probe) on a local Ray instance; inside "
+        "small backbone, a few minutes, then probes on held-out images beside random init "
+        "and raw pixels) on a local Ray instance; inside "
         "`ray job submit` or with RAY_ADDRESS set, on that cluster.",
     )
     pretrain.add_argument(
@@ -323,7 +326,8 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     evaluator = commands.add_parser(
         "eval",
         help="kNN and linear probes of a checkpoint's or export's frozen features",
-        description="Embed labelled images with the frozen backbone (no projector), fit the "
+        description="Embed labelled images with the frozen backbone (or, with --features "
+        "projector, a checkpoint's projector outputs), fit the "
         "probes on --data and score them on --val-data (without it: on a hash 80/20 split of "
         "--data), and report kNN (cosine, temperature-weighted votes) and linear (logistic "
         "regression) top-1 accuracy; the last line is JSON.",
@@ -352,6 +356,13 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
         help="also report the probes on raw pixels of the same split",
     )
     evaluator.add_argument("--probe", choices=("linear", "knn", "both"), default="both")
+    evaluator.add_argument(
+        "--features",
+        choices=("backbone", "projector"),
+        default="backbone",
+        help="what to probe: the backbone's pooled features (default, what export keeps) or "
+        "a checkpoint's projector outputs",
+    )
     evaluator.add_argument(
         "--size",
         type=int,

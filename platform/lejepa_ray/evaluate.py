@@ -1,7 +1,9 @@
 """``lejepa-ray eval``: frozen-feature probes of a checkpoint or an exported backbone.
 
-The backbone's pooled features (no projector) of labelled images, resized and centre-cropped to
-the size it was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.probe`.
+The backbone's pooled features of labelled images, resized and centre-cropped to the size it
+was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.probe`. ``features=
+"projector"`` probes a checkpoint's projector outputs instead (what SIGReg shapes; the
+backbone's features are what LeJEPA, like most SSL methods, keeps).
 With ``val_data`` the probes are fitted on ``data`` and scored on ``val_data`` (protocol
 ``train/val``: an ImageNet-style ``train/`` and ``val/``, or ``digits:train`` and
 ``digits:val``); without it, on a hash 80/20 split of ``data``. ``baseline`` adds the same
@@ -22,6 +24,7 @@ from lejepa_ray.export import load_encoder
 from lejepa_ray.model import pixel_normalization
 
 PROBES = ("knn", "linear", "both")
+FEATURES = ("backbone", "projector")
 
 
 class FrozenBackbone(nn.Module):
@@ -39,11 +42,25 @@ class FrozenBackbone(nn.Module):
         return self.backbone((images.float() - self.mean) / self.std)
 
 
+class ProjectorOutputs(nn.Module):
+    """A trained ``LeJEPAEncoder`` whose ``features`` are its projector's outputs
+    ``(N, projector_dim)`` for uint8 images ``(N, 3, S, S)`` (BatchNorm on running statistics)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.projector(self.encoder.features(images))
+
+
 @dataclass
 class EvalResult:
     """Probe accuracies (top-1, in [0, 1]) of one backbone on one labelled bank/query split."""
 
     source: str
+    features: str
+    """``backbone`` (pooled backbone features) or ``projector`` (projector outputs)."""
     data: str
     """Where the bank came from (the ``--data`` argument)."""
     val_data: str | None
@@ -67,17 +84,26 @@ class EvalResult:
         return json.dumps(asdict(self))
 
 
-def load_frozen(source: str | Path) -> tuple[nn.Module, int]:
+def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Module, int]:
     """The backbone of an export folder (``config.json`` + ``model.safetensors``) or of a
     checkpoint or run directory, with ``features(uint8 images)``, and the image size it was
-    trained at.
+    trained at. ``features="projector"`` (checkpoints only) makes ``features`` the projector's
+    outputs.
 
     Raises:
         CheckpointError: neither an export nor a usable checkpoint.
+        ValueError: ``features`` unknown, or ``projector`` asked of an export.
     """
+    if features not in FEATURES:
+        raise ValueError(f"--features must be one of {', '.join(FEATURES)}, got {features!r}.")
     path = Path(source)
     hub_file = path / "config.json"
     if hub_file.is_file() and (path / "model.safetensors").is_file():
+        if features == "projector":
+            raise ValueError(
+                f"{path} is an export, which loads as a timm backbone without its projector; "
+                "to probe projector outputs, give the run or checkpoint directory instead."
+            )
         import timm
 
         hub = json.loads(hub_file.read_text())
@@ -92,7 +118,8 @@ def load_frozen(source: str | Path) -> tuple[nn.Module, int]:
         size = hub.get("lejepa", {}).get("image_size") or pcfg.get("input_size", [3, 224])[-1]
         return FrozenBackbone(backbone).eval(), int(size)
     trained = load_encoder(source)
-    return trained.encoder.eval(), trained.spec.global_size
+    model = trained.encoder if features == "backbone" else ProjectorOutputs(trained.encoder)
+    return model.eval(), trained.spec.global_size
 
 
 def evaluate(
@@ -100,6 +127,7 @@ def evaluate(
     data: str,
     probe: str = "both",
     *,
+    features: str = "backbone",
     val_data: str | None = None,
     baseline: bool = False,
     size: int | None = None,
@@ -107,12 +135,14 @@ def evaluate(
     k: int = 20,
     temperature: float = 0.07,
 ) -> EvalResult:
-    """kNN and/or linear top-1 accuracy of the frozen backbone at ``source``, fitted on
-    ``data`` and scored on ``val_data`` (or on a hash split of ``data``). Both name a source
-    (``digits``, ``digits:val``), an image folder or parquet shards.
+    """kNN and/or linear top-1 accuracy of the frozen backbone at ``source`` (or of its
+    projector outputs, ``features="projector"``), fitted on ``data`` and scored on ``val_data``
+    (or on a hash split of ``data``). Both name a source (``digits``, ``digits:val``), an image
+    folder or parquet shards.
 
     Raises:
-        ValueError: an unknown probe, or data without labels of at least 2 classes.
+        ValueError: an unknown probe or features, or data without labels of at least 2
+            classes.
         CheckpointError: ``source`` is neither an export nor a usable checkpoint.
     """
     from lejepa_ray.config import ProbeConfig
@@ -121,7 +151,7 @@ def evaluate(
 
     if probe not in PROBES:
         raise ValueError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
-    model, trained_size = load_frozen(source)
+    model, trained_size = load_frozen(source, features)
     size = size or trained_size
 
     def at_size(arg: str):
@@ -142,6 +172,7 @@ def evaluate(
         knn = raw_knn = None
     return EvalResult(
         str(source),
+        features,
         data,
         val_data,
         report.protocol,
