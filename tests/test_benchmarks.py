@@ -1,4 +1,4 @@
-"""benchmarks/quality.py and benchmarks/step_profile.py: what they print and measure."""
+"""benchmarks/quality.py, step_profile.py and sweep_curves.py: what they print and measure."""
 
 from __future__ import annotations
 
@@ -81,3 +81,29 @@ def test_step_profile_times_every_component(capsys):
     }
     assert all(ms > 0 for ms in result["ms"].values())
     assert any(line.startswith("implied: ") for line in out)
+
+
+def test_sweep_curves_reads_every_trial_and_draws_its_curves(tmp_path, capsys, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    sweep = tmp_path / "sweep"
+    header = ["rank", "trial", "status", "step", "selection_score", "loss", "loss.lam"]
+    header += ["knn_top1", "linear_top1", "rankme_backbone", "rankme_projector", "rel_change"]
+    header += ["descending", "checkpoint"]
+    lines = [",".join(header)]
+    for i, lam in enumerate((0.01, 0.1)):
+        writer = SummaryWriter(str(sweep / "runs" / f"t{i}" / "tensorboard"))
+        for step in (10, 20, 30):
+            writer.add_scalar("loss/smoothed", 1.0 / step + lam, step)
+            writer.add_scalar("loss/prediction", 0.5 / step, step)
+            writer.add_scalar("loss/sigreg", 2.0 / step, step)
+        writer.add_scalar("rankme/backbone", 40.0 + i, 30)
+        writer.close()
+        lines.append(f"{i + 1},t{i},completed,30,1.0,0.5,{lam},0.9,0.95,{40 + i},9.0,-0.01,False,")
+    (sweep / "results.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(sys, "argv", ["sweep_curves.py", str(sweep)])
+    _load("sweep_curves").main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("t0  loss.lam=0.01  loss 0.0433") and "rankme 40/9.0" in out[0]
+    assert out[1].startswith("t1  loss.lam=0.1  loss 0.1333") and "linear 0.95" in out[1]
+    assert (sweep / "curves.png").stat().st_size > 5000 and out[-1].endswith("curves.png")

@@ -18,6 +18,7 @@ from lejepa_ray.parallelize import (
     meta_parameters,
     parallelize,
 )
+from lejepa_ray.rankme import rankme_metrics
 from lejepa_ray.train import Trainer
 
 WORLD = 2
@@ -81,7 +82,12 @@ def _step_worker(rank: int, init_file: str, out_dir: str) -> None:
             )
             total = sum(p.numel() for p in params)
             result = trainer.train_step([batch])
+            # RankMe's embeddings: a forward method FSDP2 must gather the root's parameters for.
+            rankme = rankme_metrics(
+                trainer.encoder, batch["global"][:, 0], bf16=precision == "bf16"
+            )
             out[f"{strategy}-{meta}" + ("-bf16" if precision == "bf16" else "")] = {
+                "rankme": rankme,
                 "losses": result.losses,
                 "grad_norm": result.grad_norm,
                 "local": local,
@@ -108,6 +114,9 @@ def test_one_lejepa_step_under_ddp_and_fsdp(tmp_path):
     torch.testing.assert_close(fsdp["grad_norm"], ddp["grad_norm"], rtol=1e-4, atol=1e-6)
     for name, p in ddp["params"].items():
         torch.testing.assert_close(fsdp["params"][name], p, rtol=0, atol=2e-5, msg=name)
+    for key, value in ddp["rankme"].items():  # same weights, same embeddings
+        assert fsdp["rankme"][key] == pytest.approx(value, rel=1e-4), key
+        assert 1 <= ranks[0]["fsdp-True-bf16"]["rankme"][key] <= 8, key  # N = 8 images
     # DDP keeps a full replica per rank; FSDP keeps about half of the parameters per rank.
     assert ddp["local"] == ddp["total"]
     for rank in ranks:

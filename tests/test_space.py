@@ -29,6 +29,9 @@ def test_shipped_spaces_load_and_map_onto_tune():
     assert isinstance(tune_space["loss.num_slices"], Categorical)
     quick = {d.key: d for d in load_space(SPACES / "quick.yaml")}
     assert quick["optim.steps"].sampler == "fixed"
+    selection = {d.key: d for d in load_space(SPACES / "selection.yaml")}
+    assert selection["loss.lam"].values == (0.005, 0.5)
+    assert selection["model.name"].values == ("resnet10t", "regnetx_002")
 
 
 def test_every_sampler_and_the_overrides_a_trial_gets(tmp_path):

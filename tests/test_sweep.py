@@ -20,6 +20,7 @@ from lejepa_ray.config import ConfigError
 from lejepa_ray.space import Dimension
 from lejepa_ray.sweep import (
     METRIC,
+    REL_CHANGE,
     SweepOptions,
     TrialRow,
     check,
@@ -56,6 +57,11 @@ LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"
         ("loss.lam:\n  choice: [0.05, 2.0]\n", {}, "loss.lam=2.0 is not a valid value"),
         (
             LAMBDA,
+            {"overrides": ["logging.rankme_samples=0"], "select_by": "rankme"},
+            "--select-by rankme needs RankMe at checkpoints",
+        ),
+        (
+            LAMBDA,
             {"overrides": ["scaling.batch_size=1", "scaling.num_workers=1"]},
             "needs at least 2",
         ),
@@ -79,6 +85,9 @@ def test_check_rejects_what_cannot_run(tmp_path, text, kwargs, message):
         ({"search": "bayes"}, "--search must be one of random, optuna"),
         ({"samples": 0}, "--samples must be >= 1"),
         ({"reduction_factor": 1}, "--reduction-factor must be >= 2"),
+        ({"select_by": "probe"}, "--select-by must be one of rankme, score"),
+        ({"plateau_tol": 0}, "--plateau-tol must be > 0"),
+        ({"val_data": "digits:val"}, "--val-data needs --validate-with-labels"),
     ],
 )
 def test_options_are_checked(kwargs, message):
@@ -112,16 +121,21 @@ def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
     assert _scheduler(SweepOptions(space="x", grace_steps=5), base, ranged)._max_t == 80
 
 
-def _result(trial, step, score, loss, lam, error=None, probes=None):
+def _result(trial, step, score, loss, lam, error=None, probes=None, history=None, **extra):
     metrics = {
         "trial_id": trial,
         "step": step,
         METRIC: score,
         "loss/smoothed": loss,
+        **extra,
         **(probes or {}),
     }
     return SimpleNamespace(
-        metrics=metrics, config={"loss.lam": lam}, error=error, path=f"/x/{trial}"
+        metrics=metrics,
+        config={"loss.lam": lam},
+        error=error,
+        path=f"/x/{trial}",
+        metrics_dataframe=history,
     )
 
 
@@ -136,7 +150,7 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
         _result("c", 8, 2.0, 0.8, 0.02),
         _result("d", 4, math.nan, math.nan, 0.2, error=RuntimeError("boom\nbad λ")),
     ]
-    rows = rank(grid, base, space, str(tmp_path))
+    rows = rank(grid, base, space, str(tmp_path), select_by="score")
     assert [(r.rank, r.trial, r.status) for r in rows] == [
         (1, "c", "completed"),
         (2, "a", "completed"),
@@ -154,6 +168,10 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
         "loss.lam",
         "knn_top1",
         "linear_top1",
+        "rankme_backbone",
+        "rankme_projector",
+        "rel_change",
+        "descending",
         "checkpoint",
     ]
     assert table[1][:7] == ["1", "c", "completed", "8", "2.0", "0.8", "0.02"]
@@ -161,26 +179,166 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
-def _row(i, score, loss, linear, knn, status="completed"):
-    return TrialRow(i, f"t{i}", status, 8, score, loss, {}, None, knn, linear)
+def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_trials(
+    tmp_path, monkeypatch
+):
+    import lejepa_ray.checkpoint
+    from lejepa_ray.config import load_config
+    from lejepa_ray.sweep import format_convergence, format_table
 
-
-def test_validate_reports_spearman_of_score_and_loss_against_accuracy():
-    # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss
-    # ranks them in the opposite order.
-    rows = [
-        _row(1, 1.0, 0.9, 0.9, 0.8),
-        _row(2, 2.0, 0.5, 0.7, 0.6),
-        _row(3, 3.0, 0.3, 0.5, 0.4),
-        _row(4, 0.5, 0.1, 0.1, 0.1, status="stopped at step 2"),
+    base = load_config(QUICKSTART, TINY)
+    space = [Dimension("loss.lam", "loguniform", (0.01, 0.3))]
+    # b was stopped at step 6; its last checkpoint (step 4) is what gets probed, so its values
+    # are that checkpoint's, not those of its last report.
+    at_b = {METRIC: 2.5, "loss/smoothed": 0.7, "rankme/backbone": 9.0, "rankme/projector": 5.0}
+    monkeypatch.setattr(
+        lejepa_ray.checkpoint,
+        "latest_checkpoint",
+        lambda run_dir: ("/ck/b", {**at_b, REL_CHANGE: -0.2}) if run_dir.endswith("/b") else None,
+    )
+    grid = [
+        _result("a", 8, 1.0, 0.5, 0.05, **{"rankme/backbone": 3.0, "rankme/projector": 2.0}),
+        _result("b", 6, 2.0, 0.6, 0.1),
+        _result("c", 8, 3.0, 0.7, 0.2, **{"rankme/backbone": 6.0, REL_CHANGE: -0.01}),
+        _result("d", 8, 4.0, 0.8, 0.3, **{"rankme/backbone": 1.0, REL_CHANGE: 0.1}),
     ]
+    by_score = rank(grid, base, space, str(tmp_path), select_by="score")
+    assert [r.trial for r in by_score] == ["a", "c", "d", "b"]  # completed first, then stopped
+    b = by_score[-1]
+    assert (b.status, b.checkpoint, b.selection_score, b.loss) == (
+        "stopped at step 6",
+        "/ck/b",
+        2.5,
+        0.7,
+    )
+    assert (b.rankme_backbone, b.rankme_projector, b.descending) == (9.0, 5.0, True)
+    rows = rank(grid, base, space, str(tmp_path), select_by="rankme", plateau_tol=0.05)
+    assert [(r.trial, r.rankme_backbone) for r in rows] == [
+        ("c", 6.0),
+        ("a", 3.0),
+        ("d", 1.0),
+        ("b", 9.0),
+    ]
+    assert math.isnan(rows[0].rankme_projector) and math.isnan(rows[1].rel_change)
+    assert [(r.plateau, r.rising) for r in rows[:3]] == [
+        (True, False),
+        (False, False),
+        (False, True),
+    ]
+    table = format_table(rows, space, "rankme")
+    assert "ranked by rankme/backbone (higher is better)" in table
+    assert "completed, loss rising" in table and "+10.0%" in table and "6.0/-" in table
+    assert "stopped at step 6, still descending" in table
+    line = format_convergence(rows, 50, 0.05)  # completed trials only; a has no rel_change
+    assert "1 of 2 completed trials on a plateau" in line and "within 0.05 of the 50" in line
+    assert "loss rising: d" in line and "still descending" not in line
+    assert "convergence not measured" in format_convergence(rows[3:], 50, 0.05)
+    table = list(csv.reader(io.StringIO(results_csv(rows, space))))
+    assert table[1][table[0].index("rankme_projector")] == ""  # not measured: blank, not nan
+
+
+def test_spearman_interval_on_constructed_trials():
+    from lejepa_ray.sweep import spearman_interval
+
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    rho, low, high = spearman_interval(x, [10 - v for v in x])
+    assert rho == pytest.approx(-1.0) and low == pytest.approx(-1.0) and high == pytest.approx(-1)
+    # A noisy but real relation: ρ inside its interval, which is wide for 8 trials and
+    # excludes 0; the same seed gives the same interval.
+    y = [0.1, 0.3, 0.2, 0.5, 0.4, 0.7, 0.6, 0.8]
+    rho, low, high = spearman_interval(x, y)
+    assert low <= rho <= high and 0 < low < 0.9 and high == pytest.approx(1.0)
+    assert spearman_interval(x, y) == (rho, low, high)
+    unrelated = spearman_interval(x, [0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4])
+    assert unrelated[1] < 0 < unrelated[2]
+    assert all(math.isnan(v) for v in spearman_interval(x[:2], y[:2]))
+    assert all(math.isnan(v) for v in spearman_interval(x, [1.0] * 8))
+
+
+def _row(i, score, loss, linear, knn, status="completed", **extra):
+    return TrialRow(
+        rank=i,
+        trial=f"t{i}",
+        status=status,
+        step=8,
+        selection_score=score,
+        loss=loss,
+        params={"loss.lam": 0.01 * i},
+        checkpoint=None,
+        knn_top1=knn,
+        linear_top1=linear,
+        **extra,
+    )
+
+
+def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
+    from lejepa_ray.sweep import format_validation, validation_plots
+
+    # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss ranks
+    # them in the opposite order; RankMe (higher is better) agrees with the probes.
+    rows = [
+        _row(1, 1.0, 0.9, 0.9, 0.8, rankme_backbone=30.0, rankme_projector=8.0),
+        _row(2, 2.0, 0.5, 0.7, 0.6, rankme_backbone=20.0, rankme_projector=7.0),
+        _row(3, 3.0, 0.3, 0.5, 0.4, rankme_backbone=10.0, rankme_projector=6.0),
+        _row(4, 4.0, 0.1, 0.1, 0.1, status="stopped at step 2", rankme_backbone=5.0),
+        _row(5, 0.1, 0.1, None, None, status="error: boom"),
+    ]
+    rows[1].descending = True
     v = validate(rows)
-    assert v["trials"] == 3  # the stopped trial is left out
+    json.dumps(v, allow_nan=False)  # strict JSON: what is undefined is null
+    assert (v["trials"], v["completed"], v["stopped"]) == (4, 3, 1)
+    assert v["still_descending"] == ["t2"]
     assert v["rho"]["selection_score~linear_top1"] == pytest.approx(-1.0)
+    assert v["agreement"]["selection_score~linear_top1"] == pytest.approx(1.0)
     assert v["rho"]["selection_score~knn_top1"] == pytest.approx(-1.0)
     assert v["rho"]["loss~linear_top1"] == pytest.approx(1.0)
+    assert v["agreement"]["loss~linear_top1"] == pytest.approx(-1.0)
+    assert v["rho"]["rankme_backbone~linear_top1"] == pytest.approx(1.0)
+    assert v["n"]["rankme_backbone~linear_top1"] == 4
+    assert v["n"]["rankme_projector~linear_top1"] == 3  # the stopped trial has none
+    low, high = v["interval95"]["rankme_backbone~linear_top1"]
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
     assert v["label_free_pick"] == v["best_by_labels"] == {"trial": "t1", "linear_top1": 0.9}
+    text = format_validation(v)
+    assert "over 4 trials (3 completed, 1 stopped early)" in text
+    assert "RankMe (backbone)" in text and "[+1.00, +1.00]" in text
+    assert "1 of these trials were still descending" in text
+    # Over the completed trials alone (t1-t3) too: what ASHA's shorter runs cannot inflate.
+    assert v["completed_only"]["n"]["rankme_backbone~linear_top1"] == 3
+    assert v["completed_only"]["agreement"]["selection_score~linear_top1"] == pytest.approx(1.0)
+    assert "completed trials only (n=3), agreement with linear:" in text
+    assert validate(rows, "rankme")["label_free_pick"]["trial"] == "t1"
+    plots = validation_plots(rows, "test")
+    assert set(plots) == {"selection_score", "loss", "rankme_backbone", "rankme_projector"}
+    assert all(png.startswith(b"\x89PNG") and len(png) > 5000 for png in plots.values())
+    for r in rows:  # λ not swept: one colour
+        r.params = {}
+    assert len(validation_plots(rows, "test")) == 4
     assert "at least 3" in validate(rows[:2])["note"]
+
+
+def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
+    import lejepa_ray.sweep as sweep
+
+    calls = []
+
+    def probe(path, data, val_data=None):
+        calls.append((path, data, val_data))
+        return {"probe/knn_top1": 0.5, "probe/linear_top1": 0.6}
+
+    monkeypatch.setattr(sweep, "probe_checkpoint", probe)
+    rows = [
+        _row(1, 1.0, 0.9, 0.9, 0.8),
+        _row(2, 2.0, 0.5, None, None, status="stopped at step 4"),
+        _row(3, 2.0, 0.5, None, None, status="stopped at step 2"),
+    ]
+    rows[1].checkpoint = "/runs/t2/checkpoint_00000004"
+    lines = []
+    sweep.probe_stopped(rows, "digits:train", "digits:val", print_fn=lines.append)
+    assert calls == [("/runs/t2/checkpoint_00000004", "digits:train", "digits:val")]
+    assert (rows[1].knn_top1, rows[1].linear_top1) == (0.5, 0.6)
+    assert rows[2].linear_top1 is None  # no checkpoint to probe
+    assert lines == ["probing stopped trial t2 (1/1): /runs/t2/checkpoint_00000004"]
 
 
 def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
@@ -266,8 +424,8 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     assert next(r for r in rows if r["trial"] in finished)["status"] == "completed"
     done = [r for r in rows if r["status"] == "completed"]
     assert rows[0] in done and rows[0]["checkpoint"]
-    scores = [float(r["selection_score"]) for r in done]
-    assert scores == sorted(scores)
+    ranks = [float(r["rankme_backbone"]) for r in done]  # the default --select-by rankme
+    assert ranks == sorted(ranks, reverse=True)
     for r in rows:  # every report carried the score; a stopped trial ends on a rung (2 or 4)
         assert math.isfinite(float(r["selection_score"])) and r["step"] in ("2", "4", "8"), r
     assert list(rows[0])[:10] == [
@@ -285,6 +443,16 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     assert (sweep / "plot.png").stat().st_size > 5000
     winner = json.loads((sweep / "winner" / "config.json").read_text())
     assert winner["architecture"] == "resnet10t" and winner["lejepa"]["step"] == 8
-    assert all(0 <= float(r["linear_top1"]) <= 1 and 0 <= float(r["knn_top1"]) <= 1 for r in done)
-    assert json.loads((sweep / "validation.json").read_text())["trials"] == len(done)
-    assert "label-free selection over" in second.stdout
+    # Early-stopped trials with a checkpoint (step 4) are probed too, by the driver.
+    probed = [r for r in rows if r["checkpoint"]]
+    assert all(0 <= float(r["linear_top1"]) <= 1 and 0 <= float(r["knn_top1"]) <= 1 for r in probed)
+    for r in probed:  # RankMe of the last checkpoint: at most the projector's 64 dimensions
+        assert float(r["rankme_backbone"]) >= 1 and 1 <= float(r["rankme_projector"]) <= 64
+    validation = json.loads((sweep / "validation.json").read_text())
+    assert validation["trials"] == len(probed) and validation["completed"] == len(done)
+    low, high = validation["interval95"]["rankme_backbone~linear_top1"]
+    assert (low is None and high is None) or -1 <= low <= high <= 1
+    for metric in ("selection_score", "loss", "rankme_backbone", "rankme_projector"):
+        assert (sweep / f"validation_{metric}.png").stat().st_size > 5000, metric
+    assert "label-free metrics against probe accuracy over" in second.stdout
+    assert "convergence:" in second.stdout

@@ -67,6 +67,10 @@ def test_fit_reports_at_log_and_checkpoint_steps():
     assert last["selection_score/smoothed"] == pytest.approx(
         last["loss/smoothed"] / 0.05**0.4, rel=1e-5
     )
+    # Convergence: the smoothed loss against the one logged a window (3 steps) earlier.
+    assert all(math.isnan(m["loss/rel_change"]) for _, m, _ in calls[:3])  # none that old yet
+    at3 = calls[1][1]["loss/smoothed"]
+    assert last["loss/rel_change"] == pytest.approx((last["loss/smoothed"] - at3) / at3)
     for key in (
         "loss",
         "loss/prediction",
@@ -166,3 +170,16 @@ def test_consecutive_non_finite_steps_stop_the_run():
         fit(trainer, _batches(), report=lambda s, m, save: saved.append(s))
     assert saved == [1, 2, 3]  # nothing is checkpointed at the step that stops the run
     assert trainer.skipped_steps == 3
+
+
+def test_relative_change_compares_with_the_log_one_window_earlier():
+    from lejepa_ray.train import _relative_change
+
+    history: dict[int, float] = {}
+    logged = [(20, 1.0), (40, 0.9), (60, 0.0), (80, 0.7), (100, 0.6), (120, 0.5)]
+    out = [_relative_change(history, step, value, 50) for step, value in logged]
+    assert all(math.isnan(v) for v in out[:3])  # nothing 50 steps older yet
+    assert out[3] == pytest.approx(-0.3)  # 80 against 20
+    assert out[4] == pytest.approx((0.6 - 0.9) / 0.9)  # 100 against 40
+    assert math.isnan(out[5])  # 120 against 60, whose value is 0: undefined
+    assert set(history) == {60, 80, 100, 120}  # 20 and 40 can no longer be needed

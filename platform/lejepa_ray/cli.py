@@ -188,7 +188,10 @@ def _sweep(args: argparse.Namespace) -> int:
         grace_steps=args.grace_steps,
         reduction_factor=args.reduction_factor,
         seed=args.seed,
+        select_by=args.select_by,
+        plateau_tol=args.plateau_tol,
         validate_with_labels=args.validate_data if args.validate_with_labels else None,
+        val_data=args.val_data,
         export_winner=not args.no_export,
     )
     result = run_sweep(opts)
@@ -200,6 +203,11 @@ def _sweep(args: argparse.Namespace) -> int:
         f"{seconds} s: {len(result.rows)} trials"
     )
     print(f"results: {result.sweep_dir}/results.csv, plot: {result.sweep_dir}/plot.png")
+    if result.validation and "rho" in result.validation and result.validation["rho"]:
+        print(
+            f"validation: {result.sweep_dir}/validation.json, scatter plots: "
+            f"{result.sweep_dir}/validation_<metric>.png"
+        )
     print(f"TensorBoard of every trial: tensorboard --logdir {result.sweep_dir}/runs")
     return 0
 
@@ -209,9 +217,11 @@ def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
         "sweep",
         help="Ray Tune sweep of the pretrain config, ranked by the label-free score",
         description="Run one pretraining per trial (a TorchTrainer per Tune trial), rank the "
-        "trials by selection_score = loss / λ^α smoothed over the last steps (lower is "
-        "better; no labels), write results.csv and plot.png, and export the winner's "
-        "backbone. Rerunning with the same --name resumes an interrupted sweep.",
+        "trials without labels (--select-by: selection_score = loss / λ^α smoothed over the "
+        "last steps, lower is better, or RankMe of held-out embeddings, higher is better), "
+        "flag trials whose loss is still falling, write results.csv and plot.png, and "
+        "export the winner's backbone. Rerunning with the same --name resumes an "
+        "interrupted sweep.",
     )
     sweep.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
     sweep.add_argument(
@@ -258,15 +268,38 @@ def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
     )
     sweep.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
     sweep.add_argument(
+        "--select-by",
+        choices=("rankme", "score"),
+        default="rankme",
+        help="what ranks the trials and picks the winner: rankme (RankMe of held-out "
+        "backbone features, higher is better; default) or score (loss / λ^α, lower is "
+        "better); ASHA stops trials by the score either way",
+    )
+    sweep.add_argument(
+        "--plateau-tol",
+        type=float,
+        default=0.05,
+        help="flag a trial as still descending when its mean loss over the last "
+        "loss.score_smoothing_steps steps is more than this fraction below the window "
+        "before (default: 0.05)",
+    )
+    sweep.add_argument(
         "--validate-with-labels",
         action="store_true",
-        help="probe every completed trial (kNN and linear) and report Spearman "
-        "ρ of the score and the raw loss against probe accuracy",
+        help="probe every trial's last checkpoint (kNN and linear; early-stopped trials "
+        "too) and report Spearman ρ, with bootstrap 95%% intervals, of every label-free "
+        "metric against probe accuracy",
     )
     sweep.add_argument(
         "--validate-data",
         default="digits",
-        help="labelled data for --validate-with-labels (default: digits)",
+        help="labelled data the probes are fitted on (default: digits)",
+    )
+    sweep.add_argument(
+        "--val-data",
+        default=None,
+        help="labelled data the probes are scored on, e.g. digits:val or a val/ folder "
+        "(default: a hash 80/20 split of --validate-data)",
     )
     sweep.add_argument(
         "--no-export", action="store_true", help="do not export the winner's backbone"

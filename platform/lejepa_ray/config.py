@@ -262,9 +262,15 @@ class LoggingConfig:
     """Show Ray's own logs on the console too (driver INFO lines, placement groups, Ray Data
     plans, C++ notices). Off: our progress, warnings and errors only; Ray's logs stay in the
     session's log folder (/tmp/ray/session_latest/logs)."""
+    rankme_samples: int = 512
+    """At every checkpoint, RankMe (``lejepa_ray.rankme``, the effective rank of the
+    embeddings; higher is better) of the backbone features and the projector outputs of this
+    many fixed images the run does not train on (``data.split=val`` when it trains on
+    ``train``); logged as ``rankme/backbone`` and ``rankme/projector``. 0: off."""
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
+        _check(self.rankme_samples >= 0, "logging.rankme_samples", self.rankme_samples, ">= 0")
         _check(
             self.peak_tflops is None or self.peak_tflops > 0,
             "logging.peak_tflops",

@@ -104,6 +104,8 @@ def format_line(step: int, total_steps: int, m: dict[str, float]) -> str:
     if "throughput/tflops_per_device" in m:
         mfu = f" MFU {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else ""
         parts.append(f"{m['throughput/tflops_per_device']:.2f} TFLOP/s{mfu}")
+    if "rankme/backbone" in m:  # at checkpoints
+        parts.append(f"rankme {m['rankme/backbone']:.1f} (proj {m['rankme/projector']:.1f})")
     parts.append(f"data wait {m['time/data_wait_fraction']:.0%}")
     parts.append(f"mem {m['memory/peak_gib']:.1f} GiB")
     if "data/skipped" in m:

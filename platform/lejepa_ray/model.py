@@ -169,6 +169,13 @@ class LeJEPAEncoder(nn.Module):
         """Pooled backbone features ``(N, num_features)`` of uint8 images ``(N, 3, S, S)``."""
         return self.backbone(self._pixels(images.unsqueeze(1), images.shape[-1]))
 
+    def embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features ``(N, num_features)`` and projector outputs ``(N, projector_dim)``
+        of uint8 images ``(N, 3, S, S)``, in one pass (registered with FSDP2 as a forward
+        method, so sharded parameters are gathered for it)."""
+        feats = self.features(images)
+        return feats, self.projector(feats)
+
     def forward(
         self, global_views: torch.Tensor, local_views: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -90,13 +90,16 @@ def _fully_shard(
     seed: int,
 ) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     mesh = init_device_mesh(device.type, (world,))
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=_policy(block, dtype))
     fully_shard(model, mesh=mesh, mp_policy=_policy(model, dtype))
+    # RankMe embeds through this method, not forward: FSDP2 must gather the root's parameters
+    # (stem, head, projector) for it too.
+    register_fsdp_forward_method(model, "embeddings")
     if any(p.is_meta for p in model.parameters()):
         materialize(model, device, seed)
     return model

@@ -290,6 +290,7 @@ def train_worker(config: dict) -> None:
 
     from lejepa_ray.data.stream import EpochCursor, skip_metrics
     from lejepa_ray.flops import peak_tflops
+    from lejepa_ray.rankme import heldout_batch, rankme_metrics
     from lejepa_ray.train import NonFiniteLossError, Trainer, fit
 
     # Ray Train logs each report, with all its metrics, from every rank at INFO, on a logger
@@ -337,9 +338,16 @@ def train_worker(config: dict) -> None:
                 load_seconds,
             )
     config_yaml = to_yaml(cfg)
+    rankme_images = None
+    if cfg.logging.rankme_samples:
+        rankme_images = heldout_batch(
+            cfg.data, config["spec"].global_size, cfg.logging.rankme_samples
+        )
 
     def report(step: int, metrics: dict[str, float], save: bool) -> None:
         metrics = {**metrics, "data/epoch": cursor.epoch}
+        if save and rankme_images is not None:  # every rank: FSDP2 gathers for it
+            metrics.update(rankme_metrics(trainer.encoder, rankme_images, bf16=trainer.autocast))
         if writer is not None:
             metrics.update(skip_metrics(config["counter"]))
             writer.log(step, metrics)

@@ -70,12 +70,12 @@ def load_labelled(
     Raises:
         ValueError: fewer than 2 classes, or no bank or no queries.
     """
-    images, labels, keys = _read_labelled(data, size, max_samples)
+    images, labels, keys = read_images(data, size, max_samples)
     if val is None:
         query = [stable_hash("probe-split", key) % 5 == 0 for key in keys]
         protocol = HASH_SPLIT
     else:
-        val_images, val_labels, _ = _read_labelled(val, size, max_samples)
+        val_images, val_labels, _ = read_images(val, size, max_samples)
         query = [False] * len(images) + [True] * len(val_images)
         images, labels, protocol = images + val_images, labels + val_labels, TRAIN_VAL
     if len(set(labels)) < 2 or not any(query) or all(query):
@@ -88,11 +88,13 @@ def load_labelled(
     return LabelledImages(torch.stack(images), torch.tensor(labels), torch.tensor(query), protocol)
 
 
-def _read_labelled(
-    data: DataConfig, size: int, max_samples: int
-) -> tuple[list[torch.Tensor], list[int], list[str]]:
-    """Up to ``max_samples`` decodable, labelled images (3, S, S) of ``data``'s source, spread
-    evenly (parquet: the first rows, which the converter already mixed), with labels and keys."""
+def read_images(
+    data: DataConfig, size: int, max_samples: int, labelled: bool = True
+) -> tuple[list[torch.Tensor], list[int | None], list[str]]:
+    """Up to ``max_samples`` decodable uint8 images (3, S, S) of ``data``'s source (its
+    ``split``), resized (short side) and centre-cropped to ``size``, spread evenly (parquet:
+    the first rows, which the converter already mixed), with labels and keys. ``labelled``:
+    only images with a label; otherwise every decodable one (labels may be None)."""
     limit = min(data.num_samples or max_samples, max_samples)
     # LocalSource reads into this process: never more than the probe needs.
     source = LocalSource(dataclasses.replace(data, num_samples=limit))
@@ -103,14 +105,15 @@ def _read_labelled(
     images, labels, keys = [], [], []
     for i in picks:
         row = source[int(i)]
-        if row["label"] is None or row["label"] < 0:
+        unlabelled = row["label"] is None or row["label"] < 0
+        if labelled and unlabelled:
             continue
         try:
             img = decode_rgb(row["image"], data.max_pixels)
         except BadImage:
             continue
         images.append(prepare(img))
-        labels.append(int(row["label"]))
+        labels.append(None if unlabelled else int(row["label"]))
         keys.append(row["key"])
     return images, labels, keys
 

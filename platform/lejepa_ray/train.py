@@ -8,6 +8,7 @@ the same loop runs inside a Ray Train worker (``pretrain.py``) and under plain `
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections import deque
@@ -208,7 +209,9 @@ def fit(
     report is a barrier): with fresh ``metrics`` every ``logging.every_steps`` steps and at each
     checkpoint, and with ``checkpoint=True`` every ``checkpoint.every_steps`` steps and at the
     end. Logged losses are means over the finite steps since the previous log; ``loss/smoothed``
-    and ``selection_score/smoothed`` average the last ``loss.score_smoothing_steps`` steps.
+    and ``selection_score/smoothed`` average the last ``loss.score_smoothing_steps`` steps (W),
+    and ``loss/rel_change`` compares that mean with the one logged W steps earlier (the W steps
+    before): negative while the loss still falls, NaN until two windows have passed.
 
     Raises:
         NonFiniteLossError: too many non-finite steps in a row; no checkpoint is written for
@@ -218,6 +221,7 @@ def fit(
     accum = cfg.optim.accum_steps
     meter = Meter(time.perf_counter())
     recent = RecentMean(cfg.loss.score_smoothing_steps)
+    smoothed_at: dict[int, float] = {}  # step -> loss/smoothed logged then
     metrics: dict[str, float] = {}
     views = cfg.data.views.global_views + cfg.data.views.local_views
     while trainer.step < cfg.optim.steps:
@@ -238,9 +242,28 @@ def fit(
             metrics = _metrics(
                 trainer, result, meter, recent, views, flops_per_image, peak_tflops, world_size
             )
+            metrics["loss/rel_change"] = _relative_change(
+                smoothed_at, step, metrics["loss/smoothed"], cfg.loss.score_smoothing_steps
+            )
             meter = Meter(time.perf_counter())
             report(step, metrics, save)
     return metrics
+
+
+def _relative_change(history: dict[int, float], step: int, value: float, window: int) -> float:
+    """(value − v) / |v|, v the value logged at the latest step ≤ ``step − window``; records
+    ``value`` at ``step`` and forgets logs no later call can need. NaN when no log is that old
+    (or v is 0 or not finite)."""
+    earlier = [s for s in history if s <= step - window]
+    history[step] = value
+    if not earlier:
+        return float("nan")
+    for old in earlier[:-1]:  # steps only grow: the newest of these serves every later call
+        del history[old]
+    then = history[max(earlier)]
+    if not math.isfinite(then) or then == 0:
+        return float("nan")
+    return (value - then) / abs(then)
 
 
 def _metrics(
