@@ -236,7 +236,8 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
             ("1", "completed"),
             ("2", "completed"),
         ], logs[-4000:]
-        assert float(rows[0]["selection_score"]) <= float(rows[1]["selection_score"])
+        # Ranked by the default --select-by rankme: higher RankMe first.
+        assert float(rows[0]["rankme_backbone"]) >= float(rows[1]["rankme_backbone"])
         assert (sweep / "winner" / "config.json").exists()
         for r in rows:
             assert (sweep / "runs" / r["trial"] / "checkpoint_00000008").is_dir()
