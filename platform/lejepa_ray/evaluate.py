@@ -51,7 +51,7 @@ class ProjectorOutputs(nn.Module):
         self.encoder = encoder
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.projector(self.encoder.features(images))
+        return self.encoder.embeddings(images)[1]
 
 
 @dataclass

@@ -9,7 +9,6 @@ anything, builds the Ray Data stream, runs a ``TorchTrainer`` whose workers exec
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import json
 import logging
@@ -270,8 +269,10 @@ def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> ProbeRepo
     workers' seed) and of raw pixels. A run on ``data.split=train`` is scored on
     ``data.split=val`` of its source; any other on the hash split of its data."""
     from lejepa_ray.probe import load_labelled, probe_report
+    from lejepa_ray.rankme import heldout_data
 
-    val = dataclasses.replace(cfg.data, split="val") if cfg.data.split == "train" else None
+    held, is_held_out = heldout_data(cfg.data)  # the same held-out split RankMe measures on
+    val = held if is_held_out else None
     data = load_labelled(cfg.data, cfg.data.views.global_size, cfg.probe.max_samples, val)
     torch.manual_seed(cfg.seed)
     at_init = LeJEPAEncoder(spec, cfg.model)

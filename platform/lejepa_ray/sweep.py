@@ -68,6 +68,11 @@ class LabelFree:
     lower_is_better: bool
     label: str
 
+    @property
+    def better(self) -> str:
+        """``lower`` or ``higher``: which way is better."""
+        return "lower" if self.lower_is_better else "higher"
+
 
 LABEL_FREE = (
     LabelFree("selection_score", METRIC, True, "loss / λ^α"),
@@ -79,6 +84,13 @@ SELECT_BY = {"rankme": "rankme_backbone", "score": "selection_score"}
 """``--select-by`` choices and the metric each ranks by."""
 DEFAULT_SELECT_BY = "rankme"
 """What our measurements support (docs/sweeps.md: the 12-trial digits experiment)."""
+
+
+def selected(select_by: str) -> LabelFree:
+    """The label-free metric ``--select-by select_by`` ranks by."""
+    return next(m for m in LABEL_FREE if m.column == SELECT_BY[select_by])
+
+
 PROBES = ("linear_top1", "knn_top1")
 SCHEDULERS = ("asha", "fifo")
 SEARCHES = ("random", "optuna")
@@ -524,8 +536,8 @@ def rank(
                 rising=rel_change > plateau_tol,
             )
         )
-    column = SELECT_BY[select_by]
-    lower = next(m for m in LABEL_FREE if m.column == column).lower_is_better
+    metric = selected(select_by)
+    column, lower = metric.column, metric.lower_is_better
 
     def order(row: TrialRow) -> tuple:
         group = 0 if row.completed else 2 if row.failed else 1
@@ -651,9 +663,8 @@ def format_table(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
         for row in [head, *body]
     ]
-    metric = next(m for m in LABEL_FREE if m.column == SELECT_BY[select_by])
-    way = "lower" if metric.lower_is_better else "higher"
-    return "\n".join(["", f"trials ranked by {metric.metric} ({way} is better):", *lines])
+    metric = selected(select_by)
+    return "\n".join(["", f"trials ranked by {metric.metric} ({metric.better} is better):", *lines])
 
 
 def format_convergence(rows: list[TrialRow], window: int, tol: float) -> str:
@@ -818,8 +829,8 @@ def validate(rows: list[TrialRow], select_by: str = DEFAULT_SELECT_BY) -> dict[s
         return out
     out.update(_correlations(probed))
     out["completed_only"] = _correlations([r for r in probed if r.completed])
-    column = SELECT_BY[select_by]
-    lower = next(m for m in LABEL_FREE if m.column == column).lower_is_better
+    metric = selected(select_by)
+    column, lower = metric.column, metric.lower_is_better
     done = [r for r in probed if r.completed and not math.isnan(getattr(r, column))]
     if done:
         pick = (min if lower else max)(done, key=lambda r: getattr(r, column))
@@ -875,10 +886,9 @@ def format_validation(v: dict[str, Any]) -> str:
                 continue
             interval = "[-]" if low is None else f"[{low:+.2f}, {high:+.2f}]"
             cells.append(f"vs {name} ρ {rho:+.2f} {interval} agreement {v['agreement'][key]:+.2f}")
-        way = "lower" if metric.lower_is_better else "higher"
+        n = v["n"][f"{metric.column}~linear_top1"]
         lines.append(
-            f"  {metric.label:19s} ({way} is better, n={v['n'][f'{metric.column}~linear_top1']}): "
-            + "; ".join(cells)
+            f"  {metric.label:19s} ({metric.better} is better, n={n}): " + "; ".join(cells)
         )
     if v["stopped"]:
         only = v["completed_only"]
@@ -953,9 +963,7 @@ def validation_plots(rows: list[TrialRow], title: str) -> dict[str, bytes]:
                     alpha=1.0 if filled else 0.5,
                     **kwargs,
                 )
-            ax.set_xlabel(
-                f"{metric.metric} ({'lower' if metric.lower_is_better else 'higher'} is better)"
-            )
+            ax.set_xlabel(f"{metric.metric} ({metric.better} is better)")
             ax.set_ylabel(f"{name} top-1")
             ax.grid(alpha=0.3)
         if by_lam:
