@@ -1,18 +1,24 @@
-"""Recovery from a killed worker: SIGKILL a Ray Train worker mid-run and time the restart.
+"""Recovery from killed workers: SIGKILL a Ray Train worker three times in one run.
 
-Runs the CPU quickstart (2 workers, DDP, digits) with ``fault.max_failures`` set, logging every
-step and checkpointing every ``--every`` steps. Once Ray Train has registered the checkpoint of
-step ``--every`` it waits ``--delay`` seconds, kills one training worker process (SIGKILL), and lets
-Ray Train restart the worker group from that checkpoint. From the run's TensorBoard events it
-reports:
+Runs the CPU quickstart (2 workers, DDP, digits) with ``fault.max_failures=3``, logging every
+step and checkpointing every ``--every`` steps, and kills one training worker (SIGKILL):
 
-- seconds from the kill until the restarted workers had loaded the checkpoint;
+1. ``--delay`` s after Ray Train registered the checkpoint of step ``every``;
+2. ``--delay`` s after it registered the checkpoint of step ``2 * every``;
+3. while the checkpoint of step ``3 * every`` is being written (its files have appeared, Ray
+   has not registered it), so the restart must come from the one before.
+
+Ray Train restarts the worker group each time from the latest complete checkpoint. From the
+run's TensorBoard events it reports, per kill:
+
+- the checkpoint resumed from;
+- seconds from the kill until the restarted workers had loaded it;
 - seconds from the kill until the first step after the restart was logged;
-- steps recomputed: those logged after the checkpoint and before the kill.
+- steps recomputed: those logged after that checkpoint and before the kill.
 
 Last line: one JSON object.
 
-    python benchmarks/recovery.py [--steps 24] [--every 8] [--delay 6] [--storage DIR]
+    python benchmarks/recovery.py [--steps 40] [--every 8] [--delay 4] [--storage DIR]
 """
 
 from __future__ import annotations
@@ -28,20 +34,28 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--every", type=int, default=8, help="checkpoint interval (steps)")
     parser.add_argument(
-        "--delay", type=float, default=6.0, help="seconds between the checkpoint and the kill"
+        "--delay", type=float, default=4.0, help="seconds between a checkpoint and a kill"
     )
     parser.add_argument("--storage", default=None, help="run directory parent (default: temp)")
     args = parser.parse_args(argv)
+    if args.steps <= 3 * args.every:
+        sys.exit(f"--steps must exceed 3 * --every ({3 * args.every}): the run needs 3 kills")
 
-    from lejepa_ray.chaos import KillAfter, checkpoint_registered, recovery
+    from lejepa_ray.chaos import (
+        KillAfter,
+        checkpoint_being_written,
+        checkpoint_registered,
+        recoveries,
+    )
     from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
     from lejepa_ray.pretrain import run
 
     storage = args.storage or tempfile.mkdtemp(prefix="lejepa-recovery-")
+    run_dir = Path(storage, "recovery")
     cfg = load_config(
         QUICKSTART,
         [
@@ -52,37 +66,59 @@ def main(argv: list[str] | None = None) -> dict:
             "logging.every_steps=1",
             f"checkpoint.every_steps={args.every}",
             "probe.knn=false",
-            "fault.max_failures=2",
+            "logging.rankme_samples=0",
+            "fault.max_failures=3",
         ],
     )
-    killer = KillAfter(
-        checkpoint_registered(Path(storage, "recovery"), args.every), delay_s=args.delay
-    )
-    killer.start()
+    plan = [
+        ("registered", checkpoint_registered(run_dir, args.every), args.delay),
+        ("registered", checkpoint_registered(run_dir, 2 * args.every), args.delay),
+        ("being written", checkpoint_being_written(str(run_dir), 3 * args.every), 0.0),
+    ]
+    killers = []
+
+    def arm() -> None:  # one kill after another: each waits for its own checkpoint
+        for _, ready, delay in plan:
+            killer = KillAfter(ready, delay_s=delay, timeout_s=900)
+            killers.append(killer)
+            killer.run()
+
+    import threading
+
+    thread = threading.Thread(target=arm, daemon=True)
+    thread.start()
     start = time.time()
     result = run(cfg)
     wall = time.time() - start
-    killer.join()
-    if killer.killed_at is None:
-        sys.exit(f"no worker was killed: {killer.error}")
-    figures = recovery(Path(result.run_dir, "tensorboard"), killer.killed_at, args.every)
+    thread.join(timeout=1)
+    failed = [k.error for k in killers if k.killed_at is None]
+    if len(killers) < 3 or failed:
+        sys.exit(f"not every kill happened: {failed or 'the run ended first'}")
+    tensorboard = Path(result.run_dir, "tensorboard")
+    figures = recoveries(tensorboard, [k.killed_at for k in killers])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard))  # applies the purges of replayed steps
+    events.Reload()
+    steps = [e.step for e in events.Scalars("loss")]
+    for (when, _, _), killer, fig, n in zip(plan, killers, figures, (1, 2, 3), strict=True):
+        print(
+            f"kill {n} (pid {killer.pid}, {killer.killed_at - start:.1f} s in, checkpoint "
+            f"{when}): resumed from step {fig.checkpoint_step}, loaded after "
+            f"{fig.seconds_to_resume:.1f} s, next step after {fig.seconds_to_next_step:.1f} s, "
+            f"{fig.steps_recomputed} steps recomputed"
+        )
     print(
-        f"killed worker pid {killer.pid} {killer.killed_at - start:.1f} s into the run, "
-        f"{args.delay:.0f} s after the checkpoint of step {args.every}"
+        f"run finished at step {int(result.metrics['step'])} of {args.steps} in {wall:.0f} s; "
+        f"steps logged once each: {steps == list(range(1, args.steps + 1))}"
     )
-    print(
-        f"checkpoint loaded by the restarted workers {figures.seconds_to_resume:.1f} s "
-        f"after the kill; first new step logged after {figures.seconds_to_next_step:.1f} s"
-    )
-    print(
-        f"steps recomputed: {figures.steps_recomputed} (logged steps "
-        f"{args.every + 1}..{figures.last_step_before_kill} were lost with the kill)"
-    )
-    print(f"run finished at step {int(result.metrics['step'])} of {args.steps} in {wall:.0f} s")
     out = {
-        **asdict(figures),
-        "steps_recomputed": figures.steps_recomputed,
+        "kills": [
+            {**asdict(f), "steps_recomputed": f.steps_recomputed, "checkpoint": when}
+            for (when, _, _), f in zip(plan, figures, strict=True)
+        ],
         "final_step": int(result.metrics["step"]),
+        "steps_logged_once": steps == list(range(1, args.steps + 1)),
         "wall_s": wall,
     }
     print(json.dumps(out))

@@ -11,7 +11,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_server(tmp_path_factory):
+    """A local S3 endpoint (moto's server), with this process's environment pointing AWS
+    clients at it: the Ray instance of :func:`ray_cluster` starts after it, so its workers
+    inherit the same environment, as a cluster's nodes get theirs from ``cluster.yaml``."""
+    import s3
+
+    server = s3.start(tmp_path_factory.mktemp("s3"))
+    before = s3.apply_env(server)
+    yield server
+    s3.restore_env(before)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
     """One local Ray instance for every test that needs it (starting one takes 5-10 s).
 
     It declares the machine's cores plus 2 for two one-CPU training workers, the same rule

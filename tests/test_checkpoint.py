@@ -4,6 +4,7 @@ clear errors for incomplete, corrupt, foreign or malicious files."""
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def test_files_are_unique_per_rank_and_hold_no_pickled_objects(tmp_path):
         ".metadata",
         "__0_0.distcp",
         "config.yaml",
+        "manifest.json",
         "rng/rank_00000.json",
         "state.json",
     ]
@@ -153,39 +155,106 @@ def test_another_model_is_refused_with_both_names(saved):
         checkpoint.load(saved, wider)
 
 
-def test_truncated_or_missing_shard_is_reported_before_loading(saved):
+@pytest.fixture
+def legacy(saved) -> Path:
+    """A checkpoint as lejepa-ray wrote them before manifests: checked by structure only."""
+    (saved / "manifest.json").unlink()
+    return saved
+
+
+def _encoder() -> LeJEPAEncoder:
+    return LeJEPAEncoder(resolve_backbone(_config()), _config().model)
+
+
+def test_manifest_lists_every_file_and_a_checksum_per_stored_tensor(saved):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    on_disk = {
+        p.relative_to(saved).as_posix(): p.stat().st_size
+        for p in saved.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+    assert {k: v["size"] for k, v in manifest["files"].items()} == on_disk
+    index = checkpoint.read_metadata(saved).storage_data
+    ranges = {(i.relative_path, i.offset, i.length) for i in index.values()}
+    assert {(f, o, n) for f, items in manifest["chunks"].items() for o, n, _ in items} == ranges
+
+
+def test_truncated_shard_is_refused_by_name_before_loading(saved):
     shard = saved / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"__0_0.distcp has 1000 of \d+ bytes"):
+    with pytest.raises(
+        CheckpointError, match=r"__0_0.distcp has 1000 bytes, the manifest says \d+ \(truncated\)"
+    ):
         checkpoint.load(saved, _trainer())
+
+
+def test_a_flipped_payload_byte_is_caught_where_it_is_read(saved):
+    index = checkpoint.read_metadata(saved).storage_data
+    key = next(k for k in index if k.fqn.startswith("model.") and index[k].length > 4096)
+    item = index[key]
+    shard = saved / item.relative_path
+    data = bytearray(shard.read_bytes())
+    data[item.offset + item.length // 2] ^= 0x01  # one bit, deep in a tensor's payload
+    shard.write_bytes(bytes(data))
+    message = rf"{item.relative_path} bytes {item.offset}\+{item.length} do not match"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(saved, _trainer())
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load_model_weights(saved, _encoder())
+
+
+def test_a_missing_file_is_refused_by_name(saved):
+    (saved / "rng" / "rank_00000.json").unlink()
+    with pytest.raises(CheckpointError, match=r"rng/rank_00000.json is missing"):
+        checkpoint.load(saved, _trainer())
+
+
+def test_a_checkpoint_without_manifest_loads_with_a_warning(legacy, caplog):
+    with caplog.at_level(logging.WARNING, logger="lejepa_ray.checkpoint"):
+        assert checkpoint.load_model_weights(legacy, _encoder()) == 1
+    assert "has no manifest.json" in caplog.text
+    assert "checked by structure and size only" in caplog.text
+
+
+def test_legacy_truncated_or_missing_shard_is_reported_before_loading(legacy):
+    shard = legacy / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"__0_0.distcp has 1000 of \d+ bytes"):
+        checkpoint.load(legacy, _trainer())
     shard.unlink()
     with pytest.raises(CheckpointError, match=r"__0_0.distcp is missing"):
-        checkpoint.load_model_weights(
-            saved, LeJEPAEncoder(resolve_backbone(_config()), _config().model)
-        )
+        checkpoint.load_model_weights(legacy, _encoder())
 
 
-def test_garbled_shard_bytes_give_a_checkpoint_error(saved):
-    shard = saved / "__0_0.distcp"
+def test_legacy_garbled_shard_bytes_give_a_checkpoint_error(legacy):
+    shard = legacy / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     data[:64] = b"\0" * 64  # same length, so only reading it can tell
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"a shard file is corrupt \(.*UnpicklingError"):
-        checkpoint.load(saved, _trainer())
+        checkpoint.load(legacy, _trainer())
 
 
-def test_corrupt_state_or_index_and_interrupted_writes(saved):
-    (saved / ".metadata").write_bytes(b"\x80\x04garbage")
+def test_corrupt_state_or_index_and_interrupted_writes(legacy):
+    (legacy / ".metadata").write_bytes(b"\x80\x04garbage")
     with pytest.raises(CheckpointError, match=r"\.metadata is corrupt"):
-        checkpoint.load(saved, _trainer())
-    (saved / ".metadata").unlink()
-    with pytest.raises(CheckpointError, match=r"no \.metadata: the checkpoint is incomplete"):
-        checkpoint.load(saved, _trainer())
-    (saved / "state.json").write_text("{not json")
+        checkpoint.load(legacy, _trainer())
+    (legacy / ".metadata").unlink()
+    with pytest.raises(CheckpointError, match=r"no \.metadata: .* The checkpoint is incomplete"):
+        checkpoint.load(legacy, _trainer())
+    (legacy / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"state.json is corrupt"):
-        checkpoint.read_state(saved)
-    (saved / "state.json").unlink()
+        checkpoint.read_state(legacy)
+    (legacy / "state.json").unlink()
     with pytest.raises(CheckpointError, match=r"interrupted while being written"):
+        checkpoint.read_state(legacy)
+
+
+def test_an_overwritten_state_file_is_caught_by_its_checksum(saved):
+    state = saved / "state.json"
+    text = state.read_text()
+    state.write_text(text.replace('"step": 1', '"step": 7'))  # same length
+    with pytest.raises(CheckpointError, match=r"state.json does not match its checksum"):
         checkpoint.read_state(saved)
 
 
@@ -198,16 +267,16 @@ class _Payload:
         return (os.system, ("touch pwned",))
 
 
-def test_index_with_foreign_objects_is_refused_without_running_them(saved, tmp_path, monkeypatch):
+def test_index_with_foreign_objects_is_refused_without_running_them(legacy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (saved / ".metadata").write_bytes(pickle.dumps(_Payload()))
+    (legacy / ".metadata").write_bytes(pickle.dumps(_Payload()))
     with pytest.raises(CheckpointError, match=r"refused to load posix\.system"):
-        checkpoint.load(saved, _trainer())
+        checkpoint.load(legacy, _trainer())
     assert not (tmp_path / "pwned").exists()
 
 
 def test_find_accepts_a_checkpoint_and_rejects_a_folder_without_one(saved, tmp_path):
-    assert checkpoint.find(saved) == saved
+    assert checkpoint.find(saved) == str(saved)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"holds no completed checkpoint"):
         checkpoint.find(tmp_path / "empty")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from procs import TINY, clean_env, console_script
+from procs import TINY, clean_env, console_script, tail
 
 import lejepa_ray
 from lejepa_ray.cli import main
@@ -90,3 +91,75 @@ def test_default_run_prints_our_lines_and_none_of_rays(tmp_path):
     assert any(line.startswith("step 8/8 | loss ") for line in lines)
     assert any(line.strip().startswith("raw pixels ") for line in lines)
     assert len(lines) < 25, "\n".join(lines)
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (from /proc), so that they can be followed after it dies and
+    they are reparented."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tmp_path):
+    import signal
+
+    from lejepa_ray.chaos import checkpoint_registered
+
+    command = [
+        console_script(),
+        "pretrain",
+        *TINY,
+        "optim.steps=40",
+        "probe.knn=false",
+        f"storage_path={tmp_path}",
+        "name=driver",
+    ]
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, env=clean_env(), stdout=out, stderr=out)
+    ready = checkpoint_registered(tmp_path / "driver", 8)
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert driver.poll() is None and time.monotonic() < deadline, tail(log)
+        time.sleep(0.5)
+    ray_processes = _descendants(driver.pid)  # raylet, GCS, workers, Ray Data actors
+    assert len(ray_processes) > 3, ray_processes
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 60
+    while _alive(ray_processes) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _alive(ray_processes), f"orphaned: {_alive(ray_processes)}"
+
+    again = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=600)
+    lines = (again.stdout + again.stderr).splitlines()
+    assert again.returncode == 0, "\n".join(lines[-40:])
+    resumed = next(line for line in lines if line.startswith("run driver: "))
+    match = re.search(r"resuming from step (\d+)", resumed)
+    assert match and int(match.group(1)) >= 8, resumed
+    assert any(line.startswith("step 40/40 | loss ") for line in lines), "\n".join(lines)

@@ -101,4 +101,4 @@ def test_export_command_says_how_to_load_and_fails_clearly(tmp_path, capsys):
     assert "does not exist; pass a run directory" in capsys.readouterr().err
     (path / "__0_0.distcp").write_bytes(b"")
     assert main(["export", str(path), str(tmp_path / "o3")]) == 2
-    assert "is incomplete or truncated" in capsys.readouterr().err
+    assert "is corrupt: __0_0.distcp has 0 bytes" in capsys.readouterr().err

@@ -46,6 +46,24 @@ def checkpoint_registered(run_dir: str | Path, step: int):
     return ready
 
 
+def checkpoint_being_written(run_dir: str, step: int):
+    """A condition for :class:`KillAfter`: files of the checkpoint of ``step`` have appeared
+    in the run directory (a local path or URI) but Ray Train has not registered it yet, so a
+    kill now lands while it is being saved."""
+    from lejepa_ray.checkpoint import latest_checkpoint
+    from lejepa_ray.storage import Folder
+
+    folder = Folder.at(f"{str(run_dir).rstrip('/')}/checkpoint_{step:08d}")
+
+    def ready() -> bool:
+        if not folder.files():
+            return False
+        latest = latest_checkpoint(str(run_dir))
+        return latest is None or not latest[0].endswith(folder.name())
+
+    return ready
+
+
 class KillAfter(threading.Thread):
     """Once ``ready()`` holds, wait ``delay_s`` more, then SIGKILL one training worker.
 
@@ -125,3 +143,16 @@ def recovery(tensorboard_dir: str | Path, killed_at: float, checkpoint_step: int
             f"resumed from step {checkpoint_step} and went on after the kill"
         )
     return Recovery(checkpoint_step, max(before), min(resumed) - killed_at, min(after) - killed_at)
+
+
+def recoveries(tensorboard_dir: str | Path, killed_at: list[float]) -> list[Recovery]:
+    """Recovery figures for each of several kills of one run (times in order): each resumed
+    from the checkpoint whose ``resume/load_s`` event follows it first."""
+    resumes = scalar_events(tensorboard_dir, "resume/load_s")
+    out = []
+    for kill in killed_at:
+        step = next((s for t, s in resumes if t > kill), None)
+        if step is None:
+            raise RuntimeError(f"{tensorboard_dir} shows no resume after the kill at {kill:.0f}")
+        out.append(recovery(tensorboard_dir, kill, step))
+    return out

@@ -8,7 +8,14 @@ writes is unique to that rank):
 - ``rng/rank_<rank>.json``: the rank's RNG states (torch, CUDA, numpy, Python);
 - ``state.json``: step, LR schedule, data epoch and position, skipped steps, world size
   (rank 0);
-- ``config.yaml``: the run's config (rank 0).
+- ``config.yaml``: the run's config (rank 0);
+- ``manifest.json``: every file above with its size and checksum, and a checksum per stored
+  tensor (rank 0, last; see :mod:`lejepa_ray.manifest`).
+
+Checkpoints are read where they lie, on a local disk or in object storage (``s3://``), through
+pyarrow's filesystems: a rank fetches the index, then only the byte ranges of the tensors it
+loads (its own shards under FSDP2; the model without the optimizer for the probe and exports),
+and checks each range against the manifest as it reads it.
 
 The same code saves DDP replicas and FSDP2 shards: DCP's state-dict helpers give plain parameter
 names under either wrapper, and DCP reshards on load, so a checkpoint resumes on any world size
@@ -29,6 +36,7 @@ import logging
 import pickle
 import random
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,16 +48,28 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import FileSystemBase
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
+from lejepa_ray import manifest as mf
 from lejepa_ray.runtime import quiet_logger
+from lejepa_ray.storage import Folder
 
 if TYPE_CHECKING:
     from lejepa_ray.train import Trainer
 
+log = logging.getLogger(__name__)
+
+Location = str | Path | Folder
+"""A checkpoint directory: a local path, a URI (``s3://bucket/runs/r/checkpoint_00000008``) or
+a :class:`~lejepa_ray.storage.Folder`."""
+
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"
 METADATA_FILE = ".metadata"
+REFUSED_FILE = "refused.json"
+"""Written into a checkpoint that failed verification while a run loaded it, so that the
+restarted attempt, and every later resume, pass it over."""
 FORMAT = 1
 """Version of the layout above; bumped when it changes incompatibly."""
 
@@ -81,8 +101,9 @@ class TrainState:
 
 
 def save(path: str | Path, trainer: Trainer, state: TrainState, config_yaml: str) -> None:
-    """Write this rank's shards and RNG states to ``path``; rank 0 adds ``state.json`` and
-    ``config.yaml``. Call on every rank at the same step (DCP's save is collective)."""
+    """Write this rank's shards and RNG states to the local directory ``path``; rank 0 adds
+    ``state.json``, ``config.yaml`` and, last, the manifest of every rank's files. Call on every
+    rank at the same step (DCP's save and the manifest's gather are collective)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     if dist.is_initialized():
@@ -95,33 +116,105 @@ def save(path: str | Path, trainer: Trainer, state: TrainState, config_yaml: str
     model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
     with warnings.catch_warnings():  # DCP warns when it saves in one process: we mean to
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.save(
+        metadata = dcp.save(
             {"model": model_state, "optim": {"state": optim_state["state"]}},
             checkpoint_id=str(path),
             no_dist=not dist.is_initialized(),
         )
-    _rng_file(path).parent.mkdir(exist_ok=True)
-    _rng_file(path).write_text(json.dumps(_rng_state()))
+    rng = Path(path, _rng_name())
+    rng.parent.mkdir(exist_ok=True)
+    rng.write_text(json.dumps(_rng_state()))
+    # This rank's entries of the manifest: its own files (each rank saves into a directory of
+    # its own, merged by Ray), with a checksum per storage item of its shard files.
+    items: dict[str, list] = {}
+    for info in (metadata.storage_data or {}).values():
+        items.setdefault(info.relative_path, []).append((info.offset, info.length))
+    mine = sorted(str(f.relative_to(path)) for f in Path(path).rglob("*") if f.is_file())
+    parts = [mf.describe(path, mine, items)]
+    if dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mf.describe(path, mine, items))
     if _rank() == 0:
         Path(path, CONFIG_FILE).write_text(config_yaml)
-        # Written last: a directory with state.json has all of rank 0's files.
         Path(path, STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        parts.append(mf.describe(path, [CONFIG_FILE, STATE_FILE], {}))
+        # Written last: a checkpoint with a manifest had all its files written first.
+        Path(path, mf.MANIFEST_FILE).write_text(json.dumps(mf.merge(parts)))
 
 
-def load(path: str | Path, trainer: Trainer) -> TrainState:
+class Opened:
+    """A checkpoint directory whose listing was checked against its manifest: every file the
+    manifest names is there with its size. Its small files and tensor byte ranges are verified
+    as they are read; ``folder.bytes_read`` counts what was fetched."""
+
+    def __init__(self, location: Location):
+        self.folder = location if isinstance(location, Folder) else Folder.at(str(location))
+        self.listing = self.folder.files()
+        if not self.listing:
+            raise CheckpointError(f"no checkpoint at {self.folder} (no such directory, or empty).")
+        refused = self.listing.get(REFUSED_FILE) is not None
+        if refused:
+            reason = json.loads(self.folder.read(REFUSED_FILE) or b"{}").get("reason", "")
+            raise CheckpointError(f"{self.folder} was refused earlier: {reason}")
+        self.manifest: mf.Manifest | None = None
+        self.metadata: Metadata | None = None
+        if mf.MANIFEST_FILE not in self.listing:
+            log.warning(
+                "%s has no %s (written by lejepa-ray before 0.2, or interrupted): its files "
+                "are checked by structure and size only, not by checksum.",
+                self.folder,
+                mf.MANIFEST_FILE,
+            )
+            return
+        try:
+            self.manifest = mf.Manifest.parse(self.folder.read(mf.MANIFEST_FILE) or b"")
+            self.manifest.check_listing(self.listing)
+        except mf.ManifestMismatch as e:
+            raise _corrupt(self.folder, e) from None
+
+    def read(self, name: str, what: str) -> bytes:
+        """The file ``name``, verified; ``what`` says in an error why it is needed."""
+        if name not in self.listing:
+            raise CheckpointError(
+                f"{self.folder} has no {name}: {what}. The checkpoint is incomplete "
+                "(interrupted while being written); use an earlier checkpoint of the run."
+            )
+        data = self.folder.read(name) or b""
+        if self.manifest is not None:
+            try:
+                self.manifest.check_file(name, data)
+            except mf.ManifestMismatch as e:
+                raise _corrupt(self.folder, e) from None
+        return data
+
+    def has(self, name: str) -> bool:
+        return name in self.listing
+
+
+def _corrupt(folder: Folder, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {folder} is corrupt: {error}. Use an earlier checkpoint of the run."
+    )
+
+
+def load(location: Location, trainer: Trainer, stats: dict | None = None) -> TrainState:
     """Restore model, optimizer, schedule, step and (same world size) RNG states from the
-    checkpoint at ``path`` into ``trainer``, resharding to this run's world size and strategy.
-    Call on every rank (DCP's load is collective when a process group exists).
+    checkpoint at ``location`` into ``trainer``, resharding to this run's world size and
+    strategy. This rank reads only the byte ranges of the tensors it holds, verified against the
+    manifest; ``stats``, when given, receives ``bytes_read`` (by this rank) and
+    ``bytes_total`` (the checkpoint's size). Call on every rank (DCP's load is collective when
+    a process group exists).
 
     Raises:
         CheckpointError: incomplete or corrupt files, or a checkpoint of another model.
     """
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    state = read_state(path)
+    ckpt = Opened(location)
+    state = _read_state(ckpt)
     model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
     target = {"model": model_state, "optim": {"state": optim_state["state"]}}
-    _read_into(path, target, model_name=trainer.cfg.model.name, saved_model=state.model)
+    _read_into(ckpt, target, model_name=trainer.cfg.model.name, saved_model=state.model)
     set_state_dict(
         trainer.model,
         trainer.optimizer,
@@ -138,48 +231,62 @@ def load(path: str | Path, trainer: Trainer) -> TrainState:
         group["lr"] = lr
     trainer.step, trainer.skipped_steps = state.step, state.skipped_steps
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if world == state.world_size and _rng_file(path).is_file():
-        _set_rng_state(json.loads(_rng_file(path).read_text()))
+    if world == state.world_size and ckpt.has(_rng_name()):
+        _set_rng_state(json.loads(ckpt.read(_rng_name(), "this rank's RNG states")))
+    if stats is not None:
+        stats.update(bytes_read=ckpt.folder.bytes_read, bytes_total=sum(ckpt.listing.values()))
     return state
 
 
-def load_model_weights(path: str | Path, model: nn.Module) -> int:
-    """Load the encoder weights of the checkpoint at ``path`` into the unsharded ``model`` (in
-    this process, no process group); returns the checkpoint's step.
+def load_model_weights(location: Location, model: nn.Module) -> int:
+    """Load the encoder weights of the checkpoint at ``location`` into the unsharded ``model``
+    (in this process, no process group); returns the checkpoint's step. Reads the model's
+    tensors only, not the optimizer's.
 
     Raises:
         CheckpointError: incomplete or corrupt files, or a checkpoint of another model.
     """
-    state = read_state(path)
+    ckpt = Opened(location)
+    state = _read_state(ckpt)
     target = {"model": model.state_dict()}
-    _read_into(path, target, model_name=None, saved_model=state.model)
+    _read_into(ckpt, target, model_name=None, saved_model=state.model)
     model.load_state_dict(target["model"])
     return state.step
 
 
-def read_state(path: str | Path) -> TrainState:
-    """``state.json`` of the checkpoint at ``path``.
+def read_state(location: Location) -> TrainState:
+    """``state.json`` of the checkpoint at ``location``.
 
     Raises:
         CheckpointError: no such checkpoint, or its state file is missing or unreadable.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"no checkpoint directory at {path}.")
-    file = path / STATE_FILE
-    if not file.is_file():
-        raise CheckpointError(
-            f"{path} has no {STATE_FILE}: it is not a lejepa-ray checkpoint, or it was "
-            "interrupted while being written. Use an earlier checkpoint of the run."
-        )
+    return _read_state(Opened(location))
+
+
+def read_config(location: Location) -> str:
+    """The run's config (YAML text) saved in the checkpoint at ``location``.
+
+    Raises:
+        CheckpointError: no such checkpoint, or no config in it.
+    """
+    return _read_config(Opened(location))
+
+
+def _read_config(ckpt: Opened) -> str:
+    return ckpt.read(CONFIG_FILE, "it holds the run's config").decode()
+
+
+def _read_state(ckpt: Opened) -> TrainState:
+    data = ckpt.read(STATE_FILE, "it is not a lejepa-ray checkpoint, or was interrupted")
     try:
-        raw = json.loads(file.read_text())
-        state = TrainState(**raw)
+        state = TrainState(**json.loads(data))
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{file} is corrupt ({e}); use an earlier checkpoint.") from None
+        raise CheckpointError(
+            f"{ckpt.folder}/{STATE_FILE} is corrupt ({e}); use an earlier checkpoint."
+        ) from None
     if state.format != FORMAT:
         raise CheckpointError(
-            f"{path} has checkpoint format {state.format}; this version of "
+            f"{ckpt.folder} has checkpoint format {state.format}; this version of "
             f"lejepa-ray reads format {FORMAT}."
         )
     return state
@@ -218,50 +325,113 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused to load {module}.{name}")
 
 
-def read_metadata(path: str | Path) -> Metadata:
-    """DCP's index of the checkpoint at ``path``, unpickled through an allow-list of DCP's own
-    classes (DCP itself would ``pickle.load`` it).
+def read_metadata(location: Location | Opened) -> Metadata:
+    """DCP's index of the checkpoint at ``location``, unpickled through an allow-list of DCP's
+    own classes (DCP itself would ``pickle.load`` it).
 
     Raises:
         CheckpointError: missing, corrupt, or holding objects other than DCP's index.
     """
-    file = Path(path, METADATA_FILE)
-    if not file.is_file():
-        raise CheckpointError(
-            f"{path} has no {METADATA_FILE}: the checkpoint is incomplete "
-            "(interrupted while being written). Use an earlier checkpoint."
-        )
+    ckpt = location if isinstance(location, Opened) else Opened(location)
+    if ckpt.metadata is not None:
+        return ckpt.metadata
+    data = ckpt.read(METADATA_FILE, "DCP's index of the shards")
     try:
-        metadata = _MetadataUnpickler(io.BytesIO(file.read_bytes())).load()
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     except Exception as e:  # truncated, garbage, or a refused class
         raise CheckpointError(
-            f"{file} is corrupt or not a DCP index ({e}); use an earlier checkpoint."
+            f"{ckpt.folder}/{METADATA_FILE} is corrupt or not a DCP index ({e}); use an "
+            "earlier checkpoint."
         ) from None
     if not isinstance(metadata, Metadata):
-        raise CheckpointError(f"{file} is not a DCP index (it holds a {type(metadata)}).")
+        raise CheckpointError(
+            f"{ckpt.folder}/{METADATA_FILE} is not a DCP index (it holds a {type(metadata)})."
+        )
+    ckpt.metadata = metadata  # read once, however many steps of a load need it
     return metadata
 
 
-class _SafeReader(FileSystemReader):
-    """DCP's file reader with the index read by :func:`read_metadata`; shard files are read
-    with ``torch.load(weights_only=True)`` by DCP already."""
+class _ArrowFiles(FileSystemBase):
+    """DCP's file interface, read-only, over a pyarrow filesystem (local disk or S3)."""
+
+    def __init__(self, filesystem):
+        self.filesystem = filesystem
+
+    @contextmanager
+    def create_stream(self, path, mode):
+        if mode != "rb":
+            raise NotImplementedError("checkpoints are written locally and uploaded by Ray")
+        with self.filesystem.open_input_file(str(path)) as f:
+            yield f
+
+    def concat_path(self, path, suffix):
+        return f"{path}/{suffix}"
+
+    def init_path(self, path):
+        return str(path)
+
+    def exists(self, path) -> bool:
+        from pyarrow import fs
+
+        return self.filesystem.get_file_info(str(path)).type != fs.FileType.NotFound
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return False
+
+    def rename(self, path, new_path):
+        raise NotImplementedError
+
+    def mkdir(self, path):
+        raise NotImplementedError
+
+    def rm_file(self, path):
+        raise NotImplementedError
+
+    def ls(self, path):
+        raise NotImplementedError
+
+
+class _VerifyingReader(FileSystemReader):
+    """DCP's file reader over a checkpoint wherever it lies: the index read by
+    :func:`read_metadata`, each tensor fetched as one byte range and checked against the
+    manifest before ``torch.load(weights_only=True)`` (DCP's) parses it."""
+
+    def __init__(self, ckpt: Opened):
+        super().__init__(ckpt.folder.path)
+        self.ckpt = ckpt
+        self.fs = _ArrowFiles(ckpt.folder.filesystem)
+        self.path = ckpt.folder.path
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
-        metadata = read_metadata(self.path)
+        metadata = read_metadata(self.ckpt)
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
+    def _slice_file(self, file, sinfo) -> io.BytesIO:
+        data = self.ckpt.folder.read_at(file, sinfo.offset, sinfo.length)
+        if self.ckpt.manifest is not None:
+            try:
+                self.ckpt.manifest.check_range(
+                    sinfo.relative_path, sinfo.offset, sinfo.length, data
+                )
+            except mf.ManifestMismatch as e:
+                raise _corrupt(self.ckpt.folder, e) from None
+        return io.BytesIO(data)
 
-def check_model(path: str | Path, model: nn.Module, model_name: str | None = None) -> None:
-    """Raise CheckpointError unless the checkpoint at ``path`` holds every tensor of ``model``
-    (unsharded; the meta device will do) with the same shape. Reads only the index."""
+
+def check_model(location: Location, model: nn.Module, model_name: str | None = None) -> None:
+    """Raise CheckpointError unless the checkpoint at ``location`` holds every tensor of
+    ``model`` (unsharded; the meta device will do) with the same shape. Reads the index and the
+    state file only."""
+    ckpt = Opened(location)
     _check_tensors(
-        path,
-        read_metadata(path),
+        ckpt.folder,
+        read_metadata(ckpt),
         {"model": model.state_dict()},
         model_name=model_name,
-        saved_model=read_state(path).model,
+        saved_model=_read_state(ckpt).model,
     )
 
 
@@ -305,44 +475,47 @@ def _check_tensors(
         )
 
 
-def _read_into(path: str | Path, target: dict, *, model_name: str | None, saved_model: str) -> None:
+def _read_into(ckpt: Opened, target: dict, *, model_name: str | None, saved_model: str) -> None:
     """Check the checkpoint's files and that it holds every tensor of ``target`` with the same
-    shape, then load them in place (DCP reshards)."""
-    metadata = read_metadata(path)
-    _check_files(Path(path), metadata)
-    _check_tensors(path, metadata, target, model_name=model_name, saved_model=saved_model)
+    shape, then load them in place (DCP reshards), verifying every byte range read."""
+    metadata = read_metadata(ckpt)
+    if ckpt.manifest is None:
+        _check_sizes(ckpt, metadata)
+    _check_tensors(ckpt.folder, metadata, target, model_name=model_name, saved_model=saved_model)
     try:
         with warnings.catch_warnings():  # DCP warns when it loads in one process: we mean to
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
             dcp.load(
-                target, storage_reader=_SafeReader(str(path)), no_dist=not dist.is_initialized()
+                target, storage_reader=_VerifyingReader(ckpt), no_dist=not dist.is_initialized()
             )
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # DCP's own is a BaseException
         # DCP wraps each rank's traceback in its message; the line naming the error is the one
-        # a user needs.
+        # a user needs (ours, when a rank found a corrupt range).
         lines = [line.strip() for line in str(e).splitlines() if "Error" in line]
-        cause = (lines[-1] if lines else str(e).strip().splitlines()[-1])[:200]
+        cause = (lines[-1] if lines else str(e).strip().splitlines()[-1])[:300]
+        if "CheckpointError: " in cause:
+            raise CheckpointError(cause.split("CheckpointError: ", 1)[1]) from None
         raise CheckpointError(
-            f"reading the shards of {path} failed: a shard file is corrupt "
+            f"reading the shards of {ckpt.folder} failed: a shard file is corrupt "
             f"({cause}). Use an earlier checkpoint."
         ) from None
 
 
-def _check_files(path: Path, metadata: Metadata) -> None:
-    """Every shard file the index names exists and is long enough (catches interrupted
-    writes and truncated copies before DCP fails deep inside)."""
+def _check_sizes(ckpt: Opened, metadata: Metadata) -> None:
+    """For a checkpoint without a manifest: every shard file the index names exists and is
+    long enough (catches interrupted writes and truncated copies before DCP fails deep
+    inside)."""
     need: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
     for name, size in sorted(need.items()):
-        file = path / name
-        have = file.stat().st_size if file.is_file() else None
+        have = ckpt.listing.get(name)
         if have is None or have < size:
             state = "is missing" if have is None else f"has {have} of {size} bytes"
             raise CheckpointError(
-                f"{file} {state}: the checkpoint is incomplete or truncated. "
+                f"{ckpt.folder}/{name} {state}: the checkpoint is incomplete or truncated. "
                 "Use an earlier checkpoint."
             )
 
@@ -361,9 +534,9 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _rng_file(path: str | Path) -> Path:
-    """This rank's RNG state file in the checkpoint at ``path``."""
-    return Path(path, "rng", f"rank_{_rank():05d}.json")
+def _rng_name() -> str:
+    """This rank's RNG state file, relative to the checkpoint directory."""
+    return f"rng/rank_{_rank():05d}.json"
 
 
 def _rng_state() -> dict:
@@ -395,40 +568,37 @@ def _set_rng_state(saved: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def find(run_or_checkpoint: str | Path) -> Path:
-    """The checkpoint directory named by a checkpoint, or the latest complete checkpoint of a
-    run directory (as Ray Train registered it).
+def find(run_or_checkpoint: Location) -> str:
+    """The checkpoint named by a checkpoint directory, or the latest complete checkpoint of a
+    run directory (as Ray Train registered it), as a local path or URI.
 
     Raises:
         CheckpointError: neither a checkpoint nor a run directory with one.
     """
-    text = str(run_or_checkpoint)
-    if "://" in text and not text.startswith("file://"):
+    text = str(run_or_checkpoint).removeprefix("file://")
+    if "://" not in text:
+        text = str(Path(text).expanduser())
+    folder = Folder.at(text)
+    if folder.exists(STATE_FILE) or folder.exists(METADATA_FILE):
+        return folder.uri
+    if not folder.is_dir():
         raise CheckpointError(
-            f"{text} is remote; copy the run or checkpoint directory to a "
-            "local disk first (e.g. `aws s3 sync URI DIR`)."
-        )
-    path = Path(text.removeprefix("file://")).expanduser()
-    if (path / STATE_FILE).is_file() or (path / METADATA_FILE).is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{path} does not exist; pass a run directory (runs/<name>) or a "
+            f"{text} does not exist; pass a run directory (runs/<name>) or a "
             "checkpoint directory (runs/<name>/checkpoint_<step>)."
         )
-    latest = latest_checkpoint(str(path))
+    latest = latest_checkpoint(text)
     if latest is None:
         raise CheckpointError(
-            f"{path} holds no completed checkpoint; a run writes one every "
+            f"{text} holds no completed checkpoint; a run writes one every "
             "checkpoint.every_steps steps and at its end."
         )
-    return Path(latest[0].removeprefix("file://"))
+    return latest[0]
 
 
-def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
-    """(path, metrics) of the latest checkpoint Ray Train registered for the run directory,
-    or None when it has none. Ray registers a checkpoint only once every rank has written it,
-    so an interrupted write is never returned."""
+def registered(run_dir: str) -> list[tuple[Folder, dict]]:
+    """The checkpoints Ray Train registered for the run directory (a local path or URI),
+    newest first, with the metrics reported beside each. Ray registers a checkpoint only once
+    every rank has written it, so an interrupted write is never among them."""
     from ray.train import Result
 
     if "://" not in run_dir:
@@ -440,7 +610,32 @@ def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
         ):
             result = Result.from_path(run_dir)
     except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
-        return None
-    if result.checkpoint is None:
-        return None
-    return result.checkpoint.path, dict(result.metrics or {})
+        return []
+    kept = [(Folder(c.filesystem, c.path), dict(m or {})) for c, m in result.best_checkpoints or []]
+    if not kept and result.checkpoint is not None:
+        kept = [(Folder(result.checkpoint.filesystem, result.checkpoint.path), {})]
+    return sorted(kept, key=lambda cm: cm[1].get("step", -1), reverse=True)
+
+
+def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
+    """(URI or local path, metrics) of the run's latest checkpoint that is complete, or None
+    when it has none: the newest registered one whose files match its manifest (sizes,
+    small files' checksums) and that no earlier load refused. Each checkpoint passed over is
+    logged with the reason, so a user sees the run fall back."""
+    for folder, metrics in registered(run_dir):
+        try:
+            ckpt = Opened(folder)
+            _read_state(ckpt)
+            read_metadata(ckpt)
+        except CheckpointError as e:
+            log.warning("passing over checkpoint %s: %s", folder.name(), e)
+            continue
+        return folder.uri, metrics
+    return None
+
+
+def refuse(location: Location, reason: str) -> None:
+    """Mark the checkpoint at ``location`` as unusable (``refused.json``), so that
+    :func:`latest_checkpoint` passes it over from now on."""
+    folder = location if isinstance(location, Folder) else Folder.at(str(location))
+    folder.write(REFUSED_FILE, json.dumps({"reason": reason}).encode())

@@ -351,9 +351,12 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     exporter.add_argument(
         "source",
         metavar="RUN_OR_CHECKPOINT",
-        help="a run directory (its latest checkpoint) or a checkpoint directory",
+        help="a run directory (its latest checkpoint) or a checkpoint directory; a local "
+        "path or a URI (s3://...), read in place",
     )
-    exporter.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    exporter.add_argument(
+        "out_dir", metavar="OUT_DIR", help="output folder, a local path or a URI (s3://...)"
+    )
     exporter.set_defaults(func=_export)
 
     evaluator = commands.add_parser(

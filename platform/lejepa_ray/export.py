@@ -18,15 +18,16 @@ Sharded checkpoints (any world size, DDP or FSDP) are consolidated in this one p
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lejepa_ray import checkpoint
+from lejepa_ray import checkpoint, storage
 from lejepa_ray.checkpoint import CheckpointError
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
+from lejepa_ray.metrics import is_local
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder
 
 WEIGHTS_FILE = "model.safetensors"
@@ -38,9 +39,10 @@ TRAINING_CONFIG_FILE = "lejepa.yaml"
 class ExportResult:
     """What :func:`export` wrote."""
 
-    out_dir: Path
-    checkpoint: Path
-    """The checkpoint exported (the latest of a run directory)."""
+    out_dir: str
+    """The export folder (a local path or URI)."""
+    checkpoint: str
+    """The checkpoint exported (the latest of a run directory), a local path or URI."""
     step: int
     architecture: str
     model_args: dict
@@ -53,7 +55,7 @@ class ExportResult:
         extra = "".join(f", {k}={v!r}" for k, v in self.model_args.items())
         return (
             f"timm.create_model({self.architecture!r}, pretrained=True, num_classes=0, "
-            f"pretrained_cfg_overlay=dict(file={str(self.out_dir / WEIGHTS_FILE)!r})"
+            f"pretrained_cfg_overlay=dict(file={f'{self.out_dir}/{WEIGHTS_FILE}'!r})"
             f"{extra})"
         )
 
@@ -62,8 +64,11 @@ class ExportResult:
 class TrainedEncoder:
     """A checkpoint's encoder (backbone + projector), unsharded, in this process."""
 
-    checkpoint: Path
+    checkpoint: str
+    """The checkpoint's local path or URI."""
     cfg: PretrainConfig
+    config_yaml: str
+    """The training config as saved in the checkpoint."""
     spec: BackboneSpec
     encoder: LeJEPAEncoder
     step: int
@@ -79,8 +84,11 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
     from lejepa_ray.pretrain import resolve_backbone
 
     path = checkpoint.find(run_or_checkpoint)
+    config_yaml = checkpoint.read_config(path)
     try:
-        cfg = load_config(path / checkpoint.CONFIG_FILE)
+        with tempfile.TemporaryDirectory(prefix="lejepa-export-") as tmp:
+            Path(tmp, checkpoint.CONFIG_FILE).write_text(config_yaml)
+            cfg = load_config(Path(tmp, checkpoint.CONFIG_FILE))
     except ConfigError as e:
         raise CheckpointError(
             f"{path} has no usable {checkpoint.CONFIG_FILE} ({e}); it is "
@@ -89,23 +97,35 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
     spec = resolve_backbone(cfg)
     encoder = LeJEPAEncoder(spec, cfg.model)
     step = checkpoint.load_model_weights(path, encoder)
-    return TrainedEncoder(path, cfg, spec, encoder, step)
+    return TrainedEncoder(path, cfg, config_yaml, spec, encoder, step)
 
 
 def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     """Write the backbone of a checkpoint (or of a run directory's latest checkpoint) to
-    ``out_dir`` in timm's hub layout, the projector beside it.
+    ``out_dir`` in timm's hub layout, the projector beside it. Either side may be a local path
+    or a URI (``s3://...``): a remote checkpoint is read in place (the model's tensors only),
+    and a remote ``out_dir`` is written locally, then uploaded.
 
     Raises:
         CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
     """
-    from timm.models import save_for_hf
 
     trained = load_encoder(run_or_checkpoint)
+
+    if not is_local(str(out_dir)):
+        with tempfile.TemporaryDirectory(prefix="lejepa-export-") as tmp:
+            result = _export(trained, Path(tmp))
+            storage.upload(tmp, str(out_dir))
+        result.out_dir = str(out_dir)
+        return result
+    return _export(trained, Path(str(out_dir).removeprefix("file://")))
+
+
+def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
+    from timm.models import save_for_hf
+
     path, spec, step = trained.checkpoint, trained.spec, trained.step
     backbone = trained.encoder.backbone.eval()
-
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(backbone, str(out), model_args=dict(spec.kwargs), safe_serialization=True)
     hub = json.loads((out / "config.json").read_text())
@@ -113,7 +133,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     hub["model_args"] = {k: v for k, v in hub.get("model_args", {}).items() if k != "num_classes"}
     hub["lejepa"] = {
         "step": step,
-        "checkpoint": str(path.resolve()),
+        "checkpoint": path,
         "image_size": spec.global_size,
         "projector": PROJECTOR_FILE,
         "training_config": TRAINING_CONFIG_FILE,
@@ -124,9 +144,9 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
         str(out / PROJECTOR_FILE),
         metadata={"format": "pt"},
     )
-    shutil.copyfile(path / checkpoint.CONFIG_FILE, out / TRAINING_CONFIG_FILE)
+    (out / TRAINING_CONFIG_FILE).write_text(trained.config_yaml)
     return ExportResult(
-        out,
+        str(out),
         path,
         step,
         hub["architecture"],

@@ -72,10 +72,21 @@ class MetricsWriter:
         self.writer.flush()
         log.info(format_line(step, self.total_steps, metrics))
 
-    def resumed(self, step: int, load_seconds: float) -> None:
+    def resumed(
+        self,
+        step: int,
+        load_seconds: float,
+        bytes_read: list[int] = (),
+        bytes_total: int = 0,
+    ) -> None:
         """Mark in TensorBoard that this attempt resumed from the checkpoint of ``step`` (at
-        this wall time, after ``load_seconds`` of loading)."""
+        this wall time, after ``load_seconds`` of loading), with the bytes each rank fetched
+        (``resume/bytes_read/rank_<r>``) against the checkpoint's size (``resume/bytes_total``)."""
         self.writer.add_scalar("resume/load_s", load_seconds, step)
+        for rank, count in enumerate(bytes_read):
+            self.writer.add_scalar(f"resume/bytes_read/rank_{rank}", count, step)
+        if bytes_total:
+            self.writer.add_scalar("resume/bytes_total", bytes_total, step)
         self.writer.flush()
 
     def sync(self) -> None:

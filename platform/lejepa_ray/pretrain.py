@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import logging
 import tempfile
@@ -48,7 +49,7 @@ class PretrainResult:
     run_dir: str
     """The run directory (storage_path/name): config.yaml, tensorboard/, checkpoints."""
     checkpoint: str | None
-    """The final checkpoint's directory."""
+    """The final checkpoint's directory (a local path or URI)."""
     metrics: dict[str, float]
     """The last metrics reported (with the final checkpoint)."""
     probe: ProbeReport | None
@@ -127,15 +128,13 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
                 f"{resumed_from} of optim.steps={cfg.optim.steps}; raise optim.steps to "
                 "train on."
             )
-            from ray.train import Checkpoint
-
             from lejepa_ray.data.sources import class_names
 
             return _probe(
                 cfg,
                 spec,
                 run_dir,
-                Checkpoint(latest[0]),
+                latest[0],
                 latest[1],
                 0.0,
                 resumed_from,
@@ -195,14 +194,19 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
         raise _user_error(e) from None
     seconds = time.perf_counter() - start
     stopped = storage.read_text(f"{run_dir}/{STOPPED_FILE}")
+    final = (
+        storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path)
+        if (result.checkpoint)
+        else None
+    )
     if stopped is not None:
-        last = result.checkpoint.path if result.checkpoint else "none (no checkpoint yet)"
+        last = final or "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
     return _probe(
         cfg,
         spec,
         run_dir,
-        result.checkpoint,
+        final,
         dict(result.metrics or {}),
         seconds,
         resumed_from,
@@ -215,7 +219,7 @@ def _probe(
     cfg: PretrainConfig,
     spec: BackboneSpec,
     run_dir: str,
-    ckpt,
+    ckpt: str | None,
     metrics: dict,
     seconds: float,
     resumed_from: int | None,
@@ -228,9 +232,7 @@ def _probe(
         print_fn(f"probes skipped: data.source={cfg.data.source} has no labels.")
     elif cfg.probe.knn and ckpt is not None:
         report = probe_checkpoint(cfg, spec, ckpt)
-    return PretrainResult(
-        run_dir, ckpt.path if ckpt else None, metrics, report, seconds, resumed_from
-    )
+    return PretrainResult(run_dir, ckpt, metrics, report, seconds, resumed_from)
 
 
 def _user_error(error: Exception) -> Exception:
@@ -247,12 +249,44 @@ def _user_error(error: Exception) -> Exception:
 def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
     """Raise CheckpointError when the run's latest checkpoint (at ``path``) does not fit the
     model ``cfg`` builds, before Ray starts (the workers would fail on it, once per retry).
-    Compares the checkpoint's index with the model built on the meta device."""
-    if not is_local(path):
-        return  # the workers check it when they load it
+    Compares the checkpoint's index with the model built on the meta device; reads the index
+    and the state file only, wherever the checkpoint lies."""
     with torch.device("meta"):
         encoder = LeJEPAEncoder(spec, cfg.model)
     checkpoint.check_model(path, encoder, cfg.model.name)
+
+
+def _resume(trainer, run_dir: str) -> tuple[str | None, float, checkpoint.TrainState | None]:
+    """Load the run's latest complete checkpoint into ``trainer`` (every rank):
+    (its URI, seconds, its state), or (None, 0, None) for a fresh start.
+
+    A checkpoint that fails verification while it loads (a changed byte) is marked refused and
+    the attempt fails, so that Ray Train restarts the workers, and the data pipeline, from the
+    previous complete checkpoint (counted in ``fault.max_failures``)."""
+    import ray.train
+
+    if ray.train.get_checkpoint() is None:
+        return None, 0.0, None
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is None:
+        return None, 0.0, None
+    start, stats = time.perf_counter(), {}
+    try:
+        state = checkpoint.load(latest[0], trainer, stats)
+    except checkpoint.CheckpointError as e:
+        if ray.train.get_context().get_world_rank() == 0:
+            checkpoint.refuse(latest[0], str(e))
+        raise checkpoint.CheckpointError(
+            f"{e} It is marked refused; the restarted workers resume from the checkpoint "
+            "before it (rerun the same command if the run has no restarts left)."
+        ) from None
+    seconds = time.perf_counter() - start
+    state.bytes_read = [stats["bytes_read"]]
+    if torch.distributed.is_initialized():  # what each rank fetched, for rank 0 to log
+        state.bytes_read = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(state.bytes_read, stats["bytes_read"])
+    state.bytes_total = stats["bytes_total"]
+    return latest[0], seconds, state
 
 
 def _train_dataset(dataset, run_dir: str):
@@ -264,7 +298,7 @@ def _train_dataset(dataset, run_dir: str):
     return start_at(dataset, int(latest[1].get("data/epoch", 0)) if latest else 0)
 
 
-def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> ProbeReport:
+def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt: str) -> ProbeReport:
     """The probes of the checkpoint's backbone, of the same backbone at initialization (the
     workers' seed) and of raw pixels. A run on ``data.split=train`` is scored on
     ``data.split=val`` of its source; any other on the hash split of its data."""
@@ -277,8 +311,7 @@ def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt) -> ProbeRepo
     torch.manual_seed(cfg.seed)
     at_init = LeJEPAEncoder(spec, cfg.model)
     trained = copy.deepcopy(at_init)
-    with ckpt.as_directory() as path:
-        checkpoint.load_model_weights(path, trained)
+    checkpoint.load_model_weights(ckpt, trained)  # the model's tensors only, where they lie
     return probe_report(trained, data, cfg.probe, at_init)
 
 
@@ -304,13 +337,9 @@ def train_worker(config: dict) -> None:
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     trainer = Trainer(cfg, config["spec"], device)
     state = checkpoint.TrainState(step=0)
-    resumed = ray.train.get_checkpoint()
-    load_seconds = 0.0
-    if resumed is not None:
-        start = time.perf_counter()
-        with resumed.as_directory() as path:
-            state = checkpoint.load(path, trainer)
-        load_seconds = time.perf_counter() - start
+    resumed, load_seconds, loaded = _resume(trainer, config["run_dir"])
+    state = loaded or state
+    taken = {f.name() for f, _ in checkpoint.registered(config["run_dir"])} if resumed else set()
     cursor = EpochCursor(
         config["counter"],
         cfg.data,
@@ -327,16 +356,18 @@ def train_worker(config: dict) -> None:
             resumed_step=state.step if resumed is not None else None,
         )
         if resumed is not None:
-            writer.resumed(state.step, load_seconds)
+            writer.resumed(state.step, load_seconds, state.bytes_read, state.bytes_total)
             log.warning(
                 "resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
-                "rank(s), loaded in %.1f s",
-                resumed.path,
+                "rank(s), loaded in %.1f s; rank(s) read %s of %.1f MB",
+                resumed,
                 state.step,
                 state.data_epoch,
                 state.data_samples,
                 state.world_size,
                 load_seconds,
+                "/".join(f"{b / 1e6:.1f}" for b in state.bytes_read),
+                state.bytes_total / 1e6,
             )
     config_yaml = to_yaml(cfg)
     rankme_images = None
@@ -368,12 +399,19 @@ def train_worker(config: dict) -> None:
             scheduler=trainer.scheduler.state_dict(),
             model=cfg.model.name,
         )
+        name = f"checkpoint_{step:08d}"
+        # A run that fell back past a refused checkpoint saves that step again: under a name of
+        # its own, or Ray, retiring the refused entry, would delete the new directory with it.
+        for n in itertools.count(1):
+            if name not in taken:
+                break
+            name = f"checkpoint_{step:08d}_{n}"
         with tempfile.TemporaryDirectory(prefix="lejepa-ckpt-") as tmp:
             checkpoint.save(tmp, trainer, saved, config_yaml)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_{step:08d}",
+                checkpoint_dir_name=name,
             )
 
     try:

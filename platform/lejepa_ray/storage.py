@@ -40,3 +40,108 @@ def remove(uri: str) -> None:
     filesystem, where = resolve_filesystem(uri)
     if filesystem.get_file_info(where).type == fs.FileType.File:
         filesystem.delete_file(where)
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` (a local path or a URI) with ``parts`` appended, ``/``-separated."""
+    return "/".join([str(uri).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def uri_of(filesystem: fs.FileSystem, path: str) -> str:
+    """The URI of ``path`` on ``filesystem``: ``s3://...``, ``gs://...``, or a local path.
+
+    Ray Train hands out checkpoints as a (filesystem, path) pair whose path has no scheme;
+    this is what turns one back into a location that means the same in another process.
+    """
+    scheme = {"local": "", "s3": "s3://", "gcs": "gs://"}.get(filesystem.type_name)
+    if scheme is None:
+        scheme = f"{filesystem.type_name}://"
+    return f"{scheme}{path}"
+
+
+class Folder:
+    """A directory on a local disk or in object storage, read file by file or by byte range,
+    counting the bytes it read (``bytes_read``), so that a caller can say what it downloaded.
+
+    Made from a path or URI (:meth:`at`), or from a filesystem and a path in it, as Ray Train
+    gives checkpoints (``Folder(checkpoint.filesystem, checkpoint.path)``).
+    """
+
+    def __init__(self, filesystem: fs.FileSystem, path: str):
+        self.filesystem, self.path = filesystem, path.rstrip("/") or path
+        self.uri = uri_of(filesystem, self.path)
+        self.bytes_read = 0
+
+    @classmethod
+    def at(cls, location: str) -> Folder:
+        """The folder at a local path, ``file://`` path or URI."""
+        location = str(location)
+        if location.startswith("file://"):
+            location = location.removeprefix("file://")
+        return cls(*resolve_filesystem(location))
+
+    def __repr__(self) -> str:
+        return self.uri
+
+    def name(self) -> str:
+        """The last component of the path (``checkpoint_00000008``)."""
+        return self.path.rsplit("/", 1)[-1]
+
+    def child(self, name: str) -> Folder:
+        return Folder(self.filesystem, f"{self.path}/{name}")
+
+    def is_dir(self) -> bool:
+        return self.filesystem.get_file_info(self.path).type == fs.FileType.Directory
+
+    def exists(self, name: str) -> bool:
+        return self.filesystem.get_file_info(f"{self.path}/{name}").type == fs.FileType.File
+
+    def files(self) -> dict[str, int]:
+        """Every file below the folder, by its path relative to it, with its size in bytes
+        (one listing request on object storage)."""
+        selector = fs.FileSelector(self.path, recursive=True, allow_not_found=True)
+        prefix = len(self.path) + 1
+        return {
+            info.path[prefix:]: info.size
+            for info in self.filesystem.get_file_info(selector)
+            if info.type == fs.FileType.File
+        }
+
+    def read(self, name: str) -> bytes | None:
+        """The whole file ``name`` (relative path), or None when there is none."""
+        try:
+            with self.filesystem.open_input_stream(f"{self.path}/{name}") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        self.bytes_read += len(data)
+        return data
+
+    def open(self, name: str):
+        """A random-access pyarrow file for :meth:`read_at`."""
+        return self.filesystem.open_input_file(f"{self.path}/{name}")
+
+    def read_at(self, file, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of an :meth:`open` file (one range request on
+        object storage)."""
+        data = file.read_at(length, offset)
+        self.bytes_read += len(data)
+        return data
+
+    def write(self, name: str, data: bytes) -> None:
+        where = f"{self.path}/{name}"
+        self.filesystem.create_dir(where.rsplit("/", 1)[0], recursive=True)
+        with self.filesystem.open_output_stream(where) as f:
+            f.write(data)
+
+    def download(self, name: str, local: str) -> None:
+        """Copy the file ``name`` to the local path ``local``."""
+        fs.copy_files(f"{self.path}/{name}", local, source_filesystem=self.filesystem)
+        self.bytes_read += fs.LocalFileSystem().get_file_info(local).size
+
+
+def upload(local_dir: str, uri: str) -> None:
+    """Copy the local folder ``local_dir`` to ``uri`` (a local path or a URI)."""
+    filesystem, where = resolve_filesystem(uri)
+    filesystem.create_dir(where, recursive=True)
+    fs.copy_files(local_dir, where, destination_filesystem=filesystem)

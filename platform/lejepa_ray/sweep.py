@@ -49,7 +49,6 @@ from lejepa_ray.config import (
     to_yaml,
     with_overrides,
 )
-from lejepa_ray.metrics import is_local
 from lejepa_ray.space import Dimension, check_space, load_space, overrides, to_tune
 
 METRIC = "selection_score/smoothed"
@@ -145,7 +144,7 @@ class SweepOptions:
     """Labelled data the probes are scored on (``digits:val``, a ``val/`` folder); None: a hash
     80/20 split of ``validate_with_labels``."""
     export_winner: bool = True
-    """Export the best trial's backbone to ``<sweep>/winner`` (local storage only)."""
+    """Export the best trial's backbone to ``<sweep>/winner`` (local or object storage)."""
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -272,12 +271,9 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
 def probe_checkpoint(path: str, data: str, val_data: str | None = None) -> dict[str, float]:
     """``probe/knn_top1`` and ``probe/linear_top1`` of a checkpoint (local or at a URI), fitted
     on ``data`` and scored on ``val_data`` (None: a hash split of ``data``)."""
-    from ray.train import Checkpoint
-
     from lejepa_ray.evaluate import evaluate
 
-    with Checkpoint(path).as_directory() as local:
-        result = evaluate(local, data, "both", val_data=val_data)
+    result = evaluate(path, data, "both", val_data=val_data)
     return {"probe/knn_top1": result.knn_top1, "probe/linear_top1": result.linear_top1}
 
 
@@ -761,12 +757,6 @@ def _export_winner(rows: list[TrialRow], sweep_dir: str, print_fn) -> str | None
         print_fn("no trial completed with a checkpoint; nothing to export.")
         return None
     out = f"{sweep_dir}/{WINNER_DIR}"
-    if not is_local(out):
-        print_fn(
-            f"winner {best.trial}: {best.checkpoint}; copy it to local disk and run "
-            "`lejepa-ray export` on it (export writes local folders only)."
-        )
-        return None
     result = export(best.checkpoint, out)
     print_fn(
         f"\nwinner {best.trial} (score {best.selection_score:.4f}, RankMe "

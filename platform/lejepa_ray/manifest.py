@@ -1,0 +1,133 @@
+"""A checkpoint's manifest: every file with its size and CRC-32, and a CRC-32 per stored tensor.
+
+Structure and sizes catch an interrupted write or a truncated copy; only checksums catch a
+byte that changed inside a tensor's payload (a bad disk, a bad copy). Reading a whole
+multi-gigabyte shard file to check one checksum would defeat reading only the byte ranges a rank
+needs, so the shard files carry one checksum per DCP storage item, that is per
+``(file, offset, length)`` entry of DCP's index, and a rank verifies exactly the bytes it reads.
+Small files (``state.json``, ``.metadata``, RNG and config files) carry a whole-file checksum.
+
+``manifest.json``::
+
+    {"format": 1, "algorithm": "crc32",
+     "files": {"state.json": {"size": 812, "crc32": 1234}, "__0_0.distcp": {"size": 9000}, ...},
+     "chunks": {"__0_0.distcp": [[offset, length, crc32], ...], ...}}
+
+It is the last file of a checkpoint that rank 0 writes, after gathering every rank's entries.
+CRC-32 (zlib) detects every burst error of up to 32 bits and runs at memory speed; this guards
+against accidents, not against someone forging a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = 1
+WHOLE_FILE_LIMIT = 16 * 2**20
+"""Files up to this size (bytes) get a whole-file checksum; larger ones only per-item ones."""
+
+
+class ManifestMismatch(Exception):
+    """A file does not match the manifest; the message names it and says how."""
+
+
+def crc32(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def describe(directory: str | Path, names: list[str], chunks: dict[str, list]) -> dict:
+    """This rank's manifest entries for the files ``names`` it wrote under the local
+    ``directory``: ``{"files": {...}, "chunks": {...}}``.
+
+    ``chunks``: for a shard file, its DCP storage items as ``(offset, length)`` pairs.
+    """
+    files, out_chunks = {}, {}
+    for name in names:
+        data = Path(directory, name).read_bytes()
+        entry = {"size": len(data)}
+        if len(data) <= WHOLE_FILE_LIMIT:
+            entry["crc32"] = crc32(data)
+        files[name] = entry
+        if name in chunks:
+            view = memoryview(data)
+            out_chunks[name] = [
+                [offset, length, crc32(view[offset : offset + length])]
+                for offset, length in sorted(set(map(tuple, chunks[name])))
+            ]
+    return {"files": files, "chunks": out_chunks}
+
+
+def merge(parts: list[dict]) -> dict:
+    """One manifest from every rank's :func:`describe` entries."""
+    manifest = {"format": FORMAT, "algorithm": "crc32", "files": {}, "chunks": {}}
+    for part in parts:
+        manifest["files"].update(part["files"])
+        manifest["chunks"].update(part["chunks"])
+    return manifest
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest, checking sizes, whole files and byte ranges against it."""
+
+    files: dict[str, dict]
+    """Relative path -> {"size": bytes, "crc32": checksum (small files only)}."""
+    chunks: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    """(file, offset, length) -> checksum of that byte range."""
+
+    @classmethod
+    def parse(cls, data: bytes) -> Manifest:
+        """Raises ManifestMismatch when ``data`` is not a manifest of this format."""
+        try:
+            raw = json.loads(data)
+            if raw.get("format") != FORMAT or raw.get("algorithm") != "crc32":
+                raise ValueError(f"format {raw.get('format')}, algorithm {raw.get('algorithm')}")
+            chunks = {
+                (name, int(o), int(n)): int(c)
+                for name, items in raw["chunks"].items()
+                for o, n, c in items
+            }
+            return cls(dict(raw["files"]), chunks)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ManifestMismatch(f"{MANIFEST_FILE} is unreadable ({e})") from None
+
+    def check_listing(self, sizes: dict[str, int]) -> None:
+        """Every file of the manifest is among ``sizes`` (relative path -> bytes) with its
+        size."""
+        for name, entry in sorted(self.files.items()):
+            have = sizes.get(name)
+            if have is None:
+                raise ManifestMismatch(f"{name} is missing")
+            if have != entry["size"]:
+                raise ManifestMismatch(
+                    f"{name} has {have} bytes, the manifest says {entry['size']} "
+                    f"({'truncated' if have < entry['size'] else 'overwritten'})"
+                )
+
+    def check_file(self, name: str, data: bytes) -> None:
+        """``data`` is the whole file ``name`` as the manifest describes it."""
+        entry = self.files.get(name)
+        if entry is None:
+            raise ManifestMismatch(f"{name} is not in the manifest")
+        if len(data) != entry["size"]:
+            raise ManifestMismatch(
+                f"{name} has {len(data)} bytes, the manifest says {entry['size']}"
+            )
+        if "crc32" in entry and crc32(data) != entry["crc32"]:
+            raise ManifestMismatch(f"{name} does not match its checksum (a changed byte)")
+
+    def check_range(self, name: str, offset: int, length: int, data: bytes) -> None:
+        """``data`` is the byte range ``[offset, offset + length)`` of ``name`` as written."""
+        want = self.chunks.get((name, offset, length))
+        if want is None:
+            raise ManifestMismatch(f"{name} bytes {offset}+{length} are not in the manifest")
+        if len(data) != length:
+            raise ManifestMismatch(f"{name} ends inside bytes {offset}+{length} (truncated)")
+        if crc32(data) != want:
+            raise ManifestMismatch(
+                f"{name} bytes {offset}+{length} do not match their checksum (a changed byte)"
+            )

@@ -1,0 +1,206 @@
+"""lejepa_ray.storage and everything that reads or writes through it, against a real S3
+endpoint (moto's server on the loopback interface, see ``tests/s3.py``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_checkpoint import _batch, _config, _save, _trainer
+
+from lejepa_ray import checkpoint, storage
+from lejepa_ray.checkpoint import CheckpointError
+from lejepa_ray.model import LeJEPAEncoder
+from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.storage import Folder
+
+TINY_MODEL = "model.name=test_resnet"  # timm's 0.4M-parameter test model: a 5 MB checkpoint
+
+
+def _encoder() -> LeJEPAEncoder:
+    cfg = _config(TINY_MODEL)
+    return LeJEPAEncoder(resolve_backbone(cfg), cfg.model)
+
+
+def test_folder_lists_reads_ranges_and_counts_bytes_on_s3(s3_server):
+    folder = Folder.at(s3_server.uri("unit", "folder"))
+    assert folder.uri == s3_server.uri("unit", "folder") and not folder.is_dir()
+    folder.write("a/b.bin", bytes(range(256)))
+    folder.write("c.txt", b"hello")
+    assert folder.files() == {"a/b.bin": 256, "c.txt": 5}
+    with folder.open("a/b.bin") as f:
+        assert folder.read_at(f, 10, 4) == bytes([10, 11, 12, 13])
+    assert folder.read("c.txt") == b"hello" and folder.read("nope") is None
+    assert folder.bytes_read == 4 + 5
+    assert storage.read_text(s3_server.uri("unit", "folder", "c.txt")) == "hello"
+
+
+def test_uri_of_gives_back_the_scheme_ray_drops(s3_server):
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(s3_server.uri("runs", "r"))
+    assert path == "lejepa-test/runs/r"
+    assert storage.uri_of(filesystem, path) == s3_server.uri("runs", "r")
+    assert storage.uri_of(fs.LocalFileSystem(), "/tmp/x") == "/tmp/x"
+
+
+@pytest.fixture
+def s3_checkpoint(s3_server, tmp_path, request):
+    """A one-process checkpoint uploaded to S3, and the trainer that wrote it."""
+    trainer = _trainer(TINY_MODEL)
+    trainer.train_step([_batch(0)])
+    _save(trainer, tmp_path / "ckpt")
+    uri = s3_server.uri("ckpts", request.node.name, "checkpoint_00000001")
+    storage.upload(str(tmp_path / "ckpt"), uri)
+    return uri, trainer
+
+
+def test_a_checkpoint_on_s3_loads_in_place_reading_only_what_it_needs(s3_checkpoint):
+    uri, saved = s3_checkpoint
+    stats = {}
+    resumed = _trainer(TINY_MODEL, "seed=7")
+    state = checkpoint.load(uri, resumed, stats)
+    assert state.step == 1
+    for a, b in zip(saved.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Everything but the optimizer's hyperparameters is needed to resume: the whole checkpoint
+    # less the small files not read (config.yaml).
+    assert 0.99 * stats["bytes_total"] < stats["bytes_read"] <= stats["bytes_total"]
+    # The probe and exports read the model's tensors only: AdamW's two moments stay unread.
+    folder = Folder.at(uri)
+    checkpoint.load_model_weights(folder, _encoder())
+    print(f"model only: {folder.bytes_read} of {stats['bytes_total']} bytes")
+    assert folder.bytes_read < 0.4 * stats["bytes_total"]
+
+
+def test_a_flipped_byte_on_s3_is_refused_by_name(s3_checkpoint, s3_server):
+    uri, _ = s3_checkpoint
+    index = checkpoint.read_metadata(uri).storage_data
+    item = next(i for k, i in index.items() if k.fqn.startswith("model.") and i.length > 4096)
+    folder = Folder.at(uri)
+    data = bytearray(folder.read(item.relative_path))
+    data[item.offset + item.length // 2] ^= 0x80
+    folder.write(item.relative_path, bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{item.relative_path} bytes {item.offset}\+"):
+        checkpoint.load_model_weights(uri, _encoder())
+
+
+def test_refused_checkpoints_are_passed_over(s3_checkpoint):
+    uri, _ = s3_checkpoint
+    checkpoint.refuse(uri, "a test said so")
+    with pytest.raises(CheckpointError, match=r"was refused earlier: a test said so"):
+        checkpoint.read_state(uri)
+    assert json.loads(Folder.at(uri).read("refused.json"))["reason"] == "a test said so"
+
+
+def _s3_shards(s3_server, tmp_path) -> str:
+    """512 generated photos in two classes, converted to parquet and uploaded: a dataset of
+    8 global batches on S3."""
+    from images import photo
+
+    from lejepa_ray.data.convert import convert_image_folder
+
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(256):
+            (tmp_path / "src" / name / f"{i:03d}.jpg").write_bytes(photo(64, 48, 1000 * c + i))
+    convert_image_folder(str(tmp_path / "src"), str(tmp_path / "shards"))
+    uri = s3_server.uri("datasets", "photos")
+    storage.upload(str(tmp_path / "shards"), uri)
+    return uri
+
+
+def _s3_config(s3_server, data: str, *overrides: str):
+    from procs import TINY
+
+    from lejepa_ray.cli import QUICKSTART
+    from lejepa_ray.config import load_config
+
+    return load_config(
+        QUICKSTART,
+        [
+            *TINY,
+            "name=s3run",
+            f"storage_path={s3_server.uri('runs')}",
+            "data.source=parquet",
+            f"data.path={data}",
+            "data.num_samples=null",
+            "logging.every_steps=1",
+            "probe.knn=false",
+            "logging.rankme_samples=0",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_a_run_on_s3_survives_a_kill_resumes_when_rerun_falls_back_and_exports(
+    ray_cluster, s3_server, tmp_path, capsys
+):
+    from pyarrow import fs
+
+    from lejepa_ray.chaos import KillAfter, checkpoint_registered
+    from lejepa_ray.cli import main
+    from lejepa_ray.pretrain import run
+
+    data_uri = _s3_shards(s3_server, tmp_path)
+    run_uri = s3_server.uri("runs", "s3run")
+    # Killed a little after the checkpoint of step 4 is registered: restarts from it, on S3.
+    killer = KillAfter(checkpoint_registered(run_uri, 4), delay_s=2.0)
+    killer.start()
+    first = run(_s3_config(s3_server, data_uri, "optim.steps=8"))
+    killer.join()
+    assert killer.error is None and killer.killed_at is not None
+    assert first.checkpoint == f"{run_uri}/checkpoint_00000008"
+    assert first.metrics["step"] == 8
+    files = Folder.at(run_uri).files()
+    assert "config.yaml" in files and any(f.startswith("tensorboard/events.") for f in files)
+    for step in (4, 8):
+        assert f"checkpoint_{step:08d}/manifest.json" in files
+
+    # The same command with more steps resumes from the latest S3 checkpoint (this failed
+    # before: the checkpoint's URI lost its scheme and was read as a local path).
+    second = run(_s3_config(s3_server, data_uri, "optim.steps=12"))
+    assert second.resumed_from == 8 and second.metrics["step"] == 12
+    local_tb = tmp_path / "tensorboard"
+    local_tb.mkdir()
+    fs.copy_files(f"{run_uri}/tensorboard", str(local_tb))
+    from test_pretrain import _scalars
+
+    scalars = _scalars(str(tmp_path))
+    assert [s for s, _ in scalars["loss"]] == list(range(1, 13))  # every step once
+    read = {t: v for t, v in scalars.items() if t.startswith("resume/bytes")}
+    with capsys.disabled():
+        print({t: [(s, int(v)) for s, v in values] for t, values in read.items()})
+    total = dict(read["resume/bytes_total"])[8]
+    for rank in (0, 1):  # DDP: each rank holds the whole model and optimizer, so reads it all
+        assert 0.9 * total < dict(read[f"resume/bytes_read/rank_{rank}"])[8] <= total
+
+    # A byte flipped in the latest checkpoint's payload is only seen when a rank reads it: the
+    # checkpoint is refused, the attempt restarts from the one before, and the run completes.
+    ckpt12 = Folder.at(f"{run_uri}/checkpoint_00000012")
+    index = checkpoint.read_metadata(ckpt12).storage_data
+    item = next(i for k, i in index.items() if k.fqn.startswith("model.") and i.length > 4096)
+    data = bytearray(ckpt12.read(item.relative_path))
+    data[item.offset + item.length // 2] ^= 0x01
+    ckpt12.write(item.relative_path, bytes(data))
+    third = run(_s3_config(s3_server, data_uri, "optim.steps=16"))
+    assert third.metrics["step"] == 16
+    fs.copy_files(f"{run_uri}/tensorboard", str(local_tb))
+    resumes = [s for s, _ in _scalars(str(tmp_path))["resume/load_s"]]
+    assert resumes[-2:] == [8, 8] or resumes[-1] == 8, resumes  # fell back to step 8
+    assert [s for s, _ in _scalars(str(tmp_path))["loss"]] == list(range(1, 17))
+    # Step 12 was trained and saved again, under a name of its own, which Ray keeps when it
+    # retires the refused checkpoint.
+    kept = [f.name() for f, _ in checkpoint.registered(run_uri)]
+    assert kept == ["checkpoint_00000016", "checkpoint_00000012_1"], kept
+    assert checkpoint.read_state(f"{run_uri}/checkpoint_00000012_1").step == 12
+
+    # Export and eval read the run where it is.
+    assert main(["export", run_uri, str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert main(["export", run_uri, s3_server.uri("exports", "s3run")]) == 0
+    assert "model.safetensors" in Folder.at(s3_server.uri("exports", "s3run")).files()
+    assert main(["eval", run_uri, "--data", data_uri, "--probe", "knn"]) == 0
+    assert "checkpoint_00000016" in capsys.readouterr().out
