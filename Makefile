@@ -20,7 +20,7 @@ bench: $(STAMP)  ## SIGReg speed and memory against the textbook implementation
 bench-train: $(STAMP)  ## step time of the same loop under Ray Train and torchrun (ratio)
 	$(BIN)/python benchmarks/train_step.py
 
-bench-recovery: $(STAMP)  ## SIGKILL a training worker mid-run: recovery time, steps recomputed
+bench-recovery: $(STAMP)  ## SIGKILL a training worker 3 times in one run: recovery time, steps recomputed per kill
 	$(BIN)/python benchmarks/recovery.py
 
 bench-quality: $(STAMP)  ## the quickstart over 3 seeds: held-out probes vs random init and raw pixels

@@ -93,48 +93,18 @@ def test_default_run_prints_our_lines_and_none_of_rays(tmp_path):
     assert len(lines) < 25, "\n".join(lines)
 
 
-def _descendants(pid: int) -> set[int]:
-    """The processes below ``pid`` (from /proc), so that they can be followed after it dies and
-    they are reparented."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
-
-
 @pytest.mark.slow
 def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tmp_path):
     import signal
 
+    from lejepa_ray import reaper
     from lejepa_ray.chaos import checkpoint_registered
 
     command = [
         console_script(),
         "pretrain",
         *TINY,
-        "optim.steps=40",
+        "optim.steps=24",
         "probe.knn=false",
         f"storage_path={tmp_path}",
         "name=driver",
@@ -147,14 +117,15 @@ def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tm
     while not ready():
         assert driver.poll() is None and time.monotonic() < deadline, tail(log)
         time.sleep(0.5)
-    ray_processes = _descendants(driver.pid)  # raylet, GCS, workers, Ray Data actors
+    ray_processes = reaper.tree(driver.pid)  # raylet, GCS, agents, workers, Ray Data actors
     assert len(ray_processes) > 3, ray_processes
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     deadline = time.monotonic() + 60
-    while _alive(ray_processes) and time.monotonic() < deadline:
+    while reaper.alive(ray_processes) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not _alive(ray_processes), f"orphaned: {_alive(ray_processes)}"
+    left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in reaper.alive(ray_processes)}
+    assert not left, f"orphaned: {left}"
 
     again = subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=600)
     lines = (again.stdout + again.stderr).splitlines()
@@ -162,4 +133,4 @@ def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tm
     resumed = next(line for line in lines if line.startswith("run driver: "))
     match = re.search(r"resuming from step (\d+)", resumed)
     assert match and int(match.group(1)) >= 8, resumed
-    assert any(line.startswith("step 40/40 | loss ") for line in lines), "\n".join(lines)
+    assert any(line.startswith("step 24/24 | loss ") for line in lines), "\n".join(lines)

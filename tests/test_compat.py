@@ -81,3 +81,15 @@ def test_the_filter_replaces_rays_print_handler(capsys):
         assert capsys.readouterr().out.strip().endswith(oom)
     finally:
         dispatcher.handlers, worker.print_to_stdstream = before, printer
+
+
+def test_dcp_reads_every_storage_item_through_the_slice_hook():
+    import inspect
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from lejepa_ray.checkpoint import _VerifyingReader
+    from lejepa_ray.compat import DCP_SLICE_HOOK
+
+    assert f"self.{DCP_SLICE_HOOK}(" in inspect.getsource(FileSystemReader.read_data)
+    assert DCP_SLICE_HOOK in vars(_VerifyingReader)

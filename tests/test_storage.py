@@ -204,3 +204,36 @@ def test_a_run_on_s3_survives_a_kill_resumes_when_rerun_falls_back_and_exports(
     assert "model.safetensors" in Folder.at(s3_server.uri("exports", "s3run")).files()
     assert main(["eval", run_uri, "--data", data_uri, "--probe", "knn"]) == 0
     assert "checkpoint_00000016" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_sweep_on_s3_stores_trials_and_results_there_and_exports_its_winner(
+    ray_cluster, s3_server, tmp_path
+):
+    from procs import TINY
+
+    from lejepa_ray.cli import QUICKSTART
+    from lejepa_ray.sweep import SweepOptions, run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text("loss.lam:\n  choice: [0.02, 0.2]\n")
+    result = run_sweep(
+        SweepOptions(
+            space=str(space),
+            config=QUICKSTART,
+            name="s3sweep",
+            samples=2,
+            scheduler="fifo",
+            overrides=[*TINY, "probe.knn=false", f"storage_path={s3_server.uri('sweeps')}"],
+        ),
+        print_fn=lambda *_: None,
+    )
+    sweep = s3_server.uri("sweeps", "s3sweep")
+    assert result.sweep_dir == sweep and result.winner_dir == f"{sweep}/winner"
+    files = Folder.at(sweep).files()
+    for name in ("sweep.json", "results.csv", "plot.png", "winner/config.json"):
+        assert name in files, sorted(files)
+    assert "winner/model.safetensors" in files
+    for row in result.rows:
+        assert row.checkpoint.startswith(f"{sweep}/runs/{row.trial}/checkpoint_"), row.checkpoint
+        assert f"runs/{row.trial}/checkpoint_00000008/manifest.json" in files

@@ -10,6 +10,11 @@ API, C++ ``core_worker.cc`` notices, ``RayDeprecationWarning``s raised inside Ra
 Ray Data's execution plans. :func:`quiet_worker_logs` swaps that handler for one that drops
 those lines and prints the rest (our progress lines, warnings and errors) without the
 ``(RayTrainWorker pid=…)`` prefix.
+
+Checkpoints: ``checkpoint._VerifyingReader`` overrides ``FileSystemReader._slice_file(file,
+storage_info)`` of ``torch.distributed.checkpoint``, the one place where DCP's ``read_data``
+turns a storage item into bytes, to fetch each item as one verified byte range.
+:data:`DCP_SLICE_HOOK` names it; the test checks that ``read_data`` still goes through it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import re
 from collections.abc import Iterable
 
 _HANDLER = "ray_print_logs"
+DCP_SLICE_HOOK = "_slice_file"
+"""The ``FileSystemReader`` method that cuts one storage item out of a shard file."""
 
 NOISY_ACTORS = (
     "PlacementGroupCleaner",

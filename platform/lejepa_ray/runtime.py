@@ -43,7 +43,8 @@ def connect(
     workers and Tune trials run the code the job was submitted with, not whatever version the
     nodes had installed. Otherwise it starts an embedded instance (never one that ``ray start``
     left running on this machine) with :func:`local_num_cpus` logical CPUs, and the dashboard
-    only when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``).
+    only when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``),
+    watched by :mod:`lejepa_ray.reaper` so that a killed driver leaves no Ray process behind.
     Already connected: nothing to do.
 
     Unless ``verbose``, the console shows our lines only: Ray's driver logs below ERROR and its
@@ -65,6 +66,9 @@ def connect(
         init_kwargs["include_dashboard"] = dashboard
         ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
         started = True
+        from lejepa_ray import reaper
+
+        reaper.start()  # so that a killed driver leaves none of the instance's processes
     if not verbose:
         from lejepa_ray.compat import quiet_worker_logs
 
