@@ -194,11 +194,8 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
         raise _user_error(e) from None
     seconds = time.perf_counter() - start
     stopped = storage.read_text(f"{run_dir}/{STOPPED_FILE}")
-    final = (
-        storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path)
-        if (result.checkpoint)
-        else None
-    )
+    ckpt = result.checkpoint
+    final = storage.uri_of(ckpt.filesystem, ckpt.path) if ckpt else None
     if stopped is not None:
         last = final or "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")

@@ -15,7 +15,10 @@ from lejepa_ray.data.sources import resolve_filesystem
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write ``data`` to a local path or URI, creating the parent folders."""
-    filesystem, where = resolve_filesystem(uri)
+    _write(*resolve_filesystem(uri), data)
+
+
+def _write(filesystem: fs.FileSystem, where: str, data: bytes) -> None:
     filesystem.create_dir(where.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(where) as f:
         f.write(data)
@@ -40,11 +43,6 @@ def remove(uri: str) -> None:
     filesystem, where = resolve_filesystem(uri)
     if filesystem.get_file_info(where).type == fs.FileType.File:
         filesystem.delete_file(where)
-
-
-def join(uri: str, *parts: str) -> str:
-    """``uri`` (a local path or a URI) with ``parts`` appended, ``/``-separated."""
-    return "/".join([str(uri).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def uri_of(filesystem: fs.FileSystem, path: str) -> str:
@@ -87,9 +85,6 @@ class Folder:
         """The last component of the path (``checkpoint_00000008``)."""
         return self.path.rsplit("/", 1)[-1]
 
-    def child(self, name: str) -> Folder:
-        return Folder(self.filesystem, f"{self.path}/{name}")
-
     def is_dir(self) -> bool:
         return self.filesystem.get_file_info(self.path).type == fs.FileType.Directory
 
@@ -129,15 +124,7 @@ class Folder:
         return data
 
     def write(self, name: str, data: bytes) -> None:
-        where = f"{self.path}/{name}"
-        self.filesystem.create_dir(where.rsplit("/", 1)[0], recursive=True)
-        with self.filesystem.open_output_stream(where) as f:
-            f.write(data)
-
-    def download(self, name: str, local: str) -> None:
-        """Copy the file ``name`` to the local path ``local``."""
-        fs.copy_files(f"{self.path}/{name}", local, source_filesystem=self.filesystem)
-        self.bytes_read += fs.LocalFileSystem().get_file_info(local).size
+        _write(self.filesystem, f"{self.path}/{name}", data)
 
 
 def upload(local_dir: str, uri: str) -> None:
