@@ -105,9 +105,8 @@ def _s3_shards(s3_server, tmp_path) -> str:
         (tmp_path / "src" / name).mkdir(parents=True)
         for i in range(256):
             (tmp_path / "src" / name / f"{i:03d}.jpg").write_bytes(photo(64, 48, 1000 * c + i))
-    convert_image_folder(str(tmp_path / "src"), str(tmp_path / "shards"))
     uri = s3_server.uri("datasets", "photos")
-    storage.upload(str(tmp_path / "shards"), uri)
+    convert_image_folder(str(tmp_path / "src"), uri)  # straight into the bucket
     return uri
 
 

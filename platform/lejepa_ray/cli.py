@@ -425,8 +425,10 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         description="Convert an image folder (labels from first-level subfolders) to parquet "
         "shards of encoded images. Rerunning resumes an interrupted conversion.",
     )
-    convert.add_argument("src", help="image folder")
-    convert.add_argument("dst", help="output folder for the shards and dataset.json")
+    convert.add_argument("src", help="image folder: a local path or a URI (s3://, gs://)")
+    convert.add_argument(
+        "dst", help="output folder for the shards and dataset.json: a local path or a URI"
+    )
     convert.add_argument(
         "--shard-size-mb", type=float, default=256.0, help="target shard size in MiB (default: 256)"
     )

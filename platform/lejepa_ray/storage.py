@@ -8,6 +8,8 @@ as a laptop's folder.
 
 from __future__ import annotations
 
+import contextlib
+
 from pyarrow import fs
 
 from lejepa_ray.data.sources import resolve_filesystem
@@ -125,6 +127,11 @@ class Folder:
 
     def write(self, name: str, data: bytes) -> None:
         _write(self.filesystem, f"{self.path}/{name}", data)
+
+    def delete(self, name: str) -> None:
+        """Delete the file ``name`` (relative path), if there is one."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem.delete_file(f"{self.path}/{name}")
 
 
 def upload(local_dir: str, uri: str) -> None:

@@ -4,10 +4,15 @@ Each shard holds the original encoded bytes (no re-encoding loss) with ``label``
 ``width`` and ``height`` columns. Files are assigned to shards by a fixed random permutation, so
 every shard mixes all classes and reading shards in any order still gives mixed batches.
 
-Crash safety: a shard is written to a hidden temporary file and renamed into place when
-complete, and it records a fingerprint of its inputs. A rerun keeps every shard whose
-fingerprint still matches and rewrites the rest. The manifest ``dataset.json`` (shards, class
-names, skip counts) is written last, the same way; readers go through it.
+Source and destination are local folders or URIs (``s3://``, ``gs://``), through pyarrow's
+filesystems.
+
+Crash safety: a shard is written to a local temporary file and then published whole. On a
+local disk that is a rename, atomic; in object storage it is one upload, and an object only
+appears once its upload completes. Each shard records a fingerprint of its inputs. A rerun keeps
+every shard whose fingerprint still matches and rewrites the rest. The manifest
+``dataset.json`` (shards, class names, skip counts) is published last, the same way; readers go
+through it, and refuse a folder that holds the ``_CONVERTING`` marker.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -25,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
-from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder
+from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder, resolve_filesystem
+from lejepa_ray.storage import Folder, uri_of
 
 FORMAT = "lejepa-ray/parquet-v1"
 _META_KEY = b"lejepa_ray.shard"
@@ -49,7 +57,7 @@ class ConvertSummary:
     shards_reused: int = 0
     """Shards a previous run had completed with the same inputs, kept as they were."""
     bytes: int = 0
-    """Total size of the shards on disk."""
+    """Total size of the shards as stored."""
     seconds: float = 0.0
     """Wall time of this run."""
 
@@ -63,11 +71,13 @@ def convert_image_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
 ) -> ConvertSummary:
-    """Convert the images under ``src`` to parquet shards in the local folder ``dst``.
+    """Convert the images under ``src`` to parquet shards in the folder ``dst``.
 
     Args:
-        src: local image folder (labels from first-level subfolders, as in ImageNet).
-        dst: output folder; created if needed. Rerunning into it resumes or does nothing.
+        src: image folder, local or a URI (labels from first-level subfolders, as in
+            ImageNet).
+        dst: output folder, local or a URI such as ``s3://bucket/shards``; created if needed.
+            Rerunning into it resumes or does nothing.
         shard_size_mb: target shard size in MiB of encoded images.
         workers: processes that decode-check and write shards in parallel.
         max_pixels: images with more pixels are skipped (``too_large``).
@@ -77,20 +87,14 @@ def convert_image_folder(
     Raises:
         SourceError: ``src`` does not exist or holds no images.
     """
-    if "://" in src or "://" in dst:
-        raise ValueError(
-            f"data convert reads and writes local folders, got {src!r} -> {dst!r}: copy the "
-            "images to local disk first, and upload the shards after (parquet sources read "
-            "s3:// and gs:// directly)."
-        )
     if shard_size_mb <= 0:
         raise ValueError(f"--shard-size-mb={shard_size_mb} is invalid: expected a size > 0.")
     if workers < 1:
         raise ValueError(f"--workers={workers} is invalid: expected at least 1.")
     start = time.perf_counter()
     listing = list_image_folder(src)
-    out = Path(dst)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Folder.at(dst)
+    out.filesystem.create_dir(out.path, recursive=True)
 
     # A fixed permutation (not the sorted order) so each shard mixes the classes.
     order = np.random.default_rng(0).permutation(len(listing.files))
@@ -120,15 +124,16 @@ def convert_image_folder(
                 "index": index,
                 "plan": plan,
                 "fingerprint": fingerprint,
-                "final": str(out / _shard_name(index)),
+                "src": uri_of(listing.filesystem, listing.root),
+                "final": f"{out.uri}/{_shard_name(index)}",
                 "classes": listing.classes,
                 "max_pixels": max_pixels,
             }
         )
     # From here until the new manifest is published the folder is marked unfinished, so no
     # reader mixes the shards of two conversions (a rerun may rewrite shards of the old one).
-    (out / INCOMPLETE).write_text("a conversion is running or was interrupted; rerun it\n")
-    (out / MANIFEST).unlink(missing_ok=True)
+    out.write(INCOMPLETE, b"a conversion is running or was interrupted; rerun it\n")
+    out.delete(MANIFEST)
     _remove_leftovers(out, keep={_shard_name(i) for i in range(len(plans))})
 
     summary = ConvertSummary()
@@ -144,7 +149,7 @@ def convert_image_folder(
                 progress(done, total)
 
     shards = []
-    for job, (stats, reused) in zip(jobs, results, strict=True):
+    for job, (stats, reused, size) in zip(jobs, results, strict=True):
         summary.images += stats["rows"]
         summary.skipped.update(stats["skipped"])
         for example in stats["examples"]:
@@ -155,7 +160,6 @@ def convert_image_folder(
                 summary.skipped_files.append(example)
         summary.shards_reused += reused
         summary.shards_written += not reused
-        size = os.path.getsize(job["final"])
         summary.bytes += size
         shards.append(
             {
@@ -174,10 +178,10 @@ def convert_image_folder(
         "skipped_examples": summary.skipped_files,
         "shards": shards,
     }
-    tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp = _local_temp(out.uri + "/" + MANIFEST)
     tmp.write_text(json.dumps(manifest, indent=1))
-    _publish(tmp, out / MANIFEST)
-    (out / INCOMPLETE).unlink()
+    _publish(tmp, f"{out.uri}/{MANIFEST}")
+    out.delete(INCOMPLETE)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -195,7 +199,7 @@ def format_summary(summary: ConvertSummary, dst: str) -> str:
         for reason, count in summary.skipped.most_common():
             example = next(e for e in summary.skipped_files if e["reason"] == reason)
             lines.append(f"  {reason:<13}{count:>8,}   e.g. {example['path']}: {example['detail']}")
-        lines.append(f"Examples of every reason are in {Path(dst) / MANIFEST}.")
+        lines.append(f"Examples of every reason are in {dst.rstrip('/')}/{MANIFEST}.")
     else:
         lines.append("Skipped 0 files: every image decoded.")
     return "\n".join(lines)
@@ -228,22 +232,25 @@ def _fingerprint(plan: list[dict], classes: list[str], max_pixels: int) -> str:
     return hashlib.blake2b(json.dumps(inputs).encode(), digest_size=16).hexdigest()
 
 
-def _convert_shard(job: dict) -> tuple[dict, bool]:
-    """Write one shard unless a complete one with the same inputs exists; (stats, reused)."""
-    final = Path(job["final"])
-    if final.exists():
+def _convert_shard(job: dict) -> tuple[dict, bool, int]:
+    """Write one shard unless a complete one with the same inputs exists:
+    (stats, reused, size in bytes)."""
+    out_fs, final = resolve_filesystem(job["final"])
+    info = out_fs.get_file_info(final)
+    if info.type == pafs.FileType.File:
         try:
-            meta = json.loads(pq.read_schema(final).metadata[_META_KEY])
+            meta = json.loads(pq.read_schema(final, filesystem=out_fs).metadata[_META_KEY])
             if meta["fingerprint"] == job["fingerprint"]:
-                return meta, True
+                return meta, True, info.size
         except Exception:
             pass  # unreadable or foreign: rewrite it
+    src_fs, _ = resolve_filesystem(job["src"])
     rows: dict[str, list] = {"image": [], "label": [], "path": [], "width": [], "height": []}
     skipped = SkipCounts()
     examples = []
     for record in job["plan"]:
         try:
-            with open(record["file"], "rb") as f:
+            with src_fs.open_input_stream(record["file"]) as f:
                 data = f.read()
             img = decode_rgb(data, job["max_pixels"])
         except BadImage as e:
@@ -273,27 +280,48 @@ def _convert_shard(job: dict) -> tuple[dict, bool]:
         metadata={_META_KEY: json.dumps(stats), b"lejepa_ray.classes": json.dumps(job["classes"])},
     )
     table = pa.table(rows, schema=schema)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp = _local_temp(job["final"])
     # Row groups of ~64 images keep a reader's memory small and its reads parallel.
     pq.write_table(table, tmp, row_group_size=64, compression="none")
-    _publish(tmp, final)
-    return stats, False
+    size = tmp.stat().st_size
+    _publish(tmp, job["final"])
+    return stats, False, size
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Make a completely written file visible under its final name, atomically."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+def _local_temp(final: str) -> Path:
+    """A local file to write ``final``'s content into before :func:`_publish`: hidden beside
+    it on a local disk (so the rename stays on one filesystem), in the temp folder otherwise."""
+    name = f".{final.rsplit('/', 1)[-1]}.{os.getpid()}.tmp"
+    if "://" in final:
+        return Path(tempfile.mkdtemp(prefix="lejepa-convert-")) / name
+    return Path(final).with_name(name)
 
 
-def _remove_leftovers(out: Path, keep: set[str]) -> None:
+def _publish(tmp: Path, final: str) -> None:
+    """Make the completely written local file ``tmp`` visible as ``final`` (a local path or
+    URI) at once: a rename on a local disk, a single upload to object storage."""
+    if "://" not in final:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        return
+    filesystem, where = resolve_filesystem(final)
+    try:
+        pafs.copy_files(str(tmp), where, destination_filesystem=filesystem)
+    finally:
+        tmp.unlink()
+        tmp.parent.rmdir()
+
+
+def _remove_leftovers(out: Folder, keep: set[str]) -> None:
     """Delete temporary files of interrupted runs and shards a different plan left behind."""
-    for p in out.iterdir():
-        stale_shard = p.name.startswith("shard-") and p.suffix == ".parquet" and p.name not in keep
-        if (p.name.startswith(".") and p.name.endswith(".tmp")) or stale_shard:
+    for name in out.files():
+        if "/" in name:
+            continue  # only the folder's own level holds shards
+        stale_shard = name.startswith("shard-") and name.endswith(".parquet") and name not in keep
+        if (name.startswith(".") and name.endswith(".tmp")) or stale_shard:
             print(
-                f"removing {p.name} (left by an earlier, different or interrupted run)",
+                f"removing {name} (left by an earlier, different or interrupted run)",
                 file=sys.stderr,
             )
-            p.unlink()
+            out.delete(name)
