@@ -299,6 +299,9 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
                 trainer.train_step([_batch(10 * i + rank)])
             _save(trainer, Path(out_dir, "fsdp"), data_epoch=1, data_samples=32)
         else:
+            stats: dict = {}  # resuming FSDP shards on as many ranks: bytes read per rank
+            checkpoint.load(Path(out_dir, "fsdp"), trainer, stats=stats)
+            Path(out_dir, f"bytes_{rank}.json").write_text(json.dumps(stats))
             checkpoint.load(Path(out_dir, "single"), trainer)
         tensors = _tensors(trainer)
         if rank == 0:
@@ -330,9 +333,10 @@ def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
     ]
 
     # 2 FSDP ranks -> 1 process without sharding: the gathered tensors, bit for bit.
-    single = _trainer()
-    state = checkpoint.load(tmp_path / "fsdp", single)
+    single, stats = _trainer(), {}
+    state = checkpoint.load(tmp_path / "fsdp", single, stats=stats)
     assert (state.world_size, single.step) == (2, 3)
+    assert stats["bytes_read"] > 0.95 * stats["bytes_total"]  # one process holds everything
     assert single.optimizer.param_groups[0]["lr"] == fsdp["lr"]
     _assert_bitwise(_tensors(single), fsdp["tensors"])
 
@@ -345,6 +349,12 @@ def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
     back = torch.load(tmp_path / "fsdp_load.pt", weights_only=True)
     assert back["step"] == 4
     _assert_bitwise(back["tensors"], _tensors(single))
+    # Resuming the FSDP checkpoint on 2 ranks, each rank read its own shards: half of the bytes.
+    # (From the unsharded checkpoint each reads every whole tensor: DCP reads a stored item
+    # whole and narrows it in memory.)
+    read = [json.loads((tmp_path / f"bytes_{r}.json").read_text()) for r in range(WORLD)]
+    for r in read:
+        assert 0.45 * r["bytes_total"] < r["bytes_read"] < 0.55 * r["bytes_total"], read
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
