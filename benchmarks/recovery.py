@@ -18,7 +18,9 @@ run's TensorBoard events it reports, per kill:
 
 Last line: one JSON object.
 
-    python benchmarks/recovery.py [--steps 40] [--every 8] [--delay 4] [--storage DIR]
+    python benchmarks/recovery.py [--steps 40] [--every 8] [--delay 4] [--storage DIR|URI]
+
+``--storage`` may be object storage (``s3://bucket/prefix``, with the AWS environment set).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--delay", type=float, default=4.0, help="seconds between a checkpoint and a kill"
     )
-    parser.add_argument("--storage", default=None, help="run directory parent (default: temp)")
+    parser.add_argument(
+        "--storage", default=None, help="run directory parent, a path or URI (default: temp)"
+    )
     args = parser.parse_args(argv)
     if args.steps <= 3 * args.every:
         sys.exit(f"--steps must exceed 3 * --every ({3 * args.every}): the run needs 3 kills")
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lejepa_ray.pretrain import run
 
     storage = args.storage or tempfile.mkdtemp(prefix="lejepa-recovery-")
-    run_dir = Path(storage, "recovery")
+    run_dir = f"{storage.rstrip('/')}/recovery"
     cfg = load_config(
         QUICKSTART,
         [
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = [
         ("registered", checkpoint_registered(run_dir, args.every), args.delay),
         ("registered", checkpoint_registered(run_dir, 2 * args.every), args.delay),
-        ("being written", checkpoint_being_written(str(run_dir), 3 * args.every), 0.0),
+        ("being written", checkpoint_being_written(run_dir, 3 * args.every), 0.0),
     ]
     killers = []
 
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [k.error for k in killers if k.killed_at is None]
     if len(killers) < 3 or failed:
         sys.exit(f"not every kill happened: {failed or 'the run ended first'}")
-    tensorboard = Path(result.run_dir, "tensorboard")
+    tensorboard = _local_copy(f"{result.run_dir}/tensorboard")
     figures = recoveries(tensorboard, [k.killed_at for k in killers])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -123,6 +127,20 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(out))
     return out
+
+
+def _local_copy(folder: str) -> Path:
+    """``folder`` itself when local, else a local copy of it (TensorBoard's readers and the
+    figures read a local folder)."""
+    if "://" not in folder:
+        return Path(folder)
+    from lejepa_ray.storage import Folder
+
+    source, local = Folder.at(folder), Path(tempfile.mkdtemp(prefix="lejepa-recovery-tb-"))
+    for name in source.files():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(source.read(name))
+    return local
 
 
 if __name__ == "__main__":

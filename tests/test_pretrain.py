@@ -232,22 +232,25 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
 
 
 @pytest.mark.slow
-def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(ray_cluster, tmp_path):
-    """benchmarks/recovery.py's plan: SIGKILL a worker after the checkpoints of steps 8 and 16
-    and while that of step 24 is being written; the run goes on to step 40."""
+def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(ray_cluster, s3_server):
+    """benchmarks/recovery.py's plan, on S3 storage as on a cluster: SIGKILL a worker after the
+    checkpoints of steps 6 and 12 and while that of step 18 is being written (its files are
+    appearing in the bucket); the run goes on to step 22."""
     from test_benchmarks import _load
 
-    out = _load("recovery").main(["--storage", str(tmp_path), "--delay", "3"])
-    assert out["final_step"] == 40 and out["steps_logged_once"]
+    out = _load("recovery").main(
+        ["--storage", s3_server.uri("recovery"), "--steps", "22", "--every", "6", "--delay", "2"]
+    )
+    assert out["final_step"] == 22 and out["steps_logged_once"]
     first, second, third = out["kills"]
-    assert first["checkpoint_step"] == 8 and second["checkpoint_step"] == 16
-    # Killed mid-save: the restart came from a registered checkpoint, 16 (or 24 if Ray had
+    assert first["checkpoint_step"] == 6 and second["checkpoint_step"] == 12
+    # Killed mid-save: the restart came from a registered checkpoint, 12 (or 18 if Ray had
     # registered it in the instant before the kill), never from the half-written one.
-    assert third["checkpoint_step"] in (16, 24)
+    assert third["checkpoint_step"] in (12, 18)
     # Less than a checkpoint interval recomputed; a kill during a save loses at most the
     # interval that save was closing.
-    assert 0 <= first["steps_recomputed"] < 8 and 0 <= second["steps_recomputed"] < 8
-    assert 0 <= third["steps_recomputed"] <= 8
+    assert 0 <= first["steps_recomputed"] < 6 and 0 <= second["steps_recomputed"] < 6
+    assert 0 <= third["steps_recomputed"] <= 6
 
 
 def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
@@ -278,7 +281,11 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
     )
     check_resumable(str(ckpt), trainer_cfg, resolve_backbone(trainer_cfg))  # same model: fine
     monkeypatch.setattr(runtime, "connect", lambda *a, **k: pytest.fail("Ray was started"))
-    monkeypatch.setattr(checkpoint, "latest_checkpoint", lambda run_dir: (str(ckpt), {"step": 5}))
+    monkeypatch.setattr(
+        checkpoint,
+        "latest_checkpoint",
+        lambda run_dir: checkpoint.Latest(str(ckpt), {"step": 5}, checkpoint.Opened(ckpt)),
+    )
     with pytest.raises(
         checkpoint.CheckpointError,
         match=r"cannot load a resnet34 checkpoint .* into resnet18: .*"

@@ -194,7 +194,11 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
     monkeypatch.setattr(
         lejepa_ray.checkpoint,
         "latest_checkpoint",
-        lambda run_dir: ("/ck/b", {**at_b, REL_CHANGE: -0.2}) if run_dir.endswith("/b") else None,
+        lambda run_dir: (
+            SimpleNamespace(uri="/ck/b", metrics={**at_b, REL_CHANGE: -0.2})
+            if run_dir.endswith("/b")
+            else None
+        ),
     )
     grid = [
         _result("a", 8, 1.0, 0.5, 0.05, **{"rankme/backbone": 3.0, "rankme/projector": 2.0}),

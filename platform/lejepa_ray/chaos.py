@@ -41,7 +41,7 @@ def checkpoint_registered(run_dir: str | Path, step: int):
 
     def ready() -> bool:
         latest = latest_checkpoint(str(run_dir))
-        return latest is not None and Path(latest[0]).name == name
+        return latest is not None and Path(latest.uri).name == name
 
     return ready
 
@@ -59,7 +59,7 @@ def checkpoint_being_written(run_dir: str, step: int):
         if not folder.files():
             return False
         latest = latest_checkpoint(str(run_dir))
-        return latest is None or not latest[0].endswith(folder.name())
+        return latest is None or not latest.uri.endswith(folder.name())
 
     return ready
 

@@ -158,6 +158,7 @@ class Opened:
             raise CheckpointError(f"{self.folder} was refused earlier: {reason}")
         self.manifest: mf.Manifest | None = None
         self.metadata: Metadata | None = None
+        self._verified: dict[str, bytes] = {}  # small files already read, so read once
         if mf.MANIFEST_FILE not in self.listing:
             log.warning(
                 "%s has no %s (written by lejepa-ray before 0.2, or interrupted): its files "
@@ -179,12 +180,15 @@ class Opened:
                 f"{self.folder} has no {name}: {what}. The checkpoint is incomplete "
                 "(interrupted while being written); use an earlier checkpoint of the run."
             )
+        if name in self._verified:
+            return self._verified[name]
         data = self.folder.read(name) or b""
         if self.manifest is not None:
             try:
                 self.manifest.check_file(name, data)
             except mf.ManifestMismatch as e:
                 raise _corrupt(self.folder, e) from None
+        self._verified[name] = data
         return data
 
     def has(self, name: str) -> bool:
@@ -197,20 +201,20 @@ def _corrupt(folder: Folder, error: Exception) -> CheckpointError:
     )
 
 
-def load(location: Location, trainer: Trainer, stats: dict | None = None) -> TrainState:
+def load(location: Location | Opened, trainer: Trainer, stats: dict | None = None) -> TrainState:
     """Restore model, optimizer, schedule, step and (same world size) RNG states from the
     checkpoint at ``location`` into ``trainer``, resharding to this run's world size and
     strategy. This rank reads only the byte ranges of the tensors it holds, verified against the
-    manifest; ``stats``, when given, receives ``bytes_read`` (by this rank) and
-    ``bytes_total`` (the checkpoint's size). Call on every rank (DCP's load is collective when
-    a process group exists).
+    manifest; ``stats``, when given, receives ``bytes_read`` (by this rank, the checks of an
+    :class:`Opened` passed in included) and ``bytes_total`` (the checkpoint's size). Call on
+    every rank (DCP's load is collective when a process group exists).
 
     Raises:
         CheckpointError: incomplete or corrupt files, or a checkpoint of another model.
     """
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    ckpt = Opened(location)
+    ckpt = location if isinstance(location, Opened) else Opened(location)
     state = _read_state(ckpt)
     model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
     target = {"model": model_state, "optim": {"state": optim_state["state"]}}
@@ -592,7 +596,7 @@ def find(run_or_checkpoint: Location) -> str:
             f"{text} holds no completed checkpoint; a run writes one every "
             "checkpoint.every_steps steps and at its end."
         )
-    return latest[0]
+    return latest.uri
 
 
 def registered(run_dir: str) -> list[tuple[Folder, dict]]:
@@ -617,12 +621,33 @@ def registered(run_dir: str) -> list[tuple[Folder, dict]]:
     return sorted(kept, key=lambda cm: cm[1].get("step", -1), reverse=True)
 
 
-def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
-    """(URI or local path, metrics) of the run's latest checkpoint that is complete, or None
-    when it has none: the newest registered one whose files match its manifest (sizes,
+@dataclass
+class Latest:
+    """A run's latest complete checkpoint, as :func:`latest_checkpoint` found it."""
+
+    uri: str
+    """Where it is: a local path or a URI."""
+    metrics: dict
+    """The metrics reported with it (``step``, ``data/epoch``, ...)."""
+    opened: Opened
+    """It, opened: listing checked, state file and index read and verified, for a load to
+    go on from without reading them again."""
+
+    @property
+    def step(self) -> int:
+        return int(self.metrics.get("step", 0))
+
+
+def latest_checkpoint(run_dir: str) -> Latest | None:
+    """The run's latest checkpoint that is complete, or None when it has none."""
+    return first_complete(registered(run_dir))
+
+
+def first_complete(entries: list[tuple[Folder, dict]]) -> Latest | None:
+    """The first of :func:`registered`'s ``entries`` whose files match its manifest (sizes,
     small files' checksums) and that no earlier load refused. Each checkpoint passed over is
     logged with the reason, so a user sees the run fall back."""
-    for folder, metrics in registered(run_dir):
+    for folder, metrics in entries:
         try:
             ckpt = Opened(folder)
             _read_state(ckpt)
@@ -630,7 +655,7 @@ def latest_checkpoint(run_dir: str) -> tuple[str, dict] | None:
         except CheckpointError as e:
             log.warning("passing over checkpoint %s: %s", folder.name(), e)
             continue
-        return folder.uri, metrics
+        return Latest(folder.uri, metrics, ckpt)
     return None
 
 

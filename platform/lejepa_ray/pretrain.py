@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STOPPED_FILE = "stopped.json"
 """Written into the run directory when training stopped on non-finite losses."""
+RESUMED_FROM = "resumed_from"
+"""Reported by workers that resumed: the step of the checkpoint their attempt loaded."""
 
 
 class TrainingStopped(RuntimeError):
@@ -57,7 +59,8 @@ class PretrainResult:
     train_seconds: float
     """Wall time of ``TorchTrainer.fit``."""
     resumed_from: int | None = None
-    """The step the run resumed from (None: it started afresh)."""
+    """The step of the checkpoint the workers' last attempt resumed from (None: it started
+    afresh)."""
 
 
 def run_name(cfg: PretrainConfig) -> str:
@@ -119,12 +122,12 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     name, root = run_name(cfg), storage_root(cfg)
     run_dir = f"{root.rstrip('/')}/{name}"
     latest = checkpoint.latest_checkpoint(run_dir)
-    resumed_from = None if latest is None else int(latest[1].get("step", 0))
+    resumed_from = None if latest is None else latest.step
     if latest is not None:
-        check_resumable(latest[0], cfg, spec)
-        if resumed_from >= cfg.optim.steps:
+        check_resumable(latest.uri, cfg, spec)
+        if latest.step >= cfg.optim.steps:
             print_fn(
-                f"run {name} is complete: its latest checkpoint ({latest[0]}) is at step "
+                f"run {name} is complete: its latest checkpoint ({latest.uri}) is at step "
                 f"{resumed_from} of optim.steps={cfg.optim.steps}; raise optim.steps to "
                 "train on."
             )
@@ -134,8 +137,8 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
                 cfg,
                 spec,
                 run_dir,
-                latest[0],
-                latest[1],
+                latest.uri,
+                latest.metrics,
                 0.0,
                 resumed_from,
                 class_names(cfg.data) is not None,
@@ -181,7 +184,7 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
         # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
         datasets={"train": functools.partial(_train_dataset, stream.dataset, run_dir)},
     )
-    where = "" if latest is None else f"; resuming from step {resumed_from} ({latest[0]})"
+    where = "" if latest is None else f"; resuming from step {latest.step} ({latest.uri})"
     print_fn(
         f"run {name}: {cfg.model.name} on {cfg.scaling.num_workers} "
         f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
@@ -199,14 +202,18 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     if stopped is not None:
         last = final or "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
+    metrics = dict(result.metrics or {})
+    # Where the workers' last attempt resumed from: the driver's pick, unless a worker refused
+    # that checkpoint and the restart fell back past it.
+    worker_resumed = metrics.get(RESUMED_FROM)
     return _probe(
         cfg,
         spec,
         run_dir,
         final,
-        dict(result.metrics or {}),
+        metrics,
         seconds,
-        resumed_from,
+        None if worker_resumed is None else int(worker_resumed),
         stream.classes is not None,
         print_fn,
     )
@@ -253,9 +260,24 @@ def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
     checkpoint.check_model(path, encoder, cfg.model.name)
 
 
-def _resume(trainer, run_dir: str) -> tuple[str | None, float, checkpoint.TrainState | None]:
-    """Load the run's latest complete checkpoint into ``trainer`` (every rank):
-    (its URI, seconds, its state), or (None, 0, None) for a fresh start.
+@dataclass
+class Resumed:
+    """The checkpoint a worker group resumed from (the same on every rank)."""
+
+    uri: str
+    state: checkpoint.TrainState
+    seconds: float
+    """Wall time of the load on this rank."""
+    bytes_read: list[int]
+    """Bytes each rank fetched for it, by rank."""
+    bytes_total: int
+    """The checkpoint's size in bytes."""
+
+
+def _resume(trainer, run_dir: str) -> tuple[Resumed | None, set[str]]:
+    """Load the run's latest complete checkpoint into ``trainer`` (every rank): what it was,
+    or None for a fresh start; and the names of every checkpoint Ray Train registered for the
+    run, which a step saved again must not reuse.
 
     A checkpoint that fails verification while it loads (a changed byte) is marked refused and
     the attempt fails, so that Ray Train restarts the workers, and the data pipeline, from the
@@ -263,27 +285,28 @@ def _resume(trainer, run_dir: str) -> tuple[str | None, float, checkpoint.TrainS
     import ray.train
 
     if ray.train.get_checkpoint() is None:
-        return None, 0.0, None
-    latest = checkpoint.latest_checkpoint(run_dir)
+        return None, set()
+    entries = checkpoint.registered(run_dir)
+    taken = {folder.name() for folder, _ in entries}
+    latest = checkpoint.first_complete(entries)
     if latest is None:
-        return None, 0.0, None
+        return None, taken
     start, stats = time.perf_counter(), {}
     try:
-        state = checkpoint.load(latest[0], trainer, stats)
+        state = checkpoint.load(latest.opened, trainer, stats)
     except checkpoint.CheckpointError as e:
         if ray.train.get_context().get_world_rank() == 0:
-            checkpoint.refuse(latest[0], str(e))
+            checkpoint.refuse(latest.uri, str(e))
         raise checkpoint.CheckpointError(
             f"{e} It is marked refused; the restarted workers resume from the checkpoint "
             "before it (rerun the same command if the run has no restarts left)."
         ) from None
     seconds = time.perf_counter() - start
-    state.bytes_read = [stats["bytes_read"]]
+    bytes_read = [stats["bytes_read"]]
     if torch.distributed.is_initialized():  # what each rank fetched, for rank 0 to log
-        state.bytes_read = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(state.bytes_read, stats["bytes_read"])
-    state.bytes_total = stats["bytes_total"]
-    return latest[0], seconds, state
+        bytes_read = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(bytes_read, stats["bytes_read"])
+    return Resumed(latest.uri, state, seconds, bytes_read, stats["bytes_total"]), taken
 
 
 def _train_dataset(dataset, run_dir: str):
@@ -292,7 +315,7 @@ def _train_dataset(dataset, run_dir: str):
     from lejepa_ray.data.stream import start_at
 
     latest = checkpoint.latest_checkpoint(run_dir)
-    return start_at(dataset, int(latest[1].get("data/epoch", 0)) if latest else 0)
+    return start_at(dataset, int(latest.metrics.get("data/epoch", 0)) if latest else 0)
 
 
 def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt: str) -> ProbeReport:
@@ -333,10 +356,8 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     trainer = Trainer(cfg, config["spec"], device)
-    state = checkpoint.TrainState(step=0)
-    resumed, load_seconds, loaded = _resume(trainer, config["run_dir"])
-    state = loaded or state
-    taken = {f.name() for f, _ in checkpoint.registered(config["run_dir"])} if resumed else set()
+    resumed, taken = _resume(trainer, config["run_dir"])
+    state = resumed.state if resumed else checkpoint.TrainState(step=0)
     cursor = EpochCursor(
         config["counter"],
         cfg.data,
@@ -353,18 +374,18 @@ def train_worker(config: dict) -> None:
             resumed_step=state.step if resumed is not None else None,
         )
         if resumed is not None:
-            writer.resumed(state.step, load_seconds, state.bytes_read, state.bytes_total)
+            writer.resumed(state.step, resumed.seconds, resumed.bytes_read, resumed.bytes_total)
             log.warning(
                 "resumed from %s: step %d, data epoch %d (+%d samples), written by %d "
                 "rank(s), loaded in %.1f s; rank(s) read %s of %.1f MB",
-                resumed,
+                resumed.uri,
                 state.step,
                 state.data_epoch,
                 state.data_samples,
                 state.world_size,
-                load_seconds,
-                "/".join(f"{b / 1e6:.1f}" for b in state.bytes_read),
-                state.bytes_total / 1e6,
+                resumed.seconds,
+                "/".join(f"{b / 1e6:.1f}" for b in resumed.bytes_read),
+                resumed.bytes_total / 1e6,
             )
     config_yaml = to_yaml(cfg)
     rankme_images = None
@@ -381,6 +402,8 @@ def train_worker(config: dict) -> None:
             metrics.update(skip_metrics(config["counter"]))
             writer.log(step, metrics)
         metrics["step"] = step
+        if resumed is not None:
+            metrics[RESUMED_FROM] = state.step
         if not save:
             ray.train.report(metrics)
             return

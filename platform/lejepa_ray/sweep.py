@@ -511,7 +511,7 @@ def rank(
         # The label-free values of the checkpoint that is probed, so that both describe the
         # same weights: for a completed trial its final report, for one ASHA stopped its last
         # checkpoint (RankMe exists only there), else its last report.
-        at = {**metrics, **latest[1]} if latest else metrics
+        at = {**metrics, **latest.metrics} if latest else metrics
         rel_change = _number(at.get(REL_CHANGE))
         rows.append(
             TrialRow(
@@ -522,7 +522,7 @@ def rank(
                 selection_score=_number(at.get(METRIC)),
                 loss=_number(at.get("loss/smoothed")),
                 params=params,
-                checkpoint=latest[0] if latest else None,
+                checkpoint=latest.uri if latest else None,
                 knn_top1=metrics.get("probe/knn_top1"),
                 linear_top1=metrics.get("probe/linear_top1"),
                 rankme_backbone=_number(at.get("rankme/backbone")),
