@@ -68,7 +68,11 @@ def parallelize(
     blocks = block_modules(model.backbone)
     if scaling.compile:
         for block in blocks:
-            block.compile()
+            # Static shapes: global and local views reach each block at two sizes, and after
+            # the second one dynamo would retrace with symbolic sizes, which inductor fails on
+            # for some blocks (resnet10t's average-pool downsample: "Cannot convert
+            # expression to float"). Two static graphs per block shape are cheap.
+            block.compile(dynamic=False)
     if scaling.strategy == "fsdp":
         return _fully_shard(model, blocks, device, dtype, seed)
     if any(p.is_meta for p in model.parameters()):
