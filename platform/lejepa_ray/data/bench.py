@@ -24,6 +24,16 @@ from lejepa_ray.data.sources import LocalSource
 from lejepa_ray.data.views import ViewMaker
 
 
+class BenchError(ValueError):
+    """The benchmark cannot measure what was asked (a dataset too small for it)."""
+
+
+def required_samples(batch_size: int) -> int:
+    """The fewest samples :func:`run` can measure with: in each epoch the first batch is
+    start-up and not counted, and at least two more batches must be timed."""
+    return 3 * batch_size
+
+
 def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
     """Milliseconds per sample spent decoding and making views, on one core of this process."""
     source = LocalSource(cfg)
@@ -187,6 +197,14 @@ def run(
     from ray.data import DataContext
 
     workers = workers or os.cpu_count() or 1
+    have, need = len(LocalSource(cfg)), required_samples(batch_size)
+    if have < need:
+        raise BenchError(
+            f"data bench needs at least {need} samples at --batch-size {batch_size} (each "
+            f"epoch's first batch is start-up, not measured, and two more are timed), but "
+            f"{cfg.path or cfg.source} has {have}: use a larger dataset or --batch-size "
+            f"{max(1, have // 3)} or less."
+        )
     print_fn(f"Profiling one worker's work per sample ({cfg.source}) ...")
     stages = profile_stages(cfg)
     per_sample = stages["read_ms"] + stages["decode_ms"] + stages["views_ms"]
@@ -210,6 +228,12 @@ def run(
     print_fn(f"Ray Data, {workers} transform actors, {seconds:.0f} s ...")
     stream = bench_ray_data(cfg, workers, batch_size, seconds)
 
+    for name, measured in (("DataLoader", loader), ("Ray Data", stream)):
+        if not measured["samples"]:  # a source that skipped most of its images, say
+            raise BenchError(
+                f"data bench timed no {name} batch after the start-up batch of each epoch: "
+                f"{cfg.path or cfg.source} yields fewer than {need} usable samples."
+            )
     ratio = stream["samples_per_s"] / loader["samples_per_s"]
     limiter = max(
         ("decode", stages["decode_ms"]),
