@@ -1,4 +1,5 @@
-"""benchmarks/quality.py, step_profile.py and sweep_curves.py: what they print and measure."""
+"""benchmarks/quality.py, step_profile.py, sweep_curves.py and views.py: what they print and
+measure."""
 
 from __future__ import annotations
 
@@ -107,3 +108,12 @@ def test_sweep_curves_reads_every_trial_and_draws_its_curves(tmp_path, capsys, m
     assert out[0].startswith("t0  loss.lam=0.01  loss 0.0433") and "rankme 40/9.0" in out[0]
     assert out[1].startswith("t1  loss.lam=0.1  loss 0.1333") and "linear 0.95" in out[1]
     assert (sweep / "curves.png").stat().st_size > 5000 and out[-1].endswith("curves.png")
+
+
+def test_views_benchmark_times_every_op_on_both_sides(capsys):
+    out = _load("views").main(["--samples", "3", "--repeats", "1", "--width", "160"])
+    printed = capsys.readouterr().out.splitlines()
+    assert json.loads(printed[-1]) == out
+    assert {"decode", "crop_resize", "jitter", "blur", "copy"} <= set(out["before_ms"])
+    assert {"decode", "draw", "crop_resize", "jitter", "flip_copy"} <= set(out["after_ms"])
+    assert out["speedup"] > 0 and any(line.startswith("| **total**") for line in printed)

@@ -1,4 +1,5 @@
-"""lejepa_ray.data.views and .config: shapes, dtypes, determinism, odd images, bad values."""
+"""lejepa_ray.data.views and .config: shapes, dtypes, determinism, odd images, bad values, and
+agreement with torchvision's transforms (the reference), op by op and for whole views."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from images import photo
+from PIL import Image, ImageFilter
+from torchvision.transforms.v2 import functional as F
 
+from lejepa_ray.data import views
 from lejepa_ray.data.config import DataConfig, ViewConfig
-from lejepa_ray.data.decode import EMPTY, NOT_AN_IMAGE
+from lejepa_ray.data.decode import EMPTY, NOT_AN_IMAGE, decode_rgb
 from lejepa_ray.data.keys import stable_hash
-from lejepa_ray.data.views import ViewMaker
+from lejepa_ray.data.views import Jitter, ViewMaker, ViewParams
 
 SMALL = ViewConfig(global_views=2, global_size=32, local_views=3, local_size=16)
 
@@ -139,3 +144,106 @@ def test_view_config_rejects_bad_values(kwargs, message):
 def test_data_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**kwargs)
+
+
+def _reference_views(cfg: ViewConfig, img, seed: int, epoch: int, key: str):
+    """The reference: torchvision's v2 pipeline (benchmarks/views.py), and the generator's next
+    draw after it."""
+    from test_benchmarks import _load
+
+    glob, local = _load("views").torchvision_views(cfg, img, seed, epoch, key)
+    return glob, local, torch.rand(1).item()
+
+
+def test_default_views_equal_torchvision_drawn_the_same_way():
+    """Same seed -> the same random draws as torchvision's Compose (the generator ends in the
+    same state) and, the arithmetic being the same, the same bytes."""
+    cfg = ViewConfig()
+    maker = ViewMaker(cfg, seed=3)
+    for i in range(6):
+        img = decode_rgb(photo(500, 375, seed=i))
+        ref_g, ref_l, ref_next = _reference_views(cfg, img, 3, 1, f"k{i}")
+        glob, loc = maker.views_of(img, f"k{i}", 1)
+        assert torch.rand(1).item() == ref_next  # as many draws, in the same order
+        assert np.array_equal(glob, ref_g) and np.array_equal(loc, ref_l)
+
+
+FIXED = [
+    ("brightness", Jitter((0, 1, 2, 3), 1.3, None, None, None)),
+    ("brightness dark", Jitter((0, 1, 2, 3), 0.6, None, None, None)),
+    ("contrast", Jitter((1, 0, 2, 3), None, 1.35, None, None)),
+    ("saturation", Jitter((2, 0, 1, 3), None, None, 0.7, None)),
+    ("hue", Jitter((3, 0, 1, 2), None, None, None, -0.08)),
+    ("all four", Jitter((2, 0, 3, 1), 1.2, 0.75, 1.15, 0.05)),
+]
+
+
+@pytest.mark.parametrize(("name", "jitter"), FIXED, ids=[f[0] for f in FIXED])
+def test_color_jitter_equals_torchvision_for_fixed_parameters(name, jitter):
+    img = decode_rgb(photo(96, 80, seed=5))
+    ref = img
+    for op in jitter.order:
+        if op == 0 and jitter.brightness is not None:
+            ref = F.adjust_brightness(ref, jitter.brightness)
+        elif op == 1 and jitter.contrast is not None:
+            ref = F.adjust_contrast(ref, jitter.contrast)
+        elif op == 2 and jitter.saturation is not None:
+            ref = F.adjust_saturation(ref, jitter.saturation)
+        elif op == 3 and jitter.hue is not None:
+            ref = F.adjust_hue(ref, jitter.hue)
+    assert np.array_equal(np.asarray(views.color_jitter(img, jitter)), np.asarray(ref)), name
+
+
+def test_every_other_op_equals_torchvision_for_fixed_parameters():
+    img = decode_rgb(photo(120, 90, seed=2))
+    box, size = (10, 7, 110, 81), 48
+    plain = ViewParams(box, None, False, None, False, False)
+
+    def ours(p: ViewParams) -> np.ndarray:
+        out = np.empty((3, size, size), dtype=np.uint8)
+        views.render(img, p, size, 128, out)
+        return out.transpose(1, 2, 0)
+
+    crop = F.resized_crop(img, 7, 10, 74, 100, [size, size], antialias=True)
+    assert np.array_equal(ours(plain), np.asarray(crop))
+    base = ours(plain)  # the other ops, on our crop
+    base_img = Image.fromarray(base)
+    expect = {
+        "grayscale": F.rgb_to_grayscale(base_img, num_output_channels=3),
+        "blur": base_img.filter(ImageFilter.GaussianBlur(radius=1.3)),
+        "solarize": F.solarize(base_img, 128),
+        "flip": F.horizontal_flip(base_img),
+    }
+    got = {
+        "grayscale": ours(ViewParams(box, None, True, None, False, False)),
+        "blur": ours(ViewParams(box, None, False, 1.3, False, False)),
+        "solarize": ours(ViewParams(box, None, False, None, True, False)),
+        "flip": ours(ViewParams(box, None, False, None, False, True)),
+    }
+    for name, ref in expect.items():
+        assert np.array_equal(got[name], np.asarray(ref)), name
+
+
+def test_parameters_follow_torchvision_distributions():
+    """The draws are torchvision's own make_params: over many views, crop areas, aspect
+    ratios and the rate of every op are those the config asks for."""
+    cfg = ViewConfig()
+    maker = ViewMaker(cfg)
+    img = Image.new("RGB", (500, 375))
+    params = [p for i in range(300) for p in maker.params(img, str(i), 0)[:2]]
+    areas = np.array([(p.box[2] - p.box[0]) * (p.box[3] - p.box[1]) for p in params]) / 187500
+    ratios = np.array([(p.box[2] - p.box[0]) / (p.box[3] - p.box[1]) for p in params])
+    assert areas.min() > 0.29 and areas.max() <= 1.0 and 0.55 < areas.mean() < 0.75
+    assert ratios.min() > 0.74 and ratios.max() < 1.34
+    rates = {
+        "jitter": np.mean([p.jitter is not None for p in params]),
+        "grayscale": np.mean([p.grayscale for p in params]),
+        "blur": np.mean([p.blur_sigma is not None for p in params]),
+        "solarize": np.mean([p.solarize for p in params]),
+        "flip": np.mean([p.flip for p in params]),
+    }
+    expected = {"jitter": 0.8, "grayscale": 0.2, "blur": 0.5, "solarize": 0.2, "flip": 0.5}
+    for op, rate in rates.items():  # 600 draws: 4 standard errors at most
+        assert abs(rate - expected[op]) < 4 * (expected[op] * (1 - expected[op]) / 600) ** 0.5, op
+    b = [p.jitter.brightness for p in params if p.jitter]
+    assert min(b) >= 0.6 and max(b) <= 1.4

@@ -35,12 +35,16 @@ def required_samples(batch_size: int) -> int:
 
 
 def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
-    """Milliseconds per sample spent decoding and making views, on one core of this process."""
+    """Milliseconds per sample spent reading, decoding and making views, on one core of this
+    process, with the views' time split by operation (``views.<op>_ms``, see
+    :meth:`ViewMaker.profile`; each op's time is averaged over all samples, so it includes
+    its probability of firing)."""
     source = LocalSource(cfg)
     maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a worker
     decode_s = views_s = read_s = 0.0
+    ops: dict[str, float] = {}
     used = 0
     try:
         for i in range(min(samples, len(source))):
@@ -52,7 +56,7 @@ def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
             except BadImage:
                 continue
             t2 = time.perf_counter()
-            maker.views_of(img, row["key"], 0)
+            maker.profile(img, row["key"], 0, ops)
             t3 = time.perf_counter()
             read_s, decode_s, views_s = read_s + t1 - t0, decode_s + t2 - t1, views_s + t3 - t2
             used += 1
@@ -64,6 +68,7 @@ def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
         "decode_ms": 1e3 * decode_s / used,
         "views_ms": 1e3 * views_s / used,
     }
+    out.update({f"views.{op}_ms": 1e3 * seconds / used for op, seconds in sorted(ops.items())})
     return out
 
 
@@ -242,12 +247,18 @@ def run(
         key=lambda kv: kv[1],
     )[0]
     v = cfg.views
+    ops = ", ".join(
+        f"{k.removeprefix('views.').removesuffix('_ms')} {val:.2f}"
+        for k, val in stages.items()
+        if k.startswith("views.")
+    )
     print_fn(
         f"\nviews per sample: {v.global_views}×{v.global_size}px + {v.local_views}×"
         f"{v.local_size}px, batch {batch_size}, {workers} CPU workers\n"
         f"profile (one core, per sample): read {stages['read_ms']:.2f} ms, decode "
         f"{stages['decode_ms']:.2f} ms, crops+augment {stages['views_ms']:.2f} ms "
         f"-> at most {bound:.1f} samples/s on {workers} workers; {limiter} dominates\n"
+        f"views by operation (ms per sample): {ops}\n"
         f"{_rate_line('DataLoader', loader, bound)}\n{_rate_line('Ray Data', stream, bound)}\n"
         f"ratio Ray Data / DataLoader: {ratio:.2f}"
     )

@@ -4,61 +4,210 @@ The randomness of every crop comes from a seed derived from (seed, epoch, sample
 views of a sample are the same whichever worker makes them, in whatever order, on any rerun,
 and differ from one epoch to the next. Normalisation is left to the training device: shipping
 uint8 is four times less data than float32.
+
+The recipe is torchvision's (the LeJEPA/DINO one): ``RandomResizedCrop``, colour jitter applied
+with probability ``jitter_p``, grayscale, Gaussian blur, solarize, horizontal flip. The random
+parameters are drawn by torchvision's own ``make_params``, from torch's generator, in the order
+``v2.Compose`` draws them, so their distributions are torchvision's by construction. The pixels
+are computed here, in fewer and cheaper passes over each view than torchvision's per-transform
+dispatch makes (``docs/data.md`` has the per-op table):
+
+- no per-transform dispatch: the draws, then PIL's kernels called directly on the view;
+- brightness and contrast are per-value maps, applied as lookup tables (``Image.point``),
+  clipped and truncated as PIL's ``ImageEnhance`` blends are, and a brightness right after a
+  contrast joins its table; ``ImageEnhance`` instead builds a whole degenerate image and
+  blends it;
+- saturation is ``ImageEnhance.Color``'s blend with the grayscale copy, without its wrapper;
+- hue is the HSV round trip torchvision makes, with the hue shift as one LUT;
+- solarize is a precomputed LUT, and the flip is free (a reversed copy into the output).
+
+The bytes are torchvision's: for the same seed the views are equal to its pipeline's (tested).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageStat
 from torchvision.transforms import v2
 
 from lejepa_ray.data.config import ViewConfig
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.keys import stable_hash
 
-
-class PILGaussianBlur(v2.Transform):
-    """Gaussian blur with σ drawn uniformly from ``sigma``, computed by PIL's C kernel.
-
-    torchvision's blur converts a PIL image to a tensor and runs a float convolution, which on
-    CPU costs more than all the other augmentations together; PIL's blur (as in the DINO recipe
-    LeJEPA follows) is several times cheaper. Images only: this is not a tensor transform.
-    """
-
-    _transformed_types = (Image.Image,)
-
-    def __init__(self, sigma: tuple[float, float]):
-        super().__init__()
-        self.sigma = (float(sigma[0]), float(sigma[1]))
-
-    def make_params(self, flat_inputs: list) -> dict:
-        return {"sigma": torch.empty(1).uniform_(*self.sigma).item()}
-
-    def transform(self, inpt: Image.Image, params: dict) -> Image.Image:
-        return inpt.filter(ImageFilter.GaussianBlur(radius=params["sigma"]))
+_VALUES = np.arange(256, dtype=np.float32)
 
 
-def _augmentation(cfg: ViewConfig, size: int, scale: tuple[float, float]) -> v2.Compose:
-    # Order and operations of the LeJEPA recipe; torchvision dispatches them to PIL's C kernels.
-    # Operations that can never fire are left out: on small images the per-call overhead of a
-    # transform costs as much as its work.
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True)
-    ]
-    if cfg.jitter_p > 0 and any(cfg.jitter):
-        steps.append(v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p))
-    if cfg.grayscale_p > 0:
-        steps.append(v2.RandomGrayscale(p=cfg.grayscale_p))
-    if cfg.blur_p > 0:
-        steps.append(v2.RandomApply([PILGaussianBlur(cfg.blur_sigma)], p=cfg.blur_p))
-    if cfg.solarize_p > 0:
-        steps.append(v2.RandomSolarize(threshold=cfg.solarize_threshold, p=cfg.solarize_p))
-    if cfg.flip_p > 0:
-        steps.append(v2.RandomHorizontalFlip(p=cfg.flip_p))
-    return v2.Compose(steps)
+@dataclass(frozen=True)
+class Jitter:
+    """Colour jitter of one view, as torchvision's ``ColorJitter.make_params`` draws it."""
+
+    order: tuple[int, ...]
+    """The order of the four operations: 0 brightness, 1 contrast, 2 saturation, 3 hue."""
+    brightness: float | None
+    contrast: float | None
+    saturation: float | None
+    hue: float | None
+    """Hue shift in turns, in [-0.5, 0.5]."""
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """Every random choice of one view."""
+
+    box: tuple[int, int, int, int]
+    """The crop in source pixels: left, top, right, bottom."""
+    jitter: Jitter | None
+    grayscale: bool
+    blur_sigma: float | None
+    """Standard deviation of the Gaussian blur in view pixels; None: no blur."""
+    solarize: bool
+    flip: bool
+
+
+class _Recipe:
+    """The augmentation of one kind of view (global or local) at one output size."""
+
+    def __init__(self, cfg: ViewConfig, size: int, scale: tuple[float, float]):
+        self.cfg, self.size = cfg, size
+        self.crop = v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio))
+        # Operations that can never fire draw nothing, as they were left out of torchvision's
+        # Compose before: the same seed keeps giving the same views.
+        self.jitter = v2.ColorJitter(*cfg.jitter) if cfg.jitter_p > 0 and any(cfg.jitter) else None
+
+    def draw(self, img: Image.Image) -> ViewParams:
+        """The view's parameters, drawn from torch's generator in ``v2.Compose``'s order."""
+        c = self.cfg
+        crop = self.crop.make_params([img])
+        left, top = crop["left"], crop["top"]
+        box = (left, top, left + crop["width"], top + crop["height"])
+        jitter = None
+        if self.jitter is not None and _fires(c.jitter_p):
+            p = self.jitter.make_params([img])
+            jitter = Jitter(
+                tuple(int(i) for i in p["fn_idx"]),
+                p["brightness_factor"],
+                p["contrast_factor"],
+                p["saturation_factor"],
+                p["hue_factor"],
+            )
+        gray = c.grayscale_p > 0 and _fires(c.grayscale_p)
+        sigma = None
+        if c.blur_p > 0 and _fires(c.blur_p):
+            sigma = torch.empty(1).uniform_(*c.blur_sigma).item()
+        solarize = c.solarize_p > 0 and _fires(c.solarize_p)
+        flip = c.flip_p > 0 and _fires(c.flip_p)
+        return ViewParams(box, jitter, gray, sigma, solarize, flip)
+
+
+def _fires(p: float) -> bool:
+    """torchvision's ``not torch.rand(1) >= p``, compared as floats: the same draw and outcome
+    (a float32 against p rounded to float32, as the tensor comparison does), 4× cheaper."""
+    return torch.rand(1).item() < float(np.float32(p))
+
+
+def render(
+    img: Image.Image,
+    p: ViewParams,
+    size: int,
+    solarize_threshold: int,
+    out: np.ndarray,
+    clock: dict[str, float] | None = None,
+) -> None:
+    """Write the view of ``img`` with parameters ``p`` into ``out``, uint8 (3, size, size).
+    ``clock``, when given, accumulates the seconds of each operation under its name."""
+    tick = _Clock(clock)
+    view = img.crop(p.box).resize((size, size), Image.Resampling.BILINEAR)
+    tick("crop_resize")
+    if p.jitter is not None:
+        view = color_jitter(view, p.jitter)
+        tick("jitter")
+    if p.grayscale:
+        view = view.convert("L").convert("RGB")
+        tick("grayscale")
+    if p.blur_sigma is not None:
+        view = view.filter(ImageFilter.GaussianBlur(radius=p.blur_sigma))
+        tick("blur")
+    if p.solarize:
+        view = view.point(_solarize_lut(solarize_threshold))
+        tick("solarize")
+    pixels = np.asarray(view)
+    out[...] = (pixels[:, ::-1] if p.flip else pixels).transpose(2, 0, 1)
+    tick("flip_copy")
+
+
+class _Clock:
+    """Adds the time since the last call to ``clock[name]``; does nothing without a clock."""
+
+    def __init__(self, clock: dict[str, float] | None):
+        self.clock = clock
+        self.last = time.perf_counter() if clock is not None else 0.0
+
+    def __call__(self, name: str) -> None:
+        if self.clock is not None:
+            now = time.perf_counter()
+            self.clock[name] = self.clock.get(name, 0.0) + now - self.last
+            self.last = now
+
+
+def color_jitter(img: Image.Image, j: Jitter) -> Image.Image:
+    """torchvision's ``ColorJitter`` on a PIL RGB image with the drawn parameters ``j``: the
+    same arithmetic as its PIL kernels (``ImageEnhance``), in fewer passes."""
+    lut = None  # (3, 256) uint8: per-value maps not applied yet
+    for op in j.order:
+        if op == 0 and j.brightness is not None:
+            lut = _then(lut, _blend(0.0, j.brightness))
+        elif op == 1 and j.contrast is not None:
+            # ImageEnhance.Contrast blends with the image's mean grey, rounded to an integer.
+            img, lut = _apply(img, lut), None
+            mean = int(ImageStat.Stat(img.convert("L")).mean[0] + 0.5)
+            lut = _then(None, _blend(float(mean), j.contrast))
+        elif op == 2 and j.saturation is not None:
+            img, lut = _apply(img, lut), None
+            img = Image.blend(img.convert("L").convert("RGB"), img, j.saturation)
+        elif op == 3 and j.hue is not None:
+            img, lut = _apply(img, lut), None
+            img = _shift_hue(img, j.hue)
+    return _apply(img, lut)
+
+
+def _blend(base: float, alpha: float) -> np.ndarray:
+    """PIL's ``Image.blend(base, v, alpha)`` for every value v: float32, clipped, truncated."""
+    mixed = np.float32(base) + np.float32(alpha) * (_VALUES - np.float32(base))
+    return np.clip(mixed, 0, 255).astype(np.uint8)
+
+
+def _then(lut: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    """The LUT (3, 256) that applies ``lut`` and then the per-value map ``values`` (256,)."""
+    return np.tile(values, (3, 1)) if lut is None else values[lut]
+
+
+def _apply(img: Image.Image, lut: np.ndarray | None) -> Image.Image:
+    return img if lut is None else img.point(lut.ravel().tolist())
+
+
+def _shift_hue(img: Image.Image, hue: float) -> Image.Image:
+    """torchvision's ``adjust_hue`` on PIL: the hue channel, in HSV, shifted by ``hue`` turns
+    as an 8-bit wraparound (one LUT pass on the HSV image, where torchvision splits it)."""
+    shift = int(np.int32(hue * 255).astype(np.uint8))
+    lut = [(i + shift) % 256 for i in range(256)] + _IDENTITY2
+    return img.convert("HSV").point(lut).convert("RGB")
+
+
+_IDENTITY2 = list(range(256)) * 2
+
+
+_SOLARIZE: dict[int, list[int]] = {}
+
+
+def _solarize_lut(threshold: int) -> list[int]:
+    if threshold not in _SOLARIZE:
+        _SOLARIZE[threshold] = [i if i < threshold else 255 - i for i in range(256)] * 3
+    return _SOLARIZE[threshold]
 
 
 class ViewMaker:
@@ -74,8 +223,8 @@ class ViewMaker:
         self.cfg = cfg
         self.seed = seed
         self.max_pixels = max_pixels
-        self._global = _augmentation(cfg, cfg.global_size, cfg.global_scale)
-        self._local = _augmentation(cfg, cfg.local_size, cfg.local_scale)
+        self._global = _Recipe(cfg, cfg.global_size, cfg.global_scale)
+        self._local = _Recipe(cfg, cfg.local_size, cfg.local_scale)
 
     def views_of(self, img: Image.Image, key: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of a decoded RGB image.
@@ -84,11 +233,16 @@ class ViewMaker:
             ``global`` uint8 of shape (V_g, 3, global_size, global_size) and ``local`` uint8 of
             shape (V_l, 3, local_size, local_size).
         """
-        c = self.cfg
-        glob = np.empty((c.global_views, 3, c.global_size, c.global_size), dtype=np.uint8)
-        loc = np.empty((c.local_views, 3, c.local_size, c.local_size), dtype=np.uint8)
+        glob, loc = self._buffers()
         self._fill(img, key, epoch, glob, loc)
         return glob, loc
+
+    def _buffers(self, *batch: int) -> tuple[np.ndarray, np.ndarray]:
+        c = self.cfg
+        return (
+            np.empty((*batch, c.global_views, 3, c.global_size, c.global_size), dtype=np.uint8),
+            np.empty((*batch, c.local_views, 3, c.local_size, c.local_size), dtype=np.uint8),
+        )
 
     def batch(
         self, images: Sequence[bytes | None], keys: Sequence[str], epoch: int
@@ -99,10 +253,7 @@ class ViewMaker:
             ``kept`` int64 indices (K,) of the images that made it, ``global`` uint8
             (K, V_g, 3, S_g, S_g), ``local`` uint8 (K, V_l, 3, S_l, S_l), and the skip counts.
         """
-        c = self.cfg
-        n = len(images)
-        glob = np.empty((n, c.global_views, 3, c.global_size, c.global_size), dtype=np.uint8)
-        loc = np.empty((n, c.local_views, 3, c.local_size, c.local_size), dtype=np.uint8)
+        glob, loc = self._buffers(len(images))
         kept: list[int] = []
         skipped = SkipCounts()
         for i, (data, key) in enumerate(zip(images, keys, strict=True)):
@@ -116,11 +267,37 @@ class ViewMaker:
         k = len(kept)
         return np.asarray(kept, dtype=np.int64), glob[:k], loc[:k], skipped
 
-    def _fill(self, img: Image.Image, key: str, epoch: int, glob: np.ndarray, loc: np.ndarray):
-        # torchvision's random transforms draw from torch's global generator; seeding it per
-        # sample is what makes the views independent of which worker made them and when.
+    def params(self, img: Image.Image, key: str, epoch: int) -> list[ViewParams]:
+        """The parameters of every view of ``img`` (global ones first), as ``views_of`` draws
+        them."""
         torch.manual_seed(stable_hash(self.seed, epoch, key))
-        for out in glob:
-            out[...] = np.asarray(self._global(img)).transpose(2, 0, 1)
-        for out in loc:
-            out[...] = np.asarray(self._local(img)).transpose(2, 0, 1)
+        c = self.cfg
+        return [self._global.draw(img) for _ in range(c.global_views)] + [
+            self._local.draw(img) for _ in range(c.local_views)
+        ]
+
+    def _fill(
+        self,
+        img: Image.Image,
+        key: str,
+        epoch: int,
+        glob: np.ndarray,
+        loc: np.ndarray,
+        clock: dict[str, float] | None = None,
+    ):
+        # The draws use torch's global generator, seeded per sample: that is what makes the
+        # views independent of which worker made them and when.
+        tick = _Clock(clock)
+        params = self.params(img, key, epoch)
+        tick("draw")
+        c, threshold = self.cfg, self.cfg.solarize_threshold
+        for out, p in zip(glob, params[: c.global_views], strict=True):
+            render(img, p, c.global_size, threshold, out, clock)
+        for out, p in zip(loc, params[c.global_views :], strict=True):
+            render(img, p, c.local_size, threshold, out, clock)
+
+    def profile(self, img: Image.Image, key: str, epoch: int, clock: dict[str, float]) -> None:
+        """Make the views of ``img`` (discarded), adding each operation's seconds to
+        ``clock``: ``draw`` (the random parameters), ``crop_resize``, ``jitter``,
+        ``grayscale``, ``blur``, ``solarize``, ``flip_copy``."""
+        self._fill(img, key, epoch, *self._buffers(), clock)

@@ -1,0 +1,184 @@
+"""Per-op cost of making one sample's views: torchvision's v2 pipeline against ViewMaker.
+
+Both make the default views (2 × 224 px + 8 × 96 px) of the same JPEGs (500×375 by default,
+generated) on one thread, with the same seed per sample, so they draw the same parameters and
+(tested in tests/test_views.py) give the same bytes. Per op, milliseconds per sample averaged
+over the samples, so an op's figure includes its probability of firing. ``total`` is timed
+without the per-op clock, the median of ``--repeats`` passes.
+
+Prints a markdown table, then one JSON line.
+
+    python benchmarks/views.py [--samples 60] [--repeats 3] [--width 500 --height 375]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torchvision.transforms import v2
+
+from lejepa_ray.data.config import ViewConfig
+from lejepa_ray.data.decode import decode_rgb
+from lejepa_ray.data.keys import stable_hash
+from lejepa_ray.data.views import ViewMaker
+
+OPS = ("crop_resize", "jitter", "grayscale", "blur", "solarize", "flip")
+
+
+class PILBlur(v2.Transform):
+    """Gaussian blur with σ drawn uniformly from ``sigma``, by PIL (the recipe's blur)."""
+
+    _transformed_types = (Image.Image,)
+
+    def __init__(self, sigma: tuple[float, float]):
+        super().__init__()
+        self.sigma = sigma
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"sigma": torch.empty(1).uniform_(*self.sigma).item()}
+
+    def transform(self, inpt: Image.Image, params: dict) -> Image.Image:
+        return inpt.filter(ImageFilter.GaussianBlur(radius=params["sigma"]))
+
+
+def torchvision_recipe(cfg: ViewConfig, size: int, scale: tuple[float, float]) -> v2.Compose:
+    """The view recipe as torchvision v2 transforms on PIL images: the reference."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True),
+            v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
+            v2.RandomGrayscale(p=cfg.grayscale_p),
+            v2.RandomApply([PILBlur(cfg.blur_sigma)], p=cfg.blur_p),
+            v2.RandomSolarize(threshold=cfg.solarize_threshold, p=cfg.solarize_p),
+            v2.RandomHorizontalFlip(p=cfg.flip_p),
+        ]
+    )
+
+
+def torchvision_views(
+    cfg: ViewConfig, img: Image.Image, seed: int, epoch: int, key: str, clock: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The views of ``img`` made by the torchvision recipe, seeded as ViewMaker seeds them:
+    global (V_g, 3, S_g, S_g) and local (V_l, 3, S_l, S_l) uint8. ``clock`` accumulates the
+    seconds per op."""
+    torch.manual_seed(stable_hash(seed, epoch, key))
+    out = []
+    for size, scale, count in (
+        (cfg.global_size, cfg.global_scale, cfg.global_views),
+        (cfg.local_size, cfg.local_scale, cfg.local_views),
+    ):
+        steps = torchvision_recipe(cfg, size, scale).transforms
+        views = []
+        for _ in range(count):
+            x = img
+            for name, step in zip(OPS, steps, strict=True):
+                t = time.perf_counter()
+                x = step(x)
+                if clock is not None:
+                    clock[name] = clock.get(name, 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
+            views.append(np.asarray(x).transpose(2, 0, 1))
+            if clock is not None:
+                clock["copy"] = clock.get("copy", 0.0) + time.perf_counter() - t
+        out.append(np.stack(views) if views else np.empty((0, 3, size, size), np.uint8))
+    return out[0], out[1]
+
+
+def _jpegs(count: int, width: int, height: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):  # smooth content with detail, photo-like for the JPEG coder
+        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+        noise = rng.normal(0, 8, (height, width, 3))
+        pixels = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--height", type=int, default=375)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as in a Ray Data actor
+    cfg = ViewConfig()
+    data = _jpegs(args.samples, args.width, args.height)
+    maker = ViewMaker(cfg)
+
+    def per_op(make) -> dict[str, float]:
+        clock: dict[str, float] = {}
+        for i, d in enumerate(data):
+            t = time.perf_counter()
+            img = decode_rgb(d)
+            clock["decode"] = clock.get("decode", 0.0) + time.perf_counter() - t
+            make(img, str(i), clock)
+        return {k: 1e3 * v / len(data) for k, v in clock.items()}
+
+    def total(make) -> float:
+        t = time.perf_counter()
+        for i, d in enumerate(data):
+            make(decode_rgb(d), str(i), None)
+        return 1e3 * (time.perf_counter() - t) / len(data)
+
+    def before(img, key, clock):
+        torchvision_views(cfg, img, 0, 0, key, clock)
+
+    def after(img, key, clock):
+        if clock is None:
+            maker.views_of(img, key, 0)
+        else:
+            maker.profile(img, key, 0, clock)
+
+    ops_before, ops_after = per_op(before), per_op(after)
+    totals_before = [total(before) for _ in range(args.repeats)]
+    totals_after = [total(after) for _ in range(args.repeats)]
+    t_before, t_after = statistics.median(totals_before), statistics.median(totals_after)
+    rows = [
+        ("decode", "decode", "decode"),
+        ("random parameters", None, "draw"),
+        ("crop + resize", "crop_resize", "crop_resize"),
+        ("colour jitter (p 0.8)", "jitter", "jitter"),
+        ("grayscale (p 0.2)", "grayscale", "grayscale"),
+        ("blur (p 0.5)", "blur", "blur"),
+        ("solarize (p 0.2)", "solarize", "solarize"),
+        ("flip (p 0.5) + copy out", ("flip", "copy"), "flip_copy"),
+    ]
+    print(f"views of {args.samples} {args.width}×{args.height} JPEGs, ms per sample, one thread")
+    print("| op | torchvision v2 | ViewMaker |\n|---|---|---|")
+    for label, old, new in rows:
+        if old is None:
+            b = "(inside the ops)"
+        else:
+            b = f"{sum(ops_before.get(k, 0.0) for k in np.atleast_1d(old)):.2f}"
+        print(f"| {label} | {b} | {ops_after.get(new, 0.0):.2f} |")
+    print(
+        f"| **total**, without the clock (median of {args.repeats}) | **{t_before:.1f}** | "
+        f"**{t_after:.1f}** |\nViewMaker is {t_before / t_after:.2f}× cheaper per sample."
+    )
+    out = {
+        "samples": args.samples,
+        "image": [args.width, args.height],
+        "before_ms": {k: round(v, 3) for k, v in ops_before.items()},
+        "after_ms": {k: round(v, 3) for k, v in ops_after.items()},
+        "total_before_ms": [round(t, 2) for t in totals_before],
+        "total_after_ms": [round(t, 2) for t in totals_after],
+        "speedup": round(t_before / t_after, 3),
+    }
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
