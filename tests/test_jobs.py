@@ -223,21 +223,19 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
             "--name",
             "e2e-sweep",
             "--samples",
-            "2",
+            "1",
             "--scheduler",
             "fifo",
             *TINY,
             timeout=900,
         )
+        # One trial is enough to show the entry point works as a job (ranking many is
+        # test_sweep's); its RankMe, the default --select-by, is in the results.
         sweep = head.storage / "e2e-sweep"
         with (sweep / "results.csv").open() as f:
             rows = list(csv.DictReader(f))
-        assert [(r["rank"], r["status"]) for r in rows] == [
-            ("1", "completed"),
-            ("2", "completed"),
-        ], logs[-4000:]
-        # Ranked by the default --select-by rankme: higher RankMe first.
-        assert float(rows[0]["rankme_backbone"]) >= float(rows[1]["rankme_backbone"])
+        assert [(r["rank"], r["status"]) for r in rows] == [("1", "completed")], logs[-4000:]
+        assert float(rows[0]["rankme_backbone"]) >= 1
         assert (sweep / "winner" / "config.json").exists()
         for r in rows:
             assert (sweep / "runs" / r["trial"] / "checkpoint_00000008").is_dir()
