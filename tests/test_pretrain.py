@@ -221,23 +221,23 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
 @pytest.mark.slow
 def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(ray_cluster, s3_server):
     """benchmarks/recovery.py's plan, on S3 storage as on a cluster: SIGKILL a worker after the
-    checkpoints of steps 6 and 12 and while that of step 18 is being written (its files are
-    appearing in the bucket); the run goes on to step 22."""
+    checkpoints of steps 4 and 8 and while that of step 12 is being written (its files are
+    appearing in the bucket); the run goes on to step 16."""
     from test_benchmarks import _load
 
     out = _load("recovery").main(
-        ["--storage", s3_server.uri("recovery"), "--steps", "22", "--every", "6", "--delay", "2"]
+        ["--storage", s3_server.uri("recovery"), "--steps", "16", "--every", "4", "--delay", "1"]
     )
-    assert out["final_step"] == 22 and out["steps_logged_once"]
+    assert out["final_step"] == 16 and out["steps_logged_once"]
     first, second, third = out["kills"]
-    assert first["checkpoint_step"] == 6 and second["checkpoint_step"] == 12
-    # Killed mid-save: the restart came from a registered checkpoint, 12 (or 18 if Ray had
+    assert first["checkpoint_step"] == 4 and second["checkpoint_step"] == 8
+    # Killed mid-save: the restart came from a registered checkpoint, 8 (or 12 if Ray had
     # registered it in the instant before the kill), never from the half-written one.
-    assert third["checkpoint_step"] in (12, 18)
+    assert third["checkpoint_step"] in (8, 12)
     # Less than a checkpoint interval recomputed; a kill during a save loses at most the
     # interval that save was closing.
-    assert 0 <= first["steps_recomputed"] < 6 and 0 <= second["steps_recomputed"] < 6
-    assert 0 <= third["steps_recomputed"] <= 6
+    assert 0 <= first["steps_recomputed"] < 4 and 0 <= second["steps_recomputed"] < 4
+    assert 0 <= third["steps_recomputed"] <= 4
 
 
 def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
