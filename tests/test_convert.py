@@ -28,6 +28,20 @@ def rows(out) -> set[tuple]:
     return {(r["key"], r["label"], r["image"]) for r in (source[i] for i in range(len(source)))}
 
 
+def _crash_on_second_publish(monkeypatch) -> list[str]:
+    """Make the conversion raise as it publishes its second file; the names it published."""
+    real_publish, published = convert._publish, []
+
+    def crash_on_second(tmp, final):
+        if len(published) == 1:
+            raise KeyboardInterrupt("simulated kill")
+        real_publish(tmp, final)
+        published.append(final.rsplit("/", 1)[-1])
+
+    monkeypatch.setattr(convert, "_publish", crash_on_second)
+    return published
+
+
 def test_convert_writes_good_images_and_counts_bad_ones(tmp_path):
     expected = make_image_folder(tmp_path / "src", per_class=6)
     summary = convert_image_folder(
@@ -90,16 +104,7 @@ def test_interrupted_conversion_resumes_and_never_exposes_a_partial_shard(tmp_pa
     assert total_shards >= 3
 
     # Crash the run as it publishes its second shard: that shard is fully written, not renamed.
-    real_publish = convert._publish
-    published = []
-
-    def crash_on_second(tmp, final):
-        if len(published) == 1:
-            raise KeyboardInterrupt("simulated kill")
-        real_publish(tmp, final)
-        published.append(final.rsplit("/", 1)[-1])
-
-    monkeypatch.setattr(convert, "_publish", crash_on_second)
+    published = _crash_on_second_publish(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         convert_image_folder(str(tmp_path / "src"), str(out), shard_size_mb=SHARD_MB)
@@ -110,7 +115,7 @@ def test_interrupted_conversion_resumes_and_never_exposes_a_partial_shard(tmp_pa
         LocalSource(DataConfig(source="parquet", path=str(out / "dataset.json")))
     first_stamp = (out / "shard-00000.parquet").stat().st_mtime_ns
 
-    monkeypatch.setattr(convert, "_publish", real_publish)
+    monkeypatch.undo()
     resumed = convert_image_folder(str(tmp_path / "src"), str(out), shard_size_mb=SHARD_MB)
     assert resumed.shards_reused == 1 and resumed.shards_written == total_shards - 1
     assert (out / "shard-00000.parquet").stat().st_mtime_ns == first_stamp
@@ -191,19 +196,11 @@ def test_convert_to_s3_resumes_after_a_crash_with_the_same_manifest(
     convert_image_folder(str(tmp_path / "src"), str(local), shard_size_mb=SHARD_MB)
     uri = s3_server.uri("convert", "shards")
 
-    real_publish = convert._publish
-    published = []
-
-    def crash_on_second(tmp, final):
-        if len(published) == 1:
-            raise KeyboardInterrupt("simulated kill")
-        real_publish(tmp, final)
-        published.append(final.rsplit("/", 1)[-1])
-
-    monkeypatch.setattr(convert, "_publish", crash_on_second)
+    published = _crash_on_second_publish(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         convert_image_folder(str(tmp_path / "src"), uri, shard_size_mb=SHARD_MB)
     out = Folder.at(uri)
+    assert published == ["shard-00000.parquet"]
     assert sorted(out.files()) == ["_CONVERTING", "shard-00000.parquet"]  # nothing half-written
     with pytest.raises(SourceError, match="unfinished conversion"):
         LocalSource(DataConfig(source="parquet", path=uri))
