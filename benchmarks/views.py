@@ -29,8 +29,6 @@ from lejepa_ray.data.decode import decode_rgb
 from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.data.views import ViewMaker
 
-OPS = ("crop_resize", "jitter", "grayscale", "blur", "solarize", "flip")
-
 
 class PILBlur(v2.Transform):
     """Gaussian blur with σ drawn uniformly from ``sigma``, by PIL (the recipe's blur)."""
@@ -48,18 +46,31 @@ class PILBlur(v2.Transform):
         return inpt.filter(ImageFilter.GaussianBlur(radius=params["sigma"]))
 
 
-def torchvision_recipe(cfg: ViewConfig, size: int, scale: tuple[float, float]) -> v2.Compose:
-    """The view recipe as torchvision v2 transforms on PIL images: the reference."""
-    return v2.Compose(
-        [
+def torchvision_recipe(
+    cfg: ViewConfig, size: int, scale: tuple[float, float]
+) -> list[tuple[str, v2.Transform]]:
+    """The view recipe as torchvision v2 transforms on PIL images, the reference, as (op name,
+    transform) in order. Ops that can never fire are left out, as the views made with
+    torchvision always did (so they draw nothing)."""
+    steps = [
+        (
+            "crop_resize",
             v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio), antialias=True),
-            v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
-            v2.RandomGrayscale(p=cfg.grayscale_p),
-            v2.RandomApply([PILBlur(cfg.blur_sigma)], p=cfg.blur_p),
-            v2.RandomSolarize(threshold=cfg.solarize_threshold, p=cfg.solarize_p),
-            v2.RandomHorizontalFlip(p=cfg.flip_p),
-        ]
-    )
+        )
+    ]
+    if cfg.jitter_p > 0 and any(cfg.jitter):
+        steps.append(("jitter", v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p)))
+    if cfg.grayscale_p > 0:
+        steps.append(("grayscale", v2.RandomGrayscale(p=cfg.grayscale_p)))
+    if cfg.blur_p > 0:
+        steps.append(("blur", v2.RandomApply([PILBlur(cfg.blur_sigma)], p=cfg.blur_p)))
+    if cfg.solarize_p > 0:
+        steps.append(
+            ("solarize", v2.RandomSolarize(threshold=cfg.solarize_threshold, p=cfg.solarize_p))
+        )
+    if cfg.flip_p > 0:
+        steps.append(("flip", v2.RandomHorizontalFlip(p=cfg.flip_p)))
+    return steps
 
 
 def torchvision_views(
@@ -74,11 +85,11 @@ def torchvision_views(
         (cfg.global_size, cfg.global_scale, cfg.global_views),
         (cfg.local_size, cfg.local_scale, cfg.local_views),
     ):
-        steps = torchvision_recipe(cfg, size, scale).transforms
+        steps = torchvision_recipe(cfg, size, scale)
         views = []
         for _ in range(count):
             x = img
-            for name, step in zip(OPS, steps, strict=True):
+            for name, step in steps:
                 t = time.perf_counter()
                 x = step(x)
                 if clock is not None:

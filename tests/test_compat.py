@@ -1,5 +1,5 @@
-"""compat: the private Ray internals we lean on are where we expect, and the console filter
-keeps our lines and drops Ray's bookkeeping."""
+"""compat: the private Ray and torch internals we lean on are where we expect, and the console
+filter keeps our lines and drops Ray's bookkeeping."""
 
 from __future__ import annotations
 
@@ -93,3 +93,16 @@ def test_dcp_reads_every_storage_item_through_the_slice_hook():
 
     assert f"self.{DCP_SLICE_HOOK}(" in inspect.getsource(FileSystemReader.read_data)
     assert DCP_SLICE_HOOK in vars(_VerifyingReader)
+
+
+def test_the_recompile_limit_is_dynamos_and_is_raised_not_lowered():
+    import torch._dynamo.config as dynamo_config
+
+    from lejepa_ray.compat import raise_recompile_limit
+
+    before = dynamo_config.recompile_limit
+    try:
+        assert raise_recompile_limit(before + 10) == before + 10 == dynamo_config.recompile_limit
+        assert raise_recompile_limit(2) == before + 10  # never lowered
+    finally:
+        dynamo_config.recompile_limit = before

@@ -4,6 +4,8 @@ to a local folder and to S3 (moto's server, see ``tests/s3.py``)."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -196,9 +198,12 @@ def test_convert_to_s3_resumes_after_a_crash_with_the_same_manifest(
     convert_image_folder(str(tmp_path / "src"), str(local), shard_size_mb=SHARD_MB)
     uri = s3_server.uri("convert", "shards")
 
+    temps = set(Path(tempfile.gettempdir()).glob("lejepa-convert-*"))
     published = _crash_on_second_publish(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         convert_image_folder(str(tmp_path / "src"), uri, shard_size_mb=SHARD_MB)
+    # The local copy of the shard that was being published is gone with the crash.
+    assert set(Path(tempfile.gettempdir()).glob("lejepa-convert-*")) == temps
     out = Folder.at(uri)
     assert published == ["shard-00000.parquet"]
     assert sorted(out.files()) == ["_CONVERTING", "shard-00000.parquet"]  # nothing half-written
@@ -206,7 +211,8 @@ def test_convert_to_s3_resumes_after_a_crash_with_the_same_manifest(
         LocalSource(DataConfig(source="parquet", path=uri))
     monkeypatch.undo()
 
-    resumed = convert_image_folder(str(tmp_path / "src"), uri, shard_size_mb=SHARD_MB)
+    # Two worker processes (spawned, not forked, with a URI in play).
+    resumed = convert_image_folder(str(tmp_path / "src"), uri, shard_size_mb=SHARD_MB, workers=2)
     assert resumed.shards_reused == 1 and resumed.shards_written == len(shard_files(local)) - 1
     ours = json.loads(out.read("dataset.json"))
     theirs = json.loads((local / "dataset.json").read_text())

@@ -1,6 +1,7 @@
-"""The private Ray internals we depend on, in one place, each with a test (tests/test_compat.py).
+"""The private Ray and torch internals we depend on, in one place, each with a test
+(tests/test_compat.py).
 
-When a Ray upgrade moves one of them, this is the file to change.
+When an upgrade moves one of them, this is the file to change.
 
 Console: a Ray driver prints what every worker and actor writes (``log_to_driver``) through one
 handler, ``ray_print_logs``, of ``ray._private.ray_logging.global_worker_stdstream_dispatcher``,
@@ -10,6 +11,11 @@ API, C++ ``core_worker.cc`` notices, ``RayDeprecationWarning``s raised inside Ra
 Ray Data's execution plans. :func:`quiet_worker_logs` swaps that handler for one that drops
 those lines and prints the rest (our progress lines, warnings and errors) without the
 ``(RayTrainWorker pid=…)`` prefix.
+
+Compile: blocks compile with static shapes, one graph per (block shape, view size), and all
+blocks of a class share one code object, whose number of graphs dynamo caps at
+``torch._dynamo.config.recompile_limit`` (8) before it quietly runs the rest eagerly;
+:func:`raise_recompile_limit` lifts that cap.
 
 Checkpoints: ``checkpoint._VerifyingReader`` overrides ``FileSystemReader._slice_file(file,
 storage_info)`` of ``torch.distributed.checkpoint``, the one place where DCP's ``read_data``
@@ -98,3 +104,11 @@ def _print_kept(
         print_to_stdstream(
             {**data, "lines": lines}, ignore_prefix=ignore_prefix if strip is None else strip
         )
+
+
+def raise_recompile_limit(at_least: int) -> int:
+    """Let dynamo keep at least ``at_least`` graphs per code object; returns the limit now."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, at_least)
+    return dynamo_config.recompile_limit

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lejepa_ray import compat
 from lejepa_ray.config import ScalingConfig
 from lejepa_ray.model import LeJEPAEncoder
 
@@ -67,6 +68,8 @@ def parallelize(
         model.backbone.set_grad_checkpointing(True)
     blocks = block_modules(model.backbone)
     if scaling.compile:
+        # Up to two graphs (two view sizes) per block shape, all in the blocks' shared code.
+        compat.raise_recompile_limit(2 * len(blocks) + 2)
         for block in blocks:
             # Static shapes: global and local views reach each block at two sizes, and after
             # the second one dynamo would retrace with symbolic sizes, which inductor fails on

@@ -59,8 +59,8 @@ class PretrainResult:
     train_seconds: float
     """Wall time of ``TorchTrainer.fit``."""
     resumed_from: int | None = None
-    """The step of the checkpoint the workers' last attempt resumed from (None: it started
-    afresh)."""
+    """The step of the checkpoint the run resumed from, as its workers' last attempt loaded it
+    (None: this command started the run afresh)."""
 
 
 def run_name(cfg: PretrainConfig) -> str:
@@ -203,9 +203,12 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
         last = final or "none (no checkpoint yet)"
         raise TrainingStopped(f"{json.loads(stopped)['message']} Last good checkpoint: {last}")
     metrics = dict(result.metrics or {})
-    # Where the workers' last attempt resumed from: the driver's pick, unless a worker refused
-    # that checkpoint and the restart fell back past it.
+    # A resumed run reports what its workers' last attempt loaded: the driver's pick, unless a
+    # worker refused that checkpoint and the restart fell back past it. A run started afresh
+    # stays so, whatever a later worker restart resumed from.
     worker_resumed = metrics.get(RESUMED_FROM)
+    if resumed_from is not None and worker_resumed is not None:
+        resumed_from = int(worker_resumed)
     return _probe(
         cfg,
         spec,
@@ -213,7 +216,7 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
         final,
         metrics,
         seconds,
-        None if worker_resumed is None else int(worker_resumed),
+        resumed_from,
         stream.classes is not None,
         print_fn,
     )

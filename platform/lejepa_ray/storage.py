@@ -8,8 +8,6 @@ as a laptop's folder.
 
 from __future__ import annotations
 
-import contextlib
-
 from pyarrow import fs
 
 from lejepa_ray.data.sources import resolve_filesystem
@@ -130,7 +128,7 @@ class Folder:
 
     def delete(self, name: str) -> None:
         """Delete the file ``name`` (relative path), if there is one."""
-        with contextlib.suppress(FileNotFoundError):
+        if self.exists(name):
             self.filesystem.delete_file(f"{self.path}/{name}")
 
 

@@ -204,11 +204,11 @@ def run(
     workers = workers or os.cpu_count() or 1
     have, need = len(LocalSource(cfg)), required_samples(batch_size)
     if have < need:
+        smaller = f" or --batch-size {have // 3} or less" if have >= 3 else ""
         raise BenchError(
             f"data bench needs at least {need} samples at --batch-size {batch_size} (each "
             f"epoch's first batch is start-up, not measured, and two more are timed), but "
-            f"{cfg.path or cfg.source} has {have}: use a larger dataset or --batch-size "
-            f"{max(1, have // 3)} or less."
+            f"{cfg.path or cfg.source} has {have}: use a larger dataset{smaller}."
         )
     print_fn(f"Profiling one worker's work per sample ({cfg.source}) ...")
     stages = profile_stages(cfg)

@@ -17,13 +17,15 @@ through it, and refuse a folder that holds the ``_CONVERTING`` marker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +143,12 @@ def convert_image_folder(
     done, total = 0, len(listing.files)
     if progress:
         progress(done, total)
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _InProcess() as pool:
+    # Forked children would inherit the parent's object-storage client (threads, sockets),
+    # which is not fork-safe: spawn them when a URI is involved.
+    remote = "://" in src or "://" in dst
+    context = multiprocessing.get_context("spawn") if remote else None
+    pool = ProcessPoolExecutor(workers, mp_context=context) if workers > 1 else _InProcess()
+    with pool:
         for job, result in zip(jobs, pool.map(_convert_shard, jobs), strict=True):
             results.append(result)
             done += len(job["plan"])
@@ -178,9 +185,9 @@ def convert_image_folder(
         "skipped_examples": summary.skipped_files,
         "shards": shards,
     }
-    tmp = _local_temp(out.uri + "/" + MANIFEST)
-    tmp.write_text(json.dumps(manifest, indent=1))
-    _publish(tmp, f"{out.uri}/{MANIFEST}")
+    with _local_temp(f"{out.uri}/{MANIFEST}") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+        _publish(tmp, f"{out.uri}/{MANIFEST}")
     out.delete(INCOMPLETE)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -280,21 +287,25 @@ def _convert_shard(job: dict) -> tuple[dict, bool, int]:
         metadata={_META_KEY: json.dumps(stats), b"lejepa_ray.classes": json.dumps(job["classes"])},
     )
     table = pa.table(rows, schema=schema)
-    tmp = _local_temp(job["final"])
-    # Row groups of ~64 images keep a reader's memory small and its reads parallel.
-    pq.write_table(table, tmp, row_group_size=64, compression="none")
-    size = tmp.stat().st_size
-    _publish(tmp, job["final"])
+    with _local_temp(job["final"]) as tmp:
+        # Row groups of ~64 images keep a reader's memory small and its reads parallel.
+        pq.write_table(table, tmp, row_group_size=64, compression="none")
+        size = tmp.stat().st_size
+        _publish(tmp, job["final"])
     return stats, False, size
 
 
-def _local_temp(final: str) -> Path:
+@contextlib.contextmanager
+def _local_temp(final: str) -> Iterator[Path]:
     """A local file to write ``final``'s content into before :func:`_publish`: hidden beside
-    it on a local disk (so the rename stays on one filesystem), in the temp folder otherwise."""
+    it on a local disk (so the rename stays on one filesystem; an interrupted run's is removed
+    by the next one), else in a temporary folder removed on the way out, whatever happens."""
     name = f".{final.rsplit('/', 1)[-1]}.{os.getpid()}.tmp"
-    if "://" in final:
-        return Path(tempfile.mkdtemp(prefix="lejepa-convert-")) / name
-    return Path(final).with_name(name)
+    if "://" not in final:
+        yield Path(final).with_name(name)
+        return
+    with tempfile.TemporaryDirectory(prefix="lejepa-convert-") as folder:
+        yield Path(folder) / name
 
 
 def _publish(tmp: Path, final: str) -> None:
@@ -306,11 +317,7 @@ def _publish(tmp: Path, final: str) -> None:
         os.replace(tmp, final)
         return
     filesystem, where = resolve_filesystem(final)
-    try:
-        pafs.copy_files(str(tmp), where, destination_filesystem=filesystem)
-    finally:
-        tmp.unlink()
-        tmp.parent.rmdir()
+    pafs.copy_files(str(tmp), where, destination_filesystem=filesystem)
 
 
 def _remove_leftovers(out: Folder, keep: set[str]) -> None:

@@ -13,10 +13,9 @@ are computed here, in fewer and cheaper passes over each view than torchvision's
 dispatch makes (``docs/data.md`` has the per-op table):
 
 - no per-transform dispatch: the draws, then PIL's kernels called directly on the view;
-- brightness and contrast are per-value maps, applied as lookup tables (``Image.point``),
-  clipped and truncated as PIL's ``ImageEnhance`` blends are, and a brightness right after a
-  contrast joins its table; ``ImageEnhance`` instead builds a whole degenerate image and
-  blends it;
+- brightness and contrast are per-value maps, applied as lookup tables (``Image.point``) that
+  PIL's own blend computes on a 256-value ramp, and a brightness right after a contrast joins
+  its table; ``ImageEnhance`` instead builds a whole degenerate image and blends it;
 - saturation is ``ImageEnhance.Color``'s blend with the grayscale copy, without its wrapper;
 - hue is the HSV round trip torchvision makes, with the hue shift as one LUT;
 - solarize is a precomputed LUT, and the flip is free (a reversed copy into the output).
@@ -39,7 +38,7 @@ from lejepa_ray.data.config import ViewConfig
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.keys import stable_hash
 
-_VALUES = np.arange(256, dtype=np.float32)
+_RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))  # every 8-bit value once
 
 
 @dataclass(frozen=True)
@@ -160,12 +159,12 @@ def color_jitter(img: Image.Image, j: Jitter) -> Image.Image:
     lut = None  # (3, 256) uint8: per-value maps not applied yet
     for op in j.order:
         if op == 0 and j.brightness is not None:
-            lut = _then(lut, _blend(0.0, j.brightness))
+            lut = _then(lut, _blend(0, j.brightness))
         elif op == 1 and j.contrast is not None:
             # ImageEnhance.Contrast blends with the image's mean grey, rounded to an integer.
             img, lut = _apply(img, lut), None
             mean = int(ImageStat.Stat(img.convert("L")).mean[0] + 0.5)
-            lut = _then(None, _blend(float(mean), j.contrast))
+            lut = _then(None, _blend(mean, j.contrast))
         elif op == 2 and j.saturation is not None:
             img, lut = _apply(img, lut), None
             img = Image.blend(img.convert("L").convert("RGB"), img, j.saturation)
@@ -175,10 +174,11 @@ def color_jitter(img: Image.Image, j: Jitter) -> Image.Image:
     return _apply(img, lut)
 
 
-def _blend(base: float, alpha: float) -> np.ndarray:
-    """PIL's ``Image.blend(base, v, alpha)`` for every value v: float32, clipped, truncated."""
-    mixed = np.float32(base) + np.float32(alpha) * (_VALUES - np.float32(base))
-    return np.clip(mixed, 0, 255).astype(np.uint8)
+def _blend(base: int, alpha: float) -> np.ndarray:
+    """PIL's ``Image.blend(base, v, alpha)`` for every value v (256,) uint8, computed by PIL's
+    own blend on a 256-pixel ramp, so its float rounding is the kernel's, on any machine."""
+    flat = Image.new("L", (256, 1), base)
+    return np.asarray(Image.blend(flat, _RAMP, alpha))[0]
 
 
 def _then(lut: np.ndarray | None, values: np.ndarray) -> np.ndarray:
