@@ -134,13 +134,11 @@ def _local_copy(folder: str) -> Path:
     figures read a local folder)."""
     if "://" not in folder:
         return Path(folder)
-    from lejepa_ray.storage import Folder
+    from lejepa_ray.storage import download
 
-    source, local = Folder.at(folder), Path(tempfile.mkdtemp(prefix="lejepa-recovery-tb-"))
-    for name in source.files():
-        (local / name).parent.mkdir(parents=True, exist_ok=True)
-        (local / name).write_bytes(source.read(name))
-    return local
+    local = tempfile.mkdtemp(prefix="lejepa-recovery-tb-")
+    download(folder, local)
+    return Path(local)
 
 
 if __name__ == "__main__":

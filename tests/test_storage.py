@@ -140,8 +140,6 @@ def test_a_run_on_s3_resumes_when_rerun_falls_back_and_exports(
     """Reads its data from S3 and writes its run there; resumed when the same command is run
     again, past a corrupt checkpoint (killed workers resuming from S3: the three-kill test in
     test_pretrain)."""
-    from pyarrow import fs
-
     from lejepa_ray.cli import main
     from lejepa_ray.pretrain import run
 
@@ -173,7 +171,7 @@ def test_a_run_on_s3_resumes_when_rerun_falls_back_and_exports(
     assert second.resumed_from == 4  # what the workers loaded, not the driver's first pick
     local_tb = tmp_path / "tensorboard"
     local_tb.mkdir()
-    fs.copy_files(f"{run_uri}/tensorboard", str(local_tb))
+    storage.download(f"{run_uri}/tensorboard", str(local_tb))
     from test_pretrain import _scalars
 
     scalars = _scalars(str(tmp_path))

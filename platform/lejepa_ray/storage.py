@@ -40,7 +40,10 @@ def read_text(uri: str) -> str | None:
 
 def remove(uri: str) -> None:
     """Delete the file at a local path or URI, if there is one."""
-    filesystem, where = resolve_filesystem(uri)
+    _delete(*resolve_filesystem(uri))
+
+
+def _delete(filesystem: fs.FileSystem, where: str) -> None:
     if filesystem.get_file_info(where).type == fs.FileType.File:
         filesystem.delete_file(where)
 
@@ -128,8 +131,7 @@ class Folder:
 
     def delete(self, name: str) -> None:
         """Delete the file ``name`` (relative path), if there is one."""
-        if self.exists(name):
-            self.filesystem.delete_file(f"{self.path}/{name}")
+        _delete(self.filesystem, f"{self.path}/{name}")
 
 
 def upload(local_dir: str, uri: str) -> None:
@@ -137,3 +139,9 @@ def upload(local_dir: str, uri: str) -> None:
     filesystem, where = resolve_filesystem(uri)
     filesystem.create_dir(where, recursive=True)
     fs.copy_files(local_dir, where, destination_filesystem=filesystem)
+
+
+def download(uri: str, local_dir: str) -> None:
+    """Copy the folder at ``uri`` (a local path or a URI) into the local folder ``local_dir``."""
+    filesystem, where = resolve_filesystem(uri)
+    fs.copy_files(where, local_dir, source_filesystem=filesystem)

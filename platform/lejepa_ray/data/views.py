@@ -25,6 +25,7 @@ The bytes are torchvision's: for the same seed the views are equal to its pipeli
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,13 +202,9 @@ def _shift_hue(img: Image.Image, hue: float) -> Image.Image:
 _IDENTITY2 = list(range(256)) * 2
 
 
-_SOLARIZE: dict[int, list[int]] = {}
-
-
+@functools.cache
 def _solarize_lut(threshold: int) -> list[int]:
-    if threshold not in _SOLARIZE:
-        _SOLARIZE[threshold] = [i if i < threshold else 255 - i for i in range(256)] * 3
-    return _SOLARIZE[threshold]
+    return [i if i < threshold else 255 - i for i in range(256)] * 3
 
 
 class ViewMaker:
