@@ -110,7 +110,7 @@ def profile(cfg, steps: int) -> dict[str, float]:
     encoder.train()
     for step in range(steps + 3):
         t = [time.perf_counter()]
-        _, glob, loc, _ = maker.batch(images, keys, epoch=step)
+        _, glob, loc, _, *_ = maker.batch(images, keys, epoch=step)
         glob, loc = torch.from_numpy(glob), torch.from_numpy(loc) if v.local_views else None
         t.append(time.perf_counter())
         feats = [encoder.backbone(encoder._pixels(glob, spec.global_size))]

@@ -1,10 +1,14 @@
-"""Per-op cost of making one sample's views: torchvision's v2 pipeline against ViewMaker.
+"""Per-op cost of making one sample's views: torchvision's v2 pipeline against ViewMaker, on
+the CPU path (``data.augment_on=cpu``) and with the photometric ops left to the training device
+(``data.augment_on=device``).
 
-Both make the default views (2 × 224 px + 8 × 96 px) of the same JPEGs (500×375 by default,
+All make the default views (2 × 224 px + 8 × 96 px) of the same JPEGs (500×375 by default,
 generated) on one thread, with the same seed per sample, so they draw the same parameters and
-(tested in tests/test_views.py) give the same bytes. Per op, milliseconds per sample averaged
-over the samples, so an op's figure includes its probability of firing. ``total`` is timed
-without the per-op clock, the median of ``--repeats`` passes.
+(tested in tests/test_views.py) the first two give the same bytes. Per op, milliseconds per
+sample averaged over the samples, so an op's figure includes its probability of firing.
+``total`` is timed without the per-op clock, the median of ``--repeats`` passes. The device
+side (``data.device_views``) is timed here on CPU tensors, one thread, in batches of 16
+samples: what it costs a CPU-only trainer per sample.
 
 Prints a markdown table, then one JSON line.
 
@@ -24,6 +28,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
+from lejepa_ray.data import device_views
 from lejepa_ray.data.config import ViewConfig
 from lejepa_ray.data.decode import decode_rgb
 from lejepa_ray.data.keys import stable_hash
@@ -116,6 +121,24 @@ def _jpegs(count: int, width: int, height: int) -> list[bytes]:
     return out
 
 
+def _device_ms(cfg: ViewConfig, maker: ViewMaker, data: list[bytes], batch: int = 16) -> float:
+    """Milliseconds per sample of the photometric ops on CPU tensors, in batches."""
+    seconds = 0.0
+    for i in range(0, len(data), batch):
+        chunk = data[i : i + batch]
+        views = maker.batch(chunk, [str(i + j) for j in range(len(chunk))], 0)
+        tensors = {
+            "global": torch.from_numpy(views.global_views),
+            "local": torch.from_numpy(views.local_views),
+            "global_params": torch.from_numpy(views.global_params),
+            "local_params": torch.from_numpy(views.local_params),
+        }
+        t = time.perf_counter()
+        device_views.augment_batch(tensors, cfg)
+        seconds += time.perf_counter() - t
+    return 1e3 * seconds / len(data)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60)
@@ -127,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ViewConfig()
     data = _jpegs(args.samples, args.width, args.height)
     maker = ViewMaker(cfg)
+    crops_only = ViewMaker(cfg, photometric=False)
 
     def per_op(make) -> dict[str, float]:
         clock: dict[str, float] = {}
@@ -146,16 +170,23 @@ def main(argv: list[str] | None = None) -> dict:
     def before(img, key, clock):
         torchvision_views(cfg, img, 0, 0, key, clock)
 
-    def after(img, key, clock):
-        if clock is None:
-            maker.views_of(img, key, 0)
-        else:
-            maker.profile(img, key, 0, clock)
+    def with_maker(m: ViewMaker):
+        def make(img, key, clock):
+            if clock is None:
+                m.views_of(img, key, 0)
+            else:
+                m.profile(img, key, 0, clock)
 
-    ops_before, ops_after = per_op(before), per_op(after)
+        return make
+
+    after, crops = with_maker(maker), with_maker(crops_only)
+    ops_before, ops_after, ops_crops = per_op(before), per_op(after), per_op(crops)
     totals_before = [total(before) for _ in range(args.repeats)]
     totals_after = [total(after) for _ in range(args.repeats)]
+    totals_crops = [total(crops) for _ in range(args.repeats)]
     t_before, t_after = statistics.median(totals_before), statistics.median(totals_after)
+    t_crops = statistics.median(totals_crops)
+    t_device = statistics.median(_device_ms(cfg, crops_only, data) for _ in range(args.repeats))
     rows = [
         ("decode", "decode", "decode"),
         ("random parameters", None, "draw"),
@@ -167,16 +198,24 @@ def main(argv: list[str] | None = None) -> dict:
         ("flip (p 0.5) + copy out", ("flip", "copy"), "flip_copy"),
     ]
     print(f"views of {args.samples} {args.width}×{args.height} JPEGs, ms per sample, one thread")
-    print("| op | torchvision v2 | ViewMaker |\n|---|---|---|")
+    print(
+        "| op | torchvision v2 | ViewMaker, augment_on=cpu | ViewMaker, augment_on=device |"
+        "\n|---|---|---|---|"
+    )
     for label, old, new in rows:
         if old is None:
             b = "(inside the ops)"
         else:
             b = f"{sum(ops_before.get(k, 0.0) for k in np.atleast_1d(old)):.2f}"
-        print(f"| {label} | {b} | {ops_after.get(new, 0.0):.2f} |")
+        key = "copy" if new == "flip_copy" else new
+        d = f"{ops_crops[key]:.2f}" if key in ops_crops else "(on the device)"
+        print(f"| {label} | {b} | {ops_after.get(new, 0.0):.2f} | {d} |")
     print(
-        f"| **total**, without the clock (median of {args.repeats}) | **{t_before:.1f}** | "
-        f"**{t_after:.1f}** |\nViewMaker is {t_before / t_after:.2f}× cheaper per sample."
+        f"| **total** on the data CPUs, without the clock (median of {args.repeats}) | "
+        f"**{t_before:.1f}** | **{t_after:.1f}** | **{t_crops:.1f}** |\n"
+        f"| photometric ops on the trainer (CPU tensors, one thread) | | | {t_device:.1f} |\n"
+        f"Per sample on the data CPUs, ViewMaker is {t_before / t_after:.2f}× cheaper than "
+        f"torchvision with augment_on=cpu and {t_before / t_crops:.2f}× with augment_on=device."
     )
     out = {
         "samples": args.samples,
@@ -186,6 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
         "total_before_ms": [round(t, 2) for t in totals_before],
         "total_after_ms": [round(t, 2) for t in totals_after],
         "speedup": round(t_before / t_after, 3),
+        "device_cpu_ms": {k: round(v, 3) for k, v in ops_crops.items()},
+        "total_device_cpu_ms": [round(t, 2) for t in totals_crops],
+        "speedup_device": round(t_before / t_crops, 3),
+        "device_ops_on_cpu_ms": round(t_device, 2),
     }
     print(json.dumps(out))
     return out

@@ -177,6 +177,33 @@ def test_a_split_streams_the_samples_local_source_reads(ray_cluster, tmp_path):
         assert len(LocalSource(replace(cfg, split="all", num_samples=None))) > len(expected)
 
 
+def test_device_augmentation_ships_crops_and_parameters_for_the_trainer(ray_cluster):
+    from dataclasses import replace
+
+    from lejepa_ray.data.device_views import augment_batch
+    from lejepa_ray.data.views import PARAM_FIELDS
+
+    cfg = DataConfig(source="synthetic", num_samples=16, image_size=48, views=TINY, seed=3)
+    on_device = replace(cfg, augment_on="device")
+    cpu = epoch_views(build_view_stream(cfg), cfg)
+    views, params = {}, set()
+    stream = build_view_stream(on_device)
+    for batch in iter_views(stream.dataset, stream.counter, on_device, 4, device="cpu"):
+        assert (
+            batch["global"].dtype == torch.uint8 and batch["global_params"].dtype == torch.float32
+        )
+        assert batch["global_params"].shape == (4, 2, len(PARAM_FIELDS))
+        assert batch["local_params"].shape == (4, 3, len(PARAM_FIELDS))
+        params.add(batch["global_params"].sum().item())
+        out = augment_batch(batch, on_device.views)
+        for i, sid in enumerate(batch["sample_id"].tolist()):
+            views[sid] = out["global"][i].numpy()
+    assert views.keys() == cpu.keys() and len(params) > 1
+    # The same draws, applied on the trainer: the CPU path's views within rounding.
+    diffs = [np.abs(views[s] - cpu[s][1].astype(np.float32)).mean() for s in cpu]
+    assert max(diffs) < 3.0, diffs
+
+
 def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch):
     from lejepa_ray.data import stream
 

@@ -183,3 +183,33 @@ def test_relative_change_compares_with_the_log_one_window_earlier():
     assert out[4] == pytest.approx((0.6 - 0.9) / 0.9)  # 100 against 40
     assert math.isnan(out[5])  # 120 against 60, whose value is 0: undefined
     assert set(history) == {60, 80, 100, 120}  # 20 and 40 can no longer be needed
+
+
+def test_device_augmentation_is_applied_to_every_batch_and_timed(monkeypatch):
+    from lejepa_ray import train
+    from lejepa_ray.data.views import PARAM_FIELDS
+
+    trainer = _trainer("data.augment_on=device", "logging.every_steps=3")
+    base = next(_batches())
+    params = torch.zeros(8, 2, len(PARAM_FIELDS))
+    params[..., PARAM_FIELDS.index("flip")] = 1.0
+    batch = {**base, "global_params": params, "local_params": params.clone()}
+    seen = []
+    real = train.augment_batch
+
+    def spy(b, cfg):
+        out = real(b, cfg)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(train, "augment_batch", spy)
+    logged = []
+    fit(trainer, itertools.repeat(batch), report=lambda s, m, save: logged.append(m))
+    assert len(seen) == 6  # one call per micro-batch
+    assert torch.equal(seen[0]["global"], base["global"].flip(-1).float())  # flipped, float
+    assert "global_params" not in seen[0]
+    assert all(m["time/augment"] > 0 for m in logged)
+    # The CPU path reports no device augmentation.
+    cpu = _trainer("logging.every_steps=3")
+    fit(cpu, _batches(), report=lambda s, m, save: logged.append(m))
+    assert "time/augment" not in logged[-1]

@@ -25,7 +25,7 @@ SMALL = ViewConfig(global_views=2, global_size=32, local_views=3, local_size=16)
 
 def test_default_recipe_shapes_and_dtypes():
     maker = ViewMaker(ViewConfig())
-    kept, glob, loc, skipped = maker.batch(
+    kept, glob, loc, skipped, *_ = maker.batch(
         [photo(300, 200), photo(120, 90, seed=1)], ["a", "b"], epoch=0
     )
     assert kept.tolist() == [0, 1] and not skipped
@@ -37,9 +37,9 @@ def test_default_recipe_shapes_and_dtypes():
 def test_views_are_a_function_of_seed_epoch_and_key():
     maker = ViewMaker(SMALL, seed=7)
     images = [photo(64, 64, seed=s) for s in range(3)]
-    _, g1, l1, _ = maker.batch(images, ["x", "y", "z"], epoch=3)
+    _, g1, l1, _, *_ = maker.batch(images, ["x", "y", "z"], epoch=3)
     # Same sample in another batch position, made by another object: identical views.
-    _, g2, l2, _ = ViewMaker(SMALL, seed=7).batch(images[::-1], ["z", "y", "x"], epoch=3)
+    _, g2, l2, _, *_ = ViewMaker(SMALL, seed=7).batch(images[::-1], ["z", "y", "x"], epoch=3)
     assert np.array_equal(g1, g2[::-1]) and np.array_equal(l1, l2[::-1])
     # Another epoch, another seed or another key: different views.
     assert not np.array_equal(g1, maker.batch(images, ["x", "y", "z"], epoch=4)[1])
@@ -66,7 +66,7 @@ def test_stable_hash_is_fixed_across_processes():
 
 def test_bad_samples_are_dropped_and_counted():
     maker = ViewMaker(SMALL)
-    kept, glob, loc, skipped = maker.batch(
+    kept, glob, loc, skipped, *_ = maker.batch(
         [photo(), b"", b"GIF? no, text", photo(seed=2)], ["a", "b", "c", "d"], epoch=0
     )
     assert kept.tolist() == [0, 3]
@@ -80,13 +80,15 @@ def test_bad_samples_are_dropped_and_counted():
     ids=["smaller-than-a-crop", "tall-strip", "wide-strip", "one-pixel"],
 )
 def test_tiny_and_extreme_images_still_give_full_size_views(width, height):
-    kept, glob, loc, skipped = ViewMaker(SMALL).batch([photo(width, height, fmt="PNG")], ["k"], 0)
+    kept, glob, loc, skipped, *_ = ViewMaker(SMALL).batch(
+        [photo(width, height, fmt="PNG")], ["k"], 0
+    )
     assert kept.tolist() == [0] and not skipped
     assert glob.shape == (1, 2, 3, 32, 32) and loc.shape == (1, 3, 3, 16, 16)
 
 
 def test_no_local_views():
-    _, glob, loc, _ = ViewMaker(ViewConfig(global_size=32, local_views=0)).batch(
+    _, glob, loc, _, *_ = ViewMaker(ViewConfig(global_size=32, local_views=0)).batch(
         [photo()], ["k"], 0
     )
     assert glob.shape == (1, 2, 3, 32, 32) and loc.shape == (1, 0, 3, 96, 96)

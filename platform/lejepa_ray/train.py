@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lejepa_ray.config import PretrainConfig, scaled_lr
+from lejepa_ray.data.device_views import augment_batch
 from lejepa_ray.loss import lejepa_loss
 from lejepa_ray.metrics import peak_rss_bytes
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder
@@ -147,12 +148,44 @@ class Trainer:
         return StepResult(losses / len(micro_batches), grad_norm.detach(), ok)
 
 
+class DeviceClock:
+    """Seconds spent in ``with`` blocks on ``device``'s timeline: CUDA events on a GPU (no
+    host sync until :meth:`seconds`), the host clock on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = 0.0
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def __enter__(self) -> None:
+        if self.cuda:
+            pair = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.events.append(pair)
+            pair[0].record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.events[-1][1].record()
+        else:
+            self.host += time.perf_counter() - self._t0
+
+    def seconds(self) -> float:
+        """The total so far (waits for the device's recorded work to finish)."""
+        if self.cuda and self.events:
+            self.events[-1][1].synchronize()
+        return self.host + sum(a.elapsed_time(b) for a, b in self.events) / 1e3
+
+
 @dataclass
 class Meter:
     """Counters between two log lines."""
 
     start: float
     data_wait: float = 0.0
+    augment: DeviceClock | None = None
+    """Time spent on photometric views on the device (``data.augment_on=device``)."""
     images: int = 0
     steps: int = 0
     good_steps: int = 0
@@ -224,12 +257,18 @@ def fit(
     smoothed_at: dict[int, float] = {}  # step -> loss/smoothed logged then
     metrics: dict[str, float] = {}
     views = cfg.data.views.global_views + cfg.data.views.local_views
+    on_device = cfg.data.augment_on == "device"
     while trainer.step < cfg.optim.steps:
         micro = []
         for _ in range(accum):
             t0 = time.perf_counter()
-            micro.append(next(batches))
+            batch = next(batches)
             meter.data_wait += time.perf_counter() - t0
+            if on_device:
+                meter.augment = meter.augment or DeviceClock(trainer.device)
+                with meter.augment:
+                    batch = augment_batch(batch, cfg.data.views)
+            micro.append(batch)
         result = trainer.train_step(micro)
         meter.add(result)
         meter.images += sum(len(b["global"]) for b in micro) * world_size
@@ -306,6 +345,8 @@ def _metrics(
         "memory/peak_gib": _peak_memory_gib(trainer.device),
         "steps/skipped_nonfinite": float(trainer.skipped_steps),
     }
+    if meter.augment is not None:
+        out["time/augment"] = meter.augment.seconds() / max(1, meter.steps)
     if flops_per_image:
         tflops = flops_per_image * images_per_s / world_size / 1e12
         out["throughput/tflops_per_device"] = tflops

@@ -40,7 +40,7 @@ def profile_stages(cfg: DataConfig, samples: int = 128) -> dict[str, float]:
     :meth:`ViewMaker.profile`; each op's time is averaged over all samples, so it includes
     its probability of firing)."""
     source = LocalSource(cfg)
-    maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
+    maker = ViewMaker.of(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a worker
     decode_s = views_s = read_s = 0.0
@@ -77,7 +77,7 @@ class _ViewsDataset(Dataset):
 
     def __init__(self, cfg: DataConfig, epoch: int):
         self.source = LocalSource(cfg)
-        self.maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
+        self.maker = ViewMaker.of(cfg)
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -13,6 +13,7 @@ from lejepa_ray.data.keys import SPLITS
 
 SOURCES = ("folder", "parquet", "synthetic", "digits")
 SHUFFLES = ("files", "full", "none")
+AUGMENT_ON = ("cpu", "device")
 
 
 @dataclass
@@ -128,6 +129,13 @@ class DataConfig:
     """The run stops when more than this fraction of the samples seen so far had to be skipped."""
     min_samples_for_skip_rate: int = 200
     """The skip rate is only judged once this many samples have been seen (or an epoch ends)."""
+    augment_on: str = "cpu"
+    """Where the photometric ops (colour jitter, grayscale, blur, solarize, flip) run: ``cpu``,
+    in the data actors with the crops, or ``device``, on each training worker's own device as
+    batched tensor ops, the actors then only decoding and cropping. Their random parameters
+    are drawn in the actors either way, from the same seeded generator. ``device`` frees most
+    of the data CPUs (docs/data.md, docs/scaling.md); on CPU-only workers it moves the work
+    onto the training cores instead."""
     views: ViewConfig = field(default_factory=ViewConfig)
     """How each image becomes its views."""
 
@@ -142,6 +150,12 @@ class DataConfig:
             )
         _check(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
         _check(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
+        _check(
+            self.augment_on in AUGMENT_ON,
+            "data.augment_on",
+            self.augment_on,
+            f"one of {', '.join(AUGMENT_ON)}",
+        )
         _check(
             self.num_samples is None or self.num_samples >= 1,
             "data.num_samples",

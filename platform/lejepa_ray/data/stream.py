@@ -55,10 +55,13 @@ class ViewTransform:
     Output columns: ``global`` uint8 (B, V_g, 3, S_g, S_g), ``local`` uint8 (B, V_l, 3, S_l, S_l)
     (absent when V_l = 0), ``label`` int64 (B,), ``sample_id`` int64 (B,), a stable hash of the
     key, and ``epoch`` int64 (B,). B is the number of rows that decoded; bad rows are dropped.
+    With ``data.augment_on=device`` the views are plain crops, and ``global_params`` float32
+    (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
+    (``views.PARAM_FIELDS``, P columns).
     """
 
     def __init__(self, cfg: DataConfig, counter=None):
-        self.maker = ViewMaker(cfg.views, seed=cfg.seed, max_pixels=cfg.max_pixels)
+        self.maker = ViewMaker.of(cfg)
         self.counter = counter
         # One thread per actor: Ray Data scales actors, not intra-op threads, across cores.
         torch.set_num_threads(1)
@@ -66,17 +69,22 @@ class ViewTransform:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         epoch = current_epoch()
         keys = [str(k) for k in batch["key"]]
-        kept, glob, loc, skipped = self.maker.batch(list(batch["image"]), keys, epoch)
+        views = self.maker.batch(list(batch["image"]), keys, epoch)
+        kept = views.kept
         if self.counter is not None:
-            self.counter.add.remote(len(keys), dict(skipped))
+            self.counter.add.remote(len(keys), dict(views.skipped))
         out = {
-            "global": glob,
+            "global": views.global_views,
             "label": np.asarray(batch["label"], dtype=np.int64)[kept],
             "sample_id": np.array([stable_hash(keys[i]) for i in kept], dtype=np.int64),
             "epoch": np.full(len(kept), epoch, dtype=np.int64),
         }
         if self.maker.cfg.local_views:
-            out["local"] = loc
+            out["local"] = views.local_views
+        if views.global_params is not None:
+            out["global_params"] = views.global_params
+            if self.maker.cfg.local_views:
+                out["local_params"] = views.local_params
         return out
 
 

@@ -21,6 +21,11 @@ dispatch makes (``docs/data.md`` has the per-op table):
 - solarize is a precomputed LUT, and the flip is free (a reversed copy into the output).
 
 The bytes are torchvision's: for the same seed the views are equal to its pipeline's (tested).
+
+With ``photometric=False`` (``data.augment_on=device``) only the crops are made here: the
+parameters of every view are drawn all the same, from the same seeded generator, and shipped
+beside the uint8 crops as a float32 row (:meth:`ViewParams.encode`, layout ``PARAM_FIELDS``),
+for ``lejepa_ray.data.device_views`` to apply on the training device.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageStat
 from torchvision.transforms import v2
 
-from lejepa_ray.data.config import ViewConfig
+from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.keys import stable_hash
 
@@ -67,6 +73,55 @@ class ViewParams:
     """Standard deviation of the Gaussian blur in view pixels; None: no blur."""
     solarize: bool
     flip: bool
+
+    def encode(self, out: np.ndarray) -> None:
+        """Write the photometric parameters into ``out`` (len(PARAM_FIELDS),) float32, laid
+        out as ``PARAM_FIELDS`` says (the crop box is not needed once the crop is made)."""
+        j = self.jitter
+        out[:] = 0.0
+        if j is not None:
+            out[_JITTER] = 1.0
+            out[_ORDER : _ORDER + 4] = j.order
+            for i, f in enumerate((j.brightness, j.contrast, j.saturation, j.hue)):
+                out[_FACTORS + i] = np.nan if f is None else f
+        out[_GRAY] = self.grayscale
+        out[_SIGMA] = self.blur_sigma or 0.0
+        out[_SOLARIZE] = self.solarize
+        out[_FLIP] = self.flip
+
+
+PARAM_FIELDS = (
+    "jitter",  # 1: colour jitter applies to this view
+    "order0", "order1", "order2", "order3",  # the jitter's op order, Jitter.order
+    "brightness", "contrast", "saturation", "hue",  # its factors; NaN: that op is off
+    "grayscale",  # 1: to grayscale
+    "blur_sigma",  # σ in view pixels; 0: no blur
+    "solarize",  # 1: solarize
+    "flip",  # 1: horizontal flip
+)  # fmt: skip
+"""The columns of an encoded view's parameters (float32), in order."""
+_JITTER, _ORDER, _FACTORS, _GRAY, _SIGMA, _SOLARIZE, _FLIP = map(
+    PARAM_FIELDS.index,
+    ("jitter", "order0", "brightness", "grayscale", "blur_sigma", "solarize", "flip"),
+)
+
+
+class ViewBatch(NamedTuple):
+    """The views of a batch of encoded images (:meth:`ViewMaker.batch`)."""
+
+    kept: np.ndarray
+    """int64 (K,): indices of the images that decoded."""
+    global_views: np.ndarray
+    """uint8 (K, V_g, 3, S_g, S_g)."""
+    local_views: np.ndarray
+    """uint8 (K, V_l, 3, S_l, S_l)."""
+    skipped: SkipCounts
+    """Images skipped, per reason."""
+    global_params: np.ndarray | None = None
+    """float32 (K, V_g, len(PARAM_FIELDS)): photometric parameters still to apply; None when
+    the maker applied them (``photometric=True``)."""
+    local_params: np.ndarray | None = None
+    """float32 (K, V_l, len(PARAM_FIELDS)), as ``global_params``."""
 
 
 class _Recipe:
@@ -117,12 +172,19 @@ def render(
     solarize_threshold: int,
     out: np.ndarray,
     clock: dict[str, float] | None = None,
+    photometric: bool = True,
 ) -> None:
     """Write the view of ``img`` with parameters ``p`` into ``out``, uint8 (3, size, size).
-    ``clock``, when given, accumulates the seconds of each operation under its name."""
+    ``clock``, when given, accumulates the seconds of each operation under its name. With
+    ``photometric=False`` only the crop is made (no jitter, grayscale, blur, solarize or
+    flip: those are left to the training device)."""
     tick = _Clock(clock)
     view = img.crop(p.box).resize((size, size), Image.Resampling.BILINEAR)
     tick("crop_resize")
+    if not photometric:
+        out[...] = np.asarray(view).transpose(2, 0, 1)
+        tick("copy")
+        return
     if p.jitter is not None:
         view = color_jitter(view, p.jitter)
         tick("jitter")
@@ -214,14 +276,29 @@ class ViewMaker:
         cfg: view counts, sizes and augmentation strengths.
         seed: base seed; with the epoch and the sample key it fixes every random choice.
         max_pixels: images with more pixels are skipped (``too_large``).
+        photometric: apply the photometric ops here (``data.augment_on=cpu``); False leaves
+            them to the training device and :meth:`batch` returns their parameters.
     """
 
-    def __init__(self, cfg: ViewConfig, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        cfg: ViewConfig,
+        seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        photometric: bool = True,
+    ):
         self.cfg = cfg
         self.seed = seed
         self.max_pixels = max_pixels
+        self.photometric = photometric
         self._global = _Recipe(cfg, cfg.global_size, cfg.global_scale)
         self._local = _Recipe(cfg, cfg.local_size, cfg.local_scale)
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> ViewMaker:
+        """The maker a data worker of ``cfg`` uses (its views, seed, size limit and
+        ``augment_on``)."""
+        return cls(cfg.views, cfg.seed, cfg.max_pixels, photometric=cfg.augment_on == "cpu")
 
     def views_of(self, img: Image.Image, key: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of a decoded RGB image.
@@ -241,16 +318,14 @@ class ViewMaker:
             np.empty((*batch, c.local_views, 3, c.local_size, c.local_size), dtype=np.uint8),
         )
 
-    def batch(
-        self, images: Sequence[bytes | None], keys: Sequence[str], epoch: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, SkipCounts]:
+    def batch(self, images: Sequence[bytes | None], keys: Sequence[str], epoch: int) -> ViewBatch:
         """Views of a batch of encoded images; undecodable ones are skipped and counted.
-
-        Returns:
-            ``kept`` int64 indices (K,) of the images that made it, ``global`` uint8
-            (K, V_g, 3, S_g, S_g), ``local`` uint8 (K, V_l, 3, S_l, S_l), and the skip counts.
-        """
-        glob, loc = self._buffers(len(images))
+        Without ``photometric``, the views are plain crops and their parameters come along."""
+        n, c = len(images), self.cfg
+        glob, loc = self._buffers(n)
+        params = None
+        if not self.photometric:
+            params = np.empty((n, c.global_views + c.local_views, len(PARAM_FIELDS)), np.float32)
         kept: list[int] = []
         skipped = SkipCounts()
         for i, (data, key) in enumerate(zip(images, keys, strict=True)):
@@ -259,15 +334,26 @@ class ViewMaker:
             except BadImage as e:
                 skipped[e.reason] += 1
                 continue
-            self._fill(img, key, epoch, glob[len(kept)], loc[len(kept)])
+            k = len(kept)
+            drawn = self._fill(img, key, epoch, glob[k], loc[k])
+            if params is not None:
+                for row, p in zip(params[k], drawn, strict=True):
+                    p.encode(row)
             kept.append(i)
         k = len(kept)
-        return np.asarray(kept, dtype=np.int64), glob[:k], loc[:k], skipped
+        out = ViewBatch(np.asarray(kept, dtype=np.int64), glob[:k], loc[:k], skipped)
+        if params is None:
+            return out
+        return out._replace(
+            global_params=params[:k, : c.global_views], local_params=params[:k, c.global_views :]
+        )
 
     def params(self, img: Image.Image, key: str, epoch: int) -> list[ViewParams]:
         """The parameters of every view of ``img`` (global ones first), as ``views_of`` draws
         them."""
-        torch.manual_seed(stable_hash(self.seed, epoch, key))
+        # The CPU generator only: torch.manual_seed also queues the seeding of every CUDA
+        # device, recording a stack trace each time (0.25 ms here, per sample).
+        torch.default_generator.manual_seed(stable_hash(self.seed, epoch, key))
         c = self.cfg
         return [self._global.draw(img) for _ in range(c.global_views)] + [
             self._local.draw(img) for _ in range(c.local_views)
@@ -281,20 +367,23 @@ class ViewMaker:
         glob: np.ndarray,
         loc: np.ndarray,
         clock: dict[str, float] | None = None,
-    ):
+    ) -> list[ViewParams]:
         # The draws use torch's global generator, seeded per sample: that is what makes the
         # views independent of which worker made them and when.
         tick = _Clock(clock)
         params = self.params(img, key, epoch)
         tick("draw")
         c, threshold = self.cfg, self.cfg.solarize_threshold
+        colour = self.photometric
         for out, p in zip(glob, params[: c.global_views], strict=True):
-            render(img, p, c.global_size, threshold, out, clock)
+            render(img, p, c.global_size, threshold, out, clock, colour)
         for out, p in zip(loc, params[c.global_views :], strict=True):
-            render(img, p, c.local_size, threshold, out, clock)
+            render(img, p, c.local_size, threshold, out, clock, colour)
+        return params
 
     def profile(self, img: Image.Image, key: str, epoch: int, clock: dict[str, float]) -> None:
         """Make the views of ``img`` (discarded), adding each operation's seconds to
         ``clock``: ``draw`` (the random parameters), ``crop_resize``, ``jitter``,
-        ``grayscale``, ``blur``, ``solarize``, ``flip_copy``."""
+        ``grayscale``, ``blur``, ``solarize``, ``flip_copy`` (without ``photometric``:
+        ``draw``, ``crop_resize`` and ``copy``)."""
         self._fill(img, key, epoch, *self._buffers(), clock)
