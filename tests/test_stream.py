@@ -204,7 +204,8 @@ def test_device_augmentation_ships_crops_and_parameters_for_the_trainer(ray_clus
     assert max(diffs) < 3.0, diffs
 
 
-def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch, prefetch):
     from lejepa_ray.data import stream
 
     def fake_epochs():  # what the pipeline yields: 3 batches per epoch, from epoch 4 on
@@ -217,7 +218,9 @@ def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch):
     monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(next(epochs)))
     # Saved 8 samples into epoch 4 with 2 ranks of batch 2 (global batch 4): the resumed
     # cursor draws and drops 2 batches, then yields the third.
-    cursor = stream.EpochCursor(None, None, batch_size=2, world_size=2, epoch=4, samples=8)
+    cursor = stream.EpochCursor(
+        None, None, batch_size=2, world_size=2, epoch=4, samples=8, prefetch=prefetch
+    )
     it = iter(cursor)
     first = next(it)
     assert (int(first["epoch"][0]), int(first["i"])) == (4, 2)
@@ -225,3 +228,45 @@ def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch):
     nxt = next(it)  # epoch 5 starts from its beginning
     assert (int(nxt["epoch"][0]), int(nxt["i"])) == (5, 0)
     assert (cursor.epoch, cursor.samples) == (5, 4)
+
+
+def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(monkeypatch):
+    import threading
+
+    from lejepa_ray.data import stream
+
+    asked = []  # batches the trainer had taken when each epoch was asked for
+    taken = 0
+    second = threading.Event()
+
+    def fake_epoch(*args, **kwargs):
+        asked.append(taken)
+        if len(asked) == 2:
+            second.set()
+        epoch = len(asked) - 1
+        return iter([{"epoch": torch.full((2,), epoch)} for _ in range(3)])
+
+    monkeypatch.setattr(stream, "iter_epoch", fake_epoch)
+    cursor = stream.EpochCursor(None, None, batch_size=2, world_size=1, prefetch=4)
+    it = iter(cursor)
+    next(it)
+    taken = 1
+    # Epoch 1 is asked for while the trainer is still on epoch 0's first of 3 batches.
+    assert second.wait(10) and asked[1] <= 1
+    epochs = [int(next(it)["epoch"][0]) for _ in range(4)]
+    assert epochs == [0, 0, 1, 1] and cursor.epoch == 1 and cursor.samples == 4
+    assert [e for e, _ in cursor.boundary_waits] == [1]  # entering epoch 1, not epoch 0
+
+
+def test_a_prefetched_error_reaches_the_trainer_where_it_happened(monkeypatch):
+    from lejepa_ray.data import stream
+
+    def failing_epoch(*args, **kwargs):
+        yield {"epoch": torch.zeros(2)}
+        raise stream.DataQualityError("too many bad samples")
+
+    monkeypatch.setattr(stream, "iter_epoch", failing_epoch)
+    it = iter(stream.EpochCursor(None, None, batch_size=2, world_size=1, prefetch=4))
+    next(it)
+    with pytest.raises(stream.DataQualityError, match="too many bad samples"):
+        next(it)

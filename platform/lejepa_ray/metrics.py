@@ -118,6 +118,8 @@ def format_line(step: int, total_steps: int, m: dict[str, float]) -> str:
     if "rankme/backbone" in m:  # at checkpoints
         parts.append(f"rankme {m['rankme/backbone']:.1f} (proj {m['rankme/projector']:.1f})")
     parts.append(f"data wait {m['time/data_wait_fraction']:.0%}")
+    if "time/augment" in m:
+        parts.append(f"augment {1e3 * m['time/augment']:.0f} ms/step")
     parts.append(f"mem {m['memory/peak_gib']:.1f} GiB")
     if "data/skipped" in m:
         parts.append(f"skipped {int(m['data/skipped'])}")

@@ -368,6 +368,7 @@ def train_worker(config: dict) -> None:
         world,
         state.data_epoch,
         state.data_samples,
+        prefetch=cfg.data.prefetch_batches,
     )
     writer = None
     if rank == 0:
@@ -399,6 +400,9 @@ def train_worker(config: dict) -> None:
 
     def report(step: int, metrics: dict[str, float], save: bool) -> None:
         metrics = {**metrics, "data/epoch": cursor.epoch}
+        if cursor.boundary_waits:  # epochs entered since the last report
+            metrics["time/epoch_start_wait_s"] = max(w for _, w in cursor.boundary_waits)
+            cursor.boundary_waits.clear()
         if save and rankme_images is not None:  # every rank: FSDP2 gathers for it
             metrics.update(rankme_metrics(trainer.encoder, rankme_images, bf16=trainer.autocast))
         if writer is not None:

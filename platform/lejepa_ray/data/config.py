@@ -123,6 +123,11 @@ class DataConfig:
     """Actors that decode and crop (each uses one CPU). None: as many as Ray Data has CPUs."""
     transform_batch_size: int = 16
     """Images per call of the multi-view transform."""
+    prefetch_batches: int = 8
+    """Batches each training worker pulls ahead of its steps, in a background thread that asks
+    for the next epoch as soon as the current one is pulled: the next epoch's pipeline starts
+    while the trainer steps on these. Costs this many batches of views in host memory
+    (0: no thread; each epoch then starts when the trainer asks for it)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels are skipped as possible decompression bombs."""
     max_skip_rate: float = 0.05
@@ -176,6 +181,7 @@ class DataConfig:
             self.transform_batch_size,
             ">= 1",
         )
+        _check(self.prefetch_batches >= 0, "data.prefetch_batches", self.prefetch_batches, ">= 0")
         _check(
             self.local_shuffle_buffer >= 0,
             "data.local_shuffle_buffer",

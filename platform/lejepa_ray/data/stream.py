@@ -1,19 +1,32 @@
 """The Ray Data pipeline of views and the per-epoch iterator a training loop consumes.
 
-Pipeline: source rows (``sources.read_dataset``) -> ``map_batches`` on an actor pool of CPU
-workers that decode each image once and make its views -> Ray Train's per-worker shard. Bad
-samples are dropped inside the actors and counted in one small ``SkipCounter`` actor, which the
-training loop reads to report skips and to stop the run when too many samples are bad.
+Pipeline: source rows (``sources.read_dataset``) -> ``map_batches`` of one-CPU tasks that
+decode each image once and make its views -> Ray Train's per-worker shard. Bad samples are
+dropped inside the tasks and counted in one small ``SkipCounter`` actor, which the training
+loop reads to report skips and to stop the run when too many samples are bad.
 
 Each epoch is one execution of the pipeline. Ray Data numbers executions, and both the shuffles
 (``RandomSeedConfig``/``FileShuffleConfig`` with reseeding) and our crops take the epoch from
 that number, so epoch ``e`` is the same on every run and different from epoch ``e + 1``.
+
+Epoch boundaries cost nothing to the trainer, for two reasons:
+
+- the views are made by tasks, not an actor pool: an actor pool is created anew by every
+  execution, each actor a fresh process importing torch (8-9 s here, every epoch), while task
+  workers are pooled processes that stay warm from one epoch to the next (about 1.7 s from
+  the request of an epoch to its first batch);
+- :class:`EpochCursor` pulls batches in a background thread, ``data.prefetch_batches`` ahead of
+  the steps, and asks for the next epoch as soon as it has pulled the last batch of the
+  current one, so the next execution starts while the trainer still has batches to step on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +48,7 @@ class DataQualityError(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class SkipCounter:
-    """Samples seen and skipped (per reason) by every transform actor of one pipeline."""
+    """Samples seen and skipped (per reason) by every transform task of one pipeline."""
 
     def __init__(self) -> None:
         self.seen = 0
@@ -49,8 +62,10 @@ class SkipCounter:
         return {"seen": self.seen, "skipped": dict(self.skipped)}
 
 
-class ViewTransform:
-    """``map_batches`` callable: rows (image, label, key) to views (global, local, label, ...).
+def make_views(
+    batch: dict[str, np.ndarray], cfg: DataConfig, counter=None
+) -> dict[str, np.ndarray]:
+    """``map_batches`` function: rows (image, label, key) to views (global, local, label, ...).
 
     Output columns: ``global`` uint8 (B, V_g, 3, S_g, S_g), ``local`` uint8 (B, V_l, 3, S_l, S_l)
     (absent when V_l = 0), ``label`` int64 (B,), ``sample_id`` int64 (B,), a stable hash of the
@@ -59,33 +74,30 @@ class ViewTransform:
     (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
     (``views.PARAM_FIELDS``, P columns).
     """
-
-    def __init__(self, cfg: DataConfig, counter=None):
-        self.maker = ViewMaker.of(cfg)
-        self.counter = counter
-        # One thread per actor: Ray Data scales actors, not intra-op threads, across cores.
-        torch.set_num_threads(1)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        epoch = current_epoch()
-        keys = [str(k) for k in batch["key"]]
-        views = self.maker.batch(list(batch["image"]), keys, epoch)
-        kept = views.kept
-        if self.counter is not None:
-            self.counter.add.remote(len(keys), dict(views.skipped))
-        out = {
-            "global": views.global_views,
-            "label": np.asarray(batch["label"], dtype=np.int64)[kept],
-            "sample_id": np.array([stable_hash(keys[i]) for i in kept], dtype=np.int64),
-            "epoch": np.full(len(kept), epoch, dtype=np.int64),
-        }
-        if self.maker.cfg.local_views:
-            out["local"] = views.local_views
-        if views.global_params is not None:
-            out["global_params"] = views.global_params
-            if self.maker.cfg.local_views:
-                out["local_params"] = views.local_params
-        return out
+    # One thread per task: Ray Data scales tasks, not intra-op threads, across cores.
+    torch.set_num_threads(1)
+    maker = ViewMaker.of(cfg)  # microseconds: nothing to keep between calls
+    epoch = current_epoch()
+    keys = [str(k) for k in batch["key"]]
+    views = maker.batch(list(batch["image"]), keys, epoch)
+    kept = views.kept
+    if counter is not None:
+        # Waited for (about 1 ms a call): the counts are in before the block is handed on, so
+        # the end-of-epoch skip check sees every sample of the epoch.
+        ray.get(counter.add.remote(len(keys), dict(views.skipped)))
+    out = {
+        "global": views.global_views,
+        "label": np.asarray(batch["label"], dtype=np.int64)[kept],
+        "sample_id": np.array([stable_hash(keys[i]) for i in kept], dtype=np.int64),
+        "epoch": np.full(len(kept), epoch, dtype=np.int64),
+    }
+    if cfg.views.local_views:
+        out["local"] = views.local_views
+    if views.global_params is not None:
+        out["global_params"] = views.global_params
+        if cfg.views.local_views:
+            out["local_params"] = views.local_params
+    return out
 
 
 @dataclass
@@ -110,20 +122,20 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     Raises:
         SourceError: the path is missing or holds no images.
     """
-    from ray.data import ActorPoolStrategy
+    from ray.data import TaskPoolStrategy
 
-    rows, classes = read_dataset(cfg)  # fails on a bad source before any actor exists
+    rows, classes = read_dataset(cfg)  # fails on a bad source before any task runs
     counter = SkipCounter.remote()
     ds = rows.map_batches(
-        ViewTransform,
-        fn_constructor_kwargs={"cfg": cfg, "counter": counter},
+        make_views,
+        fn_kwargs={"cfg": cfg, "counter": counter},
         batch_size=cfg.transform_batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.workers),
+        compute=TaskPoolStrategy(size=cfg.workers) if cfg.workers else None,
         num_cpus=1,
     )
     # Ray Data buffers a map's output until a block reaches target_max_block_size (128 MiB by
-    # default: ~250 samples of default views, seconds of an actor's work). Views are large and
+    # default: ~250 samples of default views, seconds of a task's work). Views are large and
     # slow to make, so let every transform call flush its own block: the trainer gets a steady
     # stream instead of bursts, and the benchmark runs 1.6x faster on 2 cores.
     v = cfg.views
@@ -176,6 +188,12 @@ class EpochCursor:
     (:func:`build_view_stream`'s ``start_epoch``) and the batches already consumed are drawn
     and dropped. The drop is by count: Ray Data does not promise the same order of blocks
     between two executions, so the samples dropped are, up to that order, the ones trained on.
+
+    With ``prefetch`` > 0 a background thread pulls up to that many batches ahead and requests
+    the next epoch as soon as the current one is pulled (see the module docstring). ``epoch``
+    and ``samples`` still count what the trainer consumed, never what was prefetched.
+    ``boundary_waits`` collects (epoch, seconds the trainer waited for its first batch) for
+    every epoch this cursor entered after its first; the caller reads and clears it.
     """
 
     def __init__(
@@ -186,18 +204,35 @@ class EpochCursor:
         world_size: int,
         epoch: int = 0,
         samples: int = 0,
+        prefetch: int = 0,
     ):
         self.counter, self.cfg, self.batch_size = counter, cfg, batch_size
         self.world_size = world_size
         self.epoch, self.samples = epoch, samples
+        self.prefetch = prefetch
+        self.boundary_waits: list[tuple[int, float]] = []
+
+    def _epochs(self) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
+        def one_epoch() -> Iterator[dict[str, torch.Tensor]]:
+            return iter_epoch(self.counter, self.cfg, self.batch_size)
+
+        if not self.prefetch:
+            while True:
+                yield one_epoch()
+        prefetcher = Prefetcher(one_epoch, self.prefetch)
+        try:
+            while True:
+                yield prefetcher.epoch()
+        finally:
+            prefetcher.close()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         global_batch = self.batch_size * self.world_size
-        while True:
+        for n, batches in enumerate(self._epochs()):
             drop = self.samples // global_batch
             self.samples = drop * global_batch
-            first = True
-            for batch in iter_epoch(self.counter, self.cfg, self.batch_size):
+            first, asked = True, time.perf_counter()
+            for batch in batches:
                 if first:  # the pipeline's own count is the truth (see build_view_stream)
                     epoch, first = int(batch["epoch"][0]), False
                     if epoch != self.epoch:
@@ -210,9 +245,66 @@ class EpochCursor:
                 if drop:
                     drop -= 1
                     continue
+                if asked is not None:
+                    if n > 0:
+                        self.boundary_waits.append((self.epoch, time.perf_counter() - asked))
+                    asked = None
                 self.samples += global_batch
                 yield batch
             self.epoch, self.samples = self.epoch + 1, 0
+
+
+class Prefetcher:
+    """Epochs of batches pulled by a background thread, at most ``depth`` batches ahead.
+
+    ``epochs()`` is called for each epoch in turn (in the thread); :meth:`epoch` gives the
+    next one's batches to the caller. An error in the thread is raised in the caller when it
+    reaches that point of the stream. The thread is a daemon: a run that ends mid-epoch leaves
+    it blocked, and it ends with the process (after :meth:`close` it stops at its next batch).
+    """
+
+    _END = object()
+
+    def __init__(self, epochs: Callable[[], Iterable[dict]], depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._pull, args=(epochs,), name="lejepa-data-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _pull(self, epochs: Callable[[], Iterable[dict]]) -> None:
+        try:
+            while not self._closed.is_set():
+                for batch in epochs():
+                    self._put(batch)
+                    if self._closed.is_set():
+                        return
+                self._put(self._END)
+        except BaseException as e:  # handed to the consumer, traceback and all
+            self._put(e)
+
+    def _put(self, item: object) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def epoch(self) -> Iterator[dict]:
+        """The batches of the next epoch, as they arrive."""
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop pulling (the thread exits at its next batch or when its put times out)."""
+        self._closed.set()
 
 
 def iter_views(
