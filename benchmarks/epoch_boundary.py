@@ -69,16 +69,17 @@ def main(argv: list[str] | None = None) -> dict:
     for s in boundaries:
         print(f"epoch {int(epoch[s])} starts at step {s}: the trainer waited {wait[s]:.2f} s")
     typical = statistics.median(others) if others else float("nan")
+    step = statistics.median(step_s.values())
     print(
         f"{len(boundaries)} boundaries; worst wait {max(wait[s] for s in boundaries):.2f} s; "
-        f"median wait of the other steps {typical:.3f} s; median step {statistics.median(step_s.values()):.2f} s; "
+        f"median wait of the other steps {typical:.3f} s; median step {step:.2f} s; "
         f"run {wall:.0f} s"
     )
     out = {
         "boundary_waits_s": {int(epoch[s]): round(wait[s], 3) for s in boundaries},
         "first_step_wait_s": round(wait[steps[0]], 3),
         "median_other_wait_s": round(typical, 4),
-        "median_step_s": round(statistics.median(step_s.values()), 3),
+        "median_step_s": round(step, 3),
         "wall_s": round(wall, 1),
     }
     print(json.dumps(out))

@@ -156,6 +156,10 @@ def test_converted_parquet_streams_the_same_views_as_its_folder(ray_cluster, tmp
     # Same keys (paths below the root), same seed and epoch: the very same crops.
     assert from_parquet.keys() == from_folder.keys()
     assert all(np.array_equal(from_parquet[k][1], from_folder[k][1]) for k in from_folder)
+    # Ray's DataSourceV2 parquet reader would start FooterReader actors at every epoch.
+    from ray.util.state import list_actors
+
+    assert not list_actors(filters=[("class_name", "=", "FooterReader")])
 
 
 def test_a_split_streams_the_samples_local_source_reads(ray_cluster, tmp_path):

@@ -80,6 +80,7 @@ def _data_bench(args: argparse.Namespace) -> int:
         path=path,
         num_samples=args.num_samples,
         image_size=args.image_size,
+        augment_on=args.augment_on,
         views=views,
     )
     bench.run(cfg, seconds=args.seconds, workers=args.workers, batch_size=args.batch_size)
@@ -458,6 +459,13 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=None, help="CPU workers on each side (default: all cores)"
     )
     bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument(
+        "--augment-on",
+        choices=("cpu", "device"),
+        default="cpu",
+        help="where the photometric ops run (data.augment_on); with device, both sides make "
+        "crops and parameters only (default: cpu)",
+    )
     bench.add_argument(
         "--num-samples",
         type=int,

@@ -1,10 +1,15 @@
 """Throughput of the Ray Data views stream against a plain DataLoader doing the same work.
 
 Both sides decode the same encoded images and make the same views with the same code
-(``ViewMaker``) and the same number of CPU workers: ``workers`` transform actors for Ray Data,
-``num_workers`` processes for the DataLoader. A per-stage profile in this process tells how much
-of a worker's time goes to decoding and how much to making crops, which bounds what any
+(``ViewMaker``) and the same number of CPU workers: ``workers`` one-CPU transform tasks for Ray
+Data, ``num_workers`` processes for the DataLoader. A per-stage profile in this process tells how
+much of a worker's time goes to decoding and how much to making crops, which bounds what any
 pipeline can reach; the gap between that bound and the measured rate is transfer and overhead.
+
+Where that overhead goes is accounted in CPU time per sample, by process role, over the same
+windows as the rates: the workers (decode, views, and for Ray the object-store writes), the
+consuming process (batching, collation, conversion to tensors) and, for Ray, its own services
+(raylet, GCS, agents). What is left of ``cores × wall time`` was idle.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
+import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -117,6 +124,7 @@ def _measure(
     streaming = samples = 0.0
     startups = []
     epoch = 0
+    account = CpuAccount()  # over the same windows as the rate
     while streaming < seconds and epoch < max_epochs:
         start = time.perf_counter()
         first = None
@@ -125,10 +133,12 @@ def _measure(
             if first is None:
                 first = now
                 startups.append(first - start)
+                account.resume()
                 continue
             samples += len(batch["global"])
             if streaming + now - first >= seconds:
                 break
+        account.pause()
         streaming += (now - first) if first is not None else 0.0
         epoch += 1
     return {
@@ -136,7 +146,73 @@ def _measure(
         "samples": samples,
         "startup_s": sum(startups) / len(startups),
         "epochs": epoch,
+        "cpu_ms_per_sample": account.per_sample(samples),
     }
+
+
+class CpuAccount:
+    """CPU seconds spent by role during the windows between :meth:`resume` and :meth:`pause`,
+    in this process and every process below it: ``consumer`` (this process), ``workers``
+    (DataLoader workers and Ray worker processes, the finished ones included through their
+    parent's reaped-children times) and ``ray`` (Ray's own services). ``idle`` is what is left
+    of ``cores × wall``."""
+
+    _MINE = psutil.Process().cmdline()
+
+    def __init__(self) -> None:
+        self.used: Counter = Counter()
+        self.wall = 0.0
+        self._since: tuple[float, Counter] | None = None
+
+    def resume(self) -> None:
+        self._since = (time.perf_counter(), self._sample())
+
+    def pause(self) -> None:
+        if self._since is not None:
+            t0, before = self._since
+            self.wall += time.perf_counter() - t0
+            now = self._sample()
+            now.subtract(before)
+            self.used.update({k: max(0.0, v) for k, v in now.items()})
+            self._since = None
+
+    @classmethod
+    def _role(cls, proc: psutil.Process) -> str:
+        try:
+            argv = proc.cmdline()
+        except psutil.Error:
+            return "workers"
+        cmd = " ".join(argv)
+        if argv == cls._MINE or "default_worker.py" in cmd:
+            return "workers"  # a DataLoader worker (a fork of this process), a Ray worker
+        if "ray::" in cmd and "Agent" not in cmd:
+            return "workers"  # a Ray worker, named after its task
+        return "ray"  # raylet, gcs_server, dashboard, agents, log monitor
+
+    @classmethod
+    def _sample(cls) -> Counter:
+        me = psutil.Process()
+        out: Counter = Counter()
+        t = me.cpu_times()
+        out["consumer"] += t.user + t.system
+        out["workers"] += t.children_user + t.children_system  # exited DataLoader workers
+        for child in me.children(recursive=True):
+            try:
+                c = child.cpu_times()
+            except psutil.Error:
+                continue
+            out[cls._role(child)] += c.user + c.system
+            # Processes this one reaped (Ray workers that exited, under the raylet).
+            out["workers"] += c.children_user + c.children_system
+        return out
+
+    def per_sample(self, samples: float) -> dict[str, float]:
+        """Milliseconds of CPU per sample by role, and idle, over ``samples`` samples."""
+        n = max(samples, 1)
+        per = {k: 1e3 * self.used[k] / n for k in ("workers", "consumer", "ray")}
+        cores = psutil.cpu_count() or 1
+        per["idle"] = 1e3 * max(0.0, cores * self.wall - sum(self.used.values())) / n
+        return per
 
 
 def bench_dataloader(
@@ -163,7 +239,7 @@ def bench_dataloader(
 def bench_ray_data(
     cfg: DataConfig, workers: int, batch_size: int, seconds: float
 ) -> dict[str, float]:
-    """Samples/s of the Ray Data views stream with ``workers`` transform actors."""
+    """Samples/s of the Ray Data views stream with ``workers`` transform tasks."""
     import ray
 
     from lejepa_ray.data.stream import build_view_stream, iter_views
@@ -219,9 +295,9 @@ def run(
     loader = bench_dataloader(cfg, workers, batch_size, seconds)
 
     if not ray.is_initialized():
-        # `workers` logical CPUs for the transform actors, as many as the DataLoader has worker
+        # `workers` logical CPUs for the transform tasks, as many as the DataLoader has worker
         # processes, plus one for the read tasks (I/O the DataLoader's workers do themselves).
-        # Without it the actors hold every CPU and reads starve. Physical cores are the same.
+        # Without it the transforms hold every CPU and reads starve. Physical cores are the same.
         ray.init(
             address="local",
             num_cpus=workers + 1,
@@ -230,7 +306,7 @@ def run(
             configure_logging=False,
         )
     DataContext.get_current().enable_progress_bars = False
-    print_fn(f"Ray Data, {workers} transform actors, {seconds:.0f} s ...")
+    print_fn(f"Ray Data, {workers} transform tasks at a time, {seconds:.0f} s ...")
     stream = bench_ray_data(cfg, workers, batch_size, seconds)
 
     for name, measured in (("DataLoader", loader), ("Ray Data", stream)):
@@ -260,7 +336,18 @@ def run(
         f"-> at most {bound:.1f} samples/s on {workers} workers; {limiter} dominates\n"
         f"views by operation (ms per sample): {ops}\n"
         f"{_rate_line('DataLoader', loader, bound)}\n{_rate_line('Ray Data', stream, bound)}\n"
-        f"ratio Ray Data / DataLoader: {ratio:.2f}"
+        f"ratio Ray Data / DataLoader: {ratio:.2f}\n"
+        "CPU ms per sample by process, over the measured windows (DataLoader, Ray Data):\n"
+        + "\n".join(
+            f"  {label:<40} {loader['cpu_ms_per_sample'][k]:7.2f} "
+            f"{stream['cpu_ms_per_sample'][k]:7.2f}"
+            for k, label in (
+                ("workers", "workers (decode, views, hand-off)"),
+                ("consumer", "consumer (batching, collation, tensors)"),
+                ("ray", "Ray services (raylet, GCS, agents)"),
+                ("idle", "idle cores"),
+            )
+        )
     )
     result = {
         "source": cfg.source,
@@ -275,6 +362,11 @@ def run(
         "profile_ms": {k: round(val, 3) for k, val in stages.items()},
         "limited_by": limiter,
         "ratio": round(ratio, 3),
+        "cpu_ms_per_sample": {
+            "dataloader": {k: round(v, 2) for k, v in loader["cpu_ms_per_sample"].items()},
+            "ray_data": {k: round(v, 2) for k, v in stream["cpu_ms_per_sample"].items()},
+        },
+        "augment_on": cfg.augment_on,
     }
     print_fn(json.dumps(result))
     return result
