@@ -33,12 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lejepa_ray.data.config import ViewConfig
-from lejepa_ray.data.views import PARAM_FIELDS
-
-_JITTER, _ORDER, _FACTORS, _GRAY, _SIGMA, _SOLARIZE, _FLIP = map(
-    PARAM_FIELDS.index,
-    ("jitter", "order0", "brightness", "grayscale", "blur_sigma", "solarize", "flip"),
-)
+from lejepa_ray.data.views import COLUMN, PARAM_FIELDS
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -127,24 +122,24 @@ def augment(views: torch.Tensor, params: torch.Tensor, cfg: ViewConfig) -> torch
         )
     x = views.float()
     params = params.to(x.device, torch.float32)
-    jitter = params[:, _JITTER] > 0
+    jitter = params[:, COLUMN["jitter"]] > 0
     if bool(jitter.any()):
         # Each view applies the four ops in its own drawn order: at position i, every view
         # whose i-th op is k gets op k, on just those views.
         for i in range(4):
-            op = params[:, _ORDER + i]
+            op = params[:, COLUMN["order0"] + i]
             for k, fn in enumerate(_JITTER_OPS):
-                factor = params[:, _FACTORS + k]
+                factor = params[:, COLUMN["brightness"] + k]
                 idx = (jitter & (op == k) & ~factor.isnan()).nonzero().squeeze(1)
                 if idx.numel():
                     x[idx] = fn(x[idx], factor[idx])
-    x = torch.where(_per(params[:, _GRAY] > 0), gray(x).expand_as(x), x)
-    idx = (params[:, _SIGMA] > 0).nonzero().squeeze(1)
+    x = torch.where(_per(params[:, COLUMN["grayscale"]] > 0), gray(x).expand_as(x), x)
+    idx = (params[:, COLUMN["blur_sigma"]] > 0).nonzero().squeeze(1)
     if idx.numel():
-        x[idx] = blur(x[idx], params[idx, _SIGMA], cfg.blur_sigma[1])
-    solar = _per(params[:, _SOLARIZE] > 0) & (x >= cfg.solarize_threshold)
+        x[idx] = blur(x[idx], params[idx, COLUMN["blur_sigma"]], cfg.blur_sigma[1])
+    solar = _per(params[:, COLUMN["solarize"]] > 0) & (x >= cfg.solarize_threshold)
     x = torch.where(solar, 255 - x, x)
-    return torch.where(_per(params[:, _FLIP] > 0), x.flip(-1), x)
+    return torch.where(_per(params[:, COLUMN["flip"]] > 0), x.flip(-1), x)
 
 
 def augment_batch(batch: dict[str, torch.Tensor], cfg: ViewConfig) -> dict[str, torch.Tensor]:

@@ -80,14 +80,14 @@ class ViewParams:
         j = self.jitter
         out[:] = 0.0
         if j is not None:
-            out[_JITTER] = 1.0
-            out[_ORDER : _ORDER + 4] = j.order
+            out[COLUMN["jitter"]] = 1.0
+            out[COLUMN["order0"] : COLUMN["order0"] + 4] = j.order
             for i, f in enumerate((j.brightness, j.contrast, j.saturation, j.hue)):
-                out[_FACTORS + i] = np.nan if f is None else f
-        out[_GRAY] = self.grayscale
-        out[_SIGMA] = self.blur_sigma or 0.0
-        out[_SOLARIZE] = self.solarize
-        out[_FLIP] = self.flip
+                out[COLUMN["brightness"] + i] = np.nan if f is None else f
+        out[COLUMN["grayscale"]] = self.grayscale
+        out[COLUMN["blur_sigma"]] = self.blur_sigma or 0.0
+        out[COLUMN["solarize"]] = self.solarize
+        out[COLUMN["flip"]] = self.flip
 
 
 PARAM_FIELDS = (
@@ -100,10 +100,8 @@ PARAM_FIELDS = (
     "flip",  # 1: horizontal flip
 )  # fmt: skip
 """The columns of an encoded view's parameters (float32), in order."""
-_JITTER, _ORDER, _FACTORS, _GRAY, _SIGMA, _SOLARIZE, _FLIP = map(
-    PARAM_FIELDS.index,
-    ("jitter", "order0", "brightness", "grayscale", "blur_sigma", "solarize", "flip"),
-)
+COLUMN = {name: i for i, name in enumerate(PARAM_FIELDS)}
+"""Index of each of ``PARAM_FIELDS`` in an encoded row."""
 
 
 class ViewBatch(NamedTuple):
