@@ -1,10 +1,11 @@
-"""Per-op cost of making one sample's views: torchvision's v2 pipeline against ViewMaker, on
-the CPU path (``data.augment_on=cpu``) and with the photometric ops left to the training device
-(``data.augment_on=device``).
+"""Per-op cost of making one sample's views: torchvision's v2 pipeline against ViewMaker with
+each set of kernels (``data.views.kernels``: ``pil``, the reference, and ``fast``), and with the
+photometric ops left to the training device (``data.augment_on=device``).
 
 All make the default views (2 × 224 px + 8 × 96 px) of the same JPEGs (500×375 by default,
-generated) on one thread, with the same seed per sample, so they draw the same parameters and
-(tested in tests/test_views.py) the first two give the same bytes. Per op, milliseconds per
+generated) on one thread, with the same seed per sample, so they draw the same parameters;
+torchvision and ``pil`` give the same bytes (tests/test_views.py), and how far ``fast`` is from
+them is printed. Per op, milliseconds per
 sample averaged over the samples, so an op's figure includes its probability of firing.
 ``total`` is timed without the per-op clock, the median of ``--repeats`` passes. The device
 side (``data.device_views``) is timed here on CPU tensors, one thread, in batches of 16
@@ -18,6 +19,7 @@ Prints a markdown table, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import statistics
@@ -146,11 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # as in a Ray Data actor
-    cfg = ViewConfig()
+    torch.set_num_threads(1)  # as in a Ray Data task
+    cfg = ViewConfig()  # kernels=fast, the default
     data = _jpegs(args.samples, args.width, args.height)
-    maker = ViewMaker(cfg)
-    crops_only = ViewMaker(cfg, photometric=False)
+    makers = {
+        "pil": ViewMaker(dataclasses.replace(cfg, kernels="pil")),
+        "fast": ViewMaker(cfg),
+        "device": ViewMaker(cfg, photometric=False),
+    }
 
     def per_op(make) -> dict[str, float]:
         clock: dict[str, float] = {}
@@ -167,9 +172,6 @@ def main(argv: list[str] | None = None) -> dict:
             make(decode_rgb(d), str(i), None)
         return 1e3 * (time.perf_counter() - t) / len(data)
 
-    def before(img, key, clock):
-        torchvision_views(cfg, img, 0, 0, key, clock)
-
     def with_maker(m: ViewMaker):
         def make(img, key, clock):
             if clock is None:
@@ -179,14 +181,20 @@ def main(argv: list[str] | None = None) -> dict:
 
         return make
 
-    after, crops = with_maker(maker), with_maker(crops_only)
-    ops_before, ops_after, ops_crops = per_op(before), per_op(after), per_op(crops)
-    totals_before = [total(before) for _ in range(args.repeats)]
-    totals_after = [total(after) for _ in range(args.repeats)]
-    totals_crops = [total(crops) for _ in range(args.repeats)]
-    t_before, t_after = statistics.median(totals_before), statistics.median(totals_after)
-    t_crops = statistics.median(totals_crops)
-    t_device = statistics.median(_device_ms(cfg, crops_only, data) for _ in range(args.repeats))
+    pipelines = {
+        "torchvision": lambda img, key, clock: torchvision_views(cfg, img, 0, 0, key, clock)
+    }
+    pipelines |= {name: with_maker(m) for name, m in makers.items()}
+    ops = {name: per_op(make) for name, make in pipelines.items()}
+    totals: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(args.repeats):  # interleaved, so that a slower minute is shared by all
+        for name, make in pipelines.items():
+            totals[name].append(total(make))
+    median = {name: statistics.median(t) for name, t in totals.items()}
+    t_device = statistics.median(
+        _device_ms(cfg, makers["device"], data) for _ in range(args.repeats)
+    )
+    agreement = _agreement(makers["fast"], makers["pil"], data)
     rows = [
         ("decode", "decode", "decode"),
         ("random parameters", None, "draw"),
@@ -199,39 +207,53 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     print(f"views of {args.samples} {args.width}×{args.height} JPEGs, ms per sample, one thread")
     print(
-        "| op | torchvision v2 | ViewMaker, augment_on=cpu | ViewMaker, augment_on=device |"
-        "\n|---|---|---|---|"
+        "| op | torchvision v2 | ViewMaker, kernels=pil | ViewMaker, kernels=fast "
+        "| kernels=fast, augment_on=device |\n|---|---|---|---|---|"
     )
     for label, old, new in rows:
         if old is None:
             b = "(inside the ops)"
         else:
-            b = f"{sum(ops_before.get(k, 0.0) for k in np.atleast_1d(old)):.2f}"
+            b = f"{sum(ops['torchvision'].get(k, 0.0) for k in np.atleast_1d(old)):.2f}"
         key = "copy" if new == "flip_copy" else new
-        d = f"{ops_crops[key]:.2f}" if key in ops_crops else "(on the device)"
-        print(f"| {label} | {b} | {ops_after.get(new, 0.0):.2f} | {d} |")
+        dev = ops["device"]
+        d = f"{dev[key]:.2f}" if key in dev else "(on the device)"
+        pil, fast = ops["pil"].get(new, 0.0), ops["fast"].get(new, 0.0)
+        print(f"| {label} | {b} | {pil:.2f} | {fast:.2f} | {d} |")
+    tv = median["torchvision"]
     print(
         f"| **total** on the data CPUs, without the clock (median of {args.repeats}) | "
-        f"**{t_before:.1f}** | **{t_after:.1f}** | **{t_crops:.1f}** |\n"
-        f"| photometric ops on the trainer (CPU tensors, one thread) | | | {t_device:.1f} |\n"
-        f"Per sample on the data CPUs, ViewMaker is {t_before / t_after:.2f}× cheaper than "
-        f"torchvision with augment_on=cpu and {t_before / t_crops:.2f}× with augment_on=device."
+        f"**{tv:.1f}** | **{median['pil']:.1f}** | **{median['fast']:.1f}** "
+        f"| **{median['device']:.1f}** |\n"
+        f"| photometric ops on the trainer (CPU tensors, one thread) | | | | {t_device:.1f} |\n"
+        f"Per sample on the data CPUs, against torchvision: kernels=pil {tv / median['pil']:.2f}× "
+        f"cheaper, kernels=fast {tv / median['fast']:.2f}×, and with augment_on=device "
+        f"{tv / median['device']:.2f}×.\n"
+        f"kernels=fast against kernels=pil, same draws, every view: mean |difference| "
+        f"{agreement['mean']:.2f} levels, 99th percentile {agreement['p99']:.1f}."
     )
     out = {
         "samples": args.samples,
         "image": [args.width, args.height],
-        "before_ms": {k: round(v, 3) for k, v in ops_before.items()},
-        "after_ms": {k: round(v, 3) for k, v in ops_after.items()},
-        "total_before_ms": [round(t, 2) for t in totals_before],
-        "total_after_ms": [round(t, 2) for t in totals_after],
-        "speedup": round(t_before / t_after, 3),
-        "device_cpu_ms": {k: round(v, 3) for k, v in ops_crops.items()},
-        "total_device_cpu_ms": [round(t, 2) for t in totals_crops],
-        "speedup_device": round(t_before / t_crops, 3),
+        "ops_ms": {n: {k: round(v, 3) for k, v in o.items()} for n, o in ops.items()},
+        "total_ms": {n: [round(t, 2) for t in ts] for n, ts in totals.items()},
+        "speedup": {n: round(tv / median[n], 3) for n in makers},
         "device_ops_on_cpu_ms": round(t_device, 2),
+        "fast_vs_pil_levels": agreement,
     }
     print(json.dumps(out))
     return out
+
+
+def _agreement(fast: ViewMaker, pil: ViewMaker, data: list[bytes]) -> dict[str, float]:
+    """Mean and 99th percentile of |fast - pil| over every pixel of every view, 0-255 levels."""
+    diffs = []
+    for i, d in enumerate(data):
+        img = decode_rgb(d)
+        for a, b in zip(fast.views_of(img, str(i), 0), pil.views_of(img, str(i), 0), strict=True):
+            diffs.append(np.abs(a.astype(np.int16) - b).ravel())
+    flat = np.concatenate(diffs)
+    return {"mean": round(float(flat.mean()), 3), "p99": float(np.percentile(flat, 99))}
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ def test_augmentation_probabilities_are_honoured():
         ({"jitter_p": 1.5}, "views.jitter_p=1.5"),
         ({"global_size": 4}, "views.global_size=4"),
         ({"jitter": (0.4, 0.4, 0.2, 0.9)}, "hue strength"),
+        ({"kernels": "cuda"}, "views.kernels='cuda' is invalid: expected fast or pil"),
     ],
 )
 def test_view_config_rejects_bad_values(kwargs, message):
@@ -177,7 +178,7 @@ def test_views_equal_torchvision_drawn_the_same_way(overrides):
     """Same seed -> the same random draws as torchvision's Compose (the generator ends in the
     same state) and, the arithmetic being the same, the same bytes; ops that cannot fire draw
     nothing, as before."""
-    cfg = ViewConfig(**overrides)
+    cfg = ViewConfig(**overrides, kernels="pil")
     maker = ViewMaker(cfg, seed=3)
     for i in range(3 if overrides else 6):
         img = decode_rgb(photo(500, 375, seed=i))

@@ -74,6 +74,7 @@ def _data_bench(args: argparse.Namespace) -> int:
         local_size=args.local_size,
         global_views=args.global_views,
         local_views=args.local_views,
+        kernels=args.kernels,
     )
     cfg = DataConfig(
         source=source,
@@ -465,6 +466,12 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         default="cpu",
         help="where the photometric ops run (data.augment_on); with device, both sides make "
         "crops and parameters only (default: cpu)",
+    )
+    bench.add_argument(
+        "--kernels",
+        choices=("fast", "pil"),
+        default="fast",
+        help="what computes the views' pixels (data.views.kernels; default: fast)",
     )
     bench.add_argument(
         "--num-samples",

@@ -330,7 +330,8 @@ def run(
     )
     print_fn(
         f"\nviews per sample: {v.global_views}×{v.global_size}px + {v.local_views}×"
-        f"{v.local_size}px, batch {batch_size}, {workers} CPU workers\n"
+        f"{v.local_size}px, kernels={v.kernels}, augment_on={cfg.augment_on}, batch "
+        f"{batch_size}, {workers} CPU workers\n"
         f"profile (one core, per sample): read {stages['read_ms']:.2f} ms, decode "
         f"{stages['decode_ms']:.2f} ms, crops+augment {stages['views_ms']:.2f} ms "
         f"-> at most {bound:.1f} samples/s on {workers} workers; {limiter} dominates\n"
@@ -367,6 +368,7 @@ def run(
             "ray_data": {k: round(v, 2) for k, v in stream["cpu_ms_per_sample"].items()},
         },
         "augment_on": cfg.augment_on,
+        "kernels": v.kernels,
     }
     print_fn(json.dumps(result))
     return result

@@ -50,6 +50,10 @@ class ViewConfig:
     """Probability of solarization (pixel values at or above ``solarize_threshold`` inverted)."""
     solarize_threshold: int = 128
     """Solarization threshold on the 0..255 scale."""
+    kernels: str = "fast"
+    """What computes the pixels: ``fast`` (torch's uint8 resize and OpenCV, 3.3–3.9× cheaper
+    per sample than torchvision, within a level or two of it; tolerances in docs/data.md) or
+    ``pil`` (PIL's kernels: the same bytes as torchvision's pipeline, for the same seed)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -88,6 +92,7 @@ class ViewConfig:
             self.solarize_threshold,
             "a value in 0..255",
         )
+        _check(self.kernels in ("fast", "pil"), "data.views.kernels", self.kernels, "fast or pil")
 
 
 @dataclass

@@ -7,20 +7,21 @@ uint8 is four times less data than float32.
 
 The recipe is torchvision's (the LeJEPA/DINO one): ``RandomResizedCrop``, colour jitter applied
 with probability ``jitter_p``, grayscale, Gaussian blur, solarize, horizontal flip. The random
-parameters are drawn by torchvision's own ``make_params``, from torch's generator, in the order
-``v2.Compose`` draws them, so their distributions are torchvision's by construction. The pixels
-are computed here, in fewer and cheaper passes over each view than torchvision's per-transform
-dispatch makes (``docs/data.md`` has the per-op table):
+parameters are drawn as torchvision's own ``make_params`` draws them, call for call on torch's
+generator, in the order ``v2.Compose`` draws them, so they are torchvision's (tested).
 
-- no per-transform dispatch: the draws, then PIL's kernels called directly on the view;
-- brightness and contrast are per-value maps, applied as lookup tables (``Image.point``) that
-  PIL's own blend computes on a 256-value ramp, and a brightness right after a contrast joins
-  its table; ``ImageEnhance`` instead builds a whole degenerate image and blends it;
-- saturation is ``ImageEnhance.Color``'s blend with the grayscale copy, without its wrapper;
-- hue is the HSV round trip torchvision makes, with the hue shift as one LUT;
-- solarize is a precomputed LUT, and the flip is free (a reversed copy into the output).
+The pixels are made by one of two sets of kernels (``data.views.kernels``), from the same
+parameters:
 
-The bytes are torchvision's: for the same seed the views are equal to its pipeline's (tested).
+- ``fast`` (the default), ``lejepa_ray.data.view_kernels``: torch's uint8 resize and OpenCV,
+  3.3–3.9× cheaper than torchvision per sample, within a level or two of the
+  reference (tolerances per op in ``docs/data.md``);
+- ``pil``, :func:`render` here, the reference: PIL's kernels, the bytes of torchvision's
+  pipeline for the same seed (tested), in fewer passes than its per-transform dispatch makes.
+  Brightness and contrast are per-value maps, applied as lookup tables that PIL's own blend
+  computes on a 256-value ramp (a brightness next to a contrast joins its table); saturation is
+  ``ImageEnhance.Color``'s blend without its wrapper; hue is torchvision's HSV round trip with
+  the shift as one LUT; solarize is a LUT and the flip a reversed copy into the output.
 
 With ``photometric=False`` (``data.augment_on=device``) only the crops are made here: the
 parameters of every view are drawn all the same, from the same seeded generator, and shipped
@@ -31,8 +32,9 @@ for ``lejepa_ray.data.device_views`` to apply on the training device.
 from __future__ import annotations
 
 import functools
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -123,44 +125,74 @@ class ViewBatch(NamedTuple):
 
 
 class _Recipe:
-    """The augmentation of one kind of view (global or local) at one output size."""
+    """The augmentation of one kind of view (global or local) at one output size.
+
+    The draws are those of torchvision's ``make_params`` (RandomResizedCrop, ColorJitter) and
+    ``RandomApply``, call for call on torch's generator, in ``v2.Compose``'s order; only the
+    one-element tensors they draw into are reused instead of allocated, which halves the cost
+    of a view's draws. The ranges come from torchvision's own transform objects. Tested:
+    the same seed gives torchvision's parameters and leaves the generator in the same state."""
 
     def __init__(self, cfg: ViewConfig, size: int, scale: tuple[float, float]):
         self.cfg, self.size = cfg, size
-        self.crop = v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio))
+        crop = v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio))
+        self.scale, self.ratio = crop.scale, crop.ratio
+        self.log_ratio = crop._log_ratio.tolist()  # float32 logs, as its draws use them
         # Operations that can never fire draw nothing, as they were left out of torchvision's
         # Compose before: the same seed keeps giving the same views.
-        self.jitter = v2.ColorJitter(*cfg.jitter) if cfg.jitter_p > 0 and any(cfg.jitter) else None
+        jitter = v2.ColorJitter(*cfg.jitter) if cfg.jitter_p > 0 and any(cfg.jitter) else None
+        self.jitter_ranges = None
+        if jitter is not None:
+            self.jitter_ranges = (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+        # torchvision compares a float32 draw with p rounded to float32 (RandomApply's
+        # ``torch.rand(1) >= p``); 0 means the op is left out and draws nothing.
+        self.p = {
+            name: float(np.float32(getattr(cfg, f"{name}_p")))
+            for name in ("jitter", "grayscale", "blur", "solarize", "flip")
+        }
+        self._u = torch.empty(1)  # float32, as torch.empty(1) and torch.rand(1)
+        self._k = torch.empty(1, dtype=torch.int64)  # as torch.randint's result
 
     def draw(self, img: Image.Image) -> ViewParams:
         """The view's parameters, drawn from torch's generator in ``v2.Compose``'s order."""
-        c = self.cfg
-        crop = self.crop.make_params([img])
-        left, top = crop["left"], crop["top"]
-        box = (left, top, left + crop["width"], top + crop["height"])
+        box = self._crop(img.height, img.width)
         jitter = None
-        if self.jitter is not None and _fires(c.jitter_p):
-            p = self.jitter.make_params([img])
-            jitter = Jitter(
-                tuple(int(i) for i in p["fn_idx"]),
-                p["brightness_factor"],
-                p["contrast_factor"],
-                p["saturation_factor"],
-                p["hue_factor"],
+        if self.jitter_ranges is not None and self._fires("jitter"):
+            order = tuple(torch.randperm(4).tolist())
+            b, c, s, h = (
+                None if r is None else self._u.uniform_(*r).item() for r in self.jitter_ranges
             )
-        gray = c.grayscale_p > 0 and _fires(c.grayscale_p)
-        sigma = None
-        if c.blur_p > 0 and _fires(c.blur_p):
-            sigma = torch.empty(1).uniform_(*c.blur_sigma).item()
-        solarize = c.solarize_p > 0 and _fires(c.solarize_p)
-        flip = c.flip_p > 0 and _fires(c.flip_p)
-        return ViewParams(box, jitter, gray, sigma, solarize, flip)
+            jitter = Jitter(order, b, c, s, h)
+        gray = self._fires("grayscale")
+        sigma = self._u.uniform_(*self.cfg.blur_sigma).item() if self._fires("blur") else None
+        return ViewParams(box, jitter, gray, sigma, self._fires("solarize"), self._fires("flip"))
 
+    def _fires(self, op: str) -> bool:
+        p = self.p[op]
+        return p > 0 and self._u.uniform_().item() < p
 
-def _fires(p: float) -> bool:
-    """torchvision's ``not torch.rand(1) >= p``, compared as floats: the same draw and outcome
-    (a float32 against p rounded to float32, as the tensor comparison does), 4× cheaper."""
-    return torch.rand(1).item() < float(np.float32(p))
+    def _crop(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """RandomResizedCrop's box (left, top, right, bottom): up to ten tries at an area and
+        an aspect ratio that fit, else the central crop of the nearest allowed ratio."""
+        area = height * width
+        for _ in range(10):
+            target = area * self._u.uniform_(*self.scale).item()
+            aspect = self._u.uniform_(*self.log_ratio).exp_().item()  # exp in float32
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = self._k.random_(0, height - h + 1).item()
+                left = self._k.random_(0, width - w + 1).item()
+                return left, top, left + w, top + h
+        ratio = width / height
+        if ratio < min(self.ratio):
+            w, h = width, round(width / min(self.ratio))
+        elif ratio > max(self.ratio):
+            w, h = round(height * max(self.ratio)), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+        return left, top, left + w, top + h
 
 
 def render(
@@ -176,7 +208,7 @@ def render(
     ``clock``, when given, accumulates the seconds of each operation under its name. With
     ``photometric=False`` only the crop is made (no jitter, grayscale, blur, solarize or
     flip: those are left to the training device)."""
-    tick = _Clock(clock)
+    tick = OpClock(clock)
     view = img.crop(p.box).resize((size, size), Image.Resampling.BILINEAR)
     tick("crop_resize")
     if not photometric:
@@ -200,7 +232,7 @@ def render(
     tick("flip_copy")
 
 
-class _Clock:
+class OpClock:
     """Adds the time since the last call to ``clock[name]``; does nothing without a clock."""
 
     def __init__(self, clock: dict[str, float] | None):
@@ -263,8 +295,27 @@ _IDENTITY2 = list(range(256)) * 2
 
 
 @functools.cache
+def solarize_table(threshold: int) -> np.ndarray:
+    """Solarization as a per-value map (256,) uint8: values at or above ``threshold`` inverted."""
+    values = np.arange(256, dtype=np.uint8)
+    return np.where(values < threshold, values, 255 - values).astype(np.uint8)
+
+
+@functools.cache
 def _solarize_lut(threshold: int) -> list[int]:
-    return [i if i < threshold else 255 - i for i in range(256)] * 3
+    return solarize_table(threshold).tolist() * 3
+
+
+def _kernels(name: str) -> tuple[Callable, Callable]:
+    """(prepare, render) for ``data.views.kernels``: ``prepare`` turns the decoded picture into
+    what ``render`` crops, once per sample."""
+    if name == "pil":
+        return (lambda img: img), render
+    # Imported here: OpenCV is needed by the fast kernels only, and the Ray-free parts of the
+    # package that import this module (device-side views, the GPU check) run without it.
+    from lejepa_ray.data import view_kernels
+
+    return view_kernels.as_tensor, view_kernels.render
 
 
 class ViewMaker:
@@ -291,6 +342,7 @@ class ViewMaker:
         self.photometric = photometric
         self._global = _Recipe(cfg, cfg.global_size, cfg.global_scale)
         self._local = _Recipe(cfg, cfg.local_size, cfg.local_scale)
+        self._prepare, self._render = _kernels(cfg.kernels)
 
     @classmethod
     def of(cls, cfg: DataConfig) -> ViewMaker:
@@ -368,15 +420,17 @@ class ViewMaker:
     ) -> list[ViewParams]:
         # The draws use torch's global generator, seeded per sample: that is what makes the
         # views independent of which worker made them and when.
-        tick = _Clock(clock)
+        tick = OpClock(clock)
         params = self.params(img, key, epoch)
         tick("draw")
+        source = self._prepare(img)
+        tick("crop_resize")
         c, threshold = self.cfg, self.cfg.solarize_threshold
-        colour = self.photometric
+        colour, draw = self.photometric, self._render
         for out, p in zip(glob, params[: c.global_views], strict=True):
-            render(img, p, c.global_size, threshold, out, clock, colour)
+            draw(source, p, c.global_size, threshold, out, clock, colour)
         for out, p in zip(loc, params[c.global_views :], strict=True):
-            render(img, p, c.local_size, threshold, out, clock, colour)
+            draw(source, p, c.local_size, threshold, out, clock, colour)
         return params
 
     def profile(self, img: Image.Image, key: str, epoch: int, clock: dict[str, float]) -> None:
