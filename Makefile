@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: test lint bench bench-train bench-recovery bench-quality bench-profile pretrain lock clean
 
-test: $(STAMP)  ## lint, then the whole test suite (multi-process tests included)
+test: $(STAMP)  ## lint and format check, then the whole test suite (multi-process tests included)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
