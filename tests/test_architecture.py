@@ -37,7 +37,6 @@ GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
 # (importer, imported): the violations of today's tree, each with the fix issue 18 plans.
 KNOWN_LEAKS = {
     ("storage", "data.sources"),  # resolve_filesystem belongs in storage
-    ("checkpoint", "runtime"),  # quiet_logger belongs in compat
     ("export", "pretrain"),  # resolve_backbone belongs in model
     ("rankme", "probe"),  # read_images belongs in data
 }

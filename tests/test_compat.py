@@ -106,3 +106,55 @@ def test_the_recompile_limit_is_dynamos_and_is_raised_not_lowered():
         assert raise_recompile_limit(2) == before + 10  # never lowered
     finally:
         dynamo_config.recompile_limit = before
+
+
+def test_ray_is_the_version_compat_was_checked_against():
+    import ray
+
+    from lejepa_ray.compat import VERIFIED_RAY
+
+    assert ray.__version__ == VERIFIED_RAY, (
+        f"lejepa_ray/compat.py was checked against Ray {VERIFIED_RAY}, and Ray "
+        f"{ray.__version__} is installed: check every private API it names (its module "
+        "docstring lists them, tests/test_compat.py tries each), then set VERIFIED_RAY."
+    )
+
+
+def test_the_execution_index_is_read_and_set_where_ray_data_keeps_it():
+    import ray.data
+    from ray.data import DataContext
+
+    from lejepa_ray.compat import execution_index, set_execution_index
+
+    ctx = DataContext.get_current()
+    before = ctx._execution_idx
+    try:
+        ctx._execution_idx = 5
+        assert execution_index() == 5
+    finally:
+        ctx._execution_idx = before
+    ds = ray.data.from_items([{"x": 1}])  # planned, not executed: no cluster needed
+    set_execution_index(ds, 3)
+    assert ds.context._execution_idx == 3
+
+
+def test_ray_trains_loggers_are_named_after_modules_that_exist():
+    import importlib
+    import logging
+
+    from lejepa_ray.compat import (
+        RAY_CHECKPOINT_MANAGER_LOGGER,
+        quiet_logger,
+        ray_train_report_logger,
+    )
+
+    # Each module logs through a module-level `logger` of exactly the name we quiet.
+    manager = importlib.import_module(RAY_CHECKPOINT_MANAGER_LOGGER)
+    assert manager.logger.name == RAY_CHECKPOINT_MANAGER_LOGGER
+    context = importlib.import_module("ray.train.v2._internal.execution.context")
+    assert context.logger.name == ray_train_report_logger()
+    logger = logging.getLogger(RAY_CHECKPOINT_MANAGER_LOGGER)
+    before = logger.level
+    with quiet_logger(RAY_CHECKPOINT_MANAGER_LOGGER, logging.ERROR):
+        assert logger.level == logging.ERROR
+    assert logger.level == before

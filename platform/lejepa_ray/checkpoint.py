@@ -52,7 +52,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemBase
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
 from lejepa_ray import manifest as mf
-from lejepa_ray.runtime import quiet_logger
+from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger
 from lejepa_ray.storage import Folder
 
 if TYPE_CHECKING:
@@ -609,9 +609,7 @@ def registered(run_dir: str) -> list[tuple[Folder, dict]]:
         run_dir = str(Path(run_dir).expanduser().resolve())  # Ray reads a bare path as a URI
     # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
     try:
-        with quiet_logger(
-            "ray.train.v2._internal.execution.checkpoint.checkpoint_manager", logging.WARNING
-        ):
+        with quiet_logger(RAY_CHECKPOINT_MANAGER_LOGGER, logging.WARNING):
             result = Result.from_path(run_dir)
     except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
         return []

@@ -17,6 +17,16 @@ blocks of a class share one code object, whose number of graphs dynamo caps at
 ``torch._dynamo.config.recompile_limit`` (8) before it quietly runs the rest eagerly;
 :func:`raise_recompile_limit` lifts that cap.
 
+Ray Data's epoch: a pipeline's execution index, ``DataContext._execution_idx``, counts its
+complete executions, is shipped with the context to every task, and seeds Ray Data's own
+reshuffles; we read it as the epoch (:func:`execution_index`) and set it to resume a run at an
+epoch (:func:`set_execution_index`).
+
+Loggers: Ray Train logs every report with all its metrics at INFO, and its checkpoint manager
+warns about each checkpoint it does not keep, on loggers named after private modules
+(:func:`ray_train_report_logger`, :data:`RAY_CHECKPOINT_MANAGER_LOGGER`); :func:`quiet_logger`
+raises such a logger's level for a block.
+
 Checkpoints: ``checkpoint._VerifyingReader`` overrides ``FileSystemReader._slice_file(file,
 storage_info)`` of ``torch.distributed.checkpoint``, the one place where DCP's ``read_data``
 turns a storage item into bytes, to fetch each item as one verified byte range.
@@ -25,9 +35,15 @@ turns a storage item into bytes, to fetch each item as one verified byte range.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+VERIFIED_RAY = "2.60.0"
+"""The Ray version every item here was checked against (tests/test_compat.py)."""
 
 _HANDLER = "ray_print_logs"
 DCP_SLICE_HOOK = "_slice_file"
@@ -112,3 +128,39 @@ def raise_recompile_limit(at_least: int) -> int:
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, at_least)
     return dynamo_config.recompile_limit
+
+
+def execution_index() -> int:
+    """The execution index of the Ray Data pipeline this process is working for (the epoch)."""
+    from ray.data import DataContext
+
+    return int(DataContext.get_current()._execution_idx)
+
+
+def set_execution_index(dataset: Any, index: int) -> None:
+    """Make the next execution of ``dataset`` (a ``ray.data.Dataset``) execution ``index``."""
+    dataset.context._execution_idx = index
+
+
+RAY_CHECKPOINT_MANAGER_LOGGER = "ray.train.v2._internal.execution.checkpoint.checkpoint_manager"
+"""Ray Train's checkpoint manager's logger (it warns about every checkpoint it does not keep)."""
+
+
+def ray_train_report_logger() -> str:
+    """The name of the logger Ray Train logs every report on: its source file's path."""
+    from ray.train.v2._internal.execution import context
+
+    return context.__file__
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int) -> Iterator[None]:
+    """Raise the logger ``name`` to ``level`` for the block: for Ray's advice and warnings that
+    do not apply to how we call it."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

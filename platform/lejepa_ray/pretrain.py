@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lejepa_ray import checkpoint, storage
+from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
 from lejepa_ray.metrics import MetricsWriter, is_local
 from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve
@@ -110,10 +111,15 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
         )
 
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        WorkerGroupError,
+    )
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchTrainer
-    from ray.train.v2.api.exceptions import WorkerGroupError
 
     from lejepa_ray.data.stream import build_view_stream
     from lejepa_ray.flops import train_flops_per_image
@@ -343,7 +349,6 @@ def train_worker(config: dict) -> None:
     checkpoint when there is one."""
     import ray.train
     import ray.train.torch
-    from ray.train.v2._internal.execution import context as train_context
 
     from lejepa_ray.data.stream import EpochCursor, skip_metrics
     from lejepa_ray.flops import peak_tflops
@@ -352,7 +357,7 @@ def train_worker(config: dict) -> None:
 
     # Ray Train logs each report, with all its metrics, from every rank at INFO, on a logger
     # named after its source file that LoggingConfig does not reach; our progress line says it.
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(ray_train_report_logger()).setLevel(logging.WARNING)
     cfg: PretrainConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -14,11 +14,9 @@ size the CPU nodes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -81,16 +79,3 @@ def package_dir() -> str:
     import lejepa_ray
 
     return str(Path(lejepa_ray.__file__).resolve().parent)
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str, level: int) -> Iterator[None]:
-    """Raise the logger ``name`` to ``level`` for the block: for Ray's advice and warnings that
-    do not apply to how we call it."""
-    logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)

@@ -435,7 +435,7 @@ def _unfinished(sweep_dir: str, expected: int) -> int:
 
     from ray.tune import ExperimentAnalysis
 
-    from lejepa_ray.runtime import quiet_logger
+    from lejepa_ray.compat import quiet_logger
 
     # It warns about trials without results yet, which are exactly what is being counted.
     with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR):

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lejepa_ray.compat import execution_index
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import SPLITS, in_split
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
@@ -400,12 +401,10 @@ def _content_key(data: bytes | None) -> str:
 def current_epoch() -> int:
     """The epoch whose data this process is producing: the pipeline's execution index.
 
-    Ray Data increments ``DataContext._execution_idx`` after each complete execution and ships
-    the context to its tasks and actors; its own reseeding shuffles read the same counter.
+    Ray Data increments it after each complete execution and ships the context to its tasks
+    and actors; its own reseeding shuffles read the same counter (``compat.execution_index``).
     """
-    from ray.data import DataContext
-
-    return int(DataContext.get_current()._execution_idx)
+    return execution_index()
 
 
 def _generated_count(cfg: DataConfig) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 import ray
 import torch
 
+from lejepa_ray.compat import set_execution_index
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
 from lejepa_ray.data.keys import stable_hash
@@ -152,7 +153,7 @@ def start_at(dataset: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
     The execution index is the epoch (see ``current_epoch``); starting it later resumes a run
     with the shuffles and crops it would have had.
     """
-    dataset.context._execution_idx = epoch
+    set_execution_index(dataset, epoch)
     return dataset
 
 
