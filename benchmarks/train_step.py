@@ -53,7 +53,7 @@ def time_steps(cfg, device, rank: int, warmup: int, steps: int) -> list[float]:
     """Seconds of each timed ``train_step`` (after ``warmup`` untimed ones) on this rank."""
     import torch
 
-    from lejepa_ray.pretrain import resolve_backbone
+    from lejepa_ray.model import resolve_backbone
     from lejepa_ray.train import Trainer
 
     trainer = Trainer(cfg, resolve_backbone(cfg), device)

@@ -6,8 +6,8 @@ its own layer. The groups are the subpackages issue 18 moves the flat modules in
 (``docs/dev/issue18-survey.md``); until a module has moved, its group is named here.
 
 Imports are read with ``ast``, inside functions too (a lazy import is still a dependency).
-``KNOWN_LEAKS`` lists today's violations. It can only shrink: the test also fails when a
-listed leak is gone, so that the list is kept true.
+The four leaks the survey found (storage -> data.sources, checkpoint -> runtime, export ->
+pretrain, rankme -> probe) are fixed; there is no list of exceptions.
 """
 
 from __future__ import annotations
@@ -32,13 +32,6 @@ GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "launch": (7, ("pretrain", "runtime", "reaper")),
     "tune": (8, ("sweep", "space")),
     "top": (9, ("cli", "cluster", "chaos")),
-}
-
-# (importer, imported): the violations of today's tree, each with the fix issue 18 plans.
-KNOWN_LEAKS = {
-    ("storage", "data.sources"),  # resolve_filesystem belongs in storage
-    ("export", "pretrain"),  # resolve_backbone belongs in model
-    ("rankme", "probe"),  # read_images belongs in data
 }
 
 
@@ -106,18 +99,12 @@ def test_every_module_belongs_to_a_group():
 
 
 def test_no_module_imports_upward_or_sideways():
-    found = _violations()
-    new = {k: v for k, v in found.items() if k not in KNOWN_LEAKS}
+    new = _violations()
     assert not new, "imports against the layering (importer -> imported, where):\n" + "\n".join(
         f"  {a} -> {b}: {', '.join(where)} (layer {GROUPS[_group(a)][0]} may not import "
         f"layer {GROUPS[_group(b)][0]}{' of another group' if _group(a) != _group(b) else ''})"
         for (a, b), where in sorted(new.items())
     )
-
-
-def test_known_leaks_are_still_there():
-    gone = KNOWN_LEAKS - set(_violations())
-    assert not gone, f"these leaks are fixed: remove them from KNOWN_LEAKS: {sorted(gone)}"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lejepa_ray.config import load_config
-from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.model import resolve_backbone
 from lejepa_ray.space import load_space
 from lejepa_ray.train import Trainer
 

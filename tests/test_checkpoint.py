@@ -16,8 +16,7 @@ import torch.multiprocessing as mp
 from lejepa_ray import checkpoint
 from lejepa_ray.checkpoint import CheckpointError, TrainState
 from lejepa_ray.config import load_config, to_yaml
-from lejepa_ray.model import LeJEPAEncoder
-from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.train import Trainer
 
 SMALL = [

@@ -14,7 +14,7 @@ from lejepa_ray.checkpoint import TrainState
 from lejepa_ray.cli import main
 from lejepa_ray.config import load_config, to_yaml
 from lejepa_ray.export import export
-from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.model import resolve_backbone
 from lejepa_ray.train import Trainer
 
 

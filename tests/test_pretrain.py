@@ -10,9 +10,9 @@ import torch
 from lejepa_ray import checkpoint
 from lejepa_ray.cli import QUICKSTART
 from lejepa_ray.config import PretrainConfig, load_config, scaled_lr, to_yaml
-from lejepa_ray.model import LeJEPAEncoder
+from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.optim import lr_factor
-from lejepa_ray.pretrain import TrainingStopped, resolve_backbone, run
+from lejepa_ray.pretrain import TrainingStopped, run
 
 
 def _quickstart(tmp_path: Path, name: str, *overrides: str) -> PretrainConfig:

@@ -54,8 +54,7 @@ def test_the_batch_is_held_out_when_the_run_trains_on_the_train_split():
 
 def test_metrics_of_an_encoder_in_eval_mode_restore_its_mode():
     from lejepa_ray.config import load_config
-    from lejepa_ray.model import LeJEPAEncoder
-    from lejepa_ray.pretrain import resolve_backbone
+    from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
 
     cfg = load_config(
         None,

@@ -11,8 +11,7 @@ from test_checkpoint import _batch, _config, _save, _trainer
 
 from lejepa_ray import checkpoint, storage
 from lejepa_ray.checkpoint import CheckpointError
-from lejepa_ray.model import LeJEPAEncoder
-from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.storage import Folder
 
 TINY_MODEL = "model.name=test_resnet"  # timm's 0.4M-parameter test model: a 5 MB checkpoint

@@ -10,7 +10,7 @@ import torch
 
 from lejepa_ray.config import load_config
 from lejepa_ray.metrics import format_line
-from lejepa_ray.pretrain import resolve_backbone
+from lejepa_ray.model import resolve_backbone
 from lejepa_ray.train import Trainer, fit
 
 

@@ -28,7 +28,7 @@ from lejepa_ray import checkpoint, storage
 from lejepa_ray.checkpoint import CheckpointError
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
 from lejepa_ray.metrics import is_local
-from lejepa_ray.model import BackboneSpec, LeJEPAEncoder
+from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve_backbone
 
 WEIGHTS_FILE = "model.safetensors"
 PROJECTOR_FILE = "projector.safetensors"
@@ -81,8 +81,6 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
     Raises:
         CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
     """
-    from lejepa_ray.pretrain import resolve_backbone
-
     path = checkpoint.find(run_or_checkpoint)
     config_yaml = checkpoint.read_config(path)
     try:

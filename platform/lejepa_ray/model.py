@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP
 
-from lejepa_ray.config import ConfigError, ModelConfig
+from lejepa_ray.config import ConfigError, ModelConfig, PretrainConfig
 
 # Options tried in order; the first that accepts the global size and the local size wins.
 _SIZE_OPTIONS: tuple[dict[str, Any], ...] = (
@@ -107,6 +107,12 @@ def resolve(cfg: ModelConfig, global_size: int, local_size: int | None) -> Backb
         size += reduction
     size = min(size, global_size)
     return BackboneSpec(cfg.name, kwargs, global_size, size, True, _feature_size(model))
+
+
+def resolve_backbone(cfg: PretrainConfig) -> BackboneSpec:
+    """How the run's backbone is built so that it takes the run's global and local views."""
+    v = cfg.data.views
+    return resolve(cfg.model, v.global_size, v.local_size if v.local_views else None)
 
 
 def _feature_size(model: nn.Module) -> int:

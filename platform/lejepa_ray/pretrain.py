@@ -27,7 +27,7 @@ from lejepa_ray import checkpoint, storage
 from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
 from lejepa_ray.metrics import MetricsWriter, is_local
-from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve
+from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve_backbone
 
 if TYPE_CHECKING:
     from lejepa_ray.probe import ProbeReport
@@ -76,12 +76,6 @@ def storage_root(cfg: PretrainConfig) -> str:
         if not is_local(cfg.storage_path)
         else str(Path(cfg.storage_path.removeprefix("file://")).expanduser().resolve())
     )
-
-
-def resolve_backbone(cfg: PretrainConfig) -> BackboneSpec:
-    """How the backbone is built so it takes the run's global and local views."""
-    v = cfg.data.views
-    return resolve(cfg.model, v.global_size, v.local_size if v.local_views else None)
 
 
 def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> PretrainResult:

@@ -29,6 +29,7 @@ import math
 import torch
 
 from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.eval_images import read_images
 
 EPS = 1e-7
 
@@ -61,8 +62,6 @@ def heldout_batch(data: DataConfig, size: int, samples: int) -> torch.Tensor:
     """A fixed batch of up to ``samples`` uint8 images (N, 3, S, S) of ``data``'s held-out part
     (:func:`heldout_data`), resized and centre-cropped to ``size``; the same on every call and
     every rank."""
-    from lejepa_ray.probe import read_images
-
     source, _ = heldout_data(data)
     images, _, _ = read_images(source, size, samples, labelled=False)
     if not images:

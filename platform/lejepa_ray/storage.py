@@ -8,9 +8,21 @@ as a laptop's folder.
 
 from __future__ import annotations
 
+import os
+
+import pyarrow as pa
 from pyarrow import fs
 
-from lejepa_ray.data.sources import resolve_filesystem
+
+def resolve_filesystem(path: str) -> tuple[fs.FileSystem, str]:
+    """The pyarrow filesystem of ``path`` (local, s3://, gs://, ...) and the path within it."""
+    if "://" not in str(path):
+        # Absolute, so Ray tasks whose working directory differs read the same files.
+        return fs.LocalFileSystem(), os.path.abspath(path)
+    try:
+        return fs.FileSystem.from_uri(path)
+    except (pa.ArrowInvalid, ValueError):
+        return fs.LocalFileSystem(), str(path)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
-from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder, resolve_filesystem
-from lejepa_ray.storage import Folder, uri_of
+from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder
+from lejepa_ray.storage import Folder, resolve_filesystem, uri_of
 
 FORMAT = "lejepa-ray/parquet-v1"
 _META_KEY = b"lejepa_ray.shard"

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from lejepa_ray.compat import execution_index
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import SPLITS, in_split
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
+from lejepa_ray.storage import resolve_filesystem
 
 if TYPE_CHECKING:  # importing Ray costs seconds; converters and DataLoaders do not need it
     import ray.data
@@ -79,17 +79,6 @@ class ParquetListing:
     columns: list[str]
     """The columns we read that the files have: ``image`` and any of ``label``, ``path``."""
     filesystem: pafs.FileSystem
-
-
-def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of ``path`` (local, s3://, gs://, ...) and the path within it."""
-    if "://" not in str(path):
-        # Absolute, so Ray tasks whose working directory differs read the same files.
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    try:
-        return pafs.FileSystem.from_uri(path)
-    except (pa.ArrowInvalid, ValueError):
-        return pafs.LocalFileSystem(), str(path)
 
 
 def source_from_arg(value: str) -> tuple[str, str | None]:
