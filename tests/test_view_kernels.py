@@ -131,3 +131,15 @@ def test_views_and_device_views_import_without_opencv():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(2, 3, 16, 16)"
+
+
+@pytest.mark.parametrize("kernels", ["fast", "pil"])
+def test_a_view_maker_pickles_for_spawned_workers(kernels):
+    # DataLoader workers started by spawn or forkserver receive the maker pickled.
+    import pickle
+
+    cfg = ViewConfig(global_size=32, local_views=2, local_size=16, kernels=kernels)
+    maker = pickle.loads(pickle.dumps(ViewMaker(cfg, seed=2)))
+    want = ViewMaker(cfg, seed=2).batch([photo(64, 48)], ["k"], epoch=0)
+    got = maker.batch([photo(64, 48)], ["k"], epoch=0)
+    assert np.array_equal(got.global_views, want.global_views)

@@ -173,6 +173,19 @@ RECIPES = {
 }
 
 
+def test_the_fallback_crop_equals_torchvision_on_extreme_shapes():
+    """Strips defeat all ten tries at a crop, so RandomResizedCrop falls back to a central
+    crop of the nearest allowed ratio: the same box, draws and bytes as torchvision."""
+    cfg = ViewConfig(global_size=32, local_size=16, local_views=2, kernels="pil")
+    maker = ViewMaker(cfg, seed=4)
+    for i, (w, h) in enumerate([(400, 3), (3, 400), (1, 1), (500, 40)]):
+        img = decode_rgb(photo(w, h, seed=i, fmt="PNG"))
+        ref_g, ref_l, ref_next = _reference_views(cfg, img, 4, 0, f"s{i}")
+        glob, loc = maker.views_of(img, f"s{i}", 0)
+        assert torch.rand(1).item() == ref_next, (w, h)
+        assert np.array_equal(glob, ref_g) and np.array_equal(loc, ref_l), (w, h)
+
+
 @pytest.mark.parametrize("overrides", RECIPES.values(), ids=RECIPES.keys())
 def test_views_equal_torchvision_drawn_the_same_way(overrides):
     """Same seed -> the same random draws as torchvision's Compose (the generator ends in the
@@ -245,8 +258,8 @@ def test_every_other_op_equals_torchvision_for_fixed_parameters():
 
 
 def test_parameters_follow_torchvision_distributions():
-    """The draws are torchvision's own make_params: over many views, crop areas, aspect
-    ratios and the rate of every op are those the config asks for."""
+    """Over many views, crop areas, aspect ratios and the rate of every op are those the
+    config asks for (the draws are torchvision's, call for call: tested above)."""
     cfg = ViewConfig()
     maker = ViewMaker(cfg)
     img = Image.new("RGB", (500, 375))

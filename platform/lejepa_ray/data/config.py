@@ -52,7 +52,8 @@ class ViewConfig:
     """Solarization threshold on the 0..255 scale."""
     kernels: str = "fast"
     """What computes the pixels: ``fast`` (torch's uint8 resize and OpenCV, 3.3–3.9× cheaper
-    per sample than torchvision, within a level or two of it; tolerances in docs/data.md) or
+    per sample than torchvision; a mean 0.65 levels from it, 99th percentile 4; tolerances per
+    op in docs/data.md) or
     ``pil`` (PIL's kernels: the same bytes as torchvision's pipeline, for the same seed)."""
 
     def __post_init__(self) -> None:

@@ -14,8 +14,8 @@ The pixels are made by one of two sets of kernels (``data.views.kernels``), from
 parameters:
 
 - ``fast`` (the default), ``lejepa_ray.data.view_kernels``: torch's uint8 resize and OpenCV,
-  3.3–3.9× cheaper than torchvision per sample, within a level or two of the
-  reference (tolerances per op in ``docs/data.md``);
+  3.3–3.9× cheaper than torchvision per sample, a mean 0.65 levels from the
+  reference on whole views (99th percentile 4; tolerances per op in ``docs/data.md``);
 - ``pil``, :func:`render` here, the reference: PIL's kernels, the bytes of torchvision's
   pipeline for the same seed (tested), in fewer passes than its per-transform dispatch makes.
   Brightness and contrast are per-value maps, applied as lookup tables that PIL's own blend
@@ -124,20 +124,29 @@ class ViewBatch(NamedTuple):
     """float32 (K, V_l, len(PARAM_FIELDS)), as ``global_params``."""
 
 
+def _as_is(img: Image.Image) -> Image.Image:
+    return img
+
+
 class _Recipe:
     """The augmentation of one kind of view (global or local) at one output size.
 
     The draws are those of torchvision's ``make_params`` (RandomResizedCrop, ColorJitter) and
     ``RandomApply``, call for call on torch's generator, in ``v2.Compose``'s order; only the
-    one-element tensors they draw into are reused instead of allocated, which halves the cost
-    of a view's draws. The ranges come from torchvision's own transform objects. Tested:
-    the same seed gives torchvision's parameters and leaves the generator in the same state."""
+    one-element tensors they draw into are reused instead of allocated, which makes the draws
+    about 3× cheaper. The ranges come from torchvision's own transform objects. Tested: the
+    same seed gives torchvision's parameters and leaves the generator in the same state.
+
+    Not thread-safe: the scratch tensors, like the per-sample seeding of torch's global
+    generator, assume one thread makes views in a process (as Ray Data tasks and DataLoader
+    workers do)."""
 
     def __init__(self, cfg: ViewConfig, size: int, scale: tuple[float, float]):
         self.cfg, self.size = cfg, size
         crop = v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(cfg.ratio))
         self.scale, self.ratio = crop.scale, crop.ratio
-        self.log_ratio = crop._log_ratio.tolist()  # float32 logs, as its draws use them
+        # The log-ratio bounds in float32, as RandomResizedCrop keeps and draws them.
+        self.log_ratio = torch.log(torch.tensor(self.ratio)).tolist()
         # Operations that can never fire draw nothing, as they were left out of torchvision's
         # Compose before: the same seed keeps giving the same views.
         jitter = v2.ColorJitter(*cfg.jitter) if cfg.jitter_p > 0 and any(cfg.jitter) else None
@@ -310,7 +319,7 @@ def _kernels(name: str) -> tuple[Callable, Callable]:
     """(prepare, render) for ``data.views.kernels``: ``prepare`` turns the decoded picture into
     what ``render`` crops, once per sample."""
     if name == "pil":
-        return (lambda img: img), render
+        return _as_is, render
     # Imported here: OpenCV is needed by the fast kernels only, and the Ray-free parts of the
     # package that import this module (device-side views, the GPU check) run without it.
     from lejepa_ray.data import view_kernels
