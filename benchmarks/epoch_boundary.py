@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
-    from lejepa_ray.pretrain import run
+    from lejepa_ray.launch.driver import run
 
     storage = tempfile.mkdtemp(prefix="lejepa-epochs-")
     cfg = load_config(

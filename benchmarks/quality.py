@@ -32,7 +32,7 @@ LABELS = {"trained": "trained backbone", "init": "random init", "raw": "raw pixe
 def _runs(args: argparse.Namespace) -> list[dict]:
     from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
-    from lejepa_ray.pretrain import run
+    from lejepa_ray.launch.driver import run
 
     config = args.config or QUICKSTART
     out, root = [], tempfile.mkdtemp(prefix="lejepa-quality-")

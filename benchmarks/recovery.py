@@ -48,15 +48,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps <= 3 * args.every:
         sys.exit(f"--steps must exceed 3 * --every ({3 * args.every}): the run needs 3 kills")
 
-    from lejepa_ray.chaos import (
+    from chaos import (
         KillAfter,
         checkpoint_being_written,
         checkpoint_registered,
         recoveries,
     )
+
     from lejepa_ray.cli import QUICKSTART
     from lejepa_ray.config import load_config
-    from lejepa_ray.pretrain import run
+    from lejepa_ray.launch.driver import run
 
     storage = args.storage or tempfile.mkdtemp(prefix="lejepa-recovery-")
     run_dir = f"{storage.rstrip('/')}/recovery"

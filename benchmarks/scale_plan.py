@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lejepa_ray.cluster import load_cluster, worker_types
 from lejepa_ray.config import load_config
-from lejepa_ray.flops import PEAK_BF16_TFLOPS, train_flops_per_image
-from lejepa_ray.model import LeJEPAEncoder, resolve
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
+from lejepa_ray.model.flops import PEAK_BF16_TFLOPS, train_flops_per_image
 
 IMAGENET_TRAIN = 1_281_167
 GB = 1e9
@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--config", default="jobs/configs/imagenet1k_vit_gigantic.yaml")
     p.add_argument("--cluster", default="cluster.yaml")
     p.add_argument("--node-type", default="gpu_8x_h100")
-    p.add_argument("--gpu", default="H100", help="a key of lejepa_ray.flops.PEAK_BF16_TFLOPS")
+    p.add_argument("--gpu", default="H100", help="a key of lejepa_ray.model.flops.PEAK_BF16_TFLOPS")
     p.add_argument("--mfu", type=float, default=0.40, help="assumed model FLOPs utilization")
     p.add_argument(
         "--cpu-ms-per-image",

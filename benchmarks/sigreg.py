@@ -1,4 +1,4 @@
-"""SIGReg forward+backward: lejepa_ray.sigreg against the textbook cos/sin implementation.
+"""SIGReg forward+backward: lejepa_ray.objective.sigreg against the textbook cos/sin implementation.
 
 Each (implementation, size) is timed in a fresh subprocess so that peak memory is its own:
 on CPU the peak resident set during the first forward+backward minus the resident set just
@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from lejepa_ray.metrics import resident_bytes
-from lejepa_ray.sigreg import quadrature, random_directions, sigreg
+from lejepa_ray.objective.sigreg import quadrature, random_directions, sigreg
+from lejepa_ray.train.metrics import resident_bytes
 
 SIZES = [(512, 512, 512), (2048, 256, 1024), (8192, 128, 256)]  # (N, D, num_slices)
 STEP = 7

@@ -92,9 +92,9 @@ def profile(cfg, steps: int) -> dict[str, float]:
     """Median seconds per step of each component, for one rank."""
     from lejepa_ray.config import scaled_lr
     from lejepa_ray.data.views import ViewMaker
-    from lejepa_ray.loss import lejepa_loss
-    from lejepa_ray.model import LeJEPAEncoder, resolve
-    from lejepa_ray.optim import build_optimizer
+    from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
+    from lejepa_ray.objective.loss import lejepa_loss
+    from lejepa_ray.train.optim import build_optimizer
 
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     v = cfg.data.views

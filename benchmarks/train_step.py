@@ -1,7 +1,7 @@
 """Steady-state step time of the same LeJEPA loop under Ray Train and under plain torchrun.
 
-Both sides run ``lejepa_ray.train.Trainer.train_step`` on 2 workers (gloo on CPU, nccl on GPU)
-with the same model, batch and in-memory uint8 views (no data pipeline, so only the training
+Both sides run ``lejepa_ray.train.trainer.Trainer.train_step`` on 2 workers (gloo on CPU, nccl
+on GPU) with the same model, batch and in-memory uint8 views (no data pipeline, so only the training
 runtimes are compared). Each side times ``--steps`` steps after ``--warmup`` steps, and the
 sides alternate for ``--rounds`` rounds (never at the same time), so that drift in a shared
 machine's load hits both. Reported: the median and the minimum step time of rank 0 over all
@@ -53,8 +53,8 @@ def time_steps(cfg, device, rank: int, warmup: int, steps: int) -> list[float]:
     """Seconds of each timed ``train_step`` (after ``warmup`` untimed ones) on this rank."""
     import torch
 
-    from lejepa_ray.model import resolve_backbone
-    from lejepa_ray.train import Trainer
+    from lejepa_ray.model.encoder import resolve_backbone
+    from lejepa_ray.train.trainer import Trainer
 
     trainer = Trainer(cfg, resolve_backbone(cfg), device)
     v = cfg.data.views
@@ -140,7 +140,7 @@ def run_ray(args: argparse.Namespace) -> list[float]:
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from lejepa_ray.runtime import connect
+    from lejepa_ray.launch.runtime import connect
 
     connect(train_cpus=WORKERS, log_to_driver=False)  # kept up between rounds
     args.out = tempfile.mktemp(suffix=".json")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 # The code submitted with the job (its working directory's platform/) comes before the version
-# installed on the nodes; lejepa_ray.runtime.connect then ships it to every worker.
+# installed on the nodes; lejepa_ray.launch.runtime.connect then ships it to every worker.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lejepa_ray.cli import main

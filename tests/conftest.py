@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The benchmarks' own helpers (chaos.py: fault injection) are test tools too, not product code.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +31,14 @@ def ray_cluster(s3_server):
     """One local Ray instance for every test that needs it (starting one takes 5-10 s).
 
     It declares the machine's cores plus 2 for two one-CPU training workers, the same rule
-    ``lejepa_ray.runtime`` applies, so Ray Data keeps CPUs while a TorchTrainer runs.
+    ``lejepa_ray.launch.runtime`` applies, so Ray Data keeps CPUs while a TorchTrainer runs.
     """
     import ray
 
-    from lejepa_ray.runtime import connect
+    from lejepa_ray.launch.runtime import connect
 
     # The dashboard serves the state API that Ray Train's placement-group cleaner needs when a
-    # sweep's trial is stopped (see lejepa_ray.sweep.run_sweep).
+    # sweep's trial is stopped (see lejepa_ray.tune.sweep.run_sweep).
     connect(train_cpus=2, log_to_driver=False, dashboard=True)
     from ray.data import DataContext
 

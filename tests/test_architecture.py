@@ -2,8 +2,8 @@
 
 Every ``lejepa_ray`` module belongs to a group, and groups are stacked in layers. A module may
 import its own group and any group on a lower layer, never a higher layer or another group of
-its own layer. The groups are the subpackages issue 18 moves the flat modules into
-(``docs/dev/issue18-survey.md``); until a module has moved, its group is named here.
+its own layer. A group is a subpackage, or a few top-level modules; each subpackage's docstring
+names what it may import, and a test below keeps those lines equal to this table.
 
 Imports are read with ``ast``, inside functions too (a lazy import is still a dependency).
 The four leaks the survey found (storage -> data.sources, checkpoint -> runtime, export ->
@@ -22,16 +22,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "lejepa_ray"
 # group: (layer, modules). A module is named relative to lejepa_ray; "data.*" is the data
 # subpackage.
 GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "base": (0, ("__init__", "compat", "storage")),
-    "objective": (1, ("sigreg", "loss")),
+    "base": (0, ("__init__", "compat", "storage", "errors")),
+    "objective": (1, ("objective.*",)),
     "data": (1, ("data.*",)),
     "config": (2, ("config",)),
-    "model": (3, ("model", "parallelize", "flops")),
-    "train": (4, ("train", "optim", "metrics", "checkpoint", "manifest", "rankme")),
-    "evaluate": (6, ("probe", "evaluate", "export")),
-    "launch": (7, ("pretrain", "runtime", "reaper")),
-    "tune": (8, ("sweep", "space")),
-    "top": (9, ("cli", "cluster", "chaos")),
+    "model": (3, ("model.*",)),
+    "train": (4, ("train.*",)),
+    "runs": (5, ("runs",)),
+    "evaluate": (6, ("evaluate.*",)),
+    "launch": (7, ("launch.*",)),
+    "tune": (8, ("tune.*",)),
+    "top": (9, ("cli", "cluster")),
 }
 
 
@@ -114,9 +115,9 @@ def test_no_module_imports_upward_or_sideways():
 @pytest.mark.parametrize(
     ("importer", "imported", "allowed"),
     [
-        ("train", "config", True),  # down
-        ("config", "train", False),  # up
-        ("sigreg", "data.views", False),  # sideways: objective and data share a layer
+        ("train.trainer", "config", True),  # down
+        ("config", "train.trainer", False),  # up
+        ("objective.sigreg", "data.views", False),  # sideways: objective and data share a layer
         ("data.stream", "data.views", True),  # inside a group
     ],
 )
@@ -129,16 +130,38 @@ def test_the_rule_itself(importer, imported, allowed):
 def test_the_scan_finds_upward_sideways_and_lazy_imports(tmp_path):
     """The scanner itself, on a small package with one import of each kind."""
     pkg = tmp_path / "lejepa_ray"
-    (pkg / "data").mkdir(parents=True)
-    for name in ("__init__.py", "data/__init__.py", "data/views.py", "train.py", "loss.py"):
+    for sub in ("data", "objective", "train", "model"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    for name in ("__init__.py", "data/views.py", "train/trainer.py", "objective/loss.py"):
         (pkg / name).write_text("")
-    (pkg / "config.py").write_text("from lejepa_ray.train import Trainer\n")  # up
-    (pkg / "sigreg.py").write_text(  # sideways, lazily, and a module named by `from`
+    (pkg / "config.py").write_text("from lejepa_ray.train.trainer import Trainer\n")  # up
+    (pkg / "objective/sigreg.py").write_text(  # sideways, lazily, and a module named by `from`
         "import torch\n\n\ndef f():\n    from lejepa_ray.data import views\n"
     )
-    (pkg / "model.py").write_text("from lejepa_ray import loss, config\n")  # down: fine
+    (pkg / "model/encoder.py").write_text(  # down: fine
+        "from lejepa_ray import config\nfrom lejepa_ray.objective import loss\n"
+    )
     found = _violations(pkg)
     assert found == {
-        ("config", "train"): ["lejepa_ray/config.py:1"],
-        ("sigreg", "data.views"): ["lejepa_ray/sigreg.py:5"],
+        ("config", "train.trainer"): ["lejepa_ray/config.py:1"],
+        ("objective.sigreg", "data.views"): ["lejepa_ray/objective/sigreg.py:5"],
     }
+
+
+@pytest.mark.parametrize(
+    "package", sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py")), ids=str
+)
+def test_each_subpackage_says_what_it_may_import(package):
+    """The ``May import:`` line of a subpackage's docstring names exactly the groups below it,
+    so that the docs a reader meets first and the rule the test enforces cannot drift."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text())) or ""
+    lines = [line for line in doc.splitlines() if line.startswith("May import:")]
+    assert lines, f"lejepa_ray/{package}/__init__.py: its docstring needs a 'May import:' line"
+    said = {g.strip() for g in lines[0].removeprefix("May import:").rstrip(".").split(",")}
+    mine = GROUPS[_group(package)][0]
+    below = {g for g, (layer, _) in GROUPS.items() if layer < mine}
+    assert said == below, (
+        f"lejepa_ray/{package}/__init__.py says it may import {sorted(said)}; "
+        f"tests/test_architecture.py allows {sorted(below)}"
+    )

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lejepa_ray.config import load_config
-from lejepa_ray.model import resolve_backbone
-from lejepa_ray.space import load_space
-from lejepa_ray.train import Trainer
+from lejepa_ray.model.encoder import resolve_backbone
+from lejepa_ray.train.trainer import Trainer
+from lejepa_ray.tune.space import load_space
 
 SPACE = Path(__file__).resolve().parents[1] / "tune_spaces" / "backbones.yaml"
 NAMES = list(next(d for d in load_space(SPACE) if d.key == "model.name").values)

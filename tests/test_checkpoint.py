@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lejepa_ray import checkpoint
-from lejepa_ray.checkpoint import CheckpointError, TrainState
 from lejepa_ray.config import load_config, to_yaml
-from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
-from lejepa_ray.train import Trainer
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
+from lejepa_ray.train import checkpoint
+from lejepa_ray.train.checkpoint import CheckpointError, TrainState
+from lejepa_ray.train.trainer import Trainer
 
 SMALL = [
     "model.projector_hidden=64",
@@ -209,7 +209,7 @@ def test_a_missing_file_is_refused_by_name(saved):
 
 
 def test_a_checkpoint_without_manifest_loads_with_a_warning(legacy, caplog):
-    with caplog.at_level(logging.WARNING, logger="lejepa_ray.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lejepa_ray.train.checkpoint"):
         assert checkpoint.load_model_weights(legacy, _encoder()) == 1
     assert "has no manifest.json" in caplog.text
     assert "checked by structure and size only" in caplog.text

@@ -50,7 +50,7 @@ def test_unknown_command_is_an_argparse_error():
     ],
 )
 def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys, monkeypatch):
-    from lejepa_ray import runtime
+    from lejepa_ray.launch import runtime
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was asked for resources before the config was checked")
@@ -81,8 +81,9 @@ def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tm
     the same command resumes the run, printing our lines and none of Ray's."""
     import signal
 
-    from lejepa_ray import reaper
-    from lejepa_ray.chaos import checkpoint_registered
+    from chaos import checkpoint_registered
+
+    from lejepa_ray.launch import reaper
 
     command = [
         console_script(),

@@ -110,14 +110,14 @@ def test_unknown_timm_name_suggests_close_matches():
     ],
 )
 def test_impossible_runs_fail_before_ray(overrides, message, monkeypatch):
-    from lejepa_ray import pretrain, runtime
+    from lejepa_ray.launch import driver, runtime
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was asked for resources before the config was checked")
 
     monkeypatch.setattr(runtime, "connect", no_ray)
     with pytest.raises(ConfigError, match=message):
-        pretrain.run(load_config(None, overrides))
+        driver.run(load_config(None, overrides))
 
 
 def test_learning_rate_scales_with_global_batch():

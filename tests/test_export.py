@@ -9,13 +9,13 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from lejepa_ray import checkpoint
-from lejepa_ray.checkpoint import TrainState
 from lejepa_ray.cli import main
 from lejepa_ray.config import load_config, to_yaml
-from lejepa_ray.export import export
-from lejepa_ray.model import resolve_backbone
-from lejepa_ray.train import Trainer
+from lejepa_ray.evaluate.export import export
+from lejepa_ray.model.encoder import resolve_backbone
+from lejepa_ray.train import checkpoint
+from lejepa_ray.train.checkpoint import TrainState
+from lejepa_ray.train.trainer import Trainer
 
 
 def _trained_checkpoint(tmp_path, name: str):

@@ -54,7 +54,7 @@ class Head:
         )
         self.log = tmp / "head.log"
         # CPUs: the sweep trial's driver, its 2 training workers and Ray Data's actors and reads
-        # (lejepa_ray.runtime.local_num_cpus(3) on this 2-core machine).
+        # (lejepa_ray.launch.runtime.local_num_cpus(3) on this 2-core machine).
         cmd = [
             console_script("ray"),
             "start",

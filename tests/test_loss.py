@@ -1,12 +1,13 @@
-"""lejepa_ray.loss: the LeJEPA objective's parts, their combination and the selection score."""
+"""lejepa_ray.objective.loss: the LeJEPA objective's parts, their combination and the selection
+score."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lejepa_ray.loss import LeJEPALoss, lejepa_loss, selection_score
-from lejepa_ray.sigreg import sigreg
+from lejepa_ray.objective.loss import LeJEPALoss, lejepa_loss, selection_score
+from lejepa_ray.objective.sigreg import sigreg
 
 
 def views(v: int, n: int = 32, k: int = 16, seed: int = 0) -> torch.Tensor:

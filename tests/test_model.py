@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lejepa_ray.config import ConfigError, ModelConfig
-from lejepa_ray.model import LeJEPAEncoder, resolve
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
 
 
 def _cfg(name: str, **kw) -> ModelConfig:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lejepa_ray.config import ModelConfig, OptimConfig
-from lejepa_ray.model import LeJEPAEncoder, resolve
-from lejepa_ray.optim import build_optimizer, build_scheduler, lr_factor
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
+from lejepa_ray.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():

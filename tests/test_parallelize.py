@@ -9,17 +9,17 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from lejepa_ray.config import ModelConfig, PretrainConfig, ScalingConfig, load_config
-from lejepa_ray.metrics import peak_rss_bytes
-from lejepa_ray.model import LeJEPAEncoder, resolve
-from lejepa_ray.parallelize import (
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
+from lejepa_ray.model.parallelize import (
     SMALL_PARAMETER,
     block_modules,
     materialize,
     meta_parameters,
     parallelize,
 )
-from lejepa_ray.rankme import rankme_metrics
-from lejepa_ray.train import Trainer
+from lejepa_ray.train.metrics import peak_rss_bytes
+from lejepa_ray.train.rankme import rankme_metrics
+from lejepa_ray.train.trainer import Trainer
 
 WORLD = 2
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lejepa_ray import checkpoint
 from lejepa_ray.cli import QUICKSTART
 from lejepa_ray.config import PretrainConfig, load_config, scaled_lr, to_yaml
-from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
-from lejepa_ray.optim import lr_factor
-from lejepa_ray.pretrain import TrainingStopped, run
+from lejepa_ray.launch.driver import TrainingStopped, run
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
+from lejepa_ray.train import checkpoint
+from lejepa_ray.train.optim import lr_factor
 
 
 def _quickstart(tmp_path: Path, name: str, *overrides: str) -> PretrainConfig:
@@ -94,7 +94,7 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     # (SIGReg keeps falling), but the embeddings are spread and carry the digit classes.
     encoder = LeJEPAEncoder(resolve_backbone(cfg), cfg.model)
     checkpoint.load_model_weights(result.checkpoint, encoder)
-    from lejepa_ray.probe import load_labelled
+    from lejepa_ray.evaluate.probe import load_labelled
 
     images = load_labelled(cfg.data, cfg.data.views.global_size, 512).images
     encoder.eval()
@@ -243,7 +243,7 @@ def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(ray_clus
 def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from lejepa_ray.pretrain import _user_error
+    from lejepa_ray.launch.driver import _user_error
 
     bad = checkpoint.CheckpointError("x/__1_0.distcp is missing: ...")
     wrapped = WorkerGroupError("Training failed", {0: RuntimeError("peer gone"), 1: bad})
@@ -253,12 +253,12 @@ def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
 
 
 def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypatch):
-    from lejepa_ray import runtime
-    from lejepa_ray.pretrain import check_resumable
+    from lejepa_ray.launch import runtime
+    from lejepa_ray.launch.driver import check_resumable
 
     cfg = _quickstart(tmp_path, "other", "probe.knn=false")
     trainer_cfg = _quickstart(tmp_path, "other", "model.name=resnet34")
-    from lejepa_ray.train import Trainer
+    from lejepa_ray.train.trainer import Trainer
 
     trainer = Trainer(trainer_cfg, resolve_backbone(trainer_cfg), torch.device("cpu"))
     ckpt = tmp_path / "other" / "checkpoint_00000005"

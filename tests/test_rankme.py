@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lejepa_ray.data.config import DataConfig
-from lejepa_ray.rankme import effective_rank, heldout_batch, heldout_data, rankme_metrics
+from lejepa_ray.train.rankme import effective_rank, heldout_batch, heldout_data, rankme_metrics
 
 
 def test_identity_has_full_rank_and_rank_one_has_about_one():
@@ -54,7 +54,7 @@ def test_the_batch_is_held_out_when_the_run_trains_on_the_train_split():
 
 def test_metrics_of_an_encoder_in_eval_mode_restore_its_mode():
     from lejepa_ray.config import load_config
-    from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
+    from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 
     cfg = load_config(
         None,

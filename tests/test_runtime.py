@@ -1,4 +1,4 @@
-"""lejepa_ray.runtime: the logical CPUs a local instance declares."""
+"""lejepa_ray.launch.runtime: the logical CPUs a local instance declares."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from lejepa_ray.runtime import local_num_cpus
+from lejepa_ray.launch.runtime import local_num_cpus
 
 
 def test_local_cluster_declares_cores_plus_training_plus_reads():
@@ -20,7 +20,7 @@ def test_connect_ships_the_package_to_a_joined_cluster_and_never_joins_a_stray_o
     import ray
 
     import lejepa_ray
-    from lejepa_ray import runtime
+    from lejepa_ray.launch import runtime
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -1,5 +1,5 @@
-"""lejepa_ray.sigreg: the statistic, its gradient, its cost shape, bad input, and exactness
-across ranks (2 gloo processes)."""
+"""lejepa_ray.objective.sigreg: the statistic, its gradient, its cost shape, bad input, and
+exactness across ranks (2 gloo processes)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lejepa_ray import sigreg as sigreg_module
-from lejepa_ray.sigreg import epps_pulley, quadrature, random_directions, sigreg
+from lejepa_ray.objective import sigreg as sigreg_module
+from lejepa_ray.objective.sigreg import epps_pulley, quadrature, random_directions, sigreg
 
 
 def reference_epps_pulley(x: torch.Tensor, t_max: float = 3.0, num_knots: int = 17):

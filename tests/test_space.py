@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lejepa_ray.config import ConfigError, load_config
-from lejepa_ray.space import load_space, overrides, to_tune
+from lejepa_ray.tune.space import load_space, overrides, to_tune
 
 SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from test_checkpoint import _batch, _config, _save, _trainer
 
-from lejepa_ray import checkpoint, storage
-from lejepa_ray.checkpoint import CheckpointError
-from lejepa_ray.model import LeJEPAEncoder, resolve_backbone
+from lejepa_ray import storage
+from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.storage import Folder
+from lejepa_ray.train import checkpoint
+from lejepa_ray.train.checkpoint import CheckpointError
 
 TINY_MODEL = "model.name=test_resnet"  # timm's 0.4M-parameter test model: a 5 MB checkpoint
 
@@ -140,7 +141,7 @@ def test_a_run_on_s3_resumes_when_rerun_falls_back_and_exports(
     again, past a corrupt checkpoint (killed workers resuming from S3: the three-kill test in
     test_pretrain)."""
     from lejepa_ray.cli import main
-    from lejepa_ray.pretrain import run
+    from lejepa_ray.launch.driver import run
 
     data_uri = _s3_shards(s3_server, tmp_path)
     run_uri = s3_server.uri("runs", "s3run")
@@ -204,7 +205,7 @@ def test_a_sweep_on_s3_stores_trials_and_results_there_and_exports_its_winner(
     from procs import TINY
 
     from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.sweep import SweepOptions, run_sweep
+    from lejepa_ray.tune.sweep import SweepOptions, run_sweep
 
     space = tmp_path / "space.yaml"
     space.write_text("loss.lam:\n  choice: [0.02, 0.2]\n")

@@ -17,8 +17,8 @@ import pytest
 from procs import TINY, clean_env, console_script, tail
 
 from lejepa_ray.config import ConfigError
-from lejepa_ray.space import Dimension
-from lejepa_ray.sweep import (
+from lejepa_ray.tune.space import Dimension
+from lejepa_ray.tune.sweep import (
     METRIC,
     REL_CHANGE,
     SweepOptions,
@@ -100,7 +100,7 @@ def test_searchers_seed_and_limit_concurrency(tmp_path):
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from lejepa_ray.sweep import _searcher
+    from lejepa_ray.tune.sweep import _searcher
 
     random = _searcher(SweepOptions(space="x", max_concurrent_trials=3, seed=7))
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
@@ -111,7 +111,7 @@ def test_searchers_seed_and_limit_concurrency(tmp_path):
 
 def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
     from lejepa_ray.config import load_config
-    from lejepa_ray.sweep import _scheduler
+    from lejepa_ray.tune.sweep import _scheduler
 
     base = load_config(QUICKSTART)  # 150 steps; the space's trials run 40
     space = [Dimension("optim.steps", "fixed", (40,))]
@@ -182,9 +182,9 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
 def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_trials(
     tmp_path, monkeypatch
 ):
-    import lejepa_ray.checkpoint
+    import lejepa_ray.train.checkpoint
     from lejepa_ray.config import load_config
-    from lejepa_ray.sweep import format_convergence, format_table
+    from lejepa_ray.tune.sweep import format_convergence, format_table
 
     base = load_config(QUICKSTART, TINY)
     space = [Dimension("loss.lam", "loguniform", (0.01, 0.3))]
@@ -192,7 +192,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
     # are that checkpoint's, not those of its last report.
     at_b = {METRIC: 2.5, "loss/smoothed": 0.7, "rankme/backbone": 9.0, "rankme/projector": 5.0}
     monkeypatch.setattr(
-        lejepa_ray.checkpoint,
+        lejepa_ray.train.checkpoint,
         "latest_checkpoint",
         lambda run_dir: (
             SimpleNamespace(uri="/ck/b", metrics={**at_b, REL_CHANGE: -0.2})
@@ -242,7 +242,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
 
 
 def test_spearman_interval_on_constructed_trials():
-    from lejepa_ray.sweep import spearman_interval
+    from lejepa_ray.tune.sweep import spearman_interval
 
     x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     rho, low, high = spearman_interval(x, [10 - v for v in x])
@@ -276,7 +276,7 @@ def _row(i, score, loss, linear, knn, status="completed", **extra):
 
 
 def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
-    from lejepa_ray.sweep import format_validation, validation_plots
+    from lejepa_ray.tune.sweep import format_validation, validation_plots
 
     # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss ranks
     # them in the opposite order; RankMe (higher is better) agrees with the probes.
@@ -322,7 +322,7 @@ def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
 
 
 def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
-    import lejepa_ray.sweep as sweep
+    import lejepa_ray.tune.sweep as sweep
 
     calls = []
 
@@ -346,12 +346,14 @@ def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
 
 
 def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
-    import lejepa_ray.runtime
+    import lejepa_ray.launch.runtime
 
     space = _space(tmp_path, LAMBDA)
     (tmp_path / "runs" / "s").mkdir(parents=True)
     (tmp_path / "runs" / "s" / "sweep.json").write_text(json.dumps({"samples": 99}))
-    monkeypatch.setattr(lejepa_ray.runtime, "connect", lambda **_: pytest.fail("Ray started"))
+    monkeypatch.setattr(
+        lejepa_ray.launch.runtime, "connect", lambda **_: pytest.fail("Ray started")
+    )
     with pytest.raises(ConfigError, match="was started with another"):
         run_sweep(
             SweepOptions(

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lejepa_ray.config import load_config
-from lejepa_ray.metrics import format_line
-from lejepa_ray.model import resolve_backbone
-from lejepa_ray.train import Trainer, fit
+from lejepa_ray.model.encoder import resolve_backbone
+from lejepa_ray.train.metrics import format_line
+from lejepa_ray.train.trainer import Trainer, fit
 
 
 def _trainer(*overrides: str) -> Trainer:
@@ -158,7 +158,7 @@ def test_logged_loss_excludes_skipped_steps_and_reports_the_count():
 
 
 def test_consecutive_non_finite_steps_stop_the_run():
-    from lejepa_ray.train import NonFiniteLossError
+    from lejepa_ray.train.trainer import NonFiniteLossError
 
     trainer = _trainer(
         "fault.inject_nonfinite_steps=[2,3,4]",
@@ -173,7 +173,7 @@ def test_consecutive_non_finite_steps_stop_the_run():
 
 
 def test_relative_change_compares_with_the_log_one_window_earlier():
-    from lejepa_ray.train import _relative_change
+    from lejepa_ray.train.trainer import _relative_change
 
     history: dict[int, float] = {}
     logged = [(20, 1.0), (40, 0.9), (60, 0.0), (80, 0.7), (100, 0.6), (120, 0.5)]
@@ -186,8 +186,8 @@ def test_relative_change_compares_with_the_log_one_window_earlier():
 
 
 def test_device_augmentation_is_applied_to_every_batch_and_timed(monkeypatch):
-    from lejepa_ray import train
     from lejepa_ray.data.views import PARAM_FIELDS
+    from lejepa_ray.train import trainer as trainer_module
 
     trainer = _trainer("data.augment_on=device", "logging.every_steps=3")
     base = next(_batches())
@@ -195,14 +195,14 @@ def test_device_augmentation_is_applied_to_every_batch_and_timed(monkeypatch):
     params[..., PARAM_FIELDS.index("flip")] = 1.0
     batch = {**base, "global_params": params, "local_params": params.clone()}
     seen = []
-    real = train.augment_batch
+    real = trainer_module.augment_batch
 
     def spy(b, cfg):
         out = real(b, cfg)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(train, "augment_batch", spy)
+    monkeypatch.setattr(trainer_module, "augment_batch", spy)
     logged = []
     fit(trainer, itertools.repeat(batch), report=lambda s, m, save: logged.append(m))
     assert len(seen) == 6  # one call per micro-batch

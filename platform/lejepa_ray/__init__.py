@@ -1,7 +1,7 @@
 """lejepa-ray: Ray-distributed LeJEPA self-supervised pretraining for timm backbones.
 
-Import the pieces from their modules (``from lejepa_ray.sigreg import sigreg``,
-``from lejepa_ray.loss import lejepa_loss``); the package itself stays light so that the
+Import the pieces from their modules (``from lejepa_ray.objective.sigreg import sigreg``,
+``from lejepa_ray.objective.loss import lejepa_loss``); the package itself stays light so that the
 command line starts quickly.
 """
 

@@ -96,7 +96,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "quickst
 def _pretrain(args: argparse.Namespace) -> int:
     """Validate the config, pretrain on Ray, probe, and say where everything is."""
     from lejepa_ray.config import load_config
-    from lejepa_ray.pretrain import run
+    from lejepa_ray.launch.driver import run
 
     path = args.config
     if path is None:
@@ -121,7 +121,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """Write a checkpoint's backbone in timm's hub layout and say how to load it."""
-    from lejepa_ray.export import PROJECTOR_FILE, WEIGHTS_FILE, export
+    from lejepa_ray.evaluate.export import PROJECTOR_FILE, WEIGHTS_FILE, export
 
     result = export(args.source, args.out_dir)
     out = result.out_dir
@@ -136,7 +136,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Frozen-feature probes of a checkpoint or export; a summary, then one JSON line."""
-    from lejepa_ray.evaluate import evaluate
+    from lejepa_ray.evaluate.frozen import evaluate
 
     result = evaluate(
         args.source,
@@ -176,7 +176,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run or resume a Tune sweep, rank its trials without labels, export the winner."""
-    from lejepa_ray.sweep import SweepOptions, run_sweep
+    from lejepa_ray.tune.sweep import SweepOptions, run_sweep
 
     opts = SweepOptions(
         space=args.space,
@@ -544,10 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from lejepa_ray.checkpoint import CheckpointError
     from lejepa_ray.data.sources import SourceError
     from lejepa_ray.data.stream import DataQualityError
-    from lejepa_ray.pretrain import TrainingStopped
+    from lejepa_ray.launch.driver import TrainingStopped
+    from lejepa_ray.train.checkpoint import CheckpointError
 
     try:
         return args.func(args)

@@ -263,7 +263,7 @@ class LoggingConfig:
     plans, C++ notices). Off: our progress, warnings and errors only; Ray's logs stay in the
     session's log folder (/tmp/ray/session_latest/logs)."""
     rankme_samples: int = 512
-    """At every checkpoint, RankMe (``lejepa_ray.rankme``, the effective rank of the
+    """At every checkpoint, RankMe (``lejepa_ray.train.rankme``, the effective rank of the
     embeddings; higher is better) of the backbone features and the projector outputs of this
     many fixed images the run does not train on (``data.split=val`` when it trains on
     ``train``); logged as ``rankme/backbone`` and ``rankme/projector``. 0: off."""
@@ -285,7 +285,7 @@ class ProbeConfig:
 
     Protocol: with ``data.split=train`` the probes are fitted on that split and scored on
     ``data.split=val`` of the same source, images the run never trained on. Otherwise they are
-    fitted and scored on a hash 80/20 split of the training data (``lejepa_ray.probe``)."""
+    fitted and scored on a hash 80/20 split of the training data (``lejepa_ray.evaluate.probe``)."""
 
     knn: bool = True
     """Probe the final backbone after training (needs a labelled source); false: no probes."""

@@ -9,7 +9,7 @@ and start time, so a reused pid is never mistaken for one of ours); once the dri
 SIGKILLs whatever of that tree is still running, then exits. After a normal exit Ray has already
 stopped its processes and there is nothing left to kill.
 
-    python -m lejepa_ray.reaper <driver pid>
+    python -m lejepa_ray.launch.reaper <driver pid>
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def start() -> subprocess.Popen | None:
     if not Path("/proc/self/stat").exists():
         return None
     return subprocess.Popen(
-        [sys.executable, "-m", "lejepa_ray.reaper", str(os.getpid())],
+        [sys.executable, "-m", "lejepa_ray.launch.reaper", str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lejepa_ray.sigreg import compute_dtype, sigreg
+from lejepa_ray.objective.sigreg import compute_dtype, sigreg
 
 __all__ = ["LeJEPALoss", "lejepa_loss", "selection_score"]
 
@@ -67,7 +67,8 @@ def lejepa_loss(
             different resolutions), same N samples in the same order, same K.
         step: training step; seeds SIGReg's directions (identical on all ranks and views).
         lam: trade-off λ in (0, 1): weight of SIGReg; 1 − λ weighs the prediction loss.
-        num_slices, t_max, num_knots, validate, group: passed to :func:`~lejepa_ray.sigreg.sigreg`.
+        num_slices, t_max, num_knots, validate, group: passed to
+            :func:`~lejepa_ray.objective.sigreg.sigreg`.
         alpha: exponent α of the selection score ``total / λ^α``.
 
     Returns:

@@ -42,7 +42,7 @@ def connect(
     nodes had installed. Otherwise it starts an embedded instance (never one that ``ray start``
     left running on this machine) with :func:`local_num_cpus` logical CPUs, and the dashboard
     only when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``),
-    watched by :mod:`lejepa_ray.reaper` so that a killed driver leaves no Ray process behind.
+    watched by :mod:`lejepa_ray.launch.reaper` so that a killed driver leaves no Ray process behind.
     Already connected: nothing to do.
 
     Unless ``verbose``, the console shows our lines only: Ray's driver logs below ERROR and its
@@ -64,7 +64,7 @@ def connect(
         init_kwargs["include_dashboard"] = dashboard
         ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
         started = True
-        from lejepa_ray import reaper
+        from lejepa_ray.launch import reaper
 
         reaper.start()  # so that a killed driver leaves none of the instance's processes
     if not verbose:

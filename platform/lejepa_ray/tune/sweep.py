@@ -3,7 +3,7 @@
 A sweep is a Tune experiment in ``storage_path/<name>``. Each trial is one pretraining run
 (the Ray Train v2 pattern): a Tune function trial, :func:`_trial`, builds its config (the
 sweep's config and overrides, then the values it drew from the search space) and calls
-:func:`lejepa_ray.pretrain.run`, whose TorchTrainer forwards every report of rank 0 to Tune
+:func:`lejepa_ray.launch.driver.run`, whose TorchTrainer forwards every report of rank 0 to Tune
 through ``TuneReportCallback``. Trial ``T``'s run, with its checkpoints and TensorBoard events,
 is ``<sweep>/runs/T``.
 
@@ -14,7 +14,7 @@ Label-free metrics of each trial (:data:`LABEL_FREE`, each with its direction):
   their linear-probe accuracy does). ASHA compares trials on it at the rungs
   ``grace, grace·r, grace·r², ...`` steps and stops those in the worse ``1 − 1/r``;
 - ``loss/smoothed``, the raw loss; lower is better;
-- ``rankme/backbone`` and ``rankme/projector`` (:mod:`lejepa_ray.rankme`), the effective rank
+- ``rankme/backbone`` and ``rankme/projector`` (:mod:`lejepa_ray.train.rankme`), the effective rank
   of the embeddings of a fixed held-out batch at the trial's last checkpoint; higher is better.
 
 ``--select-by`` picks the one that ranks the trials and names the winner. Each trial also
@@ -49,7 +49,7 @@ from lejepa_ray.config import (
     to_yaml,
     with_overrides,
 )
-from lejepa_ray.space import Dimension, check_space, load_space, overrides, to_tune
+from lejepa_ray.tune.space import Dimension, check_space, load_space, overrides, to_tune
 
 METRIC = "selection_score/smoothed"
 """What ASHA early-stops trials by (mode: min); present in every report."""
@@ -255,7 +255,7 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lejepa_ray.pretrain import run
+    from lejepa_ray.launch.driver import run
 
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false"])
@@ -271,7 +271,7 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
 def probe_checkpoint(path: str, data: str, val_data: str | None = None) -> dict[str, float]:
     """``probe/knn_top1`` and ``probe/linear_top1`` of a checkpoint (local or at a URI), fitted
     on ``data`` and scored on ``val_data`` (None: a hash split of ``data``)."""
-    from lejepa_ray.evaluate import evaluate
+    from lejepa_ray.evaluate.frozen import evaluate
 
     result = evaluate(path, data, "both", val_data=val_data)
     return {"probe/knn_top1": result.knn_top1, "probe/linear_top1": result.linear_top1}
@@ -330,8 +330,8 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     """
     from ray import tune
 
-    from lejepa_ray.pretrain import storage_root
-    from lejepa_ray.runtime import connect
+    from lejepa_ray.launch.driver import storage_root
+    from lejepa_ray.launch.runtime import connect
 
     base, space = check(opts)
     name = sweep_name(opts)
@@ -493,7 +493,7 @@ def rank(
 ) -> list[TrialRow]:
     """The trials of a Tune ``ResultGrid`` as rows: completed ones by the ``select_by`` metric
     (best first, in its direction), then those ASHA stopped (the same way), then failed ones."""
-    from lejepa_ray.checkpoint import latest_checkpoint
+    from lejepa_ray.train.checkpoint import latest_checkpoint
 
     keys = [d.key for d in space]
     rows = []
@@ -556,7 +556,7 @@ def probe_stopped(
 ) -> None:
     """Probe the last checkpoint of every trial ASHA stopped (completed trials probe
     themselves), so that validation is not biased toward the survivors; fills the rows."""
-    from lejepa_ray.checkpoint import CheckpointError
+    from lejepa_ray.train.checkpoint import CheckpointError
 
     todo = [r for r in rows if r.stopped and r.checkpoint and r.linear_top1 is None]
     for i, row in enumerate(todo, 1):
@@ -750,7 +750,7 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
 
 
 def _export_winner(rows: list[TrialRow], sweep_dir: str, print_fn) -> str | None:
-    from lejepa_ray.export import export
+    from lejepa_ray.evaluate.export import export
 
     best = next((r for r in rows if r.completed and r.checkpoint), None)
     if best is None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from lejepa_ray import compat
 from lejepa_ray.config import ScalingConfig
-from lejepa_ray.model import LeJEPAEncoder
+from lejepa_ray.model.encoder import LeJEPAEncoder
 
 
 def compute_dtype(scaling: ScalingConfig, device: torch.device) -> torch.dtype:

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lejepa_ray.config import ModelConfig
 from lejepa_ray.data.config import ViewConfig
-from lejepa_ray.model import BackboneSpec, LeJEPAEncoder
+from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 
 # Dense bf16 tensor-core peaks, TFLOP/s per device, by a substring of the device name.
 # Checked in order: more specific names first.

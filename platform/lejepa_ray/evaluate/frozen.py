@@ -1,8 +1,8 @@
 """``lejepa-ray eval``: frozen-feature probes of a checkpoint or an exported backbone.
 
 The backbone's pooled features of labelled images, resized and centre-cropped to the size it
-was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.probe`. ``features=
-"projector"`` probes a checkpoint's projector outputs instead (what SIGReg shapes; the
+was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.evaluate.probe`.
+``features="projector"`` probes a checkpoint's projector outputs instead (what SIGReg shapes; the
 backbone's features are what LeJEPA, like most SSL methods, keeps).
 With ``val_data`` the probes are fitted on ``data`` and scored on ``val_data`` (protocol
 ``train/val``: an ImageNet-style ``train/`` and ``val/``, or ``digits:train`` and
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lejepa_ray.export import load_encoder
-from lejepa_ray.model import pixel_normalization
+from lejepa_ray.evaluate.export import load_encoder
+from lejepa_ray.model.encoder import pixel_normalization
 
 PROBES = ("knn", "linear", "both")
 FEATURES = ("backbone", "projector")
@@ -147,7 +147,7 @@ def evaluate(
     """
     from lejepa_ray.config import ProbeConfig
     from lejepa_ray.data.sources import data_from_arg
-    from lejepa_ray.probe import load_labelled, probe_report
+    from lejepa_ray.evaluate.probe import load_labelled, probe_report
 
     if probe not in PROBES:
         raise ValueError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")

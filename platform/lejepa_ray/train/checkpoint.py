@@ -10,7 +10,7 @@ writes is unique to that rank):
   (rank 0);
 - ``config.yaml``: the run's config (rank 0);
 - ``manifest.json``: every file above with its size and checksum, and a checksum per stored
-  tensor (rank 0, last; see :mod:`lejepa_ray.manifest`).
+  tensor (rank 0, last; see :mod:`lejepa_ray.train.manifest`).
 
 Checkpoints are read where they lie, on a local disk or in object storage (``s3://``), through
 pyarrow's filesystems: a rank fetches the index, then only the byte ranges of the tensors it
@@ -51,12 +51,12 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemBase
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
-from lejepa_ray import manifest as mf
 from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger
 from lejepa_ray.storage import Folder
+from lejepa_ray.train import manifest as mf
 
 if TYPE_CHECKING:
-    from lejepa_ray.train import Trainer
+    from lejepa_ray.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

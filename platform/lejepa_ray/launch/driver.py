@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lejepa_ray import checkpoint, storage
+from lejepa_ray import storage
 from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
-from lejepa_ray.metrics import MetricsWriter, is_local
-from lejepa_ray.model import BackboneSpec, LeJEPAEncoder, resolve_backbone
+from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
+from lejepa_ray.train import checkpoint
+from lejepa_ray.train.metrics import MetricsWriter, is_local
 
 if TYPE_CHECKING:
-    from lejepa_ray.probe import ProbeReport
+    from lejepa_ray.evaluate.probe import ProbeReport
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
     from ray.train.torch import TorchTrainer
 
     from lejepa_ray.data.stream import build_view_stream
-    from lejepa_ray.flops import train_flops_per_image
-    from lejepa_ray.runtime import connect
+    from lejepa_ray.launch.runtime import connect
+    from lejepa_ray.model.flops import train_flops_per_image
 
     name, root = run_name(cfg), storage_root(cfg)
     run_dir = f"{root.rstrip('/')}/{name}"
@@ -325,8 +326,8 @@ def probe_checkpoint(cfg: PretrainConfig, spec: BackboneSpec, ckpt: str) -> Prob
     """The probes of the checkpoint's backbone, of the same backbone at initialization (the
     workers' seed) and of raw pixels. A run on ``data.split=train`` is scored on
     ``data.split=val`` of its source; any other on the hash split of its data."""
-    from lejepa_ray.probe import load_labelled, probe_report
-    from lejepa_ray.rankme import heldout_data
+    from lejepa_ray.evaluate.probe import load_labelled, probe_report
+    from lejepa_ray.train.rankme import heldout_data
 
     held, is_held_out = heldout_data(cfg.data)  # the same held-out split RankMe measures on
     val = held if is_held_out else None
@@ -345,9 +346,9 @@ def train_worker(config: dict) -> None:
     import ray.train.torch
 
     from lejepa_ray.data.stream import EpochCursor, skip_metrics
-    from lejepa_ray.flops import peak_tflops
-    from lejepa_ray.rankme import heldout_batch, rankme_metrics
-    from lejepa_ray.train import NonFiniteLossError, Trainer, fit
+    from lejepa_ray.model.flops import peak_tflops
+    from lejepa_ray.train.rankme import heldout_batch, rankme_metrics
+    from lejepa_ray.train.trainer import NonFiniteLossError, Trainer, fit
 
     # Ray Train logs each report, with all its metrics, from every rank at INFO, on a logger
     # named after its source file that LoggingConfig does not reach; our progress line says it.
