@@ -47,6 +47,14 @@ def test_unknown_command_is_an_argparse_error():
         (["model.nme=resnet18"], "Did you mean: 'name'"),
         (["model.name=convnext_tiny_hnf_x"], "is not a timm architecture"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
+        (
+            ["data.source=folder", "data.path=/nonexistent"],
+            "data.path='/nonexistent' does not exist: point it at an image folder",
+        ),
+        (
+            ["data.source=parquet", "data.path=/nonexistent/shards"],
+            "does not exist: point it at parquet shards",
+        ),
     ],
 )
 def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys, monkeypatch):
@@ -59,6 +67,53 @@ def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys, monkeyp
     assert main(["pretrain", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lejepa-ray: error: ") and message in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"root:x:0:0:root:/root:/bin/bash\n",
+            "is not a YAML mapping of config keys (it holds a str)",
+        ),
+        (b"- loss.lam: 0.1\n", "is not a YAML mapping of config keys (it holds a list)"),
+        (b"loss: {lam: [0.1\n", "is not valid YAML at line 2"),
+        (b"\x7fELF\x02\x01\x01\x00\xd0\xff", "is not a text file"),
+    ],
+    ids=["passwd", "list", "broken", "binary"],
+)
+def test_a_config_file_that_is_not_a_yaml_mapping_is_refused_by_name(
+    content, message, tmp_path, capsys
+):
+    path = tmp_path / "cfg"
+    path.write_bytes(content)
+    assert main(["pretrain", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lejepa-ray: error: config file {str(path)!r} ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only LejepaRayError is turned into a one-line message: a ValueError from a bug is not."""
+    from lejepa_ray import cli
+
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "_env", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["env"])
+
+
+def test_the_command_line_starts_without_ray_torch_or_omegaconf():
+    """``lejepa-ray --help`` and argument errors stay fast: the top of cli imports nothing
+    heavy (each command imports what it needs)."""
+    code = (
+        "import sys; import lejepa_ray.cli; "
+        "print(sorted(m for m in ('ray', 'torch', 'omegaconf') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_pretrain_job_entry_point_reports_errors_like_the_cli():

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from lejepa_ray import __version__
+from lejepa_ray.errors import ConfigError, LejepaRayError
+
 # Distributions whose versions matter when reporting a problem.
 _REPORTED = (
     "lejepa-ray",
@@ -101,7 +104,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     path = args.config
     if path is None:
         if not QUICKSTART.is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"no --config given and the quickstart config {QUICKSTART} is "
                 "missing; pass --config FILE."
             )
@@ -521,8 +524,6 @@ def _add_cluster_check_command(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lejepa_ray import __version__
-
     parser = argparse.ArgumentParser(
         prog="lejepa-ray",
         description="Ray-distributed LeJEPA self-supervised pretraining for timm backbones.",
@@ -544,18 +545,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from lejepa_ray.data.sources import SourceError
-    from lejepa_ray.data.stream import DataQualityError
     from lejepa_ray.launch.driver import TrainingStopped
-    from lejepa_ray.train.checkpoint import CheckpointError
 
     try:
         return args.func(args)
     except TrainingStopped as e:
         print(f"lejepa-ray: training stopped: {e}", file=sys.stderr)
         return 1
-    except (SourceError, ValueError, CheckpointError, DataQualityError) as e:
-        # Configuration and input problems: the message says what to do, a traceback would not.
+    except LejepaRayError as e:
+        # Configuration and input problems: the message says what to do, a traceback would
+        # not. Anything else is a bug and keeps its traceback.
         print(f"lejepa-ray: error: {e}", file=sys.stderr)
         return 2
 

@@ -17,10 +17,7 @@ from pathlib import Path
 import yaml
 
 from lejepa_ray.config import PretrainConfig
-
-
-class ClusterFitError(ValueError):
-    """A run that the cluster's node types can never hold; the message says what to change."""
+from lejepa_ray.errors import ClusterFitError
 
 
 @dataclass(frozen=True)

@@ -14,22 +14,19 @@ import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from lejepa_ray.data.config import DataConfig, ViewConfig, check_field
+from lejepa_ray.errors import ConfigError
 
-from lejepa_ray.data.config import DataConfig, ViewConfig, _check
+if TYPE_CHECKING:
+    from omegaconf.errors import OmegaConfBaseException
 
 STORAGE_ENV = "LEJEPA_STORAGE_PATH"
 """Environment variable with the default ``storage_path`` (set by ``cluster.yaml``)."""
 
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the key and what to do."""
 
 
 @dataclass
@@ -53,17 +50,19 @@ class ModelConfig:
     shards, so no process ever holds the whole model. Ignored under DDP."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "model.name", self.name, "a timm architecture name")
-        _check(self.projector_hidden >= 1, "model.projector_hidden", self.projector_hidden, ">= 1")
-        _check(self.projector_dim >= 1, "model.projector_dim", self.projector_dim, ">= 1")
-        _check(
+        check_field(bool(self.name), "model.name", self.name, "a timm architecture name")
+        check_field(
+            self.projector_hidden >= 1, "model.projector_hidden", self.projector_hidden, ">= 1"
+        )
+        check_field(self.projector_dim >= 1, "model.projector_dim", self.projector_dim, ">= 1")
+        check_field(
             self.projector_layers >= 1,
             "model.projector_layers",
             self.projector_layers,
             ">= 1 (1 is a single linear map)",
         )
         for key in ("pretrained", "num_classes", "device"):
-            _check(
+            check_field(
                 key not in self.model_args,
                 f"model.model_args.{key}",
                 self.model_args.get(key),
@@ -90,17 +89,19 @@ class LossConfig:
     the last this many optimizer steps (whole logging windows, so a few more)."""
 
     def __post_init__(self) -> None:
-        _check(0 < self.lam < 1, "loss.lam", self.lam, "a value in (0, 1); the paper uses 0.05")
-        _check(self.num_slices >= 1, "loss.num_slices", self.num_slices, ">= 1 (default 1024)")
-        _check(self.t_max > 0, "loss.t_max", self.t_max, "> 0 (default 3.0)")
-        _check(
+        check_field(
+            0 < self.lam < 1, "loss.lam", self.lam, "a value in (0, 1); the paper uses 0.05"
+        )
+        check_field(self.num_slices >= 1, "loss.num_slices", self.num_slices, ">= 1 (default 1024)")
+        check_field(self.t_max > 0, "loss.t_max", self.t_max, "> 0 (default 3.0)")
+        check_field(
             self.num_knots >= 3 and self.num_knots % 2 == 1,
             "loss.num_knots",
             self.num_knots,
             "an odd integer >= 3 (default 17)",
         )
-        _check(self.alpha >= 0, "loss.alpha", self.alpha, ">= 0 (default 0.4)")
-        _check(
+        check_field(self.alpha >= 0, "loss.alpha", self.alpha, ">= 0 (default 0.4)")
+        check_field(
             self.score_smoothing_steps >= 1,
             "loss.score_smoothing_steps",
             self.score_smoothing_steps,
@@ -134,27 +135,29 @@ class OptimConfig:
     """Micro-batches accumulated per optimizer step."""
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "optim.steps", self.steps, ">= 1")
-        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
-        _check(
+        check_field(self.steps >= 1, "optim.steps", self.steps, ">= 1")
+        check_field(self.lr > 0, "optim.lr", self.lr, "> 0")
+        check_field(
             self.lr_reference_batch >= 1,
             "optim.lr_reference_batch",
             self.lr_reference_batch,
             ">= 1",
         )
-        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
-        _check(
+        check_field(
+            0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]"
+        )
+        check_field(
             0 <= self.warmup_steps < self.steps,
             "optim.warmup_steps",
             self.warmup_steps,
             f"in [0, optim.steps={self.steps})",
         )
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-        _check(
+        check_field(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        check_field(
             all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas, "two values in [0, 1)"
         )
-        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
-        _check(self.accum_steps >= 1, "optim.accum_steps", self.accum_steps, ">= 1")
+        check_field(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 disables)")
+        check_field(self.accum_steps >= 1, "optim.accum_steps", self.accum_steps, ">= 1")
 
 
 @dataclass
@@ -181,16 +184,18 @@ class ScalingConfig:
     """``torch.compile`` each block."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
-        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0")
-        _check(self.batch_size >= 1, "scaling.batch_size", self.batch_size, ">= 1")
-        _check(
+        check_field(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
+        check_field(
+            self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0"
+        )
+        check_field(self.batch_size >= 1, "scaling.batch_size", self.batch_size, ">= 1")
+        check_field(
             self.strategy in STRATEGIES,
             "scaling.strategy",
             self.strategy,
             f"one of {', '.join(STRATEGIES)}",
         )
-        _check(
+        check_field(
             self.precision in PRECISIONS,
             "scaling.precision",
             self.precision,
@@ -215,8 +220,8 @@ class CheckpointConfig:
     completely written)."""
 
     def __post_init__(self) -> None:
-        _check(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, ">= 1")
-        _check(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
+        check_field(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, ">= 1")
+        check_field(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
 
 
 @dataclass
@@ -234,14 +239,14 @@ class FaultConfig:
     guard."""
 
     def __post_init__(self) -> None:
-        _check(self.max_failures >= -1, "fault.max_failures", self.max_failures, ">= -1")
-        _check(
+        check_field(self.max_failures >= -1, "fault.max_failures", self.max_failures, ">= -1")
+        check_field(
             self.max_nonfinite_steps >= 1,
             "fault.max_nonfinite_steps",
             self.max_nonfinite_steps,
             ">= 1",
         )
-        _check(
+        check_field(
             all(s >= 1 for s in self.inject_nonfinite_steps),
             "fault.inject_nonfinite_steps",
             self.inject_nonfinite_steps,
@@ -269,9 +274,9 @@ class LoggingConfig:
     ``train``); logged as ``rankme/backbone`` and ``rankme/projector``. 0: off."""
 
     def __post_init__(self) -> None:
-        _check(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
-        _check(self.rankme_samples >= 0, "logging.rankme_samples", self.rankme_samples, ">= 0")
-        _check(
+        check_field(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
+        check_field(self.rankme_samples >= 0, "logging.rankme_samples", self.rankme_samples, ">= 0")
+        check_field(
             self.peak_tflops is None or self.peak_tflops > 0,
             "logging.peak_tflops",
             self.peak_tflops,
@@ -301,9 +306,9 @@ class ProbeConfig:
     """Use at most this many labelled images from each of the bank's and the queries' data."""
 
     def __post_init__(self) -> None:
-        _check(self.k >= 1, "probe.k", self.k, ">= 1")
-        _check(self.temperature > 0, "probe.temperature", self.temperature, "> 0")
-        _check(self.max_samples >= 10, "probe.max_samples", self.max_samples, ">= 10")
+        check_field(self.k >= 1, "probe.k", self.k, ">= 1")
+        check_field(self.temperature > 0, "probe.temperature", self.temperature, "> 0")
+        check_field(self.max_samples >= 10, "probe.max_samples", self.max_samples, ">= 10")
 
 
 @dataclass
@@ -330,12 +335,21 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.name is not None:
-            _check(
+            check_field(
                 bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
                 "name",
                 self.name,
                 "a directory name without '/'",
             )
+
+
+def _omegaconf():
+    """OmegaConf, imported where a config is read or written and nowhere else: the schema above
+    is what the trainer, the model and the GPU check import, and they must run without it."""
+    # lazy: keeps OmegaConf off the Ray-free core (see the docstring).
+    from omegaconf import OmegaConf
+
+    return OmegaConf
 
 
 def load_config(
@@ -344,18 +358,46 @@ def load_config(
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides, validated.
 
     Raises:
-        ConfigError: a missing file, an unknown key, a wrongly typed or out-of-range value.
+        ConfigError: a missing file, a file that is not a YAML mapping, an unknown key, a
+            wrongly typed or out-of-range value.
     """
-    layers = [OmegaConf.structured(PretrainConfig)]
+    layers = [_omegaconf().structured(PretrainConfig)]
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {str(path)!r} does not exist; "
-                "pass a YAML file such as jobs/configs/quickstart.yaml."
-            )
-        layers.append(OmegaConf.load(path))
+        layers.append(_omegaconf().create(read_yaml_mapping(path)))
     return _merge(layers, overrides, path)
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """The YAML mapping in the file at ``path`` ({} for an empty file).
+
+    Raises:
+        ConfigError: the file is missing, is not text, is not YAML, or holds something other
+            than a mapping of keys (a list, a line of text).
+    """
+    # lazy: PyYAML comes with OmegaConf, which the core does not need.
+    import yaml
+
+    hint = "pass a YAML file of config keys such as jobs/configs/quickstart.yaml."
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; {hint}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not a text file; {hint}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} is not a YAML mapping of config keys (it holds a "
+            f"{type(raw).__name__}); {hint}"
+        )
+    return raw
 
 
 def with_overrides(cfg: PretrainConfig, overrides: list[str] | tuple[str, ...]) -> PretrainConfig:
@@ -364,19 +406,23 @@ def with_overrides(cfg: PretrainConfig, overrides: list[str] | tuple[str, ...]) 
     Raises:
         ConfigError: an unknown key, a wrongly typed or out-of-range value.
     """
-    return _merge([OmegaConf.structured(cfg)], overrides, None)
+    return _merge([_omegaconf().structured(cfg)], overrides, None)
 
 
 def _merge(
     layers: list, overrides: list[str] | tuple[str, ...], path: Path | None
 ) -> PretrainConfig:
+    # lazy: see _omegaconf.
+    from omegaconf.errors import OmegaConfBaseException
+
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value; write e.g. loss.lam=0.02.")
-    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    omegaconf = _omegaconf()
+    layers.append(omegaconf.from_dotlist(list(overrides)))
     try:
-        merged = OmegaConf.merge(*layers)
-        cfg = OmegaConf.to_object(merged)
+        merged = omegaconf.merge(*layers)
+        cfg = omegaconf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, path)) from None
     except ValueError as e:  # a dataclass's own range check
@@ -396,7 +442,8 @@ def _describe(error: OmegaConfBaseException, path: Path | None) -> str:
 
 def to_yaml(cfg: PretrainConfig) -> str:
     """The full merged config as YAML (what a run directory's ``config.yaml`` holds)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    omegaconf = _omegaconf()
+    return omegaconf.to_yaml(omegaconf.structured(cfg))
 
 
 def check_run(cfg: PretrainConfig) -> None:

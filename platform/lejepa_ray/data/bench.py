@@ -29,10 +29,7 @@ from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.sources import LocalSource
 from lejepa_ray.data.views import ViewMaker
-
-
-class BenchError(ValueError):
-    """The benchmark cannot measure what was asked (a dataset too small for it)."""
+from lejepa_ray.errors import BenchError
 
 
 def required_samples(batch_size: int) -> int:

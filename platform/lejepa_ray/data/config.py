@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 from lejepa_ray.data.keys import SPLITS
+from lejepa_ray.errors import ConfigError
 
 SOURCES = ("folder", "parquet", "synthetic", "digits")
 SHUFFLES = ("files", "full", "none")
@@ -57,43 +58,49 @@ class ViewConfig:
     ``pil`` (PIL's kernels: the same bytes as torchvision's pipeline, for the same seed)."""
 
     def __post_init__(self) -> None:
-        _check(
+        check_field(
             self.global_views >= 1, "data.views.global_views", self.global_views, "an integer >= 1"
         )
-        _check(self.local_views >= 0, "data.views.local_views", self.local_views, "an integer >= 0")
+        check_field(
+            self.local_views >= 0, "data.views.local_views", self.local_views, "an integer >= 0"
+        )
         for name in ("global_size", "local_size"):
-            _check(
+            check_field(
                 getattr(self, name) >= 8, f"data.views.{name}", getattr(self, name), ">= 8 pixels"
             )
         for name in ("global_scale", "local_scale"):
             lo, hi = getattr(self, name)
-            _check(0 < lo <= hi <= 1, f"data.views.{name}", (lo, hi), "0 < low <= high <= 1")
-        _check(
+            check_field(0 < lo <= hi <= 1, f"data.views.{name}", (lo, hi), "0 < low <= high <= 1")
+        check_field(
             0 < self.ratio[0] <= self.ratio[1], "data.views.ratio", self.ratio, "0 < low <= high"
         )
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
             p = getattr(self, name)
-            _check(0 <= p <= 1, f"data.views.{name}", p, "a probability in [0, 1]")
-        _check(
+            check_field(0 <= p <= 1, f"data.views.{name}", p, "a probability in [0, 1]")
+        check_field(
             len(self.jitter) == 4 and min(self.jitter) >= 0,
             "data.views.jitter",
             self.jitter,
             "four non-negative strengths (brightness, contrast, saturation, hue)",
         )
-        _check(self.jitter[3] <= 0.5, "data.views.jitter", self.jitter, "a hue strength <= 0.5")
-        _check(
+        check_field(
+            self.jitter[3] <= 0.5, "data.views.jitter", self.jitter, "a hue strength <= 0.5"
+        )
+        check_field(
             0 < self.blur_sigma[0] <= self.blur_sigma[1],
             "data.views.blur_sigma",
             self.blur_sigma,
             "0 < low <= high",
         )
-        _check(
+        check_field(
             0 <= self.solarize_threshold <= 255,
             "data.views.solarize_threshold",
             self.solarize_threshold,
             "a value in 0..255",
         )
-        _check(self.kernels in ("fast", "pil"), "data.views.kernels", self.kernels, "fast or pil")
+        check_field(
+            self.kernels in ("fast", "pil"), "data.views.kernels", self.kernels, "fast or pil"
+        )
 
 
 @dataclass
@@ -153,49 +160,53 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.views, dict):
             self.views = ViewConfig(**self.views)
-        _check(self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}")
+        check_field(
+            self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}"
+        )
         if self.source in ("folder", "parquet") and not self.path:
-            raise ValueError(
+            raise ConfigError(
                 f"data.source={self.source} needs data.path: set data.path to the "
                 f"{'image folder' if self.source == 'folder' else 'parquet file or folder'}."
             )
-        _check(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
-        _check(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
-        _check(
+        check_field(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
+        check_field(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
+        check_field(
             self.augment_on in AUGMENT_ON,
             "data.augment_on",
             self.augment_on,
             f"one of {', '.join(AUGMENT_ON)}",
         )
-        _check(
+        check_field(
             self.num_samples is None or self.num_samples >= 1,
             "data.num_samples",
             self.num_samples,
             "None or an integer >= 1",
         )
-        _check(self.image_size >= 8, "data.image_size", self.image_size, ">= 8 pixels")
-        _check(2 <= self.num_classes <= 40, "data.num_classes", self.num_classes, "2..40")
-        _check(
+        check_field(self.image_size >= 8, "data.image_size", self.image_size, ">= 8 pixels")
+        check_field(2 <= self.num_classes <= 40, "data.num_classes", self.num_classes, "2..40")
+        check_field(
             self.workers is None or self.workers >= 1,
             "data.workers",
             self.workers,
             "None or an integer >= 1",
         )
-        _check(
+        check_field(
             self.transform_batch_size >= 1,
             "data.transform_batch_size",
             self.transform_batch_size,
             ">= 1",
         )
-        _check(self.prefetch_batches >= 0, "data.prefetch_batches", self.prefetch_batches, ">= 0")
-        _check(
+        check_field(
+            self.prefetch_batches >= 0, "data.prefetch_batches", self.prefetch_batches, ">= 0"
+        )
+        check_field(
             self.local_shuffle_buffer >= 0,
             "data.local_shuffle_buffer",
             self.local_shuffle_buffer,
             ">= 0",
         )
-        _check(self.max_pixels >= 1, "data.max_pixels", self.max_pixels, ">= 1")
-        _check(
+        check_field(self.max_pixels >= 1, "data.max_pixels", self.max_pixels, ">= 1")
+        check_field(
             0 <= self.max_skip_rate <= 1,
             "data.max_skip_rate",
             self.max_skip_rate,
@@ -203,6 +214,7 @@ class DataConfig:
         )
 
 
-def _check(ok: bool, key: str, value: object, expected: str) -> None:
+def check_field(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise ConfigError naming ``key``, its ``value`` and what was ``expected`` unless ``ok``."""
     if not ok:
-        raise ValueError(f"{key}={value!r} is invalid: expected {expected}.")
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}.")

@@ -37,6 +37,7 @@ from pyarrow import fs as pafs
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder
+from lejepa_ray.errors import ConfigError
 from lejepa_ray.storage import Folder, resolve_filesystem, uri_of
 
 FORMAT = "lejepa-ray/parquet-v1"
@@ -90,9 +91,9 @@ def convert_image_folder(
         SourceError: ``src`` does not exist or holds no images.
     """
     if shard_size_mb <= 0:
-        raise ValueError(f"--shard-size-mb={shard_size_mb} is invalid: expected a size > 0.")
+        raise ConfigError(f"--shard-size-mb={shard_size_mb} is invalid: expected a size > 0.")
     if workers < 1:
-        raise ValueError(f"--workers={workers} is invalid: expected at least 1.")
+        raise ConfigError(f"--workers={workers} is invalid: expected at least 1.")
     start = time.perf_counter()
     listing = list_image_folder(src)
     out = Folder.at(dst)

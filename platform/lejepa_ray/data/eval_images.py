@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.sources import LocalSource
+from lejepa_ray.errors import ConfigError
 
 
 def read_images(
@@ -25,7 +26,7 @@ def read_images(
     # LocalSource reads into this process: never more than the probe needs.
     source = LocalSource(dataclasses.replace(data, num_samples=limit))
     if len(source) == 0:
-        raise ValueError(f"data.source={data.source} has no images to probe with.")
+        raise ConfigError(f"data.source={data.source} has no images to probe with.")
     picks = np.unique(np.linspace(0, len(source) - 1, min(max_samples, len(source))).astype(int))
     prepare = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     images, labels, keys = [], [], []

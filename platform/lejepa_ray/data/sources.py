@@ -27,6 +27,7 @@ from lejepa_ray.compat import execution_index
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import SPLITS, in_split
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
+from lejepa_ray.errors import SourceError
 from lejepa_ray.storage import resolve_filesystem
 
 if TYPE_CHECKING:  # importing Ray costs seconds; converters and DataLoaders do not need it
@@ -41,10 +42,6 @@ DIGITS_COUNT = 1797
 # Reading encoded bytes is I/O: a whole CPU per read task would starve the decode actors,
 # which do the real work, on a small node.
 _READ_CPUS = 0.25
-
-
-class SourceError(ValueError):
-    """The configured source cannot be read: a missing path, no images, a wrong schema."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +112,18 @@ def data_from_arg(value: str) -> DataConfig:
         value, split = head, tail
     source, path = source_from_arg(value)
     return DataConfig(source=source, path=path, split=split)
+
+
+def check_path(cfg: DataConfig) -> None:
+    """Raise SourceError when a folder or parquet source's ``data.path`` does not exist: one
+    metadata call, made before Ray starts so that a typo costs no cluster start-up. What the
+    path holds is checked when the stream lists it."""
+    if cfg.source not in ("folder", "parquet") or cfg.path is None:
+        return
+    filesystem, where = resolve_filesystem(cfg.path)
+    if filesystem.get_file_info(where).type == pafs.FileType.NotFound:
+        what = "an image folder" if cfg.source == "folder" else "parquet shards"
+        raise SourceError(f"data.path={cfg.path!r} does not exist: point it at {what}.")
 
 
 def list_image_folder(path: str) -> FolderListing:

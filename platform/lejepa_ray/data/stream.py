@@ -41,12 +41,9 @@ from lejepa_ray.data.decode import SkipCounts
 from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.data.sources import current_epoch, read_dataset
 from lejepa_ray.data.views import ViewMaker
+from lejepa_ray.errors import DataQualityError
 
 log = logging.getLogger(__name__)
-
-
-class DataQualityError(RuntimeError):
-    """Too many samples had to be skipped, or none could be used at all."""
 
 
 @ray.remote(num_cpus=0)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluate.export import load_encoder
 from lejepa_ray.model.encoder import pixel_normalization
 
@@ -95,12 +96,12 @@ def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Modu
         ValueError: ``features`` unknown, or ``projector`` asked of an export.
     """
     if features not in FEATURES:
-        raise ValueError(f"--features must be one of {', '.join(FEATURES)}, got {features!r}.")
+        raise ConfigError(f"--features must be one of {', '.join(FEATURES)}, got {features!r}.")
     path = Path(source)
     hub_file = path / "config.json"
     if hub_file.is_file() and (path / "model.safetensors").is_file():
         if features == "projector":
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is an export, which loads as a timm backbone without its projector; "
                 "to probe projector outputs, give the run or checkpoint directory instead."
             )
@@ -150,7 +151,7 @@ def evaluate(
     from lejepa_ray.evaluate.probe import load_labelled, probe_report
 
     if probe not in PROBES:
-        raise ValueError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
+        raise ConfigError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
     model, trained_size = load_frozen(source, features)
     size = size or trained_size
 

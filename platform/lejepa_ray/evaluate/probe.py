@@ -29,6 +29,7 @@ from lejepa_ray.config import ProbeConfig
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
 from lejepa_ray.data.keys import stable_hash
+from lejepa_ray.errors import ConfigError
 
 HASH_SPLIT = "hash 80/20"
 TRAIN_VAL = "train/val"
@@ -76,7 +77,7 @@ def load_labelled(
         query = [False] * len(images) + [True] * len(val_images)
         images, labels, protocol = images + val_images, labels + val_labels, TRAIN_VAL
     if len(set(labels)) < 2 or not any(query) or all(query):
-        raise ValueError(
+        raise ConfigError(
             f"the probes need labelled images of at least 2 classes in both the bank and the "
             f"queries; data.source={data.source} gave {len(labels)} labelled images (an image "
             "folder is labelled by its subfolders). To pretrain on unlabelled data, set "

@@ -26,6 +26,8 @@ import torch
 from lejepa_ray import storage
 from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
+from lejepa_ray.data.sources import check_path
+from lejepa_ray.errors import TrainingStopped
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.metrics import MetricsWriter, is_local
@@ -39,11 +41,6 @@ STOPPED_FILE = "stopped.json"
 """Written into the run directory when training stopped on non-finite losses."""
 RESUMED_FROM = "resumed_from"
 """Reported by workers that resumed: the step of the checkpoint their attempt loaded."""
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped before its planned steps (non-finite losses); the message says why and
-    which checkpoint is the last good one."""
 
 
 @dataclass
@@ -98,6 +95,7 @@ def run(cfg: PretrainConfig, *, print_fn=print, callbacks: Sequence = ()) -> Pre
             stays, and rerunning resumes from it.
     """
     check_run(cfg)
+    check_path(cfg.data)
     spec = resolve_backbone(cfg)
     if spec.local_resized:
         print_fn(

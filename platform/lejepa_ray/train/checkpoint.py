@@ -52,6 +52,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemBase
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
 from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger
+from lejepa_ray.errors import CheckpointError
 from lejepa_ray.storage import Folder
 from lejepa_ray.train import manifest as mf
 
@@ -72,11 +73,6 @@ REFUSED_FILE = "refused.json"
 restarted attempt, and every later resume, pass it over."""
 FORMAT = 1
 """Version of the layout above; bumped when it changes incompatibly."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used here: missing, incomplete, corrupt, or of another
-    model. The message says which file and what to do."""
 
 
 @dataclass

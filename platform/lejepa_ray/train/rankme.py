@@ -30,6 +30,7 @@ import torch
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
+from lejepa_ray.errors import ConfigError
 
 EPS = 1e-7
 
@@ -65,7 +66,7 @@ def heldout_batch(data: DataConfig, size: int, samples: int) -> torch.Tensor:
     source, _ = heldout_data(data)
     images, _, _ = read_images(source, size, samples, labelled=False)
     if not images:
-        raise ValueError(
+        raise ConfigError(
             f"data.source={data.source} (split {source.split}) has no decodable images for "
             "RankMe's batch; set logging.rankme_samples=0 to turn RankMe off."
         )
