@@ -22,7 +22,7 @@ import time
 import torch
 
 from lejepa_ray.objective.sigreg import quadrature, random_directions, sigreg
-from lejepa_ray.train.metrics import resident_bytes
+from lejepa_ray.train.memory import resident_bytes
 
 SIZES = [(512, 512, 512), (2048, 256, 1024), (8192, 128, 256)]  # (N, D, num_slices)
 STEP = 7

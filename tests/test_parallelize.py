@@ -17,7 +17,7 @@ from lejepa_ray.model.parallelize import (
     meta_parameters,
     parallelize,
 )
-from lejepa_ray.train.metrics import peak_rss_bytes
+from lejepa_ray.train.memory import peak_rss_bytes
 from lejepa_ray.train.rankme import rankme_metrics
 from lejepa_ray.train.trainer import Trainer
 

@@ -14,6 +14,12 @@ import pyarrow as pa
 from pyarrow import fs
 
 
+def is_local(path: str) -> bool:
+    """True for a filesystem path (``file://`` included), False for a URI such as
+    ``s3://bucket/runs``."""
+    return "://" not in path or path.startswith("file://")
+
+
 def resolve_filesystem(path: str) -> tuple[fs.FileSystem, str]:
     """The pyarrow filesystem of ``path`` (local, s3://, gs://, ...) and the path within it."""
     if "://" not in str(path):

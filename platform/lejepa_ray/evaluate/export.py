@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 from lejepa_ray import storage
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
+from lejepa_ray.storage import is_local
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.checkpoint import CheckpointError
-from lejepa_ray.train.metrics import is_local
 
 WEIGHTS_FILE = "model.safetensors"
 PROJECTOR_FILE = "projector.safetensors"

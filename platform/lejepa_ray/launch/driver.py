@@ -29,8 +29,9 @@ from lejepa_ray.config import ConfigError, PretrainConfig, check_run, to_yaml
 from lejepa_ray.data.sources import check_path
 from lejepa_ray.errors import TrainingStopped
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
+from lejepa_ray.storage import is_local
 from lejepa_ray.train import checkpoint
-from lejepa_ray.train.metrics import MetricsWriter, is_local
+from lejepa_ray.train.metrics import MetricsWriter
 
 if TYPE_CHECKING:
     from lejepa_ray.evaluate.probe import ProbeReport

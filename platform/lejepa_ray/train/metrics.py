@@ -12,43 +12,12 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from lejepa_ray.storage import is_local
+
 TENSORBOARD_DIR = "tensorboard"
 # In a Ray Train worker the root logger goes to the driver's console and the worker's log file;
 # print() would be captured twice.
 log = logging.getLogger(__name__)
-
-
-def is_local(path: str) -> bool:
-    """True for a filesystem path, False for a URI such as ``s3://bucket/runs``."""
-    return "://" not in path or path.startswith("file://")
-
-
-def resident_bytes(field: str) -> int:
-    """A memory figure of this process from Linux's ``/proc/self/status`` (``VmRSS``: resident
-    now; ``VmHWM``: the resident high-water mark), in bytes.
-
-    Raises:
-        OSError: no ``/proc`` (not Linux). RuntimeError: no such field.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process since it started its program.
-
-    Linux's ``VmHWM``: unlike ``getrusage``'s ``ru_maxrss``, it is not inherited across
-    ``exec`` from the parent that forked (a spawned worker of a large process would otherwise
-    report the parent's peak). Elsewhere, ``ru_maxrss``."""
-    try:
-        return resident_bytes("VmHWM")
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 class MetricsWriter:

@@ -24,7 +24,7 @@ from lejepa_ray.data.device_views import augment_batch
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 from lejepa_ray.model.parallelize import compute_dtype, meta_parameters, parallelize
 from lejepa_ray.objective.loss import lejepa_loss
-from lejepa_ray.train.metrics import peak_rss_bytes
+from lejepa_ray.train.memory import peak_rss_bytes
 from lejepa_ray.train.optim import build_optimizer, build_scheduler
 
 
