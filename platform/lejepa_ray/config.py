@@ -352,7 +352,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(
                 f"config file {str(path)!r} does not exist; "
-                "pass a YAML file such as jobs/configs/quickstart.yaml."
+                "pass a YAML file such as the repository's jobs/configs/*.yaml."
             )
         layers.append(OmegaConf.load(path))
     return _merge(layers, overrides, path)
