@@ -12,8 +12,8 @@ Ray Data's block order.
 
     python benchmarks/quality.py [--config FILE] [--seeds 0 1 2] [--steps N] [key=value ...]
 
-The default is the CPU quickstart (``jobs/configs/quickstart.yaml``). Prints one table, then
-one JSON line.
+The default is the CPU quickstart (``platform/lejepa_ray/configs/quickstart.yaml``). Prints one
+table, then one JSON line.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from lejepa_ray.config import (
 )
 
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
+# The default of `lejepa-ray pretrain`, package data (tests/test_packaging.py checks the wheel).
+QUICKSTART = Path(__file__).parents[1] / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml"
 
 
 def test_defaults_and_overrides():
@@ -38,7 +40,7 @@ def test_defaults_and_overrides():
 
 @pytest.mark.parametrize("name", ["quickstart", "imagenet1k_vit_large", "imagenet1k_vit_gigantic"])
 def test_shipped_configs_validate(name):
-    cfg = load_config(CONFIGS / f"{name}.yaml")
+    cfg = load_config(QUICKSTART if name == "quickstart" else CONFIGS / f"{name}.yaml")
     check_run(cfg)
     # The merged config round-trips through the YAML written into the run directory.
     assert load_config_text(to_yaml(cfg), tmp=CONFIGS.parent) == cfg

@@ -162,7 +162,7 @@ def test_working_dir_upload_leaves_out_envs_outputs_and_data(tmp_path):
         (tree / name).write_text((ROOT / name).read_text())
     kept = [
         "jobs/pretrain.py",
-        "jobs/configs/quickstart.yaml",
+        "platform/lejepa_ray/configs/quickstart.yaml",
         "tune_spaces/quick.yaml",
         "platform/lejepa_ray/cli.py",
         "platform/lejepa_ray/data/stream.py",
@@ -202,7 +202,7 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
             "python",
             "jobs/pretrain.py",
             "--config",
-            "jobs/configs/quickstart.yaml",
+            "platform/lejepa_ray/configs/quickstart.yaml",
             "name=e2e",
             *TINY,
             timeout=600,
@@ -219,7 +219,7 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
             "--space",
             "tune_spaces/lambda_slices.yaml",
             "--config",
-            "jobs/configs/quickstart.yaml",
+            "platform/lejepa_ray/configs/quickstart.yaml",
             "--name",
             "e2e-sweep",
             "--samples",

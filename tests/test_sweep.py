@@ -32,7 +32,7 @@ from lejepa_ray.tune.sweep import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "jobs" / "configs" / "quickstart.yaml")
+QUICKSTART = str(ROOT / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml")
 
 
 def _space(tmp_path: Path, text: str) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lejepa_ray import __version__
-from lejepa_ray.errors import ConfigError, LejepaRayError
+from lejepa_ray.errors import ConfigError, LejepaRayError, TrainingStopped
 
 # Distributions whose versions matter when reporting a problem.
 _REPORTED = (
@@ -91,9 +92,21 @@ def _data_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# The embedded default: the repository's CPU quickstart (this file is
-# platform/lejepa_ray/cli.py, so the repository root is two levels up).
-QUICKSTART = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "quickstart.yaml"
+# The embedded default of `pretrain` and `sweep`: the CPU quickstart, package data
+# (lejepa_ray/configs/, pyproject.toml's package-data), so an installed wheel has it as well as
+# a checkout. A regular package's resources are files on disk, so this is a plain path.
+QUICKSTART = Path(str(resources.files("lejepa_ray") / "configs" / "quickstart.yaml"))
+
+
+def default_config() -> Path:
+    """The packaged quickstart config, or a ConfigError saying what to pass instead."""
+    if not QUICKSTART.is_file():
+        raise ConfigError(
+            f"no --config given and the packaged default config {QUICKSTART} is missing "
+            "(an incomplete install of lejepa-ray: reinstall it); pass --config FILE, "
+            "e.g. one of the repository's jobs/configs/*.yaml."
+        )
+    return QUICKSTART
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -101,14 +114,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from lejepa_ray.config import load_config
     from lejepa_ray.launch.driver import run
 
-    path = args.config
-    if path is None:
-        if not QUICKSTART.is_file():
-            raise ConfigError(
-                f"no --config given and the quickstart config {QUICKSTART} is "
-                "missing; pass --config FILE."
-            )
-        path = QUICKSTART
+    path = args.config if args.config is not None else default_config()
     cfg = load_config(path, [*args.overrides, *(["logging.verbose=true"] if args.verbose else [])])
     result = run(cfg)
     minutes, seconds = divmod(round(result.train_seconds), 60)
@@ -183,7 +189,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     opts = SweepOptions(
         space=args.space,
-        config=args.config or str(QUICKSTART),
+        config=args.config or str(default_config()),
         overrides=args.overrides,
         name=args.name,
         samples=args.samples,
@@ -232,7 +238,8 @@ def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument(
         "--config",
         default=None,
-        help="pretrain config every trial starts from (default: jobs/configs/quickstart.yaml)",
+        help="pretrain config every trial starts from (default: the packaged CPU quickstart, "
+        "lejepa_ray/configs/quickstart.yaml)",
     )
     sweep.add_argument(
         "--name",
@@ -329,7 +336,10 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
         "`ray job submit` or with RAY_ADDRESS set, on that cluster.",
     )
     pretrain.add_argument(
-        "--config", default=None, help="YAML config (default: jobs/configs/quickstart.yaml)"
+        "--config",
+        default=None,
+        help="YAML config (default: the packaged CPU quickstart, "
+        "lejepa_ray/configs/quickstart.yaml)",
     )
     pretrain.add_argument(
         "--verbose",
@@ -545,8 +555,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from lejepa_ray.launch.driver import TrainingStopped
-
     try:
         return args.func(args)
     except TrainingStopped as e:

@@ -378,7 +378,7 @@ def read_yaml_mapping(path: Path) -> dict:
     # lazy: PyYAML comes with OmegaConf, which the core does not need.
     import yaml
 
-    hint = "pass a YAML file of config keys such as jobs/configs/quickstart.yaml."
+    hint = "pass a YAML file of config keys such as the repository's jobs/configs/*.yaml."
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; {hint}")
     try:
