@@ -36,7 +36,7 @@ def checkpoint_registered(run_dir: str | Path, step: int):
     """A condition for :class:`KillAfter`: Ray Train has registered the run's checkpoint of
     ``step`` as its latest. Its files appear in the run directory before that, and a worker
     killed in between resumes from the previous checkpoint (or from scratch), as it should."""
-    from lejepa_ray.train.checkpoint import latest_checkpoint
+    from lejepa_ray.runs import latest_checkpoint
 
     name = f"checkpoint_{step:08d}"
 
@@ -51,8 +51,8 @@ def checkpoint_being_written(run_dir: str, step: int):
     """A condition for :class:`KillAfter`: files of the checkpoint of ``step`` have appeared
     in the run directory (a local path or URI) but Ray Train has not registered it yet, so a
     kill now lands while it is being saved."""
+    from lejepa_ray.runs import latest_checkpoint
     from lejepa_ray.storage import Folder
-    from lejepa_ray.train.checkpoint import latest_checkpoint
 
     folder = Folder.at(f"{str(run_dir).rstrip('/')}/checkpoint_{step:08d}")
 

@@ -184,6 +184,7 @@ CORE = (
     "lejepa_ray.train.checkpoint",
     "lejepa_ray.train.rankme",
     "lejepa_ray.train.memory",
+    "lejepa_ray.train.faults",
 )
 
 

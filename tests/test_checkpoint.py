@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lejepa_ray import runs
 from lejepa_ray.config import load_config, to_yaml
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.train import checkpoint
@@ -82,7 +83,15 @@ def _assert_bitwise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> N
 
 
 def _save(trainer: Trainer, path: Path, **data) -> None:
-    checkpoint.save(path, trainer, _state(trainer, **data), to_yaml(trainer.cfg))
+    trainer.sync_buffers()
+    checkpoint.save(path, trainer.tensors, _state(trainer, **data), to_yaml(trainer.cfg))
+
+
+def _load(location, trainer: Trainer, **kwargs) -> TrainState:
+    """What a resuming worker does: the tensors, then the schedule and counters."""
+    state = checkpoint.load(location, trainer.tensors, model_name=trainer.cfg.model.name, **kwargs)
+    trainer.restore(state)
+    return state
 
 
 def test_resume_is_bitwise_and_continues_step_schedule_and_rng(tmp_path):
@@ -95,7 +104,7 @@ def test_resume_is_bitwise_and_continues_step_schedule_and_rng(tmp_path):
 
     torch.manual_seed(1234)  # a different initialization and RNG stream, as a new process has
     b = _trainer("seed=7")
-    state = checkpoint.load(tmp_path / "ckpt", b)
+    state = _load(tmp_path / "ckpt", b)
     assert (state.step, state.data_epoch, state.data_samples) == (4, 3, 48)
     assert (b.step, b.skipped_steps) == (4, 1)
     assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"]
@@ -104,7 +113,7 @@ def test_resume_is_bitwise_and_continues_step_schedule_and_rng(tmp_path):
     # Both continue identically: the resumed run is the uninterrupted one.
     for i in range(4, 7):
         ra, rb = a.train_step([_batch(i)]), b.train_step([_batch(i)])
-        assert torch.equal(ra.losses, rb.losses)
+        assert torch.equal(ra.loss.stack(), rb.loss.stack())
         assert a.scheduler.get_last_lr() == b.scheduler.get_last_lr()
     _assert_bitwise(_tensors(b), _tensors(a))
 
@@ -148,10 +157,10 @@ def test_another_model_is_refused_with_both_names(saved):
         match=r"cannot load a resnet18 checkpoint .* into "
         r"resnet34: [1-9]\d* tensors missing",
     ):
-        checkpoint.load(saved, other)
+        _load(saved, other)
     wider = _trainer("model.projector_dim=32")
     with pytest.raises(CheckpointError, match=r"of a different shape \(model\.projector"):
-        checkpoint.load(saved, wider)
+        _load(saved, wider)
 
 
 @pytest.fixture
@@ -184,7 +193,7 @@ def test_truncated_shard_is_refused_by_name_before_loading(saved):
     with pytest.raises(
         CheckpointError, match=r"__0_0.distcp has 1000 bytes, the manifest says \d+ \(truncated\)"
     ):
-        checkpoint.load(saved, _trainer())
+        _load(saved, _trainer())
 
 
 def test_a_flipped_payload_byte_is_caught_where_it_is_read(saved):
@@ -197,7 +206,7 @@ def test_a_flipped_payload_byte_is_caught_where_it_is_read(saved):
     shard.write_bytes(bytes(data))
     message = rf"{item.relative_path} bytes {item.offset}\+{item.length} do not match"
     with pytest.raises(CheckpointError, match=message):
-        checkpoint.load(saved, _trainer())
+        _load(saved, _trainer())
     with pytest.raises(CheckpointError, match=message):
         checkpoint.load_model_weights(saved, _encoder())
 
@@ -205,7 +214,7 @@ def test_a_flipped_payload_byte_is_caught_where_it_is_read(saved):
 def test_a_missing_file_is_refused_by_name(saved):
     (saved / "rng" / "rank_00000.json").unlink()
     with pytest.raises(CheckpointError, match=r"rng/rank_00000.json is missing"):
-        checkpoint.load(saved, _trainer())
+        _load(saved, _trainer())
 
 
 def test_a_checkpoint_without_manifest_loads_with_a_warning(legacy, caplog):
@@ -219,7 +228,7 @@ def test_legacy_truncated_or_missing_shard_is_reported_before_loading(legacy):
     shard = legacy / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"__0_0.distcp has 1000 of \d+ bytes"):
-        checkpoint.load(legacy, _trainer())
+        _load(legacy, _trainer())
     shard.unlink()
     with pytest.raises(CheckpointError, match=r"__0_0.distcp is missing"):
         checkpoint.load_model_weights(legacy, _encoder())
@@ -231,16 +240,16 @@ def test_legacy_garbled_shard_bytes_give_a_checkpoint_error(legacy):
     data[:64] = b"\0" * 64  # same length, so only reading it can tell
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"a shard file is corrupt \(.*UnpicklingError"):
-        checkpoint.load(legacy, _trainer())
+        _load(legacy, _trainer())
 
 
 def test_corrupt_state_or_index_and_interrupted_writes(legacy):
     (legacy / ".metadata").write_bytes(b"\x80\x04garbage")
     with pytest.raises(CheckpointError, match=r"\.metadata is corrupt"):
-        checkpoint.load(legacy, _trainer())
+        _load(legacy, _trainer())
     (legacy / ".metadata").unlink()
     with pytest.raises(CheckpointError, match=r"no \.metadata: .* The checkpoint is incomplete"):
-        checkpoint.load(legacy, _trainer())
+        _load(legacy, _trainer())
     (legacy / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"state.json is corrupt"):
         checkpoint.read_state(legacy)
@@ -270,17 +279,17 @@ def test_index_with_foreign_objects_is_refused_without_running_them(legacy, tmp_
     monkeypatch.chdir(tmp_path)
     (legacy / ".metadata").write_bytes(pickle.dumps(_Payload()))
     with pytest.raises(CheckpointError, match=r"refused to load posix\.system"):
-        checkpoint.load(legacy, _trainer())
+        _load(legacy, _trainer())
     assert not (tmp_path / "pwned").exists()
 
 
 def test_find_accepts_a_checkpoint_and_rejects_a_folder_without_one(saved, tmp_path):
-    assert checkpoint.find(saved) == str(saved)
+    assert runs.find(saved) == str(saved)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"holds no completed checkpoint"):
-        checkpoint.find(tmp_path / "empty")
+        runs.find(tmp_path / "empty")
     with pytest.raises(CheckpointError, match=r"does not exist"):
-        checkpoint.find(tmp_path / "nowhere")
+        runs.find(tmp_path / "nowhere")
 
 
 # --- resharding: 2 FSDP ranks <-> 1 process ------------------------------------------------
@@ -299,9 +308,9 @@ def _fsdp_worker(rank: int, init_file: str, out_dir: str, mode: str) -> None:
             _save(trainer, Path(out_dir, "fsdp"), data_epoch=1, data_samples=32)
         else:
             stats: dict = {}  # resuming FSDP shards on as many ranks: bytes read per rank
-            checkpoint.load(Path(out_dir, "fsdp"), trainer, stats=stats)
+            _load(Path(out_dir, "fsdp"), trainer, stats=stats)
             Path(out_dir, f"bytes_{rank}.json").write_text(json.dumps(stats))
-            checkpoint.load(Path(out_dir, "single"), trainer)
+            _load(Path(out_dir, "single"), trainer)
         tensors = _tensors(trainer)
         if rank == 0:
             torch.save(
@@ -333,7 +342,7 @@ def test_fsdp_shards_resume_in_one_process_and_back(tmp_path):
 
     # 2 FSDP ranks -> 1 process without sharding: the gathered tensors, bit for bit.
     single, stats = _trainer(), {}
-    state = checkpoint.load(tmp_path / "fsdp", single, stats=stats)
+    state = _load(tmp_path / "fsdp", single, stats=stats)
     assert (state.world_size, single.step) == (2, 3)
     assert stats["bytes_read"] > 0.95 * stats["bytes_total"]  # one process holds everything
     assert single.optimizer.param_groups[0]["lr"] == fsdp["lr"]

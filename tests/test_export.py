@@ -52,7 +52,7 @@ def _trained_checkpoint(tmp_path, name: str):
         )
     path = tmp_path / "run" / "checkpoint_00000002"
     path.mkdir(parents=True)
-    checkpoint.save(path, trainer, TrainState(step=2, model=name), to_yaml(cfg))
+    checkpoint.save(path, trainer.tensors, TrainState(step=2, model=name), to_yaml(cfg))
     return path, trainer
 
 

@@ -88,7 +88,7 @@ def _step_worker(rank: int, init_file: str, out_dir: str) -> None:
             )
             out[f"{strategy}-{meta}" + ("-bf16" if precision == "bf16" else "")] = {
                 "rankme": rankme,
-                "losses": result.losses,
+                "losses": result.loss.stack(),
                 "grad_norm": result.grad_norm,
                 "local": local,
                 "total": total,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lejepa_ray import runs
 from lejepa_ray.cli import QUICKSTART
 from lejepa_ray.config import PretrainConfig, load_config, scaled_lr, to_yaml
 from lejepa_ray.launch.driver import TrainingStopped, run
@@ -264,14 +265,14 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
     ckpt = tmp_path / "other" / "checkpoint_00000005"
     ckpt.mkdir(parents=True)
     checkpoint.save(
-        ckpt, trainer, checkpoint.TrainState(step=5, model="resnet34"), to_yaml(trainer_cfg)
+        ckpt, trainer.tensors, checkpoint.TrainState(step=5, model="resnet34"), to_yaml(trainer_cfg)
     )
     check_resumable(str(ckpt), trainer_cfg, resolve_backbone(trainer_cfg))  # same model: fine
     monkeypatch.setattr(runtime, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     monkeypatch.setattr(
-        checkpoint,
+        runs,
         "latest_checkpoint",
-        lambda run_dir: checkpoint.Latest(str(ckpt), {"step": 5}, checkpoint.Opened(ckpt)),
+        lambda run_dir: runs.Latest(str(ckpt), {"step": 5}, checkpoint.Opened(ckpt)),
     )
     with pytest.raises(
         checkpoint.CheckpointError,

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from test_checkpoint import _batch, _config, _save, _trainer
+from test_checkpoint import _batch, _config, _load, _save, _trainer
 
-from lejepa_ray import storage
+from lejepa_ray import runs, storage
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.storage import Folder
 from lejepa_ray.train import checkpoint
@@ -60,7 +60,7 @@ def test_a_checkpoint_on_s3_loads_in_place_reading_only_what_it_needs(s3_checkpo
     uri, saved = s3_checkpoint
     stats = {}
     resumed = _trainer(TINY_MODEL, "seed=7")
-    state = checkpoint.load(uri, resumed, stats)
+    state = _load(uri, resumed, stats=stats)
     assert state.step == 1
     for a, b in zip(saved.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -185,7 +185,7 @@ def test_a_run_on_s3_resumes_when_rerun_falls_back_and_exports(
         assert 0.9 * total < dict(read[f"resume/bytes_read/rank_{rank}"])[4] <= total
     # Step 8 was trained and saved again, under a name of its own, which Ray keeps when it
     # retires the refused checkpoint.
-    kept = [f.name() for f, _ in checkpoint.registered(run_uri)]
+    kept = [f.name() for f, _ in runs.registered(run_uri)]
     assert kept == ["checkpoint_00000012", "checkpoint_00000008_1"], kept
     assert checkpoint.read_state(f"{run_uri}/checkpoint_00000008_1").step == 8
 

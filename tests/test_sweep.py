@@ -182,7 +182,7 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
 def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_trials(
     tmp_path, monkeypatch
 ):
-    import lejepa_ray.train.checkpoint
+    import lejepa_ray.runs
     from lejepa_ray.config import load_config
     from lejepa_ray.tune.sweep import format_convergence, format_table
 
@@ -192,7 +192,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
     # are that checkpoint's, not those of its last report.
     at_b = {METRIC: 2.5, "loss/smoothed": 0.7, "rankme/backbone": 9.0, "rankme/projector": 5.0}
     monkeypatch.setattr(
-        lejepa_ray.train.checkpoint,
+        lejepa_ray.runs,
         "latest_checkpoint",
         lambda run_dir: (
             SimpleNamespace(uri="/ck/b", metrics={**at_b, REL_CHANGE: -0.2})

@@ -10,6 +10,7 @@ import torch
 
 from lejepa_ray.config import load_config
 from lejepa_ray.model.encoder import resolve_backbone
+from lejepa_ray.train.faults import inject_nonfinite
 from lejepa_ray.train.metrics import format_line
 from lejepa_ray.train.trainer import Trainer, fit
 
@@ -32,7 +33,9 @@ def _trainer(*overrides: str) -> Trainer:
             *overrides,
         ],
     )
-    return Trainer(cfg, resolve_backbone(cfg), torch.device("cpu"))
+    trainer = Trainer(cfg, resolve_backbone(cfg), torch.device("cpu"))
+    inject_nonfinite(trainer, cfg.fault.inject_nonfinite_steps)  # as the worker does
+    return trainer
 
 
 def _batches(n: int = 8):
@@ -107,14 +110,14 @@ def test_accumulation_averages_micro_batches():
     batch = next(_batches())
     a, b = one.train_step([batch]), two.train_step([batch, batch])
     torch.testing.assert_close(b.grad_norm, a.grad_norm, rtol=1e-5, atol=0)
-    torch.testing.assert_close(b.losses, a.losses, rtol=1e-6, atol=0)
+    torch.testing.assert_close(b.loss.stack(), a.loss.stack(), rtol=1e-6, atol=0)
 
 
 def _same_step(*overrides: str, model: str = "resnet18") -> None:
     batch = next(_batches())
     base = _trainer(f"model.name={model}").train_step([batch])
     other = _trainer(f"model.name={model}", *overrides).train_step([batch])
-    torch.testing.assert_close(other.losses, base.losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(other.loss.stack(), base.loss.stack(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(other.grad_norm, base.grad_norm, rtol=1e-4, atol=1e-6)
 
 
@@ -139,7 +142,7 @@ def test_non_finite_step_is_skipped_and_counted():
     assert trainer.train_step([next(batches)]).finite
     before = _params(trainer)
     bad = trainer.train_step([next(batches)])
-    assert not bad.finite and not torch.isfinite(bad.losses[0])
+    assert not bad.finite and not torch.isfinite(bad.loss.total)
     # No update, but the step count and the LR schedule go on.
     assert all(torch.equal(p, before[n]) for n, p in _params(trainer).items())
     assert trainer.step == 2 and trainer.skipped_steps == 1

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lejepa_ray import storage
+from lejepa_ray import runs, storage
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.storage import is_local
@@ -82,7 +82,7 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
     Raises:
         CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
     """
-    path = checkpoint.find(run_or_checkpoint)
+    path = runs.find(run_or_checkpoint)
     config_yaml = checkpoint.read_config(path)
     try:
         with tempfile.TemporaryDirectory(prefix="lejepa-export-") as tmp:

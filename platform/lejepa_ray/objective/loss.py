@@ -25,18 +25,22 @@ class LeJEPALoss:
     selection_score: torch.Tensor
     """Label-free model-selection score ``total / λ^α`` (detached): lower is better."""
 
+    def stack(self) -> torch.Tensor:
+        """(4,) float32: total, prediction, sigreg, selection score, detached; for sums and
+        all-reduces that must not wait for the host."""
+        parts = [self.total, self.prediction, self.sigreg, self.selection_score]
+        return torch.stack([part.detach() for part in parts]).float()
+
+    @classmethod
+    def unstack(cls, values: torch.Tensor) -> LeJEPALoss:
+        """The inverse of :meth:`stack`: (4,) values back to named parts."""
+        total, prediction, sigreg, score = values.unbind()
+        return cls(total, prediction, sigreg, score)
+
     def as_metrics(self) -> dict[str, float]:
         """The four parts as Python floats, for logging (one host sync)."""
         names = ("loss", "prediction", "sigreg", "selection_score")
-        values = torch.stack(
-            [
-                self.total.detach(),
-                self.prediction.detach(),
-                self.sigreg.detach(),
-                self.selection_score,
-            ]
-        ).tolist()
-        return dict(zip(names, values, strict=True))
+        return dict(zip(names, self.stack().tolist(), strict=True))
 
 
 def selection_score(total: float | torch.Tensor, lam: float, alpha: float = 0.4):

@@ -39,7 +39,6 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,14 +49,12 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemBase
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
 
-from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger
 from lejepa_ray.errors import CheckpointError
 from lejepa_ray.storage import Folder
 from lejepa_ray.train import manifest as mf
-
-if TYPE_CHECKING:
-    from lejepa_ray.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +93,50 @@ class TrainState:
     format: int = FORMAT
 
 
-def save(path: str | Path, trainer: Trainer, state: TrainState, config_yaml: str) -> None:
-    """Write this rank's shards and RNG states to the local directory ``path``; rank 0 adds
-    ``state.json``, ``config.yaml`` and, last, the manifest of every rank's files. Call on every
-    rank at the same step (DCP's save and the manifest's gather are collective)."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+class ModelAndOptimizer:
+    """The tensors of a model and its optimizer, as DCP saves and loads them (a
+    ``torch.distributed.checkpoint.stateful.Stateful``).
 
-    if dist.is_initialized():
-        # Buffers (BatchNorm running statistics) are replicated, not sharded, and drift apart
-        # between ranks, which normalize their own batches; DCP would save one arbitrary
-        # rank's. Save rank 0's, as DDP broadcasts them before each forward anyway.
-        for buffer in trainer.model.buffers():
-            if not hasattr(buffer, "to_local"):
-                dist.broadcast(buffer, src=0)
-    model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
+    DCP's state-dict helpers name parameters the same under DDP, FSDP2 or neither, which is
+    what lets a checkpoint reshard. Only the optimizer's tensors are kept (AdamW moments and
+    step counts): its hyperparameters come from the config of the run that loads them."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self._param_groups: list | None = None
+
+    def state_dict(self) -> dict:
+        """``{"model": {name: tensor}, "optim": {"state": {name: {moment: tensor}}}}``;
+        sharded tensors (DTensor) under FSDP2."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        self._param_groups = optim_state["param_groups"]
+        return {"model": model_state, "optim": {"state": optim_state["state"]}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load what :meth:`state_dict` returned, filled in place by DCP."""
+        if self._param_groups is None:  # DCP fills a state_dict() it asked for first
+            self.state_dict()
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state_dict["model"],
+            optim_state_dict={
+                "state": state_dict["optim"]["state"],
+                "param_groups": self._param_groups,
+            },
+        )
+
+
+def save(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: str) -> None:
+    """Write this rank's shards of ``tensors`` and its RNG states to the local directory
+    ``path``; rank 0 adds ``state.json``, ``config.yaml`` and, last, the manifest of every
+    rank's files. Call on every rank at the same step (DCP's save and the manifest's gather
+    are collective). Replicated buffers must already agree across ranks (the trainer's
+    ``sync_buffers``): DCP saves one rank's copy."""
     with warnings.catch_warnings():  # DCP warns when it saves in one process: we mean to
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
         metadata = dcp.save(
-            {"model": model_state, "optim": {"state": optim_state["state"]}},
-            checkpoint_id=str(path),
-            no_dist=not dist.is_initialized(),
+            tensors.state_dict(), checkpoint_id=str(path), no_dist=not dist.is_initialized()
         )
     rng = Path(path, _rng_name())
     rng.parent.mkdir(exist_ok=True)
@@ -197,39 +218,31 @@ def _corrupt(folder: Folder, error: Exception) -> CheckpointError:
     )
 
 
-def load(location: Location | Opened, trainer: Trainer, stats: dict | None = None) -> TrainState:
-    """Restore model, optimizer, schedule, step and (same world size) RNG states from the
-    checkpoint at ``location`` into ``trainer``, resharding to this run's world size and
-    strategy. This rank reads only the byte ranges of the tensors it holds, verified against the
-    manifest; ``stats``, when given, receives ``bytes_read`` (by this rank, the checks of an
+def load(
+    location: Location | Opened,
+    tensors: Stateful,
+    *,
+    model_name: str | None = None,
+    stats: dict | None = None,
+) -> TrainState:
+    """Load the checkpoint at ``location`` into ``tensors`` (resharding to this run's world
+    size and strategy) and, at the same world size, this rank's RNG states; return its
+    :class:`TrainState` for the caller to restore its schedule and counters from.
+
+    This rank reads only the byte ranges of the tensors it holds, verified against the
+    manifest. ``model_name`` (the config's) makes a checkpoint of another model fail with both
+    names. ``stats``, when given, receives ``bytes_read`` (by this rank, the checks of an
     :class:`Opened` passed in included) and ``bytes_total`` (the checkpoint's size). Call on
     every rank (DCP's load is collective when a process group exists).
 
     Raises:
         CheckpointError: incomplete or corrupt files, or a checkpoint of another model.
     """
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     ckpt = location if isinstance(location, Opened) else Opened(location)
     state = _read_state(ckpt)
-    model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)
-    target = {"model": model_state, "optim": {"state": optim_state["state"]}}
-    _read_into(ckpt, target, model_name=trainer.cfg.model.name, saved_model=state.model)
-    set_state_dict(
-        trainer.model,
-        trainer.optimizer,
-        model_state_dict=model_state,
-        optim_state_dict={
-            "state": target["optim"]["state"],
-            "param_groups": optim_state["param_groups"],
-        },
-    )
-    trainer.scheduler.load_state_dict(state.scheduler)
-    for group, lr in zip(
-        trainer.optimizer.param_groups, trainer.scheduler.get_last_lr(), strict=True
-    ):
-        group["lr"] = lr
-    trainer.step, trainer.skipped_steps = state.step, state.skipped_steps
+    target = tensors.state_dict()
+    _read_into(ckpt, target, model_name=model_name, saved_model=state.model)
+    tensors.load_state_dict(target)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world == state.world_size and ckpt.has(_rng_name()):
         _set_rng_state(json.loads(ckpt.read(_rng_name(), "this rank's RNG states")))
@@ -254,13 +267,13 @@ def load_model_weights(location: Location, model: nn.Module) -> int:
     return state.step
 
 
-def read_state(location: Location) -> TrainState:
+def read_state(location: Location | Opened) -> TrainState:
     """``state.json`` of the checkpoint at ``location``.
 
     Raises:
         CheckpointError: no such checkpoint, or its state file is missing or unreadable.
     """
-    return _read_state(Opened(location))
+    return _read_state(location if isinstance(location, Opened) else Opened(location))
 
 
 def read_config(location: Location) -> str:
@@ -488,19 +501,23 @@ def _read_into(ckpt: Opened, target: dict, *, model_name: str | None, saved_mode
             dcp.load(
                 target, storage_reader=_VerifyingReader(ckpt), no_dist=not dist.is_initialized()
             )
+    except CheckpointException as e:  # a BaseException holding each failed rank's exception
+        failures = [exc for exc, _ in e.failures.values()]
+        ours = [exc for exc in failures if isinstance(exc, CheckpointError)]
+        if ours:  # a rank's verifying reader found a corrupt byte range
+            raise ours[0] from None
+        raise _unreadable(ckpt, failures[0] if failures else e) from None
     except CheckpointError:
         raise
-    except (Exception, CheckpointException) as e:  # DCP's own is a BaseException
-        # DCP wraps each rank's traceback in its message; the line naming the error is the one
-        # a user needs (ours, when a rank found a corrupt range).
-        lines = [line.strip() for line in str(e).splitlines() if "Error" in line]
-        cause = (lines[-1] if lines else str(e).strip().splitlines()[-1])[:300]
-        if "CheckpointError: " in cause:
-            raise CheckpointError(cause.split("CheckpointError: ", 1)[1]) from None
-        raise CheckpointError(
-            f"reading the shards of {ckpt.folder} failed: a shard file is corrupt "
-            f"({cause}). Use an earlier checkpoint."
-        ) from None
+    except Exception as e:
+        raise _unreadable(ckpt, e) from None
+
+
+def _unreadable(ckpt: Opened, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"reading the shards of {ckpt.folder} failed: a shard file is corrupt "
+        f"({type(error).__name__}: {str(error)[:300]}). Use an earlier checkpoint."
+    )
 
 
 def _check_sizes(ckpt: Opened, metadata: Metadata) -> None:
@@ -566,91 +583,6 @@ def _set_rng_state(saved: dict) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = saved["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def find(run_or_checkpoint: Location) -> str:
-    """The checkpoint named by a checkpoint directory, or the latest complete checkpoint of a
-    run directory (as Ray Train registered it), as a local path or URI.
-
-    Raises:
-        CheckpointError: neither a checkpoint nor a run directory with one.
-    """
-    text = str(run_or_checkpoint).removeprefix("file://")
-    if "://" not in text:
-        text = str(Path(text).expanduser())
-    folder = Folder.at(text)
-    if folder.exists(STATE_FILE) or folder.exists(METADATA_FILE):
-        return folder.uri
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"{text} does not exist; pass a run directory (runs/<name>) or a "
-            "checkpoint directory (runs/<name>/checkpoint_<step>)."
-        )
-    latest = latest_checkpoint(text)
-    if latest is None:
-        raise CheckpointError(
-            f"{text} holds no completed checkpoint; a run writes one every "
-            "checkpoint.every_steps steps and at its end."
-        )
-    return latest.uri
-
-
-def registered(run_dir: str) -> list[tuple[Folder, dict]]:
-    """The checkpoints Ray Train registered for the run directory (a local path or URI),
-    newest first, with the metrics reported beside each. Ray registers a checkpoint only once
-    every rank has written it, so an interrupted write is never among them."""
-    from ray.train import Result
-
-    if "://" not in run_dir:
-        run_dir = str(Path(run_dir).expanduser().resolve())  # Ray reads a bare path as a URI
-    # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
-    try:
-        with quiet_logger(RAY_CHECKPOINT_MANAGER_LOGGER, logging.WARNING):
-            result = Result.from_path(run_dir)
-    except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
-        return []
-    kept = [(Folder(c.filesystem, c.path), dict(m or {})) for c, m in result.best_checkpoints or []]
-    if not kept and result.checkpoint is not None:
-        kept = [(Folder(result.checkpoint.filesystem, result.checkpoint.path), {})]
-    return sorted(kept, key=lambda cm: cm[1].get("step", -1), reverse=True)
-
-
-@dataclass
-class Latest:
-    """A run's latest complete checkpoint, as :func:`latest_checkpoint` found it."""
-
-    uri: str
-    """Where it is: a local path or a URI."""
-    metrics: dict
-    """The metrics reported with it (``step``, ``data/epoch``, ...)."""
-    opened: Opened
-    """It, opened: listing checked, state file and index read and verified, for a load to
-    go on from without reading them again."""
-
-    @property
-    def step(self) -> int:
-        return int(self.metrics.get("step", 0))
-
-
-def latest_checkpoint(run_dir: str) -> Latest | None:
-    """The run's latest checkpoint that is complete, or None when it has none."""
-    return first_complete(registered(run_dir))
-
-
-def first_complete(entries: list[tuple[Folder, dict]]) -> Latest | None:
-    """The first of :func:`registered`'s ``entries`` whose files match its manifest (sizes,
-    small files' checksums) and that no earlier load refused. Each checkpoint passed over is
-    logged with the reason, so a user sees the run fall back."""
-    for folder, metrics in entries:
-        try:
-            ckpt = Opened(folder)
-            _read_state(ckpt)
-            read_metadata(ckpt)
-        except CheckpointError as e:
-            log.warning("passing over checkpoint %s: %s", folder.name(), e)
-            continue
-        return Latest(folder.uri, metrics, ckpt)
-    return None
 
 
 def refuse(location: Location, reason: str) -> None:

@@ -1,13 +1,14 @@
 """One data-parallel rank's training: build the encoder and optimizer, step, log, checkpoint.
 
 Nothing here knows about Ray: :func:`fit` takes an iterator of batches and two callbacks, so
-the same loop runs inside a Ray Train worker (``pretrain.py``) and under plain ``torchrun``
+the same loop runs inside a Ray Train worker (``launch/worker.py``) and under plain ``torchrun``
 (``benchmarks/train_step.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -23,7 +24,8 @@ from lejepa_ray.config import PretrainConfig, scaled_lr
 from lejepa_ray.data.device_views import augment_batch
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 from lejepa_ray.model.parallelize import compute_dtype, meta_parameters, parallelize
-from lejepa_ray.objective.loss import lejepa_loss
+from lejepa_ray.objective.loss import LeJEPALoss, lejepa_loss
+from lejepa_ray.train.checkpoint import ModelAndOptimizer, TrainState
 from lejepa_ray.train.memory import peak_rss_bytes
 from lejepa_ray.train.optim import build_optimizer, build_scheduler
 
@@ -36,8 +38,8 @@ class NonFiniteLossError(RuntimeError):
 class StepResult:
     """What one optimizer step produced (tensors stay on the device until logged)."""
 
-    losses: torch.Tensor
-    """(4,): total, prediction, sigreg, selection score, averaged over micro-batches."""
+    loss: LeJEPALoss
+    """The loss's parts, detached, averaged over the step's micro-batches."""
     grad_norm: torch.Tensor
     """Global gradient norm before clipping."""
     finite: bool
@@ -57,6 +59,18 @@ class Trainer:
         self.model: nn.Module = parallelize(encoder, cfg.scaling, device, seed=cfg.seed)
         self.optimizer = build_optimizer(encoder, cfg.optim, scaled_lr(cfg))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.tensors = ModelAndOptimizer(self.model, self.optimizer)
+        """What a checkpoint saves of this rank's tensors (a DCP ``Stateful``)."""
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor, int], LeJEPALoss] = functools.partial(
+            lejepa_loss,
+            lam=cfg.loss.lam,
+            num_slices=cfg.loss.num_slices,
+            t_max=cfg.loss.t_max,
+            num_knots=cfg.loss.num_knots,
+            alpha=cfg.loss.alpha,
+            validate=False,
+        )
+        """(global embeddings (V_g, B, K), all embeddings (V, B, K), step) -> the loss."""
         self.step = 0
         self.skipped_steps = 0
         """Steps skipped (no update) because their loss or gradient was not finite."""
@@ -66,14 +80,27 @@ class Trainer:
         # parameters, and autocast covers the units that keep fp32 ones (BatchNorm).
         self.autocast = compute_dtype(cfg.scaling, device) == torch.bfloat16
 
-    def _gradient_sync(self, sync: bool):
-        """Context in which backward all-reduces gradients only if ``sync`` (the last
-        micro-batch of a step)."""
-        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
-            self.model.set_requires_gradient_sync(sync)
-        elif not sync and hasattr(self.model, "no_sync"):  # DDP
-            return self.model.no_sync()
-        return contextlib.nullcontext()
+    def restore(self, state: TrainState) -> None:
+        """Take the schedule and counters of a checkpoint whose tensors were just loaded into
+        :attr:`tensors`."""
+        self.scheduler.load_state_dict(state.scheduler)
+        for group, lr in zip(
+            self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
+        ):
+            group["lr"] = lr
+        self.step, self.skipped_steps = state.step, state.skipped_steps
+
+    def sync_buffers(self) -> None:
+        """Make replicated buffers (BatchNorm running statistics) rank 0's on every rank.
+
+        They drift apart between ranks, which normalize their own batches, and a checkpoint
+        keeps one rank's copy; DDP broadcasts them before each forward anyway. Call on every
+        rank before saving."""
+        if not dist.is_initialized():
+            return
+        for buffer in self.model.buffers():
+            if not hasattr(buffer, "to_local"):  # sharded (DTensor) buffers are not replicas
+                dist.broadcast(buffer, src=0)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         """One optimizer step over ``micro_batches`` (each: ``global`` uint8
@@ -85,44 +112,59 @@ class Trainer:
         Raises:
             NonFiniteLossError: after ``fault.max_nonfinite_steps`` skipped steps in a row.
         """
-        cfg = self.cfg
         self.model.train()
-        losses = torch.zeros(4, device=self.device)
-        poison = self.step + 1 in cfg.fault.inject_nonfinite_steps
+        loss = self._forward_backward(micro_batches)
+        grad_norm = self._clip_gradients()
+        ok = self._finite_on_every_rank(loss, grad_norm)
+        self._update(ok)
+        if self.bad_streak >= self.cfg.fault.max_nonfinite_steps:
+            raise NonFiniteLossError(self._stop_message(loss, grad_norm))
+        return StepResult(loss, grad_norm.detach(), ok)
+
+    def _forward_backward(self, micro_batches: list[dict[str, torch.Tensor]]) -> LeJEPALoss:
+        """Accumulate the gradients of the step's micro-batches; the mean of their losses."""
+        parts = torch.zeros(4, device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with (
                 self._gradient_sync(last),
                 torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast),
             ):
-                z = self.model(batch["global"], batch.get("local"))
-                out = lejepa_loss(
-                    z[: batch["global"].shape[1]],
-                    z,
-                    self.step,
-                    cfg.loss.lam,
-                    num_slices=cfg.loss.num_slices,
-                    t_max=cfg.loss.t_max,
-                    num_knots=cfg.loss.num_knots,
-                    alpha=cfg.loss.alpha,
-                    validate=False,
-                )
-                total = out.total * float("nan") if poison else out.total
-                (total / len(micro_batches)).backward()
-            losses += torch.stack(
-                [total.detach(), out.prediction.detach(), out.sigreg.detach(), out.selection_score]
-            ).float()
+                z = self.model(batch["global"], batch.get("local"))  # (V, B, K)
+                out = self.loss_fn(z[: batch["global"].shape[1]], z, self.step)
+                (out.total / len(micro_batches)).backward()
+            parts += out.stack()
+        return LeJEPALoss.unstack(parts / len(micro_batches))
+
+    def _gradient_sync(self, sync: bool):
+        """Context in which backward all-reduces gradients only if ``sync`` (the last
+        micro-batch of a step)."""
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(sync)
+        elif not sync and hasattr(self.model, "no_sync"):  # DDP
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip to ``optim.grad_clip``; the global norm before clipping (a scalar tensor)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        # Whether to update is decided on the host, the same on every rank (so every rank
-        # skips together): one host sync and a one-element all-reduce per step.
-        finite = (torch.isfinite(losses).all() & torch.isfinite(grad_norm)).float()
+        return grad_norm
+
+    def _finite_on_every_rank(self, loss: LeJEPALoss, grad_norm: torch.Tensor) -> bool:
+        """Whether the loss and gradient are finite on every rank: decided on the host, the
+        same on every rank, so that every rank skips together. One host sync and a
+        one-element all-reduce per step."""
+        finite = (torch.isfinite(loss.stack()).all() & torch.isfinite(grad_norm)).float()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        ok = bool(finite.item())
+        return bool(finite.item())
+
+    def _update(self, ok: bool) -> None:
+        """Step the optimizer if ``ok``; advance the schedule and the step count either way."""
         if ok:
             self.optimizer.step()
             self.bad_streak = 0
@@ -136,16 +178,15 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if self.bad_streak >= cfg.fault.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"stopped at step {self.step}: the last {self.bad_streak} steps had a "
-                f"non-finite loss or gradient (loss {losses[0].item() / len(micro_batches):.4g}"
-                f", gradient norm {grad_norm.item():.4g}) and were skipped; "
-                f"fault.max_nonfinite_steps={cfg.fault.max_nonfinite_steps}. Lower optim.lr or "
-                "raise optim.warmup_steps, then rerun with the same name to resume from the "
-                "last good checkpoint."
-            )
-        return StepResult(losses / len(micro_batches), grad_norm.detach(), ok)
+
+    def _stop_message(self, loss: LeJEPALoss, grad_norm: torch.Tensor) -> str:
+        return (
+            f"stopped at step {self.step}: the last {self.bad_streak} steps had a non-finite "
+            f"loss or gradient (loss {loss.total.item():.4g}, gradient norm "
+            f"{grad_norm.item():.4g}) and were skipped; fault.max_nonfinite_steps="
+            f"{self.cfg.fault.max_nonfinite_steps}. Lower optim.lr or raise optim.warmup_steps, "
+            "then rerun with the same name to resume from the last good checkpoint."
+        )
 
 
 class DeviceClock:
@@ -190,15 +231,15 @@ class Meter:
     steps: int = 0
     good_steps: int = 0
     loss_sum: torch.Tensor | None = None
-    """Sum of the finite steps' (4,) losses, on the device (no host sync per step)."""
+    """Sum of the finite steps' (4,) stacked losses (``LeJEPALoss.stack``), on the device (no
+    host sync per step)."""
 
     def add(self, result: StepResult) -> None:
         self.steps += 1
         if result.finite:
             self.good_steps += 1
-            self.loss_sum = (
-                result.losses if self.loss_sum is None else self.loss_sum + result.losses
-            )
+            parts = result.loss.stack()
+            self.loss_sum = parts if self.loss_sum is None else self.loss_sum + parts
 
 
 class RecentMean:

@@ -330,8 +330,8 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     """
     from ray import tune
 
-    from lejepa_ray.launch.driver import storage_root
     from lejepa_ray.launch.runtime import connect
+    from lejepa_ray.runs import storage_root
 
     base, space = check(opts)
     name = sweep_name(opts)
@@ -493,7 +493,7 @@ def rank(
 ) -> list[TrialRow]:
     """The trials of a Tune ``ResultGrid`` as rows: completed ones by the ``select_by`` metric
     (best first, in its direction), then those ASHA stopped (the same way), then failed ones."""
-    from lejepa_ray.train.checkpoint import latest_checkpoint
+    from lejepa_ray.runs import latest_checkpoint
 
     keys = [d.key for d in space]
     rows = []

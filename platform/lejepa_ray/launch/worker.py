@@ -1,0 +1,269 @@
+"""One Ray Train worker of a pretraining run: build the trainer, resume, fit, report.
+
+:func:`train_worker` is what ``TorchTrainer`` runs on every rank. It reads like its steps:
+place the rank, build the :class:`~lejepa_ray.train.trainer.Trainer`, resume from the run's
+latest checkpoint, open the data cursor where that checkpoint left the data, then hand the
+loop to :func:`~lejepa_ray.train.trainer.fit` with a :class:`Reporter`, which sends metrics to
+Ray Train and assembles each checkpoint.
+
+Ray is imported at the top: this module only ever runs inside a Ray Train worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ray.actor
+import ray.train
+import ray.train.torch
+import torch
+
+from lejepa_ray import runs, storage
+from lejepa_ray.compat import ray_train_report_logger
+from lejepa_ray.config import PretrainConfig, to_yaml
+from lejepa_ray.data.stream import EpochCursor, skip_metrics
+from lejepa_ray.errors import CheckpointError
+from lejepa_ray.model.encoder import BackboneSpec
+from lejepa_ray.model.flops import peak_tflops
+from lejepa_ray.train import checkpoint
+from lejepa_ray.train.checkpoint import TrainState
+from lejepa_ray.train.faults import inject_nonfinite
+from lejepa_ray.train.metrics import MetricsWriter
+from lejepa_ray.train.rankme import heldout_batch, rankme_metrics
+from lejepa_ray.train.trainer import NonFiniteLossError, Trainer, fit
+
+log = logging.getLogger(__name__)
+
+RESUMED_FROM = "resumed_from"
+"""Reported by workers that resumed: the step of the checkpoint their attempt loaded."""
+WORKER_CONFIG = "worker"
+"""The key of :class:`WorkerConfig` in Ray Train's ``train_loop_config``."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of a run gets from the driver (pickled once per attempt)."""
+
+    cfg: PretrainConfig
+    """The run's validated config."""
+    spec: BackboneSpec
+    """How the backbone takes the view sizes, resolved by the driver."""
+    counter: ray.actor.ActorHandle
+    """The run's ``SkipCounter`` actor: samples the pipeline skipped, by reason."""
+    run_dir: str
+    """The run directory (local path or URI): checkpoints, TensorBoard, markers."""
+    flops_per_image: float
+    """Training FLOPs per image (forward and backward, all views), for MFU."""
+
+
+@dataclass
+class Resumed:
+    """The checkpoint a worker group resumed from (the same on every rank)."""
+
+    uri: str
+    state: TrainState
+    seconds: float
+    """Wall time of the load on this rank."""
+    bytes_read: list[int]
+    """Bytes each rank fetched for it, by rank."""
+    bytes_total: int
+    """The checkpoint's size in bytes."""
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train's entry point: one data-parallel rank of the run, resumed from the latest
+    checkpoint when there is one. ``config[WORKER_CONFIG]`` is the :class:`WorkerConfig`."""
+    job: WorkerConfig = config[WORKER_CONFIG]
+    # Ray Train logs each report, with all its metrics, from every rank at INFO, on a logger
+    # named after its source file that LoggingConfig does not reach; our progress line says it.
+    logging.getLogger(ray_train_report_logger()).setLevel(logging.WARNING)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.cfg.scaling.cpus_per_worker)))
+
+    trainer = Trainer(job.cfg, job.spec, device)
+    inject_nonfinite(trainer, job.cfg.fault.inject_nonfinite_steps)  # drills only
+    resumed, taken = resume(trainer, job.run_dir, rank)
+    state = resumed.state if resumed else TrainState(step=0)
+    cursor = EpochCursor(
+        job.counter,
+        job.cfg.data,
+        job.cfg.scaling.batch_size,
+        world,
+        state.data_epoch,
+        state.data_samples,
+        prefetch=job.cfg.data.prefetch_batches,
+    )
+    writer = _metrics_writer(job, resumed) if rank == 0 else None
+    reporter = Reporter(job, trainer, cursor, writer, resumed, taken, world)
+    try:
+        fit(
+            trainer,
+            iter(cursor),
+            report=reporter,
+            flops_per_image=job.flops_per_image,
+            peak_tflops=peak_tflops(device, job.cfg.logging.peak_tflops),
+            world_size=world,
+        )
+    except NonFiniteLossError as e:
+        # Every rank raises at the same step (the finiteness flag is all-reduced). Ending the
+        # attempt normally, rather than failing it, keeps Ray from restarting into the same
+        # divergence; the driver reads the marker and reports it.
+        if rank == 0:
+            storage.write_text(
+                f"{job.run_dir}/{runs.STOPPED_FILE}",
+                json.dumps({"step": trainer.step, "message": str(e)}),
+            )
+            log.error("%s", e)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def resume(trainer: Trainer, run_dir: str, rank: int) -> tuple[Resumed | None, set[str]]:
+    """Load the run's latest complete checkpoint into ``trainer`` (every rank): what it was,
+    or None for a fresh start; and the names of every checkpoint Ray Train registered for the
+    run, which a step saved again must not reuse.
+
+    A checkpoint that fails verification while it loads (a changed byte) is marked refused and
+    the attempt fails, so that Ray Train restarts the workers, and the data pipeline, from the
+    previous complete checkpoint (counted in ``fault.max_failures``)."""
+    if ray.train.get_checkpoint() is None:
+        return None, set()
+    entries = runs.registered(run_dir)
+    taken = {folder.name() for folder, _ in entries}
+    latest = runs.first_complete(entries)
+    if latest is None:
+        return None, taken
+    start, stats = time.perf_counter(), {}
+    try:
+        state = checkpoint.load(
+            latest.opened, trainer.tensors, model_name=trainer.cfg.model.name, stats=stats
+        )
+    except CheckpointError as e:
+        if rank == 0:
+            checkpoint.refuse(latest.uri, str(e))
+        raise CheckpointError(
+            f"{e} It is marked refused; the restarted workers resume from the checkpoint "
+            "before it (rerun the same command if the run has no restarts left)."
+        ) from None
+    trainer.restore(state)
+    seconds = time.perf_counter() - start
+    bytes_read = [stats["bytes_read"]]
+    if torch.distributed.is_initialized():  # what each rank fetched, for rank 0 to log
+        bytes_read = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(bytes_read, stats["bytes_read"])
+    return Resumed(latest.uri, state, seconds, bytes_read, stats["bytes_total"]), taken
+
+
+def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter:
+    """Rank 0's TensorBoard writer and progress line; a resume is logged with its figures."""
+    step = resumed.state.step if resumed else None
+    writer = MetricsWriter(job.run_dir, job.cfg.optim.steps, resumed_step=step)
+    if resumed is not None:
+        state = resumed.state
+        writer.resumed(state.step, resumed.seconds, resumed.bytes_read, resumed.bytes_total)
+        log.warning(
+            "resumed from %s: step %d, data epoch %d (+%d samples), written by %d rank(s), "
+            "loaded in %.1f s; rank(s) read %s of %.1f MB",
+            resumed.uri,
+            state.step,
+            state.data_epoch,
+            state.data_samples,
+            state.world_size,
+            resumed.seconds,
+            "/".join(f"{b / 1e6:.1f}" for b in resumed.bytes_read),
+            resumed.bytes_total / 1e6,
+        )
+    return writer
+
+
+class Reporter:
+    """What :func:`~lejepa_ray.train.trainer.fit` calls at each log and checkpoint step, on
+    every rank: adds the data position, RankMe and skip counts to the metrics, writes them to
+    TensorBoard (rank 0), and reports them to Ray Train, with a checkpoint at save steps."""
+
+    def __init__(
+        self,
+        job: WorkerConfig,
+        trainer: Trainer,
+        cursor: EpochCursor,
+        writer: MetricsWriter | None,
+        resumed: Resumed | None,
+        taken: set[str],
+        world_size: int,
+    ):
+        self.job, self.trainer, self.cursor, self.writer = job, trainer, cursor, writer
+        self.resumed_step = resumed.state.step if resumed else None
+        self.taken = taken
+        """Checkpoint names Ray Train already registered for the run (see :meth:`_name`)."""
+        self.world_size = world_size
+        self.config_yaml = to_yaml(job.cfg)
+        samples = job.cfg.logging.rankme_samples
+        self.rankme_images = (
+            heldout_batch(job.cfg.data, job.spec.global_size, samples) if samples else None
+        )
+
+    def __call__(self, step: int, metrics: dict[str, float], save: bool) -> None:
+        metrics = self._complete(step, metrics, save)
+        if not save:
+            ray.train.report(metrics)
+            return
+        if self.writer is not None:
+            self.writer.sync()
+        metrics["data/samples"] = self.cursor.samples
+        self.trainer.sync_buffers()  # every rank, before the save reads rank 0's buffers
+        with tempfile.TemporaryDirectory(prefix="lejepa-ckpt-") as tmp:
+            checkpoint.save(tmp, self.trainer.tensors, self._state(step), self.config_yaml)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=self._name(step),
+            )
+
+    def _complete(self, step: int, metrics: dict[str, float], save: bool) -> dict[str, float]:
+        """``metrics`` plus the data epoch, epoch-boundary waits, RankMe (at save steps) and,
+        on rank 0, skip counts; logged to TensorBoard there."""
+        metrics = {**metrics, "data/epoch": self.cursor.epoch}
+        waits = self.cursor.boundary_waits  # epochs entered since the last report
+        if waits:
+            metrics["time/epoch_start_wait_s"] = max(w for _, w in waits)
+            waits.clear()
+        if save and self.rankme_images is not None:  # every rank: FSDP2 gathers for it
+            encoder, bf16 = self.trainer.encoder, self.trainer.autocast
+            metrics.update(rankme_metrics(encoder, self.rankme_images, bf16=bf16))
+        if self.writer is not None:
+            metrics.update(skip_metrics(self.job.counter))
+            self.writer.log(step, metrics)
+        metrics["step"] = step
+        if self.resumed_step is not None:
+            metrics[RESUMED_FROM] = self.resumed_step
+        return metrics
+
+    def _state(self, step: int) -> TrainState:
+        return TrainState(
+            step=step,
+            world_size=self.world_size,
+            skipped_steps=self.trainer.skipped_steps,
+            data_epoch=self.cursor.epoch,
+            data_samples=self.cursor.samples,
+            scheduler=self.trainer.scheduler.state_dict(),
+            model=self.job.cfg.model.name,
+        )
+
+    def _name(self, step: int) -> str:
+        """``checkpoint_<step>``, or with a suffix when that name is registered already: a run
+        that fell back past a refused checkpoint saves that step again, and Ray, retiring the
+        refused entry, would delete the new directory with it."""
+        name = f"checkpoint_{step:08d}"
+        for n in itertools.count(1):
+            if name not in self.taken:
+                return name
+            name = f"checkpoint_{step:08d}_{n}"
+        raise AssertionError("unreachable")
