@@ -4,16 +4,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint bench bench-train bench-recovery bench-quality bench-profile pretrain lock clean
+.PHONY: test lint typecheck bench bench-train bench-recovery bench-quality bench-profile pretrain lock clean
 
-test: $(STAMP)  ## lint and format check, then the whole test suite (multi-process tests included)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint  ## lint, format and type checks, then the whole test suite (multi-process tests included)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff (lint and format), then mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
+
+typecheck: $(STAMP)  ## mypy on the packages listed under [tool.mypy] files in pyproject.toml
+	$(BIN)/python -m mypy
 
 bench: $(STAMP)  ## SIGReg speed and memory against the textbook implementation
 	$(BIN)/python benchmarks/sigreg.py
@@ -44,4 +46,4 @@ lock: $(STAMP)  ## rewrite constraints.txt from what .venv resolved
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -63,7 +63,7 @@ def create_backbone(
 def _accepts(model: nn.Module, size: int) -> bool:
     try:
         with torch.no_grad():
-            out = model(torch.empty(2, 3, size, size, device="meta"))
+            out: torch.Tensor = model(torch.empty(2, 3, size, size, device="meta"))
     except (RuntimeError, AssertionError, ValueError, IndexError):
         return False
     return out.dim() == 2
@@ -101,6 +101,7 @@ def resolve(cfg: ModelConfig, global_size: int, local_size: int | None) -> Backb
             "needs in model.model_args."
         )
     kwargs, model = fallback
+    assert local_size is not None  # kept only when the local size failed: there is one
     reduction = max(1, int(getattr(model, "feature_info", [{}])[-1].get("reduction", 1) or 1))
     size = -(-local_size // reduction) * reduction
     while size < global_size and not _accepts(model, size):
@@ -119,7 +120,10 @@ def _feature_size(model: nn.Module) -> int:
     """Width of what the model returns with ``num_classes=0``: timm's ``head_hidden_size``,
     which differs from ``num_features`` when a head convolution or pre-logits layer follows the
     pooling (MobileNetV3: 960 -> 1280)."""
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    if width is None:
+        raise TypeError(f"{type(model).__name__} has no num_features: not a timm backbone?")
+    return int(width)
 
 
 def pixel_normalization(
@@ -142,6 +146,11 @@ class LeJEPAEncoder(nn.Module):
     goes through the backbone in one forward; the projector (with BatchNorm) sees all views
     at once so its batch statistics cover every view.
     """
+
+    # Buffers registered in __init__, declared for the type checker (nn.Module's __getattr__
+    # only promises a Tensor or a Module).
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self, spec: BackboneSpec, cfg: ModelConfig, device: str | torch.device | None = None
@@ -173,7 +182,8 @@ class LeJEPAEncoder(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(N, num_features)`` of uint8 images ``(N, 3, S, S)``."""
-        return self.backbone(self._pixels(images.unsqueeze(1), images.shape[-1]))
+        feats: torch.Tensor = self.backbone(self._pixels(images.unsqueeze(1), images.shape[-1]))
+        return feats
 
     def embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features ``(N, num_features)`` and projector outputs ``(N, projector_dim)``
@@ -195,6 +205,6 @@ class LeJEPAEncoder(nn.Module):
         # Rows are sample-major within each resolution: (B, V) flattened.
         parts = [f.view(batch, -1, f.shape[-1]) for f in feats]
         emb = torch.cat(parts, dim=1).flatten(0, 1)  # (B·V, D)
-        proj = self.projector(emb)
+        proj: torch.Tensor = self.projector(emb)
         # A copy, not a view: FSDP's backward hooks are attached to the module's output.
         return proj.view(batch, n_views, -1).transpose(0, 1).contiguous()  # (V, B, K)

@@ -30,8 +30,9 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-def forward_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
-    """FLOPs of ``module(*inputs)`` (meta tensors welcome: nothing is computed)."""
+def forward_flops(module: torch.nn.Module, *inputs: torch.Tensor | None) -> int:
+    """FLOPs of ``module(*inputs)`` (meta tensors welcome: nothing is computed; None passes an
+    optional input that is absent)."""
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         module(*inputs)

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from lejepa_ray import compat
-from lejepa_ray.config import ScalingConfig
+from lejepa_ray.config import ConfigError, ScalingConfig
 from lejepa_ray.model.encoder import LeJEPAEncoder
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
 
 def compute_dtype(scaling: ScalingConfig, device: torch.device) -> torch.dtype:
@@ -37,9 +42,10 @@ def block_modules(backbone: nn.Module) -> list[nn.Module]:
     """
     from timm.models import group_modules
 
-    if not hasattr(backbone, "group_matcher"):
+    matcher = getattr(backbone, "group_matcher", None)
+    if not callable(matcher):
         return []
-    groups = group_modules(backbone, backbone.group_matcher(coarse=False))
+    groups = group_modules(backbone, matcher(coarse=False))
     names: set[str] = set()
     for members in groups.values():
         parts = [name.split(".") for name in members if "." in name]
@@ -65,7 +71,13 @@ def parallelize(
     """
     dtype = compute_dtype(scaling, device)
     if scaling.activation_checkpointing:
-        model.backbone.set_grad_checkpointing(True)
+        set_grad_checkpointing = getattr(model.backbone, "set_grad_checkpointing", None)
+        if not callable(set_grad_checkpointing):
+            raise ConfigError(
+                f"{type(model.backbone).__name__} has no set_grad_checkpointing(): set "
+                "scaling.activation_checkpointing=false for this backbone."
+            )
+        set_grad_checkpointing(True)
     blocks = block_modules(model.backbone)
     if scaling.compile:
         # Up to two graphs (two view sizes) per block shape, all in the blocks' shared code.
@@ -112,7 +124,7 @@ def _fully_shard(
     return model
 
 
-def _policy(unit: nn.Module, dtype: torch.dtype):
+def _policy(unit: nn.Module, dtype: torch.dtype) -> MixedPrecisionPolicy:
     """bf16 parameters (gathered and computed in bf16, gradients reduced in fp32), except for
     units holding BatchNorm: its bf16 weights cannot meet its fp32 running statistics, so such
     units keep fp32 parameters and compute in bf16 through autocast (see ``Trainer``)."""
@@ -179,8 +191,9 @@ def _initialize(model: nn.Module) -> None:
     # Layer defaults first, as at construction; then the model-level schemes on top, outermost
     # first (timm's init_weights recurse into their children themselves).
     for module in model.modules():
-        if callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     covered: set[int] = set()
     for module in model.modules():
         init = getattr(module, "init_weights", None)
@@ -201,7 +214,7 @@ SMALL_PARAMETER = 1 << 16
 
 
 @contextlib.contextmanager
-def meta_parameters(small: int = SMALL_PARAMETER):
+def meta_parameters(small: int = SMALL_PARAMETER) -> Iterator[None]:
     """Context in which modules get meta parameters, except small ones, and real buffers.
 
     Buffers (relative-position indices...) and small parameters (layer-scale gammas...) are
@@ -209,15 +222,19 @@ def meta_parameters(small: int = SMALL_PARAMETER):
     real; the large weights are left empty until :func:`materialize` creates each rank's
     shard of them.
     """
-    register = nn.Module.register_parameter
+    from torch.nn.modules.module import register_module_parameter_registration_hook
 
-    def register_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    def to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
+        """torch's global hook, run by every ``register_parameter``: what it returns replaces the
+        parameter (None keeps it)."""
         if param is not None and param.numel() > small and not param.is_meta:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
+            return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        return None
 
-    nn.Module.register_parameter = register_meta
+    # torch annotates the hook as returning None, though its docstring and register_parameter
+    # take the parameter it returns.
+    handle = register_module_parameter_registration_hook(to_meta)  # type: ignore[arg-type]
     try:
         yield
     finally:
-        nn.Module.register_parameter = register
+        handle.remove()

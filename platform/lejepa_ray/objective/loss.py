@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -10,6 +12,8 @@ import torch.distributed as dist
 from lejepa_ray.objective.sigreg import compute_dtype, sigreg
 
 __all__ = ["LeJEPALoss", "lejepa_loss", "selection_score"]
+
+_Score = TypeVar("_Score", float, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,10 @@ class LeJEPALoss:
         return dict(zip(names, self.stack().tolist(), strict=True))
 
 
-def selection_score(total: float | torch.Tensor, lam: float, alpha: float = 0.4):
+def selection_score(total: _Score, lam: float, alpha: float = 0.4) -> _Score:
     """``total / λ^α``: the paper's scaling under which LeJEPA's training loss ranks models like
     their linear-probe accuracy does (lower loss, higher accuracy), across λ."""
-    return total / lam**alpha
+    return total / math.pow(lam, alpha)
 
 
 def lejepa_loss(

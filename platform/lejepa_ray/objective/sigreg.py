@@ -26,6 +26,8 @@ the one-process parameter gradient.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -51,7 +53,9 @@ def _check_quadrature_args(t_max: float, num_knots: int) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _quadrature_f64(t_max: float, num_knots: int) -> tuple[torch.Tensor, ...]:
+def _quadrature_f64(
+    t_max: float, num_knots: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     t = torch.linspace(0.0, t_max, num_knots, dtype=torch.float64)
     dt = t_max / (num_knots - 1)
     phi = torch.exp(-0.5 * t.square())
@@ -79,17 +83,26 @@ def quadrature(
         ``∫_{−t_max}^{t_max} f(t) e^{−t²/2} dt ≈ Σ_j weights_j f(t_j)`` for even ``f``.
     """
     _check_quadrature_args(t_max, num_knots)
-    return tuple(v.to(device=device, dtype=dtype) for v in _quadrature_f64(float(t_max), num_knots))
+    t, phi, weights = _quadrature_f64(float(t_max), num_knots)
+    return (
+        t.to(device=device, dtype=dtype),
+        phi.to(device=device, dtype=dtype),
+        weights.to(device=device, dtype=dtype),
+    )
 
 
 class _CharacteristicSums(torch.autograd.Function):
     """Σ_i cos(t_j x_i) and Σ_i sin(t_j x_i) over the sample axis, for knots t_j = j·Δ.
 
     Input ``x``: (B, N, K). Outputs: two (B, K, J) tensors. Saves only ``x`` for backward.
+    ``ctx`` is autograd's context, typed ``Any``: it carries ``dt`` and ``num_knots`` as ad-hoc
+    attributes, which its torch class does not declare.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dt: float, num_knots: int) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any, x: torch.Tensor, dt: float, num_knots: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x)
         ctx.dt, ctx.num_knots = dt, num_knots
         ctype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
@@ -107,7 +120,9 @@ class _CharacteristicSums(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_cos: torch.Tensor | None, grad_sin: torch.Tensor | None):
+    def backward(
+        ctx: Any, grad_cos: torch.Tensor | None, grad_sin: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
         dt, num_knots = ctx.dt, ctx.num_knots
         # d/dx Σ_j [gc_j cos(t_j x) + gs_j sin(t_j x)] = Re Σ_j t_j (gs_j + i gc_j) e^{i t_j x}
@@ -129,7 +144,7 @@ class _CharacteristicSums(torch.autograd.Function):
         return grad_x, None, None
 
 
-def _chunks(x: torch.Tensor):
+def _chunks(x: torch.Tensor) -> Iterator[tuple[slice, slice, torch.Tensor]]:
     """Yield (batch slice, column slice, x[b, :, k]) blocks of about _CHUNK_ELEMENTS elements."""
     batch, rows, cols = x.shape
     budget = _CHUNK_ELEMENTS.get(x.device.type, _DEFAULT_CHUNK_ELEMENTS)
@@ -152,8 +167,14 @@ def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> to
     """Differentiable SUM all-reduce: its backward is the SUM all-reduce of the gradients."""
     from torch.distributed import _functional_collectives as funcol
 
-    reduced = funcol.all_reduce(tensor, "sum", group if group is not None else dist.group.WORLD)
-    return funcol.wait_tensor(reduced)
+    if group is None:
+        group = dist.group.WORLD
+        if group is None:  # only called with more than one rank, so the default group exists
+            raise RuntimeError("torch.distributed has no default process group to reduce over.")
+    reduced: torch.Tensor = funcol.all_reduce(tensor, "sum", group)
+    # torch leaves wait_tensor unannotated (an untyped call returning Any).
+    out: torch.Tensor = funcol.wait_tensor(reduced)  # type: ignore[no-untyped-call]
+    return out
 
 
 def compute_dtype(dtype: torch.dtype, what: str) -> torch.dtype:
@@ -241,7 +262,9 @@ def _statistic(
     return stat.reshape(*lead, k), count
 
 
-def _raise_if_invalid(stat: torch.Tensor, count: torch.Tensor, inputs: torch.Tensor, name: str):
+def _raise_if_invalid(
+    stat: torch.Tensor, count: torch.Tensor, inputs: torch.Tensor, name: str
+) -> None:
     # One host sync for both checks. Checked after the all-reduce so that every rank sees the
     # same verdict and raises together, instead of one rank raising while the others wait.
     global_n, finite = torch.stack(
@@ -291,7 +314,8 @@ def random_directions(
     generator = torch.Generator(device=device).manual_seed(step)
     directions = torch.randn(dim, num_slices, generator=generator, device=device)
     directions = directions.to(dtype)
-    return directions / directions.norm(dim=0, keepdim=True)
+    norms: torch.Tensor = directions.norm(dim=0, keepdim=True)  # Tensor.norm is unannotated
+    return directions / norms
 
 
 def sigreg(
