@@ -33,17 +33,21 @@ import base64
 import io
 import json
 import logging
+import os
 import pickle
 import random
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from pyarrow import fs as pafs
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
@@ -103,7 +107,7 @@ class ModelAndOptimizer:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
-        self._param_groups: list | None = None
+        self._param_groups: Any = None  # DCP's param_groups, as state_dict() last gave them
 
     def state_dict(self) -> dict:
         """``{"model": {name: tensor}, "optim": {"state": {name: {moment: tensor}}}}``;
@@ -147,7 +151,7 @@ def save(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: st
     for info in (metadata.storage_data or {}).values():
         items.setdefault(info.relative_path, []).append((info.offset, info.length))
     mine = sorted(str(f.relative_to(path)) for f in Path(path).rglob("*") if f.is_file())
-    parts = [mf.describe(path, mine, items)]
+    parts: list = [mf.describe(path, mine, items)]
     if dist.is_initialized():
         parts = [None] * dist.get_world_size()
         dist.all_gather_object(parts, mf.describe(path, mine, items))
@@ -330,7 +334,7 @@ _METADATA_GLOBALS = {
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _METADATA_GLOBALS or (
             module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
         ):
@@ -367,41 +371,39 @@ def read_metadata(location: Location | Opened) -> Metadata:
 class _ArrowFiles(FileSystemBase):
     """DCP's file interface, read-only, over a pyarrow filesystem (local disk or S3)."""
 
-    def __init__(self, filesystem):
+    def __init__(self, filesystem: pafs.FileSystem):
         self.filesystem = filesystem
 
     @contextmanager
-    def create_stream(self, path, mode):
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[Any]:
         if mode != "rb":
             raise NotImplementedError("checkpoints are written locally and uploaded by Ray")
         with self.filesystem.open_input_file(str(path)) as f:
             yield f
 
-    def concat_path(self, path, suffix):
+    def concat_path(self, path: str | os.PathLike, suffix: str) -> str:
         return f"{path}/{suffix}"
 
-    def init_path(self, path):
+    def init_path(self, path: str | os.PathLike) -> str:
         return str(path)
 
-    def exists(self, path) -> bool:
-        from pyarrow import fs
-
-        return self.filesystem.get_file_info(str(path)).type != fs.FileType.NotFound
+    def exists(self, path: str | os.PathLike) -> bool:
+        return self.filesystem.get_file_info(str(path)).type != pafs.FileType.NotFound
 
     @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
         return False
 
-    def rename(self, path, new_path):
+    def rename(self, path: str | os.PathLike, new_path: str | os.PathLike) -> None:
         raise NotImplementedError
 
-    def mkdir(self, path):
+    def mkdir(self, path: str | os.PathLike) -> None:
         raise NotImplementedError
 
-    def rm_file(self, path):
+    def rm_file(self, path: str | os.PathLike) -> None:
         raise NotImplementedError
 
-    def ls(self, path):
+    def ls(self, path: str | os.PathLike) -> list[str]:
         raise NotImplementedError
 
 
@@ -413,16 +415,16 @@ class _VerifyingReader(FileSystemReader):
     def __init__(self, ckpt: Opened):
         super().__init__(ckpt.folder.path)
         self.ckpt = ckpt
-        self.fs = _ArrowFiles(ckpt.folder.filesystem)
+        self.fs = _ArrowFiles(ckpt.folder.filesystem)  # type: ignore[assignment]  # DCP types it as its own FileSystem, but reads it through FileSystemBase's interface
         self.path = ckpt.folder.path
 
-    def read_metadata(self, *args, **kwargs) -> Metadata:
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata = read_metadata(self.ckpt)
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
-    def _slice_file(self, file, sinfo) -> io.BytesIO:
+    def _slice_file(self, file: Any, sinfo: Any) -> io.BytesIO:
         data = self.ckpt.folder.read_at(file, sinfo.offset, sinfo.length)
         if self.ckpt.manifest is not None:
             try:
@@ -449,7 +451,12 @@ def check_model(location: Location, model: nn.Module, model_name: str | None = N
 
 
 def _check_tensors(
-    path: str | Path, metadata: Metadata, target: dict, *, model_name: str | None, saved_model: str
+    path: str | Path | Folder,
+    metadata: Metadata,
+    target: dict,
+    *,
+    model_name: str | None,
+    saved_model: str,
 ) -> None:
     saved = metadata.state_dict_metadata
     wanted = dict(_flatten(target))
@@ -460,10 +467,11 @@ def _check_tensors(
     # The checkpoint's model tensors this model lacks: a bigger model of the same family
     # (resnet34 against resnet18) holds all of the smaller one's tensors with their shapes.
     extra = [k for k in saved if k.startswith("model.") and k not in wanted]
+    sizes = {k: tuple(m.size) for k, m in saved.items() if isinstance(m, TensorStorageMetadata)}
     wrong = [
-        f"{k}: checkpoint {tuple(saved[k].size)}, model {tuple(v.shape)}"
+        f"{k}: checkpoint {sizes[k]}, model {tuple(v.shape)}"
         for k, v in wanted.items()
-        if k in saved and k not in pickled and tuple(saved[k].size) != tuple(v.shape)
+        if k in sizes and sizes[k] != tuple(v.shape)
     ]
     if pickled:
         raise CheckpointError(
@@ -537,7 +545,7 @@ def _check_sizes(ckpt: Opened, metadata: Metadata) -> None:
             )
 
 
-def _flatten(tree: dict, prefix: str = ""):
+def _flatten(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, tensor) pairs, named as DCP names them in its index."""
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -567,7 +575,7 @@ def _rng_state() -> dict:
         "cuda": [encode(s) for s in torch.cuda.get_rng_state_all()]
         if torch.cuda.is_available()
         else [],
-        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "numpy": [kind, np.asarray(keys).tolist(), pos, has_gauss, gauss],
         "python": [version, list(internal), gauss_next],
     }
 

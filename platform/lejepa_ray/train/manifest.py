@@ -55,7 +55,7 @@ def describe(directory: str | Path, names: list[str], chunks: dict[str, list]) -
         if name in chunks:
             view = memoryview(data)
             out_chunks[name] = [
-                [offset, length, crc32(view[offset : offset + length])]
+                [offset, length, crc32(view[offset : offset + length].tobytes())]
                 for offset, length in sorted(set(map(tuple, chunks[name])))
             ]
     return {"files": files, "chunks": out_chunks}
@@ -63,11 +63,12 @@ def describe(directory: str | Path, names: list[str], chunks: dict[str, list]) -
 
 def merge(parts: list[dict]) -> dict:
     """One manifest from every rank's :func:`describe` entries."""
-    manifest = {"format": FORMAT, "algorithm": "crc32", "files": {}, "chunks": {}}
+    files: dict = {}
+    chunks: dict = {}
     for part in parts:
-        manifest["files"].update(part["files"])
-        manifest["chunks"].update(part["chunks"])
-    return manifest
+        files.update(part["files"])
+        chunks.update(part["chunks"])
+    return {"format": FORMAT, "algorithm": "crc32", "files": files, "chunks": chunks}
 
 
 @dataclass

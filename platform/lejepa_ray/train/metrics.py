@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -45,7 +46,7 @@ class MetricsWriter:
         self,
         step: int,
         load_seconds: float,
-        bytes_read: list[int] = (),
+        bytes_read: Sequence[int] = (),
         bytes_total: int = 0,
     ) -> None:
         """Mark in TensorBoard that this attempt resumed from the checkpoint of ``step`` (at

@@ -23,7 +23,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         if hasattr(module, "no_weight_decay"):
             skip.update(f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay())
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    beta1, beta2 = cfg.betas
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2))
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:

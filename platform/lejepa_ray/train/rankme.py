@@ -31,6 +31,7 @@ import torch
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
 from lejepa_ray.errors import ConfigError
+from lejepa_ray.model.encoder import LeJEPAEncoder
 
 EPS = 1e-7
 
@@ -75,7 +76,7 @@ def heldout_batch(data: DataConfig, size: int, samples: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rankme_metrics(
-    encoder: torch.nn.Module,
+    encoder: LeJEPAEncoder,
     images: torch.Tensor,
     *,
     bf16: bool = False,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
 
 from lejepa_ray.config import PretrainConfig, scaled_lr
 from lejepa_ray.data.device_views import augment_batch
@@ -136,12 +138,12 @@ class Trainer:
             parts += out.stack()
         return LeJEPALoss.unstack(parts / len(micro_batches))
 
-    def _gradient_sync(self, sync: bool):
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
         """Context in which backward all-reduces gradients only if ``sync`` (the last
         micro-batch of a step)."""
-        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+        if isinstance(self.model, FSDPModule):
             self.model.set_requires_gradient_sync(sync)
-        elif not sync and hasattr(self.model, "no_sync"):  # DDP
+        elif not sync and isinstance(self.model, DistributedDataParallel):
             return self.model.no_sync()
         return contextlib.nullcontext()
 
@@ -206,7 +208,7 @@ class DeviceClock:
         else:
             self._t0 = time.perf_counter()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.cuda:
             self.events[-1][1].record()
         else:
