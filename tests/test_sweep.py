@@ -3,6 +3,7 @@ with probes, interrupted with Ctrl+C and resumed, through the command line."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -17,22 +18,43 @@ import pytest
 from procs import TINY, clean_env, console_script, tail
 
 from lejepa_ray.config import ConfigError
+from lejepa_ray.tune.options import SweepOptions, check
+from lejepa_ray.tune.ranking import METRIC, REL_CHANGE, TrialRow, rank
+from lejepa_ray.tune.report import plot_png, results_csv
 from lejepa_ray.tune.space import Dimension
-from lejepa_ray.tune.sweep import (
-    METRIC,
-    REL_CHANGE,
-    SweepOptions,
-    TrialRow,
-    check,
-    plot_png,
-    rank,
-    results_csv,
-    run_sweep,
-    validate,
-)
+from lejepa_ray.tune.sweep import run_sweep
+from lejepa_ray.tune.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml")
+
+
+# What each module of tune/ may import from tune/: the driver (sweep) uses every step, and no
+# step uses the driver. Only the driver and the space's Tune domains import Ray.
+TUNE_IMPORTS = {
+    "space": set(),
+    "ranking": {"space"},
+    "report": {"ranking", "space"},
+    "validation": {"ranking"},
+    "options": {"ranking", "space"},
+    "sweep": {"options", "ranking", "report", "space", "validation"},
+}
+
+
+def test_the_modules_of_tune_import_only_the_steps_below_them():
+    tune_dir = ROOT / "platform" / "lejepa_ray" / "tune"
+    assert {p.stem for p in tune_dir.glob("*.py")} - {"__init__"} == set(TUNE_IMPORTS)
+    for module, allowed in TUNE_IMPORTS.items():
+        imported = set()
+        for node in ast.walk(ast.parse((tune_dir / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        tune = {m.removeprefix("lejepa_ray.tune.") for m in imported if "lejepa_ray.tune." in m}
+        assert tune <= allowed, f"tune/{module}.py imports {sorted(tune - allowed)}"
+        ray = sorted(m for m in imported if m == "ray" or m.startswith("ray."))
+        assert module in ("space", "sweep") or not ray, f"tune/{module}.py imports {ray}"
 
 
 def _space(tmp_path: Path, text: str) -> str:
@@ -184,7 +206,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
 ):
     import lejepa_ray.runs
     from lejepa_ray.config import load_config
-    from lejepa_ray.tune.sweep import format_convergence, format_table
+    from lejepa_ray.tune.report import format_convergence, format_table
 
     base = load_config(QUICKSTART, TINY)
     space = [Dimension("loss.lam", "loguniform", (0.01, 0.3))]
@@ -242,7 +264,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
 
 
 def test_spearman_interval_on_constructed_trials():
-    from lejepa_ray.tune.sweep import spearman_interval
+    from lejepa_ray.tune.validation import spearman_interval
 
     x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     rho, low, high = spearman_interval(x, [10 - v for v in x])
@@ -276,7 +298,7 @@ def _row(i, score, loss, linear, knn, status="completed", **extra):
 
 
 def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
-    from lejepa_ray.tune.sweep import format_validation, validation_plots
+    from lejepa_ray.tune.validation import format_validation, validation_plots
 
     # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss ranks
     # them in the opposite order; RankMe (higher is better) agrees with the probes.
@@ -322,7 +344,7 @@ def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
 
 
 def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
-    import lejepa_ray.tune.sweep as sweep
+    import lejepa_ray.tune.validation as validation
 
     calls = []
 
@@ -330,7 +352,7 @@ def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
         calls.append((path, data, val_data))
         return {"probe/knn_top1": 0.5, "probe/linear_top1": 0.6}
 
-    monkeypatch.setattr(sweep, "probe_checkpoint", probe)
+    monkeypatch.setattr(validation, "probe_trial", probe)
     rows = [
         _row(1, 1.0, 0.9, 0.9, 0.8),
         _row(2, 2.0, 0.5, None, None, status="stopped at step 4"),
@@ -338,7 +360,7 @@ def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
     ]
     rows[1].checkpoint = "/runs/t2/checkpoint_00000004"
     lines = []
-    sweep.probe_stopped(rows, "digits:train", "digits:val", print_fn=lines.append)
+    validation.probe_stopped(rows, "digits:train", "digits:val", print_fn=lines.append)
     assert calls == [("/runs/t2/checkpoint_00000004", "digits:train", "digits:val")]
     assert (rows[1].knn_top1, rows[1].linear_top1) == (0.5, 0.6)
     assert rows[2].linear_top1 is None  # no checkpoint to probe

@@ -1,0 +1,184 @@
+"""The label-free metrics of a sweep's trials, a trial's row in the results, and their order.
+
+Label-free metrics of each trial (:data:`LABEL_FREE`, each with its direction):
+
+- ``selection_score/smoothed``: the training loss over λ^α, averaged over the last
+  ``loss.score_smoothing_steps`` steps; lower is better (the LeJEPA paper finds it ranks runs as
+  their linear-probe accuracy does). ASHA compares trials on it at the rungs
+  ``grace, grace·r, grace·r², ...`` steps and stops those in the worse ``1 − 1/r``;
+- ``loss/smoothed``, the raw loss; lower is better;
+- ``rankme/backbone`` and ``rankme/projector`` (:mod:`lejepa_ray.train.rankme`), the effective rank
+  of the embeddings of a fixed held-out batch at the trial's last checkpoint; higher is better.
+
+``--select-by`` picks the one that ranks the trials and names the winner. Each trial also
+reports ``loss/rel_change``, the relative change of its mean loss over its last window against
+the window before; a trial whose loss still falls by more than ``plateau_tol`` is flagged as
+still descending, because ranking unconverged runs is not what the paper claims.
+
+:func:`rank` turns Tune's results into :class:`TrialRow` s, best first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lejepa_ray.config import PretrainConfig, with_overrides
+from lejepa_ray.tune.space import Dimension, overrides
+
+METRIC = "selection_score/smoothed"
+"""What ASHA early-stops trials by (mode: min); present in every report."""
+REL_CHANGE = "loss/rel_change"
+
+
+@dataclass(frozen=True)
+class LabelFree:
+    """A label-free metric a trial reports, and which way is better."""
+
+    column: str
+    """Its ``TrialRow`` field and ``results.csv`` column."""
+    metric: str
+    """The reported metric it is read from."""
+    lower_is_better: bool
+    label: str
+
+    @property
+    def better(self) -> str:
+        """``lower`` or ``higher``: which way is better."""
+        return "lower" if self.lower_is_better else "higher"
+
+
+LABEL_FREE = (
+    LabelFree("selection_score", METRIC, True, "loss / λ^α"),
+    LabelFree("loss", "loss/smoothed", True, "raw loss"),
+    LabelFree("rankme_backbone", "rankme/backbone", False, "RankMe (backbone)"),
+    LabelFree("rankme_projector", "rankme/projector", False, "RankMe (projector)"),
+)
+
+SELECT_BY = {"rankme": "rankme_backbone", "score": "selection_score"}
+"""``--select-by`` choices and the metric each ranks by."""
+DEFAULT_SELECT_BY = "rankme"
+"""What our measurements support (docs/sweeps.md: the 12-trial digits experiment)."""
+
+
+def selected(select_by: str) -> LabelFree:
+    """The label-free metric ``--select-by select_by`` ranks by."""
+    return next(m for m in LABEL_FREE if m.column == SELECT_BY[select_by])
+
+
+@dataclass
+class TrialRow:
+    """One trial in the ranked results (what ``results.csv`` holds)."""
+
+    rank: int
+    trial: str
+    status: str
+    """``completed``, ``stopped at step N`` (ASHA) or ``error: ...``."""
+    step: int
+    selection_score: float
+    """The smoothed score of its last report (lower is better)."""
+    loss: float
+    """The smoothed raw training loss of its last report."""
+    params: dict[str, Any]
+    """The values it drew from the space (dotted keys)."""
+    checkpoint: str | None
+    knn_top1: float | None = None
+    linear_top1: float | None = None
+    rankme_backbone: float = math.nan
+    """RankMe of the backbone features at its last checkpoint (higher is better)."""
+    rankme_projector: float = math.nan
+    """RankMe of the projector outputs at its last checkpoint."""
+    rel_change: float = math.nan
+    """Relative change of its mean loss over the last window against the window before
+    (negative: still falling); NaN when it ran fewer than two windows."""
+    descending: bool = False
+    """Its loss still fell by more than the sweep's ``plateau_tol`` over its last window."""
+    rising: bool = False
+    """Its loss rose by more than ``plateau_tol`` over its last window (not a plateau either)."""
+
+    @property
+    def plateau(self) -> bool:
+        """Its loss changed by at most ``plateau_tol`` over its last window."""
+        return not (math.isnan(self.rel_change) or self.descending or self.rising)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def stopped(self) -> bool:
+        return self.status.startswith("stopped")
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith("error")
+
+
+def rank(
+    grid,
+    base: PretrainConfig,
+    space: list[Dimension],
+    runs_dir: str,
+    select_by: str = DEFAULT_SELECT_BY,
+    plateau_tol: float = 0.05,
+) -> list[TrialRow]:
+    """The trials of a Tune ``ResultGrid`` as rows: completed ones by the ``select_by`` metric
+    (best first, in its direction), then those ASHA stopped (the same way), then failed ones."""
+    from lejepa_ray.runs import latest_checkpoint
+
+    keys = [d.key for d in space]
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        params = {k: (result.config or {}).get(k) for k in keys}
+        trial = metrics.get("trial_id") or Path(result.path).name
+        step = int(metrics.get("step", 0))
+        steps = with_overrides(base, overrides(params)).optim.steps
+        if result.error is not None:
+            status = f"error: {str(result.error).strip().splitlines()[-1][:200]}"
+        else:
+            status = "completed" if step >= steps else f"stopped at step {step}"
+        latest = latest_checkpoint(f"{runs_dir}/{trial}")
+        # The label-free values of the checkpoint that is probed, so that both describe the
+        # same weights: for a completed trial its final report, for one ASHA stopped its last
+        # checkpoint (RankMe exists only there), else its last report.
+        at = {**metrics, **latest.metrics} if latest else metrics
+        rel_change = _number(at.get(REL_CHANGE))
+        rows.append(
+            TrialRow(
+                rank=0,
+                trial=trial,
+                status=status,
+                step=step,
+                selection_score=_number(at.get(METRIC)),
+                loss=_number(at.get("loss/smoothed")),
+                params=params,
+                checkpoint=latest.uri if latest else None,
+                knn_top1=metrics.get("probe/knn_top1"),
+                linear_top1=metrics.get("probe/linear_top1"),
+                rankme_backbone=_number(at.get("rankme/backbone")),
+                rankme_projector=_number(at.get("rankme/projector")),
+                rel_change=rel_change,
+                descending=rel_change < -plateau_tol,
+                rising=rel_change > plateau_tol,
+            )
+        )
+    metric = selected(select_by)
+    column, lower = metric.column, metric.lower_is_better
+
+    def order(row: TrialRow) -> tuple:
+        group = 0 if row.completed else 2 if row.failed else 1
+        value = getattr(row, column)
+        missing = math.isnan(value)
+        return group, missing, 0.0 if missing else value if lower else -value, row.trial
+
+    rows.sort(key=order)
+    for i, row in enumerate(rows, 1):
+        row.rank = i
+    return rows
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
