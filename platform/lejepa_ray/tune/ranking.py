@@ -20,6 +20,7 @@ still descending, because ranking unconverged runs is not what the paper claims.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ METRIC = "selection_score/smoothed"
 REL_CHANGE = "loss/rel_change"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LabelFree:
     """A label-free metric a trial reports, and which way is better."""
 
@@ -51,10 +52,20 @@ class LabelFree:
 
 
 LABEL_FREE = (
-    LabelFree("selection_score", METRIC, True, "loss / λ^α"),
-    LabelFree("loss", "loss/smoothed", True, "raw loss"),
-    LabelFree("rankme_backbone", "rankme/backbone", False, "RankMe (backbone)"),
-    LabelFree("rankme_projector", "rankme/projector", False, "RankMe (projector)"),
+    LabelFree(column="selection_score", metric=METRIC, lower_is_better=True, label="loss / λ^α"),
+    LabelFree(column="loss", metric="loss/smoothed", lower_is_better=True, label="raw loss"),
+    LabelFree(
+        column="rankme_backbone",
+        metric="rankme/backbone",
+        lower_is_better=False,
+        label="RankMe (backbone)",
+    ),
+    LabelFree(
+        column="rankme_projector",
+        metric="rankme/projector",
+        lower_is_better=False,
+        label="RankMe (projector)",
+    ),
 )
 
 SELECT_BY = {"rankme": "rankme_backbone", "score": "selection_score"}
@@ -68,15 +79,28 @@ def selected(select_by: str) -> LabelFree:
     return next(m for m in LABEL_FREE if m.column == SELECT_BY[select_by])
 
 
-@dataclass
+class TrialStatus(enum.Enum):
+    """How a trial ended. Files and the console show :attr:`TrialRow.status_text`, the text
+    ``results.csv`` and ``validation.json`` have always held, not these values."""
+
+    COMPLETED = "completed"
+    """It ran all the ``optim.steps`` of its config."""
+    STOPPED = "stopped"
+    """ASHA stopped it at a rung."""
+    FAILED = "error"
+    """It raised (:attr:`TrialRow.error`)."""
+
+
+@dataclass(kw_only=True)
 class TrialRow:
     """One trial in the ranked results (what ``results.csv`` holds)."""
 
-    rank: int
+    rank: int = 0
+    """1 for the best; 0 until :func:`rank` has ordered the rows."""
     trial: str
-    status: str
-    """``completed``, ``stopped at step N`` (ASHA) or ``error: ...``."""
+    status: TrialStatus
     step: int
+    """Its last reported optimizer step."""
     selection_score: float
     """The smoothed score of its last report (lower is better)."""
     loss: float
@@ -97,6 +121,8 @@ class TrialRow:
     """Its loss still fell by more than the sweep's ``plateau_tol`` over its last window."""
     rising: bool = False
     """Its loss rose by more than ``plateau_tol`` over its last window (not a plateau either)."""
+    error: str = ""
+    """The last line of its error (at most 200 characters) when it failed."""
 
     @property
     def plateau(self) -> bool:
@@ -105,15 +131,25 @@ class TrialRow:
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        return self.status is TrialStatus.COMPLETED
 
     @property
     def stopped(self) -> bool:
-        return self.status.startswith("stopped")
+        return self.status is TrialStatus.STOPPED
 
     @property
     def failed(self) -> bool:
-        return self.status.startswith("error")
+        return self.status is TrialStatus.FAILED
+
+    @property
+    def status_text(self) -> str:
+        """``completed``, ``stopped at step N`` or ``error: <its last line>``: the status as
+        the table, ``results.csv`` and ``validation.json`` write it."""
+        if self.stopped:
+            return f"stopped at step {self.step}"
+        if self.failed:
+            return f"error: {self.error}"
+        return "completed"
 
 
 def rank(
@@ -136,10 +172,13 @@ def rank(
         trial = metrics.get("trial_id") or Path(result.path).name
         step = int(metrics.get("step", 0))
         steps = with_overrides(base, overrides(params)).optim.steps
+        error = ""
         if result.error is not None:
-            status = f"error: {str(result.error).strip().splitlines()[-1][:200]}"
+            status, error = TrialStatus.FAILED, str(result.error).strip().splitlines()[-1][:200]
+        elif step >= steps:
+            status = TrialStatus.COMPLETED
         else:
-            status = "completed" if step >= steps else f"stopped at step {step}"
+            status = TrialStatus.STOPPED
         latest = latest_checkpoint(f"{runs_dir}/{trial}")
         # The label-free values of the checkpoint that is probed, so that both describe the
         # same weights: for a completed trial its final report, for one ASHA stopped its last
@@ -148,7 +187,6 @@ def rank(
         rel_change = _number(at.get(REL_CHANGE))
         rows.append(
             TrialRow(
-                rank=0,
                 trial=trial,
                 status=status,
                 step=step,
@@ -163,6 +201,7 @@ def rank(
                 rel_change=rel_change,
                 descending=rel_change < -plateau_tol,
                 rising=rel_change > plateau_tol,
+                error=error,
             )
         )
     metric = selected(select_by)

@@ -42,7 +42,7 @@ def results_csv(rows: list[TrialRow], varied: list[Dimension]) -> str:
             [
                 r.rank,
                 r.trial,
-                r.status,
+                r.status_text,
                 r.step,
                 r.selection_score,
                 r.loss,
@@ -96,7 +96,7 @@ def format_table(
         if probes:
             cells += [_pct(r.knn_top1), _pct(r.linear_top1)]
         note = ", still descending" if r.descending else ", loss rising" if r.rising else ""
-        body.append([*cells, r.status + note])
+        body.append([*cells, r.status_text + note])
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head) - 1)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]

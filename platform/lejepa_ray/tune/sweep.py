@@ -45,7 +45,7 @@ SPEC_FILE, RESULTS_FILE, PLOT_FILE = "sweep.json", "results.csv", "plot.png"
 WINNER_DIR, VALIDATION_FILE, RUNS_DIR = "winner", "validation.json", "runs"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepResult:
     """What a sweep produced."""
 
@@ -62,7 +62,7 @@ class SweepResult:
     """Stopped by Ctrl+C (SIGINT) before every trial ended; ``rows`` is empty."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _TrialSetup:
     """What every trial needs besides its sampled values (shipped with the trainable)."""
 
@@ -138,7 +138,12 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
         verbose=base.logging.verbose,
         prefixes=True,
     )
-    setup = _TrialSetup(base, f"{sweep_dir}/{RUNS_DIR}", opts.validate_with_labels, opts.val_data)
+    setup = _TrialSetup(
+        base=base,
+        runs_dir=f"{sweep_dir}/{RUNS_DIR}",
+        validate_data=opts.validate_with_labels,
+        val_data=opts.val_data,
+    )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"CPU": 1})
     resumed = saved is not None and tune.Tuner.can_restore(sweep_dir)
     if resumed:
@@ -179,7 +184,15 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
             f"\nsweep {name} interrupted with {unfinished} unfinished trial(s); rerun the "
             "same command to resume it."
         )
-        return SweepResult(sweep_dir, [], seconds, resumed, None, None, interrupted=True)
+        return SweepResult(
+            sweep_dir=sweep_dir,
+            rows=[],
+            seconds=seconds,
+            resumed=resumed,
+            winner_dir=None,
+            validation=None,
+            interrupted=True,
+        )
     rows = rank(grid, base, space, f"{sweep_dir}/{RUNS_DIR}", opts.select_by, opts.plateau_tol)
     if opts.validate_with_labels:
         probe_stopped(rows, opts.validate_with_labels, opts.val_data, print_fn)
@@ -196,7 +209,14 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
         for column, png in validation_plots(rows, name).items():
             storage.write_bytes(f"{sweep_dir}/validation_{column}.png", png)
         print_fn(format_validation(validation))
-    return SweepResult(sweep_dir, rows, seconds, resumed, winner, validation)
+    return SweepResult(
+        sweep_dir=sweep_dir,
+        rows=rows,
+        seconds=seconds,
+        resumed=resumed,
+        winner_dir=winner,
+        validation=validation,
+    )
 
 
 def _unfinished(sweep_dir: str, expected: int) -> int:

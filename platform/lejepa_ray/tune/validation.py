@@ -108,7 +108,7 @@ def validate(rows: list[TrialRow], select_by: str = DEFAULT_SELECT_BY) -> dict[s
         out["label_free_pick"] = {"trial": pick.trial, "linear_top1": pick.linear_top1}
     best = max(probed, key=lambda r: r.linear_top1)
     out["best_by_labels"] = {"trial": best.trial, "linear_top1": best.linear_top1}
-    out["rows"] = [_json_safe(asdict(r)) for r in probed]
+    out["rows"] = [_json_row(r) for r in probed]
     return out
 
 
@@ -134,8 +134,13 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _finite(v) if isinstance(v, float) else v for k, v in row.items()}
+def _json_row(row: TrialRow) -> dict[str, Any]:
+    """A row of ``validation.json``, in the format it always had: strict JSON (NaN is null),
+    the status as its text, no ``error`` (probed trials have none)."""
+    out = {k: _finite(v) if isinstance(v, float) else v for k, v in asdict(row).items()}
+    out["status"] = row.status_text
+    del out["error"]
+    return out
 
 
 def format_validation(v: dict[str, Any]) -> str:
