@@ -187,6 +187,8 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
         "stopped at step 2",
         "error: bad λ",
     ]
+    silent = _result("e", 4, math.nan, math.nan, 0.2, error=RuntimeError())
+    assert rank([silent], base, space, str(tmp_path))[0].status_text == "error: RuntimeError"
     table = list(csv.reader(io.StringIO(results_csv(rows, space))))
     assert table[0] == [
         "rank",

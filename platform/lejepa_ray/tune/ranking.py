@@ -174,7 +174,7 @@ def rank(
         steps = with_overrides(base, overrides(params)).optim.steps
         error = ""
         if result.error is not None:
-            status, error = TrialStatus.FAILED, str(result.error).strip().splitlines()[-1][:200]
+            status, error = TrialStatus.FAILED, _last_line(result.error)
         elif step >= steps:
             status = TrialStatus.COMPLETED
         else:
@@ -221,3 +221,9 @@ def rank(
 
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of an error's message, at most 200 characters; its type when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[-1][:200] if lines else type(error).__name__
