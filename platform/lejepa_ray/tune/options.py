@@ -129,6 +129,7 @@ def check(opts: SweepOptions) -> tuple[PretrainConfig, list[Dimension]]:
                 " use `choice`, or --search random."
             )
         try:
+            # lazy: Optuna is an optional extra; whether it imports is what is checked.
             import optuna  # noqa: F401
         except ImportError:
             raise ConfigError(

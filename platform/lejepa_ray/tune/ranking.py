@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lejepa_ray import runs
 from lejepa_ray.config import PretrainConfig, with_overrides
 from lejepa_ray.tune.space import Dimension, overrides
 
@@ -162,8 +163,6 @@ def rank(
 ) -> list[TrialRow]:
     """The trials of a Tune ``ResultGrid`` as rows: completed ones by the ``select_by`` metric
     (best first, in its direction), then those ASHA stopped (the same way), then failed ones."""
-    from lejepa_ray.runs import latest_checkpoint
-
     keys = [d.key for d in space]
     rows = []
     for result in grid:
@@ -179,7 +178,7 @@ def rank(
             status = TrialStatus.COMPLETED
         else:
             status = TrialStatus.STOPPED
-        latest = latest_checkpoint(f"{runs_dir}/{trial}")
+        latest = runs.latest_checkpoint(f"{runs_dir}/{trial}")
         # The label-free values of the checkpoint that is probed, so that both describe the
         # same weights: for a completed trial its final report, for one ASHA stopped its last
         # checkpoint (RankMe exists only there), else its last report.

@@ -148,15 +148,17 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
     """PNG: the selection score of every trial against each swept key (log axis for
     log-uniform and wide numeric ranges; names on a categorical axis); completed trials
     filled, early-stopped ones hollow, the winner starred."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # lazy: matplotlib takes about a second to import, and the trial processes, which import
+    # this module through sweep.py, never draw.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     scored = [r for r in rows if not math.isnan(r.selection_score)]
     dims = varied or [Dimension("trial", "fixed", ())]
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
+    # A Figure of its own rather than pyplot's: no process-wide backend to choose (a caller's
+    # notebook keeps its own), no global figure to close.
+    fig = Figure(figsize=(4.5 * len(dims), 4))
+    axes = fig.subplots(1, len(dims), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
         values = [r.params.get(dim.key, r.trial) if dim.key != "trial" else r.trial for r in scored]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
@@ -168,7 +170,7 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
                 and (dim.sampler == "loguniform" or max(values) / min(values) >= 10)
             ):
                 ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             labels = sorted({str(v) for v in values})
             x = [labels.index(str(v)) for v in values]
@@ -189,5 +191,4 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
     return out.getvalue()

@@ -21,14 +21,25 @@ plot per label-free metric.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lejepa_ray import storage
+from ray import tune
+from ray.tune import ExperimentAnalysis
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from lejepa_ray import runs, storage
+from lejepa_ray.compat import quiet_logger
 from lejepa_ray.config import PretrainConfig, to_yaml, with_overrides
 from lejepa_ray.errors import ConfigError
+from lejepa_ray.evaluate.export import export
+from lejepa_ray.launch import driver, runtime
 from lejepa_ray.tune.options import SweepOptions, check, sweep_name
 from lejepa_ray.tune.ranking import METRIC, TrialRow, rank
 from lejepa_ray.tune.report import cell, format_convergence, format_table, plot_png, results_csv
@@ -75,17 +86,12 @@ class _TrialSetup:
 def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     """One Tune trial: a whole pretraining run, reported to Tune step by step; then, when asked
     for, the probes of its final backbone in one last report."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from lejepa_ray.launch.driver import run
-
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false"])
     # Set, not parsed as an override: an all-digit id such as 28172_00000 would be read as
     # the integer 2817200000.
     cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)
-    result = run(cfg, callbacks=[TuneReportCallback()])
+    result = driver.run(cfg, callbacks=[TuneReportCallback()])
     if setup.validate_data and result.checkpoint:
         probes = probe_trial(result.checkpoint, setup.validate_data, setup.val_data)
         tune.report({**result.metrics, **probes})
@@ -99,14 +105,9 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
         ConfigError: before Ray starts, for an invalid space, config or options, or when a
             sweep of that name exists with other settings.
     """
-    from ray import tune
-
-    from lejepa_ray.launch.runtime import connect
-    from lejepa_ray.runs import storage_root
-
     base, space = check(opts)
     name = sweep_name(opts)
-    root = storage_root(base)
+    root = runs.storage_root(base)
     sweep_dir = f"{root.rstrip('/')}/{name}"
     spec = {
         "space": {d.key: [d.sampler, list(d.values)] for d in space},
@@ -132,7 +133,7 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     # The dashboard serves the state API, which Ray Train's placement-group cleaner polls to see
     # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
     # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
-    connect(
+    runtime.connect(
         train_cpus=opts.max_concurrent_trials * trial_cpus,
         dashboard=True,
         verbose=base.logging.verbose,
@@ -222,12 +223,6 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
 def _unfinished(sweep_dir: str, expected: int) -> int:
     """Trials of the sweep that have not ended, by the state Tune saved (a trial running when
     Ctrl+C came is saved as pending, and resumes), counting those not yet created."""
-    import logging
-
-    from ray.tune import ExperimentAnalysis
-
-    from lejepa_ray.compat import quiet_logger
-
     # It warns about trials without results yet, which are exactly what is being counted.
     with quiet_logger("ray.tune.analysis.experiment_analysis", logging.ERROR):
         trials = ExperimentAnalysis(sweep_dir).trials
@@ -242,8 +237,6 @@ def _max_steps(base: PretrainConfig, space: list[Dimension]) -> int:
 
 
 def _scheduler(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     steps = _max_steps(base, space)
@@ -261,22 +254,18 @@ def _scheduler(opts: SweepOptions, base: PretrainConfig, space: list[Dimension])
 
 def _searcher(opts: SweepOptions):
     if opts.search == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
+        # lazy: imports Optuna, the optional extra, which only --search optuna needs.
         from ray.tune.search.optuna import OptunaSearch
 
         return ConcurrencyLimiter(
             OptunaSearch(seed=opts.seed), max_concurrent=opts.max_concurrent_trials
         )
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     # Tune applies max_concurrent_trials only to searchers it builds itself; this one is built
     # here for its seed, so it gets the limit directly.
     return BasicVariantGenerator(random_state=opts.seed, max_concurrent=opts.max_concurrent_trials)
 
 
 def _export_winner(rows: list[TrialRow], sweep_dir: str, print_fn) -> str | None:
-    from lejepa_ray.evaluate.export import export
-
     best = next((r for r in rows if r.completed and r.checkpoint), None)
     if best is None:
         print_fn("no trial completed with a checkpoint; nothing to export.")

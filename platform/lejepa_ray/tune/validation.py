@@ -14,6 +14,10 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
+from lejepa_ray.errors import CheckpointError
+from lejepa_ray.evaluate.frozen import evaluate
 from lejepa_ray.tune.ranking import DEFAULT_SELECT_BY, LABEL_FREE, TrialRow, selected
 
 PROBES = ("linear_top1", "knn_top1")
@@ -23,8 +27,6 @@ def probe_trial(path: str, data: str, val_data: str | None = None) -> dict[str, 
     """``probe/knn_top1`` and ``probe/linear_top1`` (fractions) of a trial's checkpoint at
     ``path`` (local or a URI), fitted on ``data`` and scored on ``val_data`` (None: a hash split
     of ``data``). Not the driver's ``probe_checkpoint``, which probes a run by its config."""
-    from lejepa_ray.evaluate.frozen import evaluate
-
     result = evaluate(path, data, "both", val_data=val_data)
     return {"probe/knn_top1": result.knn_top1, "probe/linear_top1": result.linear_top1}
 
@@ -34,8 +36,6 @@ def probe_stopped(
 ) -> None:
     """Probe the last checkpoint of every trial ASHA stopped (completed trials probe
     themselves), so that validation is not biased toward the survivors; fills the rows."""
-    from lejepa_ray.train.checkpoint import CheckpointError
-
     todo = [r for r in rows if r.stopped and r.checkpoint and r.linear_top1 is None]
     for i, row in enumerate(todo, 1):
         print_fn(f"probing stopped trial {row.trial} ({i}/{len(todo)}): {row.checkpoint}")
@@ -57,7 +57,8 @@ def spearman_interval(
     Returns:
         (ρ, low, high); NaN where ρ is undefined (fewer than 3 trials, or a constant side).
     """
-    import numpy as np
+    # lazy: scipy.stats takes one to two seconds to import, and only a sweep with
+    # --validate-with-labels needs it.
     from scipy.stats import spearmanr
 
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -200,22 +201,21 @@ def validation_plots(rows: list[TrialRow], title: str) -> dict[str, bytes]:
     """One PNG per label-free metric (keyed by its column): linear and kNN top-1 against the
     metric, every probed trial coloured by its λ (log scale) when λ was swept; faded diamonds
     for trials stopped early."""
-    import matplotlib
-    import matplotlib.colors
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # lazy: as in report.plot_png, the trial processes import this module and never draw.
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
 
     probed = [r for r in rows if r.linear_top1 is not None and not r.failed]
     lams = [r.params.get("loss.lam") for r in probed]
     by_lam = all(isinstance(x, int | float) and x > 0 for x in lams) and len(set(lams)) > 1
-    norm = matplotlib.colors.LogNorm(min(lams), max(lams)) if by_lam else None
+    norm = LogNorm(min(lams), max(lams)) if by_lam else None
     out = {}
     for metric in LABEL_FREE:
         have = [r for r in probed if not math.isnan(getattr(r, metric.column))]
         if not have:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False, layout="constrained")
+        fig = Figure(figsize=(10, 4), layout="constrained")  # not pyplot's: see report.plot_png
+        axes = fig.subplots(1, 2, squeeze=False)
         for ax, probe, name in zip(axes[0], PROBES, ("linear", "kNN"), strict=True):
             x = [getattr(r, metric.column) for r in have]
             y = [getattr(r, probe) for r in have]
@@ -247,6 +247,5 @@ def validation_plots(rows: list[TrialRow], title: str) -> dict[str, bytes]:
         fig.suptitle(f"{title}: {metric.label} against the probes (diamonds: stopped early)")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
         out[metric.column] = buf.getvalue()
     return out
