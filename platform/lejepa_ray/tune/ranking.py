@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,9 @@ class TrialRow:
     """The values it drew from the space (dotted keys)."""
     checkpoint: str | None
     knn_top1: float | None = None
+    """Top-1 accuracy (a fraction) of the kNN probe on its last checkpoint; None: not probed."""
     linear_top1: float | None = None
+    """Top-1 accuracy (a fraction) of the linear probe on its last checkpoint."""
     rankme_backbone: float = math.nan
     """RankMe of the backbone features at its last checkpoint (higher is better)."""
     rankme_projector: float = math.nan
@@ -154,7 +157,7 @@ class TrialRow:
 
 
 def rank(
-    grid,
+    grid: Iterable[Any],
     base: PretrainConfig,
     space: list[Dimension],
     runs_dir: str,
@@ -162,7 +165,9 @@ def rank(
     plateau_tol: float = 0.05,
 ) -> list[TrialRow]:
     """The trials of a Tune ``ResultGrid`` as rows: completed ones by the ``select_by`` metric
-    (best first, in its direction), then those ASHA stopped (the same way), then failed ones."""
+    (best first, in its direction), then those ASHA stopped (the same way), then failed ones.
+    Trial ``T``'s checkpoints are read from ``runs_dir/T``; a trial whose loss changed by more
+    than ``plateau_tol`` (a fraction) over its last window is flagged."""
     keys = [d.key for d in space]
     rows = []
     for result in grid:

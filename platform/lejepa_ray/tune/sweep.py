@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,7 +98,7 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
         tune.report({**result.metrics, **probes})
 
 
-def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
+def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) -> SweepResult:
     """Run (or resume) the sweep ``opts`` describes on the connected or a new local Ray
     instance; rank the trials, write the results, export the winner.
 
@@ -109,36 +110,9 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     name = sweep_name(opts)
     root = runs.storage_root(base)
     sweep_dir = f"{root.rstrip('/')}/{name}"
-    spec = {
-        "space": {d.key: [d.sampler, list(d.values)] for d in space},
-        "config": to_yaml(base),
-        "samples": opts.samples,
-        "scheduler": opts.scheduler,
-        "search": opts.search,
-        "seed": opts.seed,
-    }
-    # Validation options do not change what the trials train, but --val-data changes the
-    # probes the trials report, so a resumed sweep must keep it.
-    if opts.val_data:
-        spec["val_data"] = opts.val_data
-    saved = storage.read_text(f"{sweep_dir}/{SPEC_FILE}")
-    if saved is not None and json.loads(saved) != spec:
-        changed = sorted(k for k, v in json.loads(saved).items() if spec.get(k) != v)
-        raise ConfigError(
-            f"sweep {name!r} in {sweep_dir} was started with another "
-            f"{', '.join(changed)}; rerun it with the same --space, --config, "
-            "overrides and options to resume it, or give another --name."
-        )
-    trial_cpus = base.scaling.num_workers * base.scaling.cpus_per_worker + 1
-    # The dashboard serves the state API, which Ray Train's placement-group cleaner polls to see
-    # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
-    # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
-    runtime.connect(
-        train_cpus=opts.max_concurrent_trials * trial_cpus,
-        dashboard=True,
-        verbose=base.logging.verbose,
-        prefixes=True,
-    )
+    spec = _spec(opts, base, space)
+    started = _started(sweep_dir, name, spec)
+    _connect(opts, base)
     setup = _TrialSetup(
         base=base,
         runs_dir=f"{sweep_dir}/{RUNS_DIR}",
@@ -146,7 +120,7 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
         val_data=opts.val_data,
     )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"CPU": 1})
-    resumed = saved is not None and tune.Tuner.can_restore(sweep_dir)
+    resumed = started and tune.Tuner.can_restore(sweep_dir)
     if resumed:
         print_fn(
             f"resuming sweep {name} from {sweep_dir}: finished trials are kept, "
@@ -157,18 +131,7 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
         )
     else:
         storage.write_text(f"{sweep_dir}/{SPEC_FILE}", json.dumps(spec, indent=2))
-        tuner = tune.Tuner(
-            trainable,
-            param_space=to_tune(space),
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="min",
-                num_samples=opts.samples,
-                scheduler=_scheduler(opts, base, space),
-                search_alg=_searcher(opts),
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=root),
-        )
+        tuner = _new_tuner(opts, base, space, trainable, name, root)
         print_fn(
             f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
             f"{opts.search} search, {opts.max_concurrent_trials} at a time; outputs in "
@@ -205,11 +168,7 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
     winner = _export_winner(rows, sweep_dir, print_fn) if opts.export_winner else None
     validation = None
     if opts.validate_with_labels:
-        validation = validate(rows, opts.select_by)
-        storage.write_text(f"{sweep_dir}/{VALIDATION_FILE}", json.dumps(validation, indent=2))
-        for column, png in validation_plots(rows, name).items():
-            storage.write_bytes(f"{sweep_dir}/validation_{column}.png", png)
-        print_fn(format_validation(validation))
+        validation = _write_validation(rows, opts.select_by, sweep_dir, name, print_fn)
     return SweepResult(
         sweep_dir=sweep_dir,
         rows=rows,
@@ -218,6 +177,95 @@ def run_sweep(opts: SweepOptions, *, print_fn=print) -> SweepResult:
         winner_dir=winner,
         validation=validation,
     )
+
+
+def _spec(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]) -> dict[str, Any]:
+    """What ``sweep.json`` records: the settings a rerun must repeat to resume the sweep."""
+    spec: dict[str, Any] = {
+        "space": {d.key: [d.sampler, list(d.values)] for d in space},
+        "config": to_yaml(base),
+        "samples": opts.samples,
+        "scheduler": opts.scheduler,
+        "search": opts.search,
+        "seed": opts.seed,
+    }
+    # Validation options do not change what the trials train, but --val-data changes the
+    # probes the trials report, so a resumed sweep must keep it.
+    if opts.val_data:
+        spec["val_data"] = opts.val_data
+    return spec
+
+
+def _started(sweep_dir: str, name: str, spec: dict[str, Any]) -> bool:
+    """Whether the sweep ``name`` was started in ``sweep_dir`` (its ``sweep.json`` exists).
+
+    Raises:
+        ConfigError: it was started with another ``spec``; the message names what differs.
+    """
+    saved = storage.read_text(f"{sweep_dir}/{SPEC_FILE}")
+    if saved is not None and json.loads(saved) != spec:
+        changed = sorted(k for k, v in json.loads(saved).items() if spec.get(k) != v)
+        raise ConfigError(
+            f"sweep {name!r} in {sweep_dir} was started with another "
+            f"{', '.join(changed)}; rerun it with the same --space, --config, "
+            "overrides and options to resume it, or give another --name."
+        )
+    return saved is not None
+
+
+def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
+    """Connect to Ray (or start a local instance) with CPUs for the concurrent trials: each
+    trial's workers, and one CPU for its trial function."""
+    trial_cpus = base.scaling.num_workers * base.scaling.cpus_per_worker + 1
+    # The dashboard serves the state API, which Ray Train's placement-group cleaner polls to see
+    # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
+    # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
+    runtime.connect(
+        train_cpus=opts.max_concurrent_trials * trial_cpus,
+        dashboard=True,
+        verbose=base.logging.verbose,
+        prefixes=True,
+    )
+
+
+def _new_tuner(
+    opts: SweepOptions,
+    base: PretrainConfig,
+    space: list[Dimension],
+    trainable: Any,
+    name: str,
+    root: str,
+) -> tune.Tuner:
+    """A new Tune experiment ``root/name``: ``opts.samples`` draws from ``space``, stopped
+    early by the selection score (lower is better) under ASHA."""
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune(space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="min",
+            num_samples=opts.samples,
+            scheduler=_scheduler(opts, base, space),
+            search_alg=_searcher(opts),
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=root),
+    )
+
+
+def _write_validation(
+    rows: list[TrialRow],
+    select_by: str,
+    sweep_dir: str,
+    title: str,
+    print_fn: Callable[[str], None],
+) -> dict[str, Any]:
+    """Validate the ranking against the probes; write ``validation.json`` and its plots."""
+    validation = validate(rows, select_by)
+    storage.write_text(f"{sweep_dir}/{VALIDATION_FILE}", json.dumps(validation, indent=2))
+    for column, png in validation_plots(rows, title).items():
+        storage.write_bytes(f"{sweep_dir}/validation_{column}.png", png)
+    print_fn(format_validation(validation))
+    return validation
 
 
 def _unfinished(sweep_dir: str, expected: int) -> int:
@@ -236,7 +284,9 @@ def _max_steps(base: PretrainConfig, space: list[Dimension]) -> int:
     return max(int(v) for v in dim.corners()) if dim else base.optim.steps
 
 
-def _scheduler(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]):
+def _scheduler(
+    opts: SweepOptions, base: PretrainConfig, space: list[Dimension]
+) -> ASHAScheduler | FIFOScheduler:
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     steps = _max_steps(base, space)
@@ -252,7 +302,7 @@ def _scheduler(opts: SweepOptions, base: PretrainConfig, space: list[Dimension])
     )
 
 
-def _searcher(opts: SweepOptions):
+def _searcher(opts: SweepOptions) -> ConcurrencyLimiter | BasicVariantGenerator:
     if opts.search == "optuna":
         # lazy: imports Optuna, the optional extra, which only --search optuna needs.
         from ray.tune.search.optuna import OptunaSearch
@@ -265,7 +315,10 @@ def _searcher(opts: SweepOptions):
     return BasicVariantGenerator(random_state=opts.seed, max_concurrent=opts.max_concurrent_trials)
 
 
-def _export_winner(rows: list[TrialRow], sweep_dir: str, print_fn) -> str | None:
+def _export_winner(
+    rows: list[TrialRow], sweep_dir: str, print_fn: Callable[[str], None]
+) -> str | None:
+    """Export the best completed trial's backbone to ``<sweep>/winner``; its path, or None."""
     best = next((r for r in rows if r.completed and r.checkpoint), None)
     if best is None:
         print_fn("no trial completed with a checkpoint; nothing to export.")

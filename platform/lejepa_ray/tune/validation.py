@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -32,7 +33,10 @@ def probe_trial(path: str, data: str, val_data: str | None = None) -> dict[str, 
 
 
 def probe_stopped(
-    rows: list[TrialRow], data: str, val_data: str | None = None, print_fn=print
+    rows: list[TrialRow],
+    data: str,
+    val_data: str | None = None,
+    print_fn: Callable[[str], None] = print,
 ) -> None:
     """Probe the last checkpoint of every trial ASHA stopped (completed trials probe
     themselves), so that validation is not biased toward the survivors; fills the rows."""
