@@ -15,7 +15,7 @@ reports ``loss/rel_change``, the relative change of its mean loss over its last 
 the window before; a trial whose loss still falls by more than ``plateau_tol`` is flagged as
 still descending, because ranking unconverged runs is not what the paper claims.
 
-:func:`rank` turns Tune's results into :class:`TrialRow` s, best first.
+:func:`rank` turns Tune's results into rows (:class:`TrialRow`), best first.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ray Tune sweeps over the pretrain config, ranked without labels by the selection score.
+"""Ray Tune sweeps over the pretrain config, ranked without labels (RankMe or the score).
 
 A sweep is a Tune experiment in ``storage_path/<name>``. Each trial is one pretraining run
 (the Ray Train v2 pattern): a Tune function trial, :func:`_trial`, builds its config (the
@@ -63,7 +63,8 @@ class SweepResult:
 
     sweep_dir: str
     rows: list[TrialRow]
-    """Ranked: completed trials by score, then early-stopped ones, then failed ones."""
+    """Ranked: completed trials by the ``--select-by`` metric, then early-stopped ones, then
+    failed ones."""
     seconds: float
     """Wall time of ``Tuner.fit`` in this call (a resumed sweep: the resumed part)."""
     resumed: bool
@@ -236,8 +237,8 @@ def _new_tuner(
     name: str,
     root: str,
 ) -> tune.Tuner:
-    """A new Tune experiment ``root/name``: ``opts.samples`` draws from ``space``, stopped
-    early by the selection score (lower is better) under ASHA."""
+    """A new Tune experiment ``root/name``: ``opts.samples`` draws from ``space``, scheduled
+    on the selection score (lower is better), the one metric in every report."""
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),
