@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lejepa_ray import runs
 from lejepa_ray.config import PretrainConfig, with_overrides
@@ -156,8 +155,17 @@ class TrialRow:
         return "completed"
 
 
+class Results(Protocol):
+    """What :func:`rank` reads: Tune's ``ResultGrid`` (indexed, not an ``Iterable``) or a list
+    of results, each with ``metrics``, ``config``, ``error`` and ``path``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 def rank(
-    grid: Iterable[Any],
+    grid: Results,
     base: PretrainConfig,
     space: list[Dimension],
     runs_dir: str,
@@ -170,7 +178,8 @@ def rank(
     than ``plateau_tol`` (a fraction) over its last window is flagged."""
     keys = [d.key for d in space]
     rows = []
-    for result in grid:
+    for i in range(len(grid)):  # ResultGrid defines no __iter__: see Results
+        result = grid[i]
         metrics = result.metrics or {}
         params = {k: (result.config or {}).get(k) for k in keys}
         trial = metrics.get("trial_id") or Path(result.path).name
