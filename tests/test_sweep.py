@@ -50,6 +50,8 @@ def test_the_modules_of_tune_import_only_the_steps_below_them():
         for node in ast.walk(ast.parse((tune_dir / f"{module}.py").read_text())):
             if isinstance(node, ast.ImportFrom):
                 imported.add(node.module or "")
+                if node.module == "lejepa_ray.tune":  # from lejepa_ray.tune import sweep
+                    imported.update(f"lejepa_ray.tune.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
         tune = {m.removeprefix("lejepa_ray.tune.") for m in imported if "lejepa_ray.tune." in m}
