@@ -205,7 +205,8 @@ def test_a_sweep_on_s3_stores_trials_and_results_there_and_exports_its_winner(
     from procs import TINY
 
     from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.tune.sweep import SweepOptions, run_sweep
+    from lejepa_ray.tune.options import SweepOptions
+    from lejepa_ray.tune.sweep import run_sweep
 
     space = tmp_path / "space.yaml"
     space.write_text("loss.lam:\n  choice: [0.02, 0.2]\n")

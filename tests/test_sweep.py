@@ -3,10 +3,12 @@ with probes, interrupted with Ctrl+C and resumed, through the command line."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import math
+import re
 import signal
 import subprocess
 import time
@@ -17,22 +19,45 @@ import pytest
 from procs import TINY, clean_env, console_script, tail
 
 from lejepa_ray.config import ConfigError
+from lejepa_ray.tune.options import SweepOptions, check
+from lejepa_ray.tune.ranking import METRIC, REL_CHANGE, TrialRow, TrialStatus, rank
+from lejepa_ray.tune.report import plot_png, results_csv
 from lejepa_ray.tune.space import Dimension
-from lejepa_ray.tune.sweep import (
-    METRIC,
-    REL_CHANGE,
-    SweepOptions,
-    TrialRow,
-    check,
-    plot_png,
-    rank,
-    results_csv,
-    run_sweep,
-    validate,
-)
+from lejepa_ray.tune.sweep import run_sweep
+from lejepa_ray.tune.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml")
+
+
+# What each module of tune/ may import from tune/: the driver (sweep) uses every step, and no
+# step uses the driver. Only the driver and the space's Tune domains import Ray.
+TUNE_IMPORTS = {
+    "space": set(),
+    "ranking": {"space"},
+    "report": {"ranking", "space"},
+    "validation": {"ranking"},
+    "options": {"ranking", "space"},
+    "sweep": {"options", "ranking", "report", "space", "validation"},
+}
+
+
+def test_the_modules_of_tune_import_only_the_steps_below_them():
+    tune_dir = ROOT / "platform" / "lejepa_ray" / "tune"
+    assert {p.stem for p in tune_dir.glob("*.py")} - {"__init__"} == set(TUNE_IMPORTS)
+    for module, allowed in TUNE_IMPORTS.items():
+        imported = set()
+        for node in ast.walk(ast.parse((tune_dir / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                if node.module == "lejepa_ray.tune":  # from lejepa_ray.tune import sweep
+                    imported.update(f"lejepa_ray.tune.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        tune = {m.removeprefix("lejepa_ray.tune.") for m in imported if "lejepa_ray.tune." in m}
+        assert tune <= allowed, f"tune/{module}.py imports {sorted(tune - allowed)}"
+        ray = sorted(m for m in imported if m == "ray" or m.startswith("ray."))
+        assert module in ("space", "sweep") or not ray, f"tune/{module}.py imports {ray}"
 
 
 def _space(tmp_path: Path, text: str) -> str:
@@ -152,11 +177,20 @@ def test_rank_orders_completed_then_stopped_then_failed(tmp_path):
     ]
     rows = rank(grid, base, space, str(tmp_path), select_by="score")
     assert [(r.rank, r.trial, r.status) for r in rows] == [
-        (1, "c", "completed"),
-        (2, "a", "completed"),
-        (3, "b", "stopped at step 2"),
-        (4, "d", "error: bad λ"),
+        (1, "c", TrialStatus.COMPLETED),
+        (2, "a", TrialStatus.COMPLETED),
+        (3, "b", TrialStatus.STOPPED),
+        (4, "d", TrialStatus.FAILED),
     ]
+    # The text the table and results.csv have always shown.
+    assert [r.status_text for r in rows] == [
+        "completed",
+        "completed",
+        "stopped at step 2",
+        "error: bad λ",
+    ]
+    silent = _result("e", 4, math.nan, math.nan, 0.2, error=RuntimeError())
+    assert rank([silent], base, space, str(tmp_path))[0].status_text == "error: RuntimeError"
     table = list(csv.reader(io.StringIO(results_csv(rows, space))))
     assert table[0] == [
         "rank",
@@ -184,7 +218,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
 ):
     import lejepa_ray.runs
     from lejepa_ray.config import load_config
-    from lejepa_ray.tune.sweep import format_convergence, format_table
+    from lejepa_ray.tune.report import format_convergence, format_table
 
     base = load_config(QUICKSTART, TINY)
     space = [Dimension("loss.lam", "loguniform", (0.01, 0.3))]
@@ -209,7 +243,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
     by_score = rank(grid, base, space, str(tmp_path), select_by="score")
     assert [r.trial for r in by_score] == ["a", "c", "d", "b"]  # completed first, then stopped
     b = by_score[-1]
-    assert (b.status, b.checkpoint, b.selection_score, b.loss) == (
+    assert (b.status_text, b.checkpoint, b.selection_score, b.loss) == (
         "stopped at step 6",
         "/ck/b",
         2.5,
@@ -242,7 +276,7 @@ def test_rank_by_rankme_takes_it_from_the_last_checkpoint_and_flags_unconverged_
 
 
 def test_spearman_interval_on_constructed_trials():
-    from lejepa_ray.tune.sweep import spearman_interval
+    from lejepa_ray.tune.validation import spearman_interval
 
     x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     rho, low, high = spearman_interval(x, [10 - v for v in x])
@@ -259,12 +293,12 @@ def test_spearman_interval_on_constructed_trials():
     assert all(math.isnan(v) for v in spearman_interval(x, [1.0] * 8))
 
 
-def _row(i, score, loss, linear, knn, status="completed", **extra):
+def _row(i, score, loss, linear, knn, status=TrialStatus.COMPLETED, step=8, **extra):
     return TrialRow(
         rank=i,
         trial=f"t{i}",
         status=status,
-        step=8,
+        step=step,
         selection_score=score,
         loss=loss,
         params={"loss.lam": 0.01 * i},
@@ -276,7 +310,7 @@ def _row(i, score, loss, linear, knn, status="completed", **extra):
 
 
 def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
-    from lejepa_ray.tune.sweep import format_validation, validation_plots
+    from lejepa_ray.tune.validation import format_validation, validation_plots
 
     # Scores rank the accuracies exactly (lower score, higher accuracy); the raw loss ranks
     # them in the opposite order; RankMe (higher is better) agrees with the probes.
@@ -284,14 +318,17 @@ def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
         _row(1, 1.0, 0.9, 0.9, 0.8, rankme_backbone=30.0, rankme_projector=8.0),
         _row(2, 2.0, 0.5, 0.7, 0.6, rankme_backbone=20.0, rankme_projector=7.0),
         _row(3, 3.0, 0.3, 0.5, 0.4, rankme_backbone=10.0, rankme_projector=6.0),
-        _row(4, 4.0, 0.1, 0.1, 0.1, status="stopped at step 2", rankme_backbone=5.0),
-        _row(5, 0.1, 0.1, None, None, status="error: boom"),
+        _row(4, 4.0, 0.1, 0.1, 0.1, status=TrialStatus.STOPPED, step=2, rankme_backbone=5.0),
+        _row(5, 0.1, 0.1, None, None, status=TrialStatus.FAILED, error="boom"),
     ]
     rows[1].descending = True
     v = validate(rows)
     json.dumps(v, allow_nan=False)  # strict JSON: what is undefined is null
     assert (v["trials"], v["completed"], v["stopped"]) == (4, 3, 1)
     assert v["still_descending"] == ["t2"]
+    # validation.json's rows as before the enum: the status as its text, no error field.
+    assert [r["status"] for r in v["rows"]] == ["completed"] * 3 + ["stopped at step 2"]
+    assert "error" not in v["rows"][0]
     assert v["rho"]["selection_score~linear_top1"] == pytest.approx(-1.0)
     assert v["agreement"]["selection_score~linear_top1"] == pytest.approx(1.0)
     assert v["rho"]["selection_score~knn_top1"] == pytest.approx(-1.0)
@@ -322,7 +359,7 @@ def test_validate_reports_every_metric_with_intervals_stopped_trials_included():
 
 
 def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
-    import lejepa_ray.tune.sweep as sweep
+    import lejepa_ray.tune.validation as validation
 
     calls = []
 
@@ -330,15 +367,15 @@ def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
         calls.append((path, data, val_data))
         return {"probe/knn_top1": 0.5, "probe/linear_top1": 0.6}
 
-    monkeypatch.setattr(sweep, "probe_checkpoint", probe)
+    monkeypatch.setattr(validation, "probe_trial", probe)
     rows = [
         _row(1, 1.0, 0.9, 0.9, 0.8),
-        _row(2, 2.0, 0.5, None, None, status="stopped at step 4"),
-        _row(3, 2.0, 0.5, None, None, status="stopped at step 2"),
+        _row(2, 2.0, 0.5, None, None, status=TrialStatus.STOPPED, step=4),
+        _row(3, 2.0, 0.5, None, None, status=TrialStatus.STOPPED, step=2),
     ]
     rows[1].checkpoint = "/runs/t2/checkpoint_00000004"
     lines = []
-    sweep.probe_stopped(rows, "digits:train", "digits:val", print_fn=lines.append)
+    validation.probe_stopped(rows, "digits:train", "digits:val", print_fn=lines.append)
     assert calls == [("/runs/t2/checkpoint_00000004", "digits:train", "digits:val")]
     assert (rows[1].knn_top1, rows[1].linear_top1) == (0.5, 0.6)
     assert rows[2].linear_top1 is None  # no checkpoint to probe
@@ -426,7 +463,7 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     with (sweep / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3"]
-    assert all(not r["status"].startswith("error") for r in rows), [r["status"] for r in rows]
+    assert all(re.fullmatch("completed|stopped at step [24]", r["status"]) for r in rows), rows
     assert next(r for r in rows if r["trial"] in finished)["status"] == "completed"
     done = [r for r in rows if r["status"] == "completed"]
     assert rows[0] in done and rows[0]["checkpoint"]

@@ -185,7 +185,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run or resume a Tune sweep, rank its trials without labels, export the winner."""
-    from lejepa_ray.tune.sweep import SweepOptions, run_sweep
+    from lejepa_ray.tune.options import SweepOptions
+    from lejepa_ray.tune.sweep import run_sweep
 
     opts = SweepOptions(
         space=args.space,
