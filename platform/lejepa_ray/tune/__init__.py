@@ -1,8 +1,7 @@
-"""Sweeps on Ray Tune: the search space YAML (``space``), the sweep's options and their checks
-(``options``), its label-free metrics and the order of its trials (``ranking``), the table, CSV
-and plot of that order (``report``), the check of the ranking against probes (``validation``),
-and the driver that runs the trials on Tune and writes all of it (``sweep``). No other module of
-tune/ imports ``sweep``, and only it and ``space`` import Ray (tests/test_sweep.py).
+"""Sweeps on Ray Tune, read in this order: the search space YAML (``space``), what a sweep
+takes and checks before Ray starts (``options``), the sweep driver and its trial function
+(``sweep``), the label-free ranking (``ranking``) and its CSV, table and plot (``report``), and
+the validation of that ranking against probes (``validation``).
 
 May import: base, objective, data, config, model, train, runs, evaluate, launch.
 """
