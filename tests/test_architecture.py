@@ -204,3 +204,37 @@ def test_the_core_imports_without_ray_omegaconf_tensorboard_or_opencv():
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _undocumented_lazy_imports(package: Path) -> list[str]:
+    """``file:line`` of each import inside a function under ``package`` whose comment block
+    directly above it does not start with ``# lazy:``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        in_function = {
+            node
+            for fn in ast.walk(tree)
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(fn)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+        }
+        for node in sorted(in_function, key=lambda n: n.lineno):
+            first = node.lineno  # climb to the first line of the comment block above it
+            while first > 1 and lines[first - 2].lstrip().startswith("#"):
+                first -= 1
+            if first == node.lineno or not lines[first - 1].lstrip().startswith("# lazy:"):
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    return found
+
+
+def test_each_import_inside_a_function_says_why_it_is_lazy():
+    """Imports go at module top unless a ``# lazy: <reason>`` comment directly above an import
+    inside a function says why not (a heavy optional dependency, keeping Ray off the Ray-free
+    core, a fast ``--help``, an import cycle...). Each import statement carries its own."""
+    found = _undocumented_lazy_imports(PACKAGE)
+    assert not found, (
+        "imports inside functions without a '# lazy: <reason>' comment directly above: "
+        "move them to the top of their module, or say why they wait:\n" + "\n".join(found)
+    )

@@ -33,6 +33,7 @@ def _env(_: argparse.Namespace) -> int:
             print(f"{name:12s} {version(name)}")
         except PackageNotFoundError:
             print(f"{name:12s} not installed")
+    # lazy: torch takes seconds to import; only `env` needs it, and --help must stay fast.
     import torch
 
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -44,8 +45,10 @@ def _env(_: argparse.Namespace) -> int:
 
 def _data_convert(args: argparse.Namespace) -> int:
     """Convert an image folder to checked, resumable parquet shards and print a summary."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from tqdm import tqdm
 
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.data.convert import convert_image_folder, format_summary
 
     with tqdm(unit="img", desc="convert", file=sys.stderr) as bar:
@@ -68,8 +71,13 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 def _data_bench(args: argparse.Namespace) -> int:
     """Ray Data views stream against a DataLoader doing the same work; JSON line last."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.data import bench
+
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.data.config import DataConfig, ViewConfig
+
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.data.sources import source_from_arg
 
     source, path = source_from_arg(args.data)
@@ -111,7 +119,10 @@ def default_config() -> Path:
 
 def _pretrain(args: argparse.Namespace) -> int:
     """Validate the config, pretrain on Ray, probe, and say where everything is."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.config import load_config
+
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.launch.driver import run
 
     path = args.config if args.config is not None else default_config()
@@ -130,6 +141,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """Write a checkpoint's backbone in timm's hub layout and say how to load it."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.evaluate.export import PROJECTOR_FILE, WEIGHTS_FILE, export
 
     result = export(args.source, args.out_dir)
@@ -145,6 +157,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Frozen-feature probes of a checkpoint or export; a summary, then one JSON line."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.evaluate.frozen import evaluate
 
     result = evaluate(
@@ -185,7 +198,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run or resume a Tune sweep, rank its trials without labels, export the winner."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.tune.options import SweepOptions
+
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.tune.sweep import run_sweep
 
     opts = SweepOptions(
@@ -430,6 +446,8 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    # lazy: data.decode brings numpy and PIL (~0.2 s): paid when a parser is built, not on
+    # importing cli.
     from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 
     data = commands.add_parser("data", help="convert image folders; benchmark the data stream")
@@ -505,7 +523,10 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 def _cluster_check(args: argparse.Namespace) -> int:
     """Check offline that a config's training workers fit a cluster launcher YAML."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.cluster import check_fits, load_cluster
+
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.config import load_config
 
     cfg = load_config(args.config, args.overrides)

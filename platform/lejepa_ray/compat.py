@@ -95,6 +95,7 @@ def quiet_worker_logs(prefixes: bool = False) -> bool:
     :func:`noise_filter`, with Ray's ``(Actor pid=…)`` prefixes only if ``prefixes`` (a sweep
     needs them to tell trials apart). Returns False when Ray's handler is not where we expect
     (then nothing changes)."""
+    # lazy: Ray's private logging API; compat imports no Ray at module level.
     from ray._private import ray_logging, worker
 
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
@@ -124,6 +125,7 @@ def _print_kept(
 
 def raise_recompile_limit(at_least: int) -> int:
     """Let dynamo keep at least ``at_least`` graphs per code object; returns the limit now."""
+    # lazy: torch._dynamo takes about a second to import; compat imports no torch at module level.
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, at_least)
@@ -132,6 +134,7 @@ def raise_recompile_limit(at_least: int) -> int:
 
 def execution_index() -> int:
     """The execution index of the Ray Data pipeline this process is working for (the epoch)."""
+    # lazy: Ray takes seconds to import; compat sits under the Ray-free core and data.sources.
     from ray.data import DataContext
 
     return int(DataContext.get_current()._execution_idx)
@@ -148,6 +151,7 @@ RAY_CHECKPOINT_MANAGER_LOGGER = "ray.train.v2._internal.execution.checkpoint.che
 
 def ray_train_report_logger() -> str:
     """The name of the logger Ray Train logs every report on: its source file's path."""
+    # lazy: Ray Train's private module; compat imports no Ray at module level.
     from ray.train.v2._internal.execution import context
 
     return context.__file__

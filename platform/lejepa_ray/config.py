@@ -478,6 +478,7 @@ def check_run(cfg: PretrainConfig) -> None:
 
 def check_model_name(name: str) -> None:
     """Raise ConfigError for a name timm does not know, suggesting close matches."""
+    # lazy: timm takes about a second to import; only checking a model name needs it.
     import timm
 
     if timm.is_model(name):

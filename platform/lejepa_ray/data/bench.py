@@ -22,12 +22,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
 import psutil
+import ray
 import torch
+from ray.data import DataContext
 from torch.utils.data import DataLoader, Dataset
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.sources import LocalSource
+from lejepa_ray.data.stream import build_view_stream, iter_views
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.errors import BenchError
 
@@ -237,10 +240,6 @@ def bench_ray_data(
     cfg: DataConfig, workers: int, batch_size: int, seconds: float
 ) -> dict[str, float]:
     """Samples/s of the Ray Data views stream with ``workers`` transform tasks."""
-    import ray
-
-    from lejepa_ray.data.stream import build_view_stream, iter_views
-
     stream = build_view_stream(replace(cfg, workers=workers))
 
     def epochs(epoch: int) -> Iterator[dict]:
@@ -271,9 +270,6 @@ def run(
 
     Starts a local Ray instance with ``workers`` CPUs unless one is already connected.
     """
-    import ray
-    from ray.data import DataContext
-
     workers = workers or os.cpu_count() or 1
     have, need = len(LocalSource(cfg)), required_samples(batch_size)
     if have < need:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from PIL import Image
 
 from lejepa_ray.compat import execution_index
 from lejepa_ray.data.config import DataConfig
@@ -205,7 +206,10 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
     Raises:
         SourceError: the path is missing, holds no images, or a parquet file has no ``image``.
     """
+    # lazy: Ray takes seconds to import; LocalSource, convert and probes never build a Dataset.
     import ray.data
+
+    # lazy: Ray takes seconds to import; LocalSource, convert and probes never build a Dataset.
     from ray.data import FileShuffleConfig, RandomSeedConfig
 
     file_order = (
@@ -274,6 +278,7 @@ def _parquet_reader_v1() -> Iterator[None]:
     when the dataset is made. ``use_datasource_v2`` is a documented ``DataContext`` option; it
     is read when ``read_parquet`` is called, so it is set for that call only.
     """
+    # lazy: Ray takes seconds to import; LocalSource, convert and probes never build a Dataset.
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -445,7 +450,7 @@ def _generated_rows(batch: dict, cfg: DataConfig, count: int, shuffle: bool) -> 
 @functools.lru_cache(maxsize=4)
 def _digits_table(size: int) -> pa.Table:
     """scikit-learn's 1,797 bundled 8×8 digits, upsampled to ``size`` px, as PNG rows."""
-    from PIL import Image
+    # lazy: scikit-learn takes about a second to import; only the digits source needs it.
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import torch
+from ray.data import TaskPoolStrategy
 
 from lejepa_ray.compat import set_execution_index
 from lejepa_ray.data.config import DataConfig
@@ -122,8 +123,6 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     Raises:
         SourceError: the path is missing or holds no images.
     """
-    from ray.data import TaskPoolStrategy
-
     rows, classes = read_dataset(cfg)  # fails on a bad source before any task runs
     counter = SkipCounter.remote()
     ds = rows.map_batches(

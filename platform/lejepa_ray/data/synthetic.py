@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -114,8 +115,6 @@ def write_image_folder(
     The default 500×375 px at quality 90 is close to an average ImageNet photo, which makes the
     folder a stand-in for real data in converter and throughput benchmarks.
     """
-    from pathlib import Path
-
     root = Path(dst)
     for c in range(num_classes):
         (root / f"class_{c:02d}").mkdir(parents=True, exist_ok=True)

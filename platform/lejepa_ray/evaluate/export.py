@@ -121,6 +121,7 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
 
 
 def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
+    # lazy: timm takes about a second to import; only writing an export needs it.
     from timm.models import save_for_hf
 
     path, spec, step = trained.checkpoint, trained.spec, trained.step

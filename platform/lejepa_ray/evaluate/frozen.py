@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lejepa_ray.config import ProbeConfig
+from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluate.export import load_encoder
+from lejepa_ray.evaluate.probe import load_labelled, probe_report
 from lejepa_ray.model.encoder import pixel_normalization
 
 PROBES = ("knn", "linear", "both")
@@ -105,6 +108,7 @@ def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Modu
                 f"{path} is an export, which loads as a timm backbone without its projector; "
                 "to probe projector outputs, give the run or checkpoint directory instead."
             )
+        # lazy: timm takes about a second to import; only loading an export needs it.
         import timm
 
         hub = json.loads(hub_file.read_text())
@@ -146,10 +150,6 @@ def evaluate(
             classes.
         CheckpointError: ``source`` is neither an export nor a usable checkpoint.
     """
-    from lejepa_ray.config import ProbeConfig
-    from lejepa_ray.data.sources import data_from_arg
-    from lejepa_ray.evaluate.probe import load_labelled, probe_report
-
     if probe not in PROBES:
         raise ConfigError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
     model, trained_size = load_frozen(source, features)

@@ -120,13 +120,14 @@ def linear_accuracy(
 ) -> float:
     """Top-1 accuracy on the queries of a multinomial logistic regression fitted on the bank's
     frozen features (standardized; scikit-learn's L-BFGS, L2 penalty C=1)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    # lazy: scikit-learn takes about a second to import; only the linear probe needs it.
+    from sklearn import linear_model, pipeline, preprocessing
 
     x, y = features.double().numpy(), labels.numpy()
     bank, query = ~is_query.numpy(), is_query.numpy()
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    model = pipeline.make_pipeline(
+        preprocessing.StandardScaler(), linear_model.LogisticRegression(max_iter=max_iter)
+    )
     model.fit(x[bank], y[bank])
     return float((model.predict(x[query]) == y[query]).mean())
 

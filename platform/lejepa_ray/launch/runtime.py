@@ -19,6 +19,12 @@ import math
 import os
 from pathlib import Path
 
+import ray
+
+import lejepa_ray
+from lejepa_ray.compat import quiet_worker_logs
+from lejepa_ray.launch import reaper
+
 
 def local_num_cpus(train_cpus: float) -> int:
     """Logical CPUs for a local Ray instance: the machine's cores, plus what training reserves,
@@ -49,8 +55,6 @@ def connect(
     workers' bookkeeping (``compat.quiet_worker_logs``) are left to the session's log files,
     and worker lines lose Ray's ``(Actor pid=…)`` prefix unless ``prefixes``.
     """
-    import ray
-
     if ray.is_initialized():
         return False
     if not verbose:
@@ -64,18 +68,12 @@ def connect(
         init_kwargs["include_dashboard"] = dashboard
         ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
         started = True
-        from lejepa_ray.launch import reaper
-
         reaper.start()  # so that a killed driver leaves none of the instance's processes
     if not verbose:
-        from lejepa_ray.compat import quiet_worker_logs
-
         quiet_worker_logs(prefixes)
     return started
 
 
 def package_dir() -> str:
     """The directory of the ``lejepa_ray`` package this process imported."""
-    import lejepa_ray
-
     return str(Path(lejepa_ray.__file__).resolve().parent)

@@ -55,6 +55,8 @@ def create_backbone(
     name: str, kwargs: dict[str, Any], device: str | torch.device | None = None
 ) -> nn.Module:
     """``timm.create_model(name, pretrained=False, num_classes=0, **kwargs)`` on ``device``."""
+    # lazy: timm takes about a second to import; only building a backbone needs it, not the
+    # specs, normalization and loading helpers that export, frozen and the driver import.
     import timm
 
     return timm.create_model(name, pretrained=False, num_classes=0, device=device, **kwargs)

@@ -11,18 +11,23 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
+from torch.nn.modules.module import register_module_parameter_registration_hook
+from torch.nn.parallel import DistributedDataParallel
 
 from lejepa_ray import compat
 from lejepa_ray.config import ConfigError, ScalingConfig
 from lejepa_ray.model.encoder import LeJEPAEncoder
-
-if TYPE_CHECKING:
-    from torch.distributed.fsdp import MixedPrecisionPolicy
 
 
 def compute_dtype(scaling: ScalingConfig, device: torch.device) -> torch.dtype:
@@ -40,6 +45,7 @@ def block_modules(backbone: nn.Module) -> list[nn.Module]:
     the group's layers. Top-level layers that timm adds to a group (the final norm joins the
     last block) are left to the root, and so are groups made only of them (a ResNet stem).
     """
+    # lazy: timm takes about a second to import; only finding a backbone's blocks needs it.
     from timm.models import group_modules
 
     matcher = getattr(backbone, "group_matcher", None)
@@ -95,7 +101,6 @@ def parallelize(
     model.to(device)
     if not (dist.is_available() and dist.is_initialized()):
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
@@ -108,9 +113,6 @@ def _fully_shard(
     dtype: torch.dtype,
     seed: int,
 ) -> nn.Module:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
     world = dist.get_world_size() if dist.is_initialized() else 1
     mesh = init_device_mesh(device.type, (world,))
     for block in blocks:
@@ -128,8 +130,6 @@ def _policy(unit: nn.Module, dtype: torch.dtype) -> MixedPrecisionPolicy:
     """bf16 parameters (gathered and computed in bf16, gradients reduced in fp32), except for
     units holding BatchNorm: its bf16 weights cannot meet its fp32 running statistics, so such
     units keep fp32 parameters and compute in bf16 through autocast (see ``Trainer``)."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
-
     if dtype == torch.float32 or _holds_batchnorm(unit, FSDPModule):
         return MixedPrecisionPolicy(reduce_dtype=torch.float32)
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -222,7 +222,6 @@ def meta_parameters(small: int = SMALL_PARAMETER) -> Iterator[None]:
     real; the large weights are left empty until :func:`materialize` creates each rank's
     shard of them.
     """
-    from torch.nn.modules.module import register_module_parameter_registration_hook
 
     def to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
         """torch's global hook, run by every ``register_parameter``: what it returns replaces the

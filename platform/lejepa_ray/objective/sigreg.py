@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
+from torch.distributed import _functional_collectives as funcol
 
 __all__ = ["compute_dtype", "epps_pulley", "quadrature", "random_directions", "sigreg"]
 
@@ -165,8 +166,6 @@ def _world(group: dist.ProcessGroup | None) -> int:
 
 def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Differentiable SUM all-reduce: its backward is the SUM all-reduce of the gradients."""
-    from torch.distributed import _functional_collectives as funcol
-
     if group is None:
         group = dist.group.WORLD
         if group is None:  # only called with more than one rank, so the default group exists

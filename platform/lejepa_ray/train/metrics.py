@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pyarrow import fs
 from torch.utils.tensorboard import SummaryWriter
 
 from lejepa_ray.storage import is_local
@@ -63,8 +64,6 @@ class MetricsWriter:
         """Copy the event files to the run directory when it is remote."""
         self.writer.flush()
         if not is_local(self.run_dir):
-            from pyarrow import fs
-
             fs.copy_files(self.local_dir, f"{self.run_dir.rstrip('/')}/{TENSORBOARD_DIR}")
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     Weight decay applies to matrices and kernels only: biases, norm scales and the tokens and
     position embeddings the backbone lists in ``no_weight_decay()`` are not decayed.
     """
+    # lazy: timm takes about a second to import; only building an optimizer needs it.
     from timm.optim import param_groups_weight_decay
 
     skip: set[str] = set()

@@ -151,6 +151,8 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
     # lazy: matplotlib takes about a second to import, and the trial processes, which import
     # this module through sweep.py, never draw.
     from matplotlib.figure import Figure
+
+    # lazy: as above, matplotlib: the trial processes never draw.
     from matplotlib.ticker import NullFormatter
 
     scored = [r for r in rows if not math.isnan(r.selection_score)]

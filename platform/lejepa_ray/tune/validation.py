@@ -207,6 +207,8 @@ def validation_plots(rows: list[TrialRow], title: str) -> dict[str, bytes]:
     for trials stopped early."""
     # lazy: as in report.plot_png, the trial processes import this module and never draw.
     from matplotlib.colors import LogNorm
+
+    # lazy: as above, matplotlib: the trial processes never draw.
     from matplotlib.figure import Figure
 
     probed = [r for r in rows if r.linear_top1 is not None and not r.failed]
