@@ -165,7 +165,7 @@ def iter_epoch(
     """One epoch of this training worker's shard, as batches of tensors on ``device``.
 
     Call it inside a Ray Train loop once per epoch; every worker must call it the same number
-    of times (the shards are equal). Batches are dicts as made by :class:`ViewTransform`, with
+    of times (the shards are equal). Batches are dicts as made by :func:`make_views`, with
     exactly ``batch_size`` rows (the last partial batch is dropped so every rank steps together).
     Consume every epoch to its end: Ray Data advances its epoch counter (which seeds the
     shuffles and crops) when a pass completes, so an epoch left early is replayed.
