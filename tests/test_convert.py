@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from convert_helpers import SHARD_MB, _crash_on_second_publish, rows, shard_files
 from images import make_image_folder
 
 from lejepa_ray.cli import main
@@ -16,32 +17,6 @@ from lejepa_ray.data import convert
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.convert import convert_image_folder
 from lejepa_ray.data.sources import LocalSource, SourceError, class_names
-
-# Small shards, so the test folder makes several of them (each image is 1-4 KiB).
-SHARD_MB = 8 / 1024
-
-
-def shard_files(out):
-    return sorted(p.name for p in out.glob("shard-*.parquet"))
-
-
-def rows(out) -> set[tuple]:
-    source = LocalSource(DataConfig(source="parquet", path=str(out)))
-    return {(r["key"], r["label"], r["image"]) for r in (source[i] for i in range(len(source)))}
-
-
-def _crash_on_second_publish(monkeypatch) -> list[str]:
-    """Make the conversion raise as it publishes its second file; the names it published."""
-    real_publish, published = convert._publish, []
-
-    def crash_on_second(tmp, final):
-        if len(published) == 1:
-            raise KeyboardInterrupt("simulated kill")
-        real_publish(tmp, final)
-        published.append(final.rsplit("/", 1)[-1])
-
-    monkeypatch.setattr(convert, "_publish", crash_on_second)
-    return published
 
 
 def test_convert_writes_good_images_and_counts_bad_ones(tmp_path):

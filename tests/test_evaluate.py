@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_export import _trained_checkpoint
+from export_helpers import _trained_checkpoint
 
 from lejepa_ray.cli import main
 from lejepa_ray.evaluate.export import export

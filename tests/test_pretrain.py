@@ -6,33 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from pretrain_helpers import _quickstart, _scalars
 
 from lejepa_ray import runs
-from lejepa_ray.cli import QUICKSTART
-from lejepa_ray.config import PretrainConfig, load_config, scaled_lr, to_yaml
+from lejepa_ray.config import scaled_lr, to_yaml
 from lejepa_ray.launch.driver import TrainingStopped, run
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.optim import lr_factor
-
-
-def _quickstart(tmp_path: Path, name: str, *overrides: str) -> PretrainConfig:
-    """The CPU quickstart with a ResNet-18, stored under ``tmp_path/name``. The engine tests
-    keep ResNet-18: its random init probes near chance (0.16), so 40 steps of learning show
-    plainly, where the quickstart's resnet10t starts at 0.86."""
-    return load_config(
-        QUICKSTART, [f"name={name}", f"storage_path={tmp_path}", "model.name=resnet18", *overrides]
-    )
-
-
-def _scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(f"{run_dir}/tensorboard")
-    events.Reload()
-    return {
-        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-    }
 
 
 def _effective_rank(z: torch.Tensor) -> float:
@@ -224,7 +205,7 @@ def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(ray_clus
     """benchmarks/recovery.py's plan, on S3 storage as on a cluster: SIGKILL a worker after the
     checkpoints of steps 4 and 8 and while that of step 12 is being written (its files are
     appearing in the bucket); the run goes on to step 16."""
-    from test_benchmarks import _load
+    from benchmarks_helpers import _load
 
     out = _load("recovery").main(
         ["--storage", s3_server.uri("recovery"), "--steps", "16", "--every", "4", "--delay", "1"]

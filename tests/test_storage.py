@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_checkpoint import _batch, _config, _load, _save, _trainer
+from checkpoint_helpers import _batch, _config, _load, _save, _trainer
 
 from lejepa_ray import runs, storage
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
@@ -172,7 +172,7 @@ def test_a_run_on_s3_resumes_when_rerun_falls_back_and_exports(
     local_tb = tmp_path / "tensorboard"
     local_tb.mkdir()
     storage.download(f"{run_uri}/tensorboard", str(local_tb))
-    from test_pretrain import _scalars
+    from pretrain_helpers import _scalars
 
     scalars = _scalars(str(tmp_path))
     assert [s for s, _ in scalars["loss"]] == list(range(1, 13))  # every step once

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from procs import TINY, clean_env, console_script, tail
+from sweep_helpers import _space
 
 from lejepa_ray.config import ConfigError
 from lejepa_ray.tune.options import SweepOptions, check
@@ -58,12 +59,6 @@ def test_the_modules_of_tune_import_only_the_steps_below_them():
         assert tune <= allowed, f"tune/{module}.py imports {sorted(tune - allowed)}"
         ray = sorted(m for m in imported if m == "ray" or m.startswith("ray."))
         assert module in ("space", "sweep") or not ray, f"tune/{module}.py imports {ray}"
-
-
-def _space(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "space.yaml"
-    path.write_text(text)
-    return str(path)
 
 
 LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"

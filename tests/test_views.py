@@ -152,7 +152,7 @@ def test_data_config_rejects_bad_values(kwargs, message):
 def _reference_views(cfg: ViewConfig, img, seed: int, epoch: int, key: str):
     """The reference: torchvision's v2 pipeline (benchmarks/views.py), and the generator's next
     draw after it."""
-    from test_benchmarks import _load
+    from benchmarks_helpers import _load
 
     glob, local = _load("views").torchvision_views(cfg, img, seed, epoch, key)
     return glob, local, torch.rand(1).item()
