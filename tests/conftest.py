@@ -1,4 +1,15 @@
-"""Shared fixtures. Tests import their image helpers from ``tests/images.py``."""
+"""Shared fixtures, and the split of the suite.
+
+``tests/unit``: one process, no Ray started. ``tests/integration``: a test that starts Ray (the
+:func:`ray_cluster` fixture), the S3 server (:func:`s3_server`), or other processes (mp.spawn,
+the console script, ``ray`` CLI, a wheel build, ``python -c``), and any test marked ``slow``; each
+is marked ``integration`` here, so ``-m "not integration"`` runs the unit tests of any selection.
+
+Both folders are packages (``unit``, ``integration``), so a module can have a test file of the
+same name in each; the plain modules here (``images.py``, ``procs.py``, ``s3.py``, the
+``*_helpers.py`` shared by the two files of a module) are imported by their bare names, this
+folder being on ``sys.path``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +21,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 # The benchmarks' own helpers (chaos.py: fault injection) are test tools too, not product code.
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Package data: the configs the command line reads at run time ship inside the wheel and are
-found through the installed package, not through a repository checkout."""
+found through the installed package, not through a repository checkout.
+
+The one-process tests are in ``tests/unit/test_packaging.py``."""
 
 from __future__ import annotations
 
@@ -13,33 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import lejepa_ray
-from lejepa_ray.cli import default_config, main
-from lejepa_ray.config import check_run, load_config
+from lejepa_ray.cli import default_config
+from lejepa_ray.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "platform" / "lejepa_ray"
-
-
-def test_the_default_config_is_package_data():
-    path = default_config()
-    assert path == Path(lejepa_ray.__file__).resolve().parent / "configs" / "quickstart.yaml"
-    check_run(load_config(path))
-
-
-def test_a_missing_default_config_says_what_to_pass(tmp_path, capsys, monkeypatch):
-    from lejepa_ray import cli
-    from lejepa_ray.launch import runtime
-
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was asked for resources without a config")
-
-    monkeypatch.setattr(runtime, "connect", no_ray)
-    monkeypatch.setattr(cli, "QUICKSTART", tmp_path / "configs" / "quickstart.yaml")
-    assert main(["pretrain"]) == 2
-    err = capsys.readouterr().err
-    assert "packaged default config" in err and "is missing" in err, err
-    assert "pass --config FILE" in err, err
 
 
 def _data_files(package: Path) -> set[str]:

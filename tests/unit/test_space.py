@@ -9,7 +9,7 @@ import pytest
 from lejepa_ray.config import ConfigError, load_config
 from lejepa_ray.tune.space import load_space, overrides, to_tune
 
-SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
+SPACES = Path(__file__).resolve().parents[2] / "tune_spaces"
 
 
 def _space(tmp_path: Path, text: str) -> Path:

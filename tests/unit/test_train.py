@@ -1,4 +1,6 @@
-"""The training loop on one process: steps, accumulation, logging and checkpoint cadence."""
+"""The training loop on one process: steps, accumulation, logging and checkpoint cadence.
+
+Multi-process, Ray and slow tests: ``tests/integration/test_train.py``."""
 
 from __future__ import annotations
 
@@ -83,11 +85,6 @@ def test_activation_checkpointing_recomputes_the_same_step():
     trainer = _trainer("scaling.activation_checkpointing=true")
     assert trainer.encoder.backbone.grad_checkpointing
     _same_step("scaling.activation_checkpointing=true")
-
-
-@pytest.mark.slow
-def test_compiled_blocks_compute_the_same_step():
-    _same_step("scaling.compile=true", model="resnet10t")  # 4 blocks to compile, not 8
 
 
 def _params(trainer: Trainer) -> dict[str, torch.Tensor]:

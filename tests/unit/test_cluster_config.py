@@ -16,7 +16,7 @@ from lejepa_ray.cli import main
 from lejepa_ray.cluster import ClusterFitError, check_fits, worker_types
 from lejepa_ray.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 JOB_CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 

@@ -16,9 +16,10 @@ from lejepa_ray.config import (
     to_yaml,
 )
 
-CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
-# The default of `lejepa-ray pretrain`, package data (tests/test_packaging.py checks the wheel).
-QUICKSTART = Path(__file__).parents[1] / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml"
+CONFIGS = Path(__file__).parents[2] / "jobs" / "configs"
+# The default of `lejepa-ray pretrain`, package data (tests/integration/test_packaging.py checks
+# the wheel).
+QUICKSTART = Path(__file__).parents[2] / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml"
 
 
 def test_defaults_and_overrides():

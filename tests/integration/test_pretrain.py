@@ -1,4 +1,6 @@
-"""The pretraining job end to end on Ray: 2 CPU workers, digits, DDP and FSDP."""
+"""The pretraining job end to end on Ray: 2 CPU workers, digits, DDP and FSDP.
+
+The one-process tests are in ``tests/unit/test_pretrain.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import pytest
 import torch
 from pretrain_helpers import _quickstart, _scalars
 
-from lejepa_ray import runs
 from lejepa_ray.config import scaled_lr, to_yaml
 from lejepa_ray.launch.driver import TrainingStopped, run
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
@@ -220,44 +221,3 @@ def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(ray_clus
     # interval that save was closing.
     assert 0 <= first["steps_recomputed"] < 4 and 0 <= second["steps_recomputed"] < 4
     assert 0 <= third["steps_recomputed"] <= 4
-
-
-def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
-    from ray.train.v2.api.exceptions import WorkerGroupError
-
-    from lejepa_ray.launch.driver import _user_error
-
-    bad = checkpoint.CheckpointError("x/__1_0.distcp is missing: ...")
-    wrapped = WorkerGroupError("Training failed", {0: RuntimeError("peer gone"), 1: bad})
-    assert _user_error(wrapped) is bad
-    other = WorkerGroupError("Training failed", {0: RuntimeError("segfault")})
-    assert _user_error(other) is other
-
-
-def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypatch):
-    from lejepa_ray.launch import runtime
-    from lejepa_ray.launch.driver import check_resumable
-
-    cfg = _quickstart(tmp_path, "other", "probe.knn=false")
-    trainer_cfg = _quickstart(tmp_path, "other", "model.name=resnet34")
-    from lejepa_ray.train.trainer import Trainer
-
-    trainer = Trainer(trainer_cfg, resolve_backbone(trainer_cfg), torch.device("cpu"))
-    ckpt = tmp_path / "other" / "checkpoint_00000005"
-    ckpt.mkdir(parents=True)
-    checkpoint.save(
-        ckpt, trainer.tensors, checkpoint.TrainState(step=5, model="resnet34"), to_yaml(trainer_cfg)
-    )
-    check_resumable(str(ckpt), trainer_cfg, resolve_backbone(trainer_cfg))  # same model: fine
-    monkeypatch.setattr(runtime, "connect", lambda *a, **k: pytest.fail("Ray was started"))
-    monkeypatch.setattr(
-        runs,
-        "latest_checkpoint",
-        lambda run_dir: runs.Latest(str(ckpt), {"step": 5}, checkpoint.Opened(ckpt)),
-    )
-    with pytest.raises(
-        checkpoint.CheckpointError,
-        match=r"cannot load a resnet34 checkpoint .* into resnet18: .*"
-        r"another name= or storage_path=",
-    ):
-        run(cfg)

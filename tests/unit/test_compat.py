@@ -116,7 +116,7 @@ def test_ray_is_the_version_compat_was_checked_against():
     assert ray.__version__ == VERIFIED_RAY, (
         f"lejepa_ray/compat.py was checked against Ray {VERIFIED_RAY}, and Ray "
         f"{ray.__version__} is installed: check every private API it names (its module "
-        "docstring lists them, tests/test_compat.py tries each), then set VERIFIED_RAY."
+        "docstring lists them, tests/unit/test_compat.py tries each), then set VERIFIED_RAY."
     )
 
 
