@@ -4,7 +4,7 @@ photometric ops left to the training device (``data.augment_on=device``).
 
 All make the default views (2 × 224 px + 8 × 96 px) of the same JPEGs (500×375 by default,
 generated) on one thread, with the same seed per sample, so they draw the same parameters;
-torchvision and ``pil`` give the same bytes (tests/test_views.py), and how far ``fast`` is from
+torchvision and ``pil`` give the same bytes (tests/unit/test_views.py), and how far ``fast`` is from
 them is printed. Per op, milliseconds per
 sample averaged over the samples, so an op's figure includes its probability of firing.
 ``total`` is timed without the per-op clock, the median of ``--repeats`` passes. The device

@@ -1,5 +1,5 @@
 """The private Ray and torch internals we depend on, in one place, each with a test
-(tests/test_compat.py).
+(tests/unit/test_compat.py).
 
 When an upgrade moves one of them, this is the file to change.
 
@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 VERIFIED_RAY = "2.60.0"
-"""The Ray version every item here was checked against (tests/test_compat.py)."""
+"""The Ray version every item here was checked against (tests/unit/test_compat.py)."""
 
 _HANDLER = "ray_print_logs"
 DCP_SLICE_HOOK = "_slice_file"

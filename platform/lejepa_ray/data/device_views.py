@@ -22,7 +22,7 @@ The arithmetic is torchvision's tensor kernels', in float32 on the 0-255 scale:
 The one deliberate difference from the CPU path is rounding: PIL rounds to uint8 after every
 op, this path keeps float32 until the model normalizes (the result is float32 on the 0-255
 scale, which the encoder takes as it takes uint8). Per op, the two agree within a few levels
-(tests/test_device_views.py states the tolerances).
+(tests/unit/test_device_views.py states the tolerances).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The same operations as the reference (``views.render``, PIL's kernels, byte-equa
 torchvision's pipeline), in the same order, with the same drawn parameters. Only the kernels
 change, each picked for being several times cheaper on one core while staying close to the
 reference: a mean difference under a level per op, 99th percentiles of 1–3 levels (5 for the
-largest hue shifts); ``tests/test_view_kernels.py`` holds the tolerances, ``docs/data.md`` the
+largest hue shifts); ``tests/unit/test_view_kernels.py`` holds the tolerances, ``docs/data.md`` the
 table:
 
 - **crop + resize**: torch's uint8 antialiased bilinear resize on a channels-last crop, an
