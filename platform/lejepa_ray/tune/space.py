@@ -45,8 +45,8 @@ class Dimension:
 
     def to_tune(self):
         """This dimension as a Ray Tune domain (or plain value)."""
-        # lazy: reading and checking a space (tests/unit/test_backbones.py, the sweep's checks) needs
-        # no Ray; only the Tuner's param_space does.
+        # lazy: reading and checking a space (tests/unit/test_backbones.py, the sweep's
+        # checks) needs no Ray; only the Tuner's param_space does.
         from ray import tune
 
         if self.sampler == "fixed":
