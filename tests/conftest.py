@@ -31,6 +31,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # never import Ray just to ask
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request):
+    """A unit test that starts Ray (Ray Data starts a 2-CPU instance on first use) fails.
+
+    Besides breaking the unit/integration split, such an instance outlives the test, and the
+    integration tests' :func:`ray_cluster` would find it instead of the instance it sizes for
+    training plus data: with every CPU taken by the training workers, Ray Data never runs and
+    the training waits forever (how CI hung once)."""
+    yield
+    if INTEGRATION not in Path(request.node.path).parents and _ray_running():
+        import ray
+
+        ray.shutdown()
+        pytest.fail("this unit test started Ray; move it to tests/integration (ray_cluster)")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A local S3 endpoint (moto's server), with this process's environment pointing AWS
@@ -56,6 +77,10 @@ def ray_cluster(s3_server):
 
     from lejepa_ray.launch.runtime import connect
 
+    assert not ray.is_initialized(), (
+        "a Ray instance that ray_cluster did not start is connected: it lacks the CPUs Ray "
+        "Data needs beside the training workers (see _unit_tests_start_no_ray)"
+    )
     # The dashboard serves the state API that Ray Train's placement-group cleaner needs when a
     # sweep's trial is stopped (see lejepa_ray.tune.sweep.run_sweep).
     connect(train_cpus=2, log_to_driver=False, dashboard=True)
