@@ -58,7 +58,7 @@ def main() -> None:
 
     cfg = load_config(args.config)
     s, v = cfg.scaling, cfg.data.views
-    n = s.num_workers
+    n = s.max_workers
     spec = resolve(cfg.model, v.global_size, v.local_size if v.local_views else None)
     encoder = LeJEPAEncoder(spec, cfg.model, device="meta")
     backbone = encoder.backbone

@@ -140,8 +140,8 @@ def profile(cfg, steps: int) -> dict[str, float]:
                 parts[name].append(b_ - a)
     seconds = {k: statistics.median(x) for k, x in parts.items()}
     numel = sum(p.numel() for p in encoder.parameters())
-    if cfg.scaling.num_workers > 1:
-        seconds["allreduce"] = allreduce_seconds(numel, cfg.scaling.num_workers, steps)
+    if cfg.scaling.max_workers > 1:
+        seconds["allreduce"] = allreduce_seconds(numel, cfg.scaling.max_workers, steps)
     return seconds
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config or QUICKSTART, [*args.overrides, f"storage_path={tmp}"])
     seconds = profile(cfg, args.steps)
     total = sum(seconds.values())
-    batch, world = cfg.scaling.batch_size, cfg.scaling.num_workers
+    batch, world = cfg.scaling.batch_size, cfg.scaling.max_workers
     print(
         f"{cfg.model.name}, {batch} images per rank x {world} rank(s), "
         f"{int(cfg.scaling.cpus_per_worker)} thread(s) per rank; median of {args.steps} steps"

@@ -1,11 +1,13 @@
 """Does a run fit a cluster? Checked offline against a Ray cluster launcher YAML.
 
-``cluster.yaml`` declares each node type's ``resources`` (CPU, GPU) and ``max_workers``. A run
-asks Ray Train for ``scaling.num_workers`` workers of one GPU (when ``use_gpu``) and
-``scaling.cpus_per_worker`` CPUs each; a sweep asks for that per trial, ``--concurrent`` trials
-at once. This module answers, before anyone pays for nodes, whether the autoscaler can ever
-place that: the worker bundles must fit on some node type, and the node types' maximum counts
-must hold all of them at once.
+``cluster.yaml`` declares each node type's ``resources`` (CPU, GPU, custom) and
+``max_workers``. A run asks Ray Train for ``scaling.num_workers`` workers of one GPU (when
+``use_gpu``), ``scaling.cpus_per_worker`` CPUs and ``scaling.resources`` each; a sweep asks for
+that per trial, ``--concurrent`` trials at once. This module answers, before anyone pays for
+nodes, whether the autoscaler can ever place that: the worker bundles must fit on some node
+type, and the node types' maximum counts must hold all of them at once. An elastic run
+(``num_workers: [min, max]``) needs room for ``min`` to start; room for fewer than ``max`` is
+reported as the size it can grow to.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class NodeType:
     """Logical CPUs the node declares (``resources.CPU``)."""
     gpus: int
     """GPUs the node declares (``resources.GPU``)."""
+    custom: dict[str, float]
+    """The node's other resources (``resources`` less CPU and GPU)."""
     max_workers: int
     """The most nodes of this type the autoscaler starts."""
 
@@ -38,7 +42,7 @@ class Fit:
     """Where the training workers of a run (or of a sweep's concurrent trials) go."""
 
     workers: int
-    """Training workers asked for: ``num_workers × concurrent``."""
+    """Training workers asked for at most: ``max_workers × concurrent``."""
     per_node: dict[str, int]
     """Workers one node of each eligible type holds."""
     capacity: dict[str, int]
@@ -50,6 +54,12 @@ class Fit:
             f"{name} ({self.per_node[name]} per node, up to {c})"
             for name, c in self.capacity.items()
         )
+        held = sum(self.capacity.values())
+        if held < self.workers:  # an elastic run that starts, but cannot reach its maximum
+            return (
+                f"fits, smaller: room for {held} of the {self.workers} training workers asked "
+                f"for at most (elastic runs start at their minimum); node types: {types}"
+            )
         return f"fits: {self.workers} training worker(s); node types that can hold them: {types}"
 
 
@@ -86,6 +96,7 @@ def worker_types(cluster: dict) -> list[NodeType]:
                 name,
                 float(resources["CPU"]),
                 int(resources.get("GPU", 0)),
+                {k: float(v) for k, v in resources.items() if k not in ("CPU", "GPU")},
                 int(node.get("max_workers", 0)),
             )
         )
@@ -101,29 +112,44 @@ def check_fits(cfg: PretrainConfig, cluster: dict, concurrent: int = 1) -> Fit:
     """
     s = cfg.scaling
     gpus = 1 if s.use_gpu else 0
-    need = s.num_workers * concurrent
+    need, least = s.max_workers * concurrent, s.min_workers * concurrent
     per_node, capacity = {}, {}
     types = worker_types(cluster)
     for t in types:
-        if t.gpus < gpus or t.cpus < s.cpus_per_worker:
-            continue
-        by_cpu = math.floor(t.cpus / s.cpus_per_worker)
-        per_node[t.name] = min(by_cpu, t.gpus // gpus) if gpus else by_cpu
-        capacity[t.name] = per_node[t.name] * t.max_workers
-    asked = f"{gpus} GPU and {s.cpus_per_worker:g} CPUs" if gpus else f"{s.cpus_per_worker:g} CPUs"
+        count = _workers_per_node(t, gpus, s.cpus_per_worker, s.resources)
+        if count:
+            per_node[t.name] = count
+            capacity[t.name] = count * t.max_workers
+    asked = ", ".join(
+        [*([f"{gpus} GPU"] if gpus else []), f"{s.cpus_per_worker:g} CPUs"]
+        + [f"{amount:g} {name}" for name, amount in s.resources.items()]
+    )
     if not per_node:
-        have = "; ".join(f"{t.name}: {t.gpus} GPU, {t.cpus:g} CPU" for t in types)
-        raise ClusterFitError(
-            f"each training worker asks for {asked} (scaling.use_gpu, "
-            f"scaling.cpus_per_worker), but no worker node type has that "
-            f"({have}). Lower scaling.cpus_per_worker or add a node type."
+        have = "; ".join(
+            f"{t.name}: " + ", ".join(f"{v:g} {k}" for k, v in _offer(t).items()) for t in types
         )
-    if sum(capacity.values()) < need:
-        held = ", ".join(f"{name}: {c}" for name, c in capacity.items())
         raise ClusterFitError(
-            f"{need} training workers ({s.num_workers} per run × {concurrent} at once), each "
+            f"each training worker asks for {asked} (scaling.use_gpu, scaling.cpus_per_worker, "
+            f"scaling.resources), but no worker node type has that ({have}). Lower what a "
+            "worker asks for, or add a node type that offers it."
+        )
+    if sum(capacity.values()) < least:
+        held = ", ".join(f"{name}: {c}" for name, c in capacity.items())
+        per_run = f"at least {s.min_workers}" if s.elastic else str(s.max_workers)
+        raise ClusterFitError(
+            f"{least} training workers ({per_run} per run × {concurrent} at once), each "
             f"with {asked}, but the node types' max_workers hold only {sum(capacity.values())} "
             f"({held}). Raise max_workers in the cluster YAML, or lower scaling.num_workers or "
             "--concurrent."
         )
     return Fit(need, per_node, capacity)
+
+
+def _offer(t: NodeType) -> dict[str, float]:
+    return {"GPU": t.gpus, "CPU": t.cpus, **t.custom}
+
+
+def _workers_per_node(t: NodeType, gpus: int, cpus: float, custom: dict[str, float]) -> int:
+    """How many workers asking for ``gpus``, ``cpus`` and ``custom`` one node of ``t`` holds."""
+    offer, ask = _offer(t), {"GPU": gpus, "CPU": cpus, **custom}
+    return min(math.floor(offer.get(k, 0) / v) for k, v in ask.items() if v > 0)

@@ -11,6 +11,8 @@ before any Ray resource is requested.
 from __future__ import annotations
 
 import difflib
+import itertools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +166,16 @@ class OptimConfig:
 class ScalingConfig:
     """How many Ray Train workers, on what, and how the model is spread over them."""
 
-    num_workers: int = 2
-    """Ray Train workers (data-parallel ranks)."""
+    num_workers: Any = 2
+    """Ray Train workers (data-parallel ranks): a number, or ``[min, max]`` for an elastic
+    group that starts once ``min`` workers fit and grows to ``max`` as slots free up (Ray
+    Train's elastic scaling; docs/training.md, "Elastic runs")."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker also reserves, e.g. ``{spot_slot: 1}``: training runs
+    only where nodes advertise them (CPU and GPU are set by the fields around this one)."""
+    resize_check_s: float = 60.0
+    """An elastic group looks for more free slots this often, in seconds (Ray Train's
+    ``elastic_resize_monitor_interval_s``); a lost worker is replaced at once."""
     use_gpu: bool = False
     """One GPU per worker (NCCL); otherwise CPU workers (gloo)."""
     cpus_per_worker: float = 1.0
@@ -184,7 +194,15 @@ class ScalingConfig:
     """``torch.compile`` each block."""
 
     def __post_init__(self) -> None:
-        check_field(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
+        self.num_workers = _worker_range(self.num_workers)
+        check_field(self.resize_check_s >= 0, "scaling.resize_check_s", self.resize_check_s, ">= 0")
+        for name, amount in self.resources.items():
+            check_field(
+                name not in ("CPU", "GPU") and amount > 0,
+                f"scaling.resources.{name}",
+                amount,
+                "a custom resource (CPU and GPU have their own fields) with an amount > 0",
+            )
         check_field(
             self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0"
         )
@@ -202,10 +220,78 @@ class ScalingConfig:
             f"one of {', '.join(PRECISIONS)}",
         )
 
+        self.batch_per_worker(self.min_workers)  # every size in the range splits the batch
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers training runs with (``num_workers`` when it is a number)."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers training runs with: what a run asks the cluster for."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker group may change size during the run."""
+        return self.min_workers != self.max_workers
+
     @property
     def global_batch(self) -> int:
-        """Images per micro-batch across all workers."""
-        return self.batch_size * self.num_workers
+        """Images per micro-batch across all workers: ``batch_size × max_workers``, whatever
+        the group's size at the moment."""
+        return self.batch_size * self.max_workers
+
+    def batch_per_worker(self, world_size: int) -> int:
+        """Images per worker per micro-batch in a group of ``world_size`` workers.
+
+        The rule of elastic runs: the global batch stays ``batch_size × max_workers``, so the
+        learning rate, its schedule and SIGReg's N do not change on a resize; each of ``w``
+        workers takes ``global_batch / w`` images (more per worker in a smaller group).
+
+        Raises:
+            ConfigError: the global batch does not split exactly over ``world_size`` workers,
+                or over some other size of the range (every size is checked at once).
+        """
+        sizes = range(self.min_workers, self.max_workers + 1)
+        bad = [w for w in sizes if self.global_batch % w]
+        if bad:
+            step = math.lcm(*sizes)
+            # The smallest batch_size at or above this one whose global batch every size splits.
+            fit = next(
+                b for b in itertools.count(self.batch_size) if b * self.max_workers % step == 0
+            )
+            raise ConfigError(
+                f"scaling.batch_size={self.batch_size} × {self.max_workers} workers gives a "
+                f"global batch of {self.global_batch} images, which {bad[0]} workers cannot "
+                f"split exactly; an elastic run keeps the global batch constant, so it must "
+                f"divide by every size in scaling.num_workers={list(self.num_workers)} (a "
+                f"multiple of {step}). Use scaling.batch_size={fit}, or a narrower range."
+            )
+        if not self.min_workers <= world_size <= self.max_workers:
+            raise ValueError(f"world size {world_size} outside {self.num_workers}")
+        return self.global_batch // world_size
+
+
+def _worker_range(value: Any) -> int | list[int]:
+    """``num_workers`` as an int, or as ``[min, max]`` when it is a range of two sizes (a list,
+    not a tuple: OmegaConf would type the field as a tuple from then on)."""
+    expected = "a number of workers >= 1, or [min, max] with 1 <= min <= max"
+    if isinstance(value, bool):
+        check_field(False, "scaling.num_workers", value, expected)
+    if isinstance(value, int):
+        check_field(value >= 1, "scaling.num_workers", value, expected)
+        return value
+    items = list(value) if isinstance(value, (list, tuple)) else []
+    ok = (
+        len(items) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in items)
+        and 1 <= items[0] <= items[1]
+    )
+    check_field(ok, "scaling.num_workers", value, expected)
+    low, high = items
+    return low if low == high else [low, high]
 
 
 @dataclass
@@ -456,8 +542,8 @@ def check_run(cfg: PretrainConfig) -> None:
     check_model_name(cfg.model.name)
     if cfg.scaling.global_batch < 2:
         raise ConfigError(
-            f"scaling.batch_size={cfg.scaling.batch_size} × scaling.num_workers="
-            f"{cfg.scaling.num_workers} gives {cfg.scaling.global_batch} image per step; "
+            f"scaling.batch_size={cfg.scaling.batch_size} × {cfg.scaling.max_workers} "
+            f"worker(s) gives {cfg.scaling.global_batch} image per step; "
             "SIGReg tests the distribution of the batch and needs at least 2 (use >= 64)."
         )
     views: ViewConfig = cfg.data.views
@@ -467,13 +553,15 @@ def check_run(cfg: PretrainConfig) -> None:
             f"{views.global_size}; local views are the small crops."
         )
     if cfg.data.source in ("synthetic", "digits") and cfg.data.num_samples is not None:
-        per_worker = cfg.data.num_samples // cfg.scaling.num_workers
-        if per_worker < cfg.scaling.batch_size:
-            raise ConfigError(
-                f"data.num_samples={cfg.data.num_samples} split over {cfg.scaling.num_workers} "
-                f"workers gives {per_worker} images each, fewer than scaling.batch_size="
-                f"{cfg.scaling.batch_size}: no full batch. Lower the batch or add samples."
-            )
+        for workers in range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1):
+            per_worker = cfg.data.num_samples // workers
+            batch = cfg.scaling.batch_per_worker(workers)
+            if per_worker < batch:
+                raise ConfigError(
+                    f"data.num_samples={cfg.data.num_samples} split over {workers} workers "
+                    f"gives {per_worker} images each, fewer than their batch of {batch}: no "
+                    "full batch. Lower scaling.batch_size or add samples."
+                )
 
 
 def check_model_name(name: str) -> None:

@@ -68,7 +68,7 @@ def test_nodes_run_the_pinned_stack_with_token_auth_and_s3_storage(config):
 def test_every_job_config_fits_the_cluster(config, path):
     cfg = load_config(path)
     fit = check_fits(cfg, config)
-    assert fit.workers == cfg.scaling.num_workers and sum(fit.capacity.values()) >= fit.workers
+    assert fit.workers == cfg.scaling.max_workers and sum(fit.capacity.values()) >= fit.workers
     if cfg.scaling.use_gpu:
         assert "gpu_8x_h100" in fit.per_node
 
@@ -97,6 +97,28 @@ def test_runs_that_cannot_fit_are_refused(config, overrides, concurrent, message
     cfg = load_config(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml", overrides)
     with pytest.raises(ClusterFitError, match=message):
         check_fits(cfg, config, concurrent)
+
+
+def test_an_elastic_run_needs_room_for_its_minimum_and_says_how_far_it_can_grow(config):
+    gigantic = ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml"
+    # Global batches that both sizes split exactly: 40 × 41 and 41 × 42.
+    grows = load_config(gigantic, ["scaling.num_workers=[40,41]", "scaling.batch_size=40"])
+    fit = check_fits(grows, config)
+    assert fit.workers == 41 and sum(fit.capacity.values()) == 40
+    assert fit.describe().startswith("fits, smaller: room for 40 of the 41")
+    too_big = load_config(gigantic, ["scaling.num_workers=[41,42]", "scaling.batch_size=41"])
+    with pytest.raises(ClusterFitError, match=r"41 training workers \(at least 41 per run"):
+        check_fits(too_big, config)
+
+
+def test_custom_worker_resources_must_be_offered_by_a_node_type(config):
+    gigantic = ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml"
+    cfg = load_config(gigantic, ["scaling.resources={spot_slot: 1}"])
+    with pytest.raises(ClusterFitError, match=r"1 GPU, 8 CPUs, 1 spot_slot.*no worker node type"):
+        check_fits(cfg, config)
+    offered = copy.deepcopy(config)
+    offered["available_node_types"]["gpu_8x_h100"]["resources"]["spot_slot"] = 8
+    assert check_fits(cfg, offered).per_node == {"gpu_8x_h100": 8}
 
 
 def test_node_types_must_declare_resources(config):

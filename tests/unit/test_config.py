@@ -77,6 +77,11 @@ def test_gigantic_config_is_what_the_issue_asks():
         (["data.views.global_size=4"], "data.views.global_size=4"),
         (["lam"], "not key=value"),
         (["model.model_args.num_classes=10"], "the platform sets it"),
+        (["scaling.num_workers=[2,1]"], "[min, max] with 1 <= min <= max"),
+        (["scaling.num_workers=[1,2,3]"], "scaling.num_workers=[1, 2, 3] is invalid"),
+        (["scaling.num_workers=0"], "scaling.num_workers=0 is invalid"),
+        (["scaling.resources={CPU: 2}"], "CPU and GPU have their own fields"),
+        (["scaling.resize_check_s=-1"], "scaling.resize_check_s=-1.0"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
@@ -110,6 +115,10 @@ def test_unknown_timm_name_suggests_close_matches():
             "no full batch",
         ),
         (["model.name=resnet_18"], "not a timm architecture"),
+        (  # one worker of the group takes the whole global batch of 128
+            ["data.source=synthetic", "data.num_samples=120", "scaling.num_workers=[1,2]"],
+            "split over 1 workers gives 120 images each, fewer than their batch of 128",
+        ),
     ],
 )
 def test_impossible_runs_fail_before_ray(overrides, message, monkeypatch):
@@ -129,3 +138,26 @@ def test_learning_rate_scales_with_global_batch():
         ["optim.lr=5e-4", "scaling.batch_size=64", "scaling.num_workers=4", "optim.accum_steps=2"],
     )
     assert scaled_lr(cfg) == pytest.approx(5e-4)  # 64 × 4 × 2 = 512: the reference batch
+
+
+def test_an_elastic_group_keeps_the_global_batch_and_splits_it_over_any_size():
+    cfg = load_config(None, ["scaling.num_workers=[2,4]", "scaling.batch_size=48"])
+    s = cfg.scaling
+    assert (s.min_workers, s.max_workers, s.elastic) == (2, 4, True)
+    assert s.global_batch == 192 and scaled_lr(cfg) == scaled_lr(
+        load_config(None, ["scaling.num_workers=4", "scaling.batch_size=48"])
+    )
+    assert [s.batch_per_worker(w) for w in (2, 3, 4)] == [96, 64, 48]
+    fixed = load_config(None, ["scaling.num_workers=[3,3]"]).scaling
+    assert fixed.num_workers == 3 and not fixed.elastic
+
+
+def test_a_global_batch_that_some_size_cannot_split_is_refused_with_a_batch_that_can():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["scaling.num_workers=[4,8]", "scaling.batch_size=64"])
+    message = str(e.value)
+    assert "global batch of 512 images, which 5 workers cannot split exactly" in message
+    assert "a multiple of 840" in message and "Use scaling.batch_size=105" in message
+    # The suggested batch does split over every size.
+    good = load_config(None, ["scaling.num_workers=[4,8]", "scaling.batch_size=105"]).scaling
+    assert all(good.batch_per_worker(w) * w == 840 for w in range(4, 9))

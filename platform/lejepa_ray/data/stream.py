@@ -35,6 +35,7 @@ import numpy as np
 import ray
 import torch
 from ray.data import TaskPoolStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lejepa_ray.compat import set_execution_index
 from lejepa_ray.data.config import DataConfig
@@ -124,7 +125,11 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
         SourceError: the path is missing or holds no images.
     """
     rows, classes = read_dataset(cfg)  # fails on a bad source before any task runs
-    counter = SkipCounter.remote()
+    # On the driver's node: where training nodes come and go (spot pools, elastic groups) an
+    # actor on one of them would die with it and take every transform task with it; the
+    # driver's node lives as long as the run does.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    counter = SkipCounter.options(scheduling_strategy=here).remote()
     ds = rows.map_batches(
         make_views,
         fn_kwargs={"cfg": cfg, "counter": counter},

@@ -37,6 +37,7 @@ from lejepa_ray.data.stream import ViewStream, build_view_stream, start_at
 from lejepa_ray.errors import CheckpointError, ConfigError, DataQualityError, TrainingStopped
 from lejepa_ray.evaluate.probe import ProbeReport, load_labelled, probe_report
 from lejepa_ray.launch import runtime
+from lejepa_ray.launch.events import FailureRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.model.flops import train_flops_per_image
@@ -117,7 +118,7 @@ def run(
     trainer = _torch_trainer(plan, stream, callbacks)
     where = "" if latest is None else f"; resuming from step {latest.step} ({latest.uri})"
     print_fn(
-        f"run {plan.name}: {cfg.model.name} on {cfg.scaling.num_workers} "
+        f"run {plan.name}: {cfg.model.name} on {_workers(cfg)} "
         f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
         f"{cfg.optim.steps} steps; outputs in {plan.run_dir}{where}"
     )
@@ -170,7 +171,7 @@ def _mark_started(plan: Plan) -> None:
 def _start_ray(cfg: PretrainConfig) -> ViewStream:
     """Connect to Ray (or start it) and build the views stream on it."""
     runtime.connect(
-        train_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
+        train_cpus=cfg.scaling.max_workers * cfg.scaling.cpus_per_worker,
         verbose=cfg.logging.verbose,
     )
     # Per-operator progress bars from every epoch would bury the training's own progress line,
@@ -191,14 +192,7 @@ def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> Torch
     return TorchTrainer(
         train_worker,
         train_loop_config={WORKER_CONFIG: job},
-        scaling_config=RayScaling(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.scaling.cpus_per_worker,
-                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
-            },
-        ),
+        scaling_config=_ray_scaling(cfg),
         run_config=RunConfig(
             name=plan.name,
             storage_path=plan.root,
@@ -206,12 +200,33 @@ def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> Torch
             failure_config=FailureConfig(max_failures=cfg.fault.max_failures),
             # Ray Train's per-report INFO lines would interleave with our progress line.
             logging_config=LoggingConfig(log_level="WARNING"),
-            callbacks=list(callbacks),
+            callbacks=[FailureRecorder(plan.run_dir), *callbacks],
         ),
         # A factory, called at the start of every attempt (the first, and each restart after
         # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
         datasets={"train": functools.partial(_train_dataset, stream.dataset, plan.run_dir)},
     )
+
+
+def _ray_scaling(cfg: PretrainConfig) -> RayScaling:
+    """Ray Train's scaling: a fixed group, or an elastic one from ``[min, max]``."""
+    s = cfg.scaling
+    return RayScaling(
+        num_workers=(s.min_workers, s.max_workers) if s.elastic else s.max_workers,
+        use_gpu=s.use_gpu,
+        resources_per_worker={
+            "CPU": s.cpus_per_worker,
+            **({"GPU": 1} if s.use_gpu else {}),
+            **s.resources,
+        },
+        elastic_resize_monitor_interval_s=s.resize_check_s,
+    )
+
+
+def _workers(cfg: PretrainConfig) -> str:
+    """``2`` or ``1-2`` (elastic) for the run's first line."""
+    s = cfg.scaling
+    return f"{s.min_workers}-{s.max_workers}" if s.elastic else str(s.max_workers)
 
 
 def _train_dataset(dataset: ray.data.Dataset, run_dir: str) -> ray.data.Dataset:

@@ -28,6 +28,7 @@ from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import PretrainConfig, to_yaml
 from lejepa_ray.data.stream import EpochCursor, skip_metrics
 from lejepa_ray.errors import CheckpointError
+from lejepa_ray.launch import events
 from lejepa_ray.model.encoder import BackboneSpec
 from lejepa_ray.model.flops import peak_tflops
 from lejepa_ray.train import checkpoint
@@ -94,13 +95,15 @@ def train_worker(config: dict) -> None:
     cursor = EpochCursor(
         job.counter,
         job.cfg.data,
-        job.cfg.scaling.batch_size,
+        job.cfg.scaling.batch_per_worker(world),
         world,
         state.data_epoch,
         state.data_samples,
         prefetch=job.cfg.data.prefetch_batches,
     )
     writer = _metrics_writer(job, resumed) if rank == 0 else None
+    if rank == 0 and resumed is not None and resumed.state.world_size != world:
+        _record_resize(job, resumed.state, world)
     reporter = Reporter(job, trainer, cursor, writer, resumed, taken, world)
     try:
         fit(
@@ -184,6 +187,22 @@ def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter
     return writer
 
 
+def _record_resize(job: WorkerConfig, state: TrainState, world: int) -> None:
+    """Log and keep (``resizes.jsonl``) that this group resumed on another number of workers
+    than the checkpoint's; the global batch is the same, split ``global / world`` per worker."""
+    record = events.record_resize(job.run_dir, state.step, state.world_size, world)
+    log.warning(
+        "worker group resized from %d to %d at step %d (%s); %d images per worker, global "
+        "batch %d as before",
+        state.world_size,
+        world,
+        state.step,
+        record["cause"],
+        job.cfg.scaling.batch_per_worker(world),
+        job.cfg.scaling.global_batch,
+    )
+
+
 class Reporter:
     """What :func:`~lejepa_ray.train.trainer.fit` calls at each log and checkpoint step, on
     every rank: adds the data position, RankMe and skip counts to the metrics, writes them to
@@ -230,7 +249,7 @@ class Reporter:
     def _complete(self, step: int, metrics: dict[str, float], save: bool) -> dict[str, float]:
         """``metrics`` plus the data epoch, epoch-boundary waits, RankMe (at save steps) and,
         on rank 0, skip counts; logged to TensorBoard there."""
-        metrics = {**metrics, "data/epoch": self.cursor.epoch}
+        metrics = {**metrics, "data/epoch": self.cursor.epoch, "world_size": self.world_size}
         waits = self.cursor.boundary_waits  # epochs entered since the last report
         if waits:
             metrics["time/epoch_start_wait_s"] = max(w for _, w in waits)

@@ -230,6 +230,7 @@ class Meter:
     augment: DeviceClock | None = None
     """Time spent on photometric views on the device (``data.augment_on=device``)."""
     images: int = 0
+    """Images this rank trained on (all micro-batches); summed over ranks when logged."""
     steps: int = 0
     good_steps: int = 0
     loss_sum: torch.Tensor | None = None
@@ -314,7 +315,7 @@ def fit(
             micro.append(batch)
         result = trainer.train_step(micro)
         meter.add(result)
-        meter.images += sum(len(b["global"]) for b in micro) * world_size
+        meter.images += sum(len(b["global"]) for b in micro)
         step, final = trainer.step, trainer.step == cfg.optim.steps
         save = step % cfg.checkpoint.every_steps == 0 or final
         # A checkpoint always comes with fresh metrics: what Ray keeps with it (and a sweep
@@ -362,16 +363,21 @@ def _metrics(
         losses = torch.full((4,), float("nan"), device=trainer.device)
     else:
         losses = meter.loss_sum / meter.good_steps
+    # Counted, not assumed: every rank's images, so an elastic group's constant global batch
+    # is a measurement (float64 on the device: exact far beyond any run's count).
+    images = torch.tensor([float(meter.images)], dtype=torch.float64, device=trainer.device)
     if dist.is_available() and dist.is_initialized():
         # The prediction loss is per rank; SIGReg is already global. Average for the log.
         dist.all_reduce(losses, op=dist.ReduceOp.AVG)  # a fresh tensor: no step's is changed
+        dist.all_reduce(images, op=dist.ReduceOp.SUM)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     elapsed = max(time.perf_counter() - meter.start, 1e-9)
     total, pred, reg, score = means = losses.tolist()
     recent.add(means, meter.good_steps)
     smoothed = recent.value() or [float("nan")] * 4
-    images_per_s = meter.images / elapsed
+    global_images = images.item()
+    images_per_s = global_images / elapsed
     out = {
         "loss": total,
         "loss/prediction": pred,
@@ -381,6 +387,7 @@ def _metrics(
         "selection_score/smoothed": smoothed[3],
         "lr": trainer.scheduler.get_last_lr()[0],
         "grad_norm": float(result.grad_norm),
+        "batch/images_per_step": global_images / max(1, meter.steps),
         "throughput/images_per_s": images_per_s,
         "throughput/views_per_s": images_per_s * views,
         "time/step_s": elapsed / max(1, meter.steps),

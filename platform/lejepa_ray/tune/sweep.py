@@ -217,7 +217,7 @@ def _started(sweep_dir: str, name: str, spec: dict[str, Any]) -> bool:
 def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
     """Connect to Ray (or start a local instance) with CPUs for the concurrent trials: each
     trial's workers, and one CPU for its trial function."""
-    trial_cpus = base.scaling.num_workers * base.scaling.cpus_per_worker + 1
+    trial_cpus = base.scaling.max_workers * base.scaling.cpus_per_worker + 1
     # The dashboard serves the state API, which Ray Train's placement-group cleaner polls to see
     # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
     # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.

@@ -1,0 +1,203 @@
+"""Elastic runs on a local multi-node Ray cluster: a group that grows, and one that shrinks.
+
+Each training slot is a node of its own (``ray.cluster_utils.Cluster``: one logical CPU and one
+``trainer_slot`` resource); the head has CPUs for the driver and Ray Data but no slot. The CPU
+quickstart runs with ``scaling.num_workers=[1, 2]`` and ``scaling.resources={trainer_slot: 1}``:
+
+- ``grow``: one slot at the start, so training starts with 1 worker; a second slot node joins
+  ``--delay`` s after the checkpoint of step ``--every`` is registered, and the group grows to 2
+  at the next resize check;
+- ``shrink``: two slots at the start; ``--delay`` s after that checkpoint one slot node is
+  removed (its processes are killed, its slot is gone), and the run goes on with 1 worker
+  instead of waiting for a second slot.
+
+Printed per scenario: the timeline of world sizes by step (from the run's TensorBoard
+``world_size``), the resizes with their cause (``resizes.jsonl``), the loss logged before and
+after each resize, the images per step (constant: the global batch), and whether the run
+reached its last step. Last line: one JSON object.
+
+    python benchmarks/elastic.py [grow|shrink ...] [--steps 16] [--every 4] [--delay 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SLOT = "trainer_slot"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", default=["grow", "shrink"])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--every", type=int, default=4, help="checkpoint interval (steps)")
+    parser.add_argument(
+        "--delay", type=float, default=2.0, help="seconds between that checkpoint and the change"
+    )
+    args = parser.parse_args(argv)
+    bad = set(args.scenarios) - {"grow", "shrink"}
+    if bad:
+        parser.error(f"unknown scenario(s) {sorted(bad)}; choose grow and/or shrink")
+    if args.steps < 3 * args.every:
+        parser.error("--steps must be at least 3 × --every: steps before and after the change")
+    out = {name: scenario(name, args.steps, args.every, args.delay) for name in args.scenarios}
+    print(json.dumps(out))
+    return out
+
+
+def scenario(name: str, steps: int, every: int, delay: float) -> dict:
+    """Run one scenario on a fresh local cluster; print its figures and return them."""
+    import ray
+    from chaos import checkpoint_registered
+    from ray.cluster_utils import Cluster
+
+    from lejepa_ray.cli import QUICKSTART
+    from lejepa_ray.config import load_config
+    from lejepa_ray.launch import events
+    from lejepa_ray.launch.driver import run
+
+    storage = tempfile.mkdtemp(prefix=f"lejepa-elastic-{name}-")
+    run_dir = f"{storage}/{name}"
+    cfg = load_config(
+        QUICKSTART,
+        [
+            f"name={name}",
+            f"storage_path={storage}",
+            f"optim.steps={steps}",
+            "optim.warmup_steps=2",
+            "logging.every_steps=1",
+            f"checkpoint.every_steps={every}",
+            "scaling.num_workers=[1,2]",
+            "scaling.batch_size=16",  # 32 images a step, 32 or 16 per worker
+            f"scaling.resources={{{SLOT}: 1}}",
+            "scaling.resize_check_s=2",
+            "fault.max_failures=2",
+            "data.num_samples=512",
+            "probe.knn=false",
+            "logging.rankme_samples=0",
+        ],
+    )
+    # Head: the driver, Ray Train's controller and Ray Data, no slot. Each slot node: 1 CPU.
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False}
+    )
+    slots = [cluster.add_node(num_cpus=1, resources={SLOT: 1})]
+    if name == "shrink":
+        slots.append(cluster.add_node(num_cpus=1, resources={SLOT: 1}))
+    cluster.wait_for_nodes()
+    # The workers' progress lines stay in the session's logs: this prints the figures.
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    outcome: dict = {}
+
+    def train() -> None:  # in a thread: Ray's node processes start from the main thread only
+        try:
+            outcome["result"] = run(cfg, print_fn=lambda *_: None)
+        except BaseException as e:
+            outcome["error"] = e
+
+    start = time.time()
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    changed_at = None
+    try:
+        ready, deadline = checkpoint_registered(run_dir, every), time.monotonic() + 600
+        while not ready() and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if thread.is_alive():
+            time.sleep(delay)
+            changed_at = time.time()
+            if name == "grow":
+                cluster.add_node(num_cpus=1, resources={SLOT: 1})
+            else:
+                cluster.remove_node(slots.pop(), allow_graceful=False)
+        thread.join()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    wall = time.time() - start
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    figures = _figures(Path(run_dir) / "tensorboard", steps)
+    resizes = events.read(f"{run_dir}/{events.RESIZES_FILE}")
+    failures = events.read(f"{run_dir}/{events.FAILURES_FILE}")
+    out = {
+        "changed_at_s": None if changed_at is None else round(changed_at - start, 1),
+        "final_step": int(result.metrics.get("step", 0)),
+        "wall_s": round(wall, 1),
+        "resizes": [{**r, "time": round(r["time"] - start, 1)} for r in resizes],
+        "worker_failures": len(failures),
+        **figures,
+    }
+    _print(name, out)
+    return out
+
+
+def _figures(tensorboard: Path, steps: int) -> dict:
+    """World size by step, the loss around each change of world size, images per step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard), size_guidance={"scalars": 0})
+    events.Reload()  # applies the purges of steps logged again after a restart
+
+    def series(tag: str) -> dict[int, float]:
+        return {e.step: e.value for e in events.Scalars(tag)}
+
+    world, loss = series("world_size"), series("loss")
+    timeline, previous = [], None
+    for step in sorted(world):
+        if world[step] != previous:
+            timeline.append({"from_step": step, "world_size": int(world[step])})
+            previous = world[step]
+    around = []
+    for change in timeline[1:]:
+        s = change["from_step"]
+        before = [loss[k] for k in range(s - 4, s) if k in loss]
+        after = [loss[k] for k in range(s, s + 4) if k in loss]
+        # The jump at the resize against the step-to-step noise on either side of it.
+        noise = [abs(b - a) for side in (before, after) for a, b in itertools.pairwise(side)]
+        around.append(
+            {
+                "step": s,
+                "loss_before": [round(v, 4) for v in before],
+                "loss_after": [round(v, 4) for v in after],
+                "jump": round(abs(after[0] - before[-1]), 4) if before and after else None,
+                "noise": round(max(noise), 4) if noise else None,
+            }
+        )
+    images = series("batch/images_per_step")  # counted on every rank, summed
+    return {
+        "timeline": timeline,
+        "loss_around_resize": around,
+        "images_per_step": sorted({int(v) for v in images.values()}),
+        "steps_logged_once": sorted(loss) == list(range(1, steps + 1)),
+    }
+
+
+def _print(name: str, out: dict) -> None:
+    sizes = ", ".join(f"{t['world_size']} from step {t['from_step']}" for t in out["timeline"])
+    print(f"{name}: world size {sizes}; finished at step {out['final_step']} in {out['wall_s']} s")
+    for r in out["resizes"]:
+        print(
+            f"  resize at step {r['step']} ({r['time']} s): {r['from']} -> {r['to']}, {r['cause']}"
+        )
+    for a in out["loss_around_resize"]:
+        print(
+            f"  loss before step {a['step']}: {a['loss_before']}, from it: {a['loss_after']} "
+            f"(jump {a['jump']}, largest step-to-step change around it {a['noise']})"
+        )
+    once = out["steps_logged_once"]
+    print(f"  images per step: {out['images_per_step']}; steps logged once: {once}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos.py
+    main()

@@ -1,0 +1,66 @@
+"""Elastic worker groups on a local multi-node cluster (``benchmarks/elastic.py``): a run that
+starts with the one free slot grows to 2 workers when a second slot joins, and a run of 2
+that loses a node (its processes killed, its slot gone) goes on with 1 instead of waiting.
+
+Each scenario runs in its own process, on its own ``ray.cluster_utils.Cluster``: one node per
+training slot, which the shared test cluster cannot give."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from procs import clean_env
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def scenarios() -> dict:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "elastic.py"),
+            *("grow", "shrink", "--steps", str(STEPS), "--every", "4"),
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check_resize(run: dict, before: int, after: int) -> dict:
+    """What holds for any resize: the planned last step, once each, the same global batch, one
+    change of world size after the first checkpoint, and no jump of the loss beyond noise."""
+    assert run["final_step"] == STEPS and run["steps_logged_once"], run
+    assert run["images_per_step"] == [32], run  # counted on every rank: the global batch
+    (first, second) = run["timeline"]
+    assert (first["world_size"], first["from_step"]) == (before, 1), run
+    assert second["world_size"] == after and second["from_step"] > 4, run
+    (resize,) = run["resizes"]
+    assert (resize["from"], resize["to"]) == (before, after), run
+    assert resize["step"] + 1 == second["from_step"], run  # resumed at its checkpoint
+    (around,) = run["loss_around_resize"]
+    assert around["jump"] <= 2 * around["noise"] + 0.05, around
+    return resize
+
+
+@pytest.mark.slow
+def test_a_group_started_on_one_slot_grows_when_a_second_slot_joins(scenarios):
+    resize = _check_resize(scenarios["grow"], 1, 2)
+    assert resize["cause"] == "grew: slots for 2 workers were free"
+    assert scenarios["grow"]["worker_failures"] == 0
+
+
+@pytest.mark.slow
+def test_a_group_that_loses_a_node_goes_on_with_the_workers_left(scenarios):
+    resize = _check_resize(scenarios["shrink"], 2, 1)
+    assert resize["cause"].startswith("shrank after a worker failure"), resize
+    assert scenarios["shrink"]["worker_failures"] >= 1
