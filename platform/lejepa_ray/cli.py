@@ -131,12 +131,27 @@ def _pretrain(args: argparse.Namespace) -> int:
     minutes, seconds = divmod(round(result.train_seconds), 60)
     since = "" if result.resumed_from is None else f" (resumed at step {result.resumed_from})"
     print(f"\ntrained to step {cfg.optim.steps}{since} in {minutes} min {seconds} s")
+    if result.probes_during:
+        print(during_table(result.probes_during))
     if result.probe is not None:
         print(result.probe.table())
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}/tensorboard")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"config:      {result.run_dir}/config.yaml")
     return 0
+
+
+def during_table(records: dict[int, dict]) -> str:
+    """The probes during training, a line per probed step."""
+    lines = ["probes during training (trained backbone, kNN / linear top-1)"]
+    for step, r in sorted(records.items()):
+        if "error" in r:
+            lines.append(f"  step {step:>6}  failed: {r['error']}")
+            continue
+        linear = r.get("probe/linear_top1")
+        cells = f"{r['probe/knn_top1']:.3f} / " + ("-" if linear is None else f"{linear:.3f}")
+        lines.append(f"  step {step:>6}  {cells}")
+    return "\n".join(lines)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -390,8 +390,33 @@ class ProbeConfig:
     """Votes are weighted by exp(cosine similarity / temperature)."""
     max_samples: int = 5000
     """Use at most this many labelled images from each of the bank's and the queries' data."""
+    every_steps: int = 0
+    """Also probe during training: the checkpoint of every N-th step (a multiple of
+    ``checkpoint.every_steps``), in a Ray task of its own while the workers train on; results
+    go to TensorBoard at the checkpoint's step and to its metrics. 0: only after training."""
+    data: str | None = None
+    """Labelled data the probes during training fit on, as ``lejepa-ray eval --data`` takes it
+    (``digits:train``, an image folder, parquet shards). None: the protocol above, on the
+    training source."""
+    val_data: str | None = None
+    """Labelled data they are scored on (``digits:val``); None: a hash split of ``data``."""
+    resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    """What each probe task reserves: ``CPU``, ``GPU`` and any custom Ray resource."""
 
     def __post_init__(self) -> None:
+        check_field(self.every_steps >= 0, "probe.every_steps", self.every_steps, ">= 0")
+        check_field(
+            bool(self.resources) and all(v >= 0 for v in self.resources.values()),
+            "probe.resources",
+            self.resources,
+            "amounts >= 0 of CPU, GPU or custom resources, e.g. {CPU: 1}",
+        )
+        check_field(
+            self.val_data is None or self.data is not None,
+            "probe.val_data",
+            self.val_data,
+            "unset unless probe.data is set (the bank it is scored against)",
+        )
         check_field(self.k >= 1, "probe.k", self.k, ">= 1")
         check_field(self.temperature > 0, "probe.temperature", self.temperature, "> 0")
         check_field(self.max_samples >= 10, "probe.max_samples", self.max_samples, ">= 10")
@@ -545,6 +570,13 @@ def check_run(cfg: PretrainConfig) -> None:
             f"scaling.batch_size={cfg.scaling.batch_size} × {cfg.scaling.max_workers} "
             f"worker(s) gives {cfg.scaling.global_batch} image per step; "
             "SIGReg tests the distribution of the batch and needs at least 2 (use >= 64)."
+        )
+    every, saves = cfg.probe.every_steps, cfg.checkpoint.every_steps
+    if every and every % saves:
+        raise ConfigError(
+            f"probe.every_steps={every} is not a multiple of checkpoint.every_steps={saves}; "
+            f"the probes during training run on checkpoints. Use probe.every_steps="
+            f"{(every // saves + 1) * saves}."
         )
     views: ViewConfig = cfg.data.views
     if views.local_views and views.local_size > views.global_size:

@@ -34,6 +34,7 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
         "logging.every_steps=2",
         "checkpoint.every_steps=20",
         "probe.max_samples=600",
+        "probe.every_steps=20",  # probed during training too, by Ray Train validation tasks
     )
     result = run(cfg)
 
@@ -98,6 +99,18 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     trained, untrained = result.probe.trained, result.probe.init
     assert trained.knn_top1 > untrained.knn_top1 + 0.1, result.probe
     assert trained.linear_top1 > untrained.linear_top1 + 0.1, result.probe
+
+    # The probes during training: each probed checkpoint, off the workers, kept by step and in
+    # TensorBoard at that step; the last is the same probe, on the same images, as the final one.
+    during = result.probes_during
+    assert sorted(during) == [20, 40], during
+    assert during[40]["probe/knn_top1"] == pytest.approx(trained.knn_top1)
+    assert during[40]["probe/linear_top1"] == pytest.approx(trained.linear_top1, abs=0.01)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(f"{result.run_dir}/tensorboard/probes")
+    events.Reload()
+    assert [e.step for e in events.Scalars("probe/knn_top1")] == [20, 40]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray.data
 import torch
@@ -36,7 +36,7 @@ from lejepa_ray.data.sources import check_path, class_names
 from lejepa_ray.data.stream import ViewStream, build_view_stream, start_at
 from lejepa_ray.errors import CheckpointError, ConfigError, DataQualityError, TrainingStopped
 from lejepa_ray.evaluate.probe import ProbeReport, load_labelled, probe_report
-from lejepa_ray.launch import runtime
+from lejepa_ray.launch import probes, runtime
 from lejepa_ray.launch.events import FailureRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
@@ -62,6 +62,9 @@ class PretrainResult:
     resumed_from: int | None = None
     """The step of the checkpoint the run resumed from, as its workers' last attempt loaded it
     (None: this command started the run afresh)."""
+    probes_during: dict[int, dict] = field(default_factory=dict)
+    """The probes during training (``probe.every_steps``), by step: ``probe/knn_top1``,
+    ``probe/linear_top1``, or ``probe/failed`` with its ``error``."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Pl
     """
     check_run(cfg)
     check_path(cfg.data)
+    probes.check_data(cfg)
     spec = resolve_backbone(cfg)
     if spec.local_resized:
         print_fn(
@@ -205,6 +209,7 @@ def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> Torch
         # A factory, called at the start of every attempt (the first, and each restart after
         # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
         datasets={"train": functools.partial(_train_dataset, stream.dataset, plan.run_dir)},
+        validation_config=probes.validation_config(cfg, plan.spec, plan.run_dir),
     )
 
 
@@ -283,7 +288,8 @@ def _finish(
         print_fn(f"probes skipped: data.source={plan.cfg.data.source} has no labels.")
     elif plan.cfg.probe.knn and ckpt is not None:
         report = probe_final(plan.cfg, plan.spec, ckpt)
-    return PretrainResult(plan.run_dir, ckpt, metrics, report, seconds, resumed_from)
+    during = probes.read_probes(plan.run_dir) if plan.cfg.probe.every_steps else {}
+    return PretrainResult(plan.run_dir, ckpt, metrics, report, seconds, resumed_from, during)
 
 
 def probe_final(cfg: PretrainConfig, spec: BackboneSpec, ckpt: str) -> ProbeReport:

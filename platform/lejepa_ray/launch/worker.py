@@ -28,7 +28,7 @@ from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import PretrainConfig, to_yaml
 from lejepa_ray.data.stream import EpochCursor, skip_metrics
 from lejepa_ray.errors import CheckpointError
-from lejepa_ray.launch import events
+from lejepa_ray.launch import events, probes
 from lejepa_ray.model.encoder import BackboneSpec
 from lejepa_ray.model.flops import peak_tflops
 from lejepa_ray.train import checkpoint
@@ -244,6 +244,7 @@ class Reporter:
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=self._name(step),
+                **probes.report_kwargs(self.job.cfg, step),
             )
 
     def _complete(self, step: int, metrics: dict[str, float], save: bool) -> dict[str, float]:
