@@ -372,14 +372,16 @@ class LoggingConfig:
 
 @dataclass
 class ProbeConfig:
-    """The probes run after training, on labelled data of the training source.
+    """The probes run after training, on labelled data of the training source, and, with
+    ``every_steps``, on checkpoints during training (``lejepa_ray.launch.probes``).
 
     Protocol: with ``data.split=train`` the probes are fitted on that split and scored on
     ``data.split=val`` of the same source, images the run never trained on. Otherwise they are
     fitted and scored on a hash 80/20 split of the training data (``lejepa_ray.evaluate.probe``)."""
 
     knn: bool = True
-    """Probe the final backbone after training (needs a labelled source); false: no probes."""
+    """Probe the final backbone after training (needs a labelled source); false: no probes
+    after training (``every_steps`` still probes during it)."""
     linear: bool = True
     """Also fit the linear probe (logistic regression) beside the kNN one."""
     baseline: bool = True

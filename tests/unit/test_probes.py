@@ -49,6 +49,8 @@ def test_a_checkpoint_is_probed_and_the_figures_kept_by_step(tmp_path):
     record = json.loads((run / "probes" / "step_00000002.json").read_text())
     assert record["probe/knn_top1"] == out["probe/knn_top1"]
     assert probes.read_probes(str(run)) == {2: record}
+    assert probes.probe_of(str(run / "checkpoint_00000002")) == record
+    assert probes.probe_of(str(run / "checkpoint_00000004")) is None
     assert list((run / "tensorboard" / "probes").glob("events.out.tfevents.*"))
     assert "step      2  " in during_table({2: record})
 
@@ -62,6 +64,7 @@ def test_a_failing_probe_is_reported_and_does_not_raise(tmp_path):
     (record,) = probes.read_probes(str(tmp_path / "run")).values()
     assert record["probe/failed"] == 1.0 and record["error"].startswith(("ConfigError", "Source"))
     assert "step      4  failed: " in during_table({4: record})
+    assert probes.probe_of(str(tmp_path / "run" / "checkpoint_00000004")) is None  # failed
 
 
 def test_only_every_n_th_checkpoint_is_sent_for_probing():

@@ -374,6 +374,22 @@ def test_stopped_trials_are_probed_from_their_last_checkpoint(monkeypatch):
     assert lines == ["probing stopped trial t2 (1/1): /runs/t2/checkpoint_00000004"]
 
 
+def test_a_stopped_trial_probed_during_training_is_not_probed_again(tmp_path, monkeypatch):
+    import lejepa_ray.tune.validation as validation
+
+    monkeypatch.setattr(validation, "probe_trial", lambda *a: pytest.fail("probed again"))
+    probes = tmp_path / "t2" / "probes"
+    probes.mkdir(parents=True)
+    record = {"step": 4, "probe/knn_top1": 0.7, "probe/linear_top1": 0.8}
+    (probes / "step_00000004.json").write_text(json.dumps(record))
+    row = _row(2, 2.0, 0.5, None, None, status=TrialStatus.STOPPED, step=4)
+    row.checkpoint = str(tmp_path / "t2" / "checkpoint_00000004")
+    lines = []
+    validation.probe_stopped([row], "digits:train", print_fn=lines.append)
+    assert (row.knn_top1, row.linear_top1) == (0.7, 0.8)
+    assert lines == [f"stopped trial t2: probed during training at {row.checkpoint}"]
+
+
 def test_rerun_with_other_settings_is_refused_before_ray(tmp_path, monkeypatch):
     import lejepa_ray.launch.runtime
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import tempfile
 import time
 from typing import Any
@@ -122,7 +123,7 @@ def check_data(cfg: PretrainConfig) -> None:
         SourceError: ``probe.data`` or ``probe.val_data`` names a path that does not exist.
         ConfigError: no ``probe.data`` and a training source without labels.
     """
-    if not cfg.probe.every_steps or not cfg.probe.knn:
+    if not cfg.probe.every_steps:
         return
     for key, arg in (("probe.data", cfg.probe.data), ("probe.val_data", cfg.probe.val_data)):
         if arg is None:
@@ -141,7 +142,7 @@ def check_data(cfg: PretrainConfig) -> None:
 
 def validation_config(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str) -> Any:
     """Ray Train's ``ValidationConfig`` for the run, or None when it probes only at the end."""
-    if not cfg.probe.every_steps or not cfg.probe.knn:
+    if not cfg.probe.every_steps:
         return None
     resources = dict(cfg.probe.resources)
     remote = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0)}
@@ -153,9 +154,18 @@ def validation_config(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str) -> 
 def report_kwargs(cfg: PretrainConfig, step: int) -> dict[str, Any]:
     """What ``ray.train.report`` takes, beside the checkpoint, to have ``step``'s probed."""
     every = cfg.probe.every_steps
-    if not every or not cfg.probe.knn or step % every:
+    if not every or step % every:
         return {}
     return {"validation": ValidationTaskConfig(fn_kwargs={"step": step})}
+
+
+def probe_of(checkpoint_uri: str) -> dict[str, Any] | None:
+    """The record of the probe during training of the checkpoint at ``checkpoint_uri``
+    (``.../<run>/checkpoint_<step>``), or None when that step was not probed (or failed)."""
+    run_dir, _, name = checkpoint_uri.rstrip("/").rpartition("/")
+    match = re.fullmatch(r"checkpoint_(\d+)(_\d+)?", name)
+    record = read_probes(run_dir).get(int(match.group(1))) if match else None
+    return None if record is None or "error" in record else record
 
 
 def read_probes(run_dir: str) -> dict[int, dict[str, Any]]:

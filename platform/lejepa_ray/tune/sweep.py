@@ -89,7 +89,13 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     """One Tune trial: a whole pretraining run, reported to Tune step by step; then, when asked
     for, the probes of its final backbone in one last report."""
     trial_id = tune.get_context().get_trial_id()
-    cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false"])
+    # The driver's own probes after training are off: the sweep probes on its --validate-data.
+    # Probes during training (probe.every_steps) use that data too, so that a trial ASHA stops
+    # can be scored from its last checkpoint's record (validation.probe_stopped).
+    same_data = [f"probe.data={setup.validate_data}"] if setup.validate_data else []
+    if setup.validate_data and setup.val_data:
+        same_data.append(f"probe.val_data={setup.val_data}")
+    cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false", *same_data])
     # Set, not parsed as an override: an all-digit id such as 28172_00000 would be read as
     # the integer 2817200000.
     cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)

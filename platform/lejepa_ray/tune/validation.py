@@ -19,6 +19,7 @@ import numpy as np
 
 from lejepa_ray.errors import CheckpointError
 from lejepa_ray.evaluate.frozen import evaluate
+from lejepa_ray.launch.probes import probe_of
 from lejepa_ray.tune.ranking import DEFAULT_SELECT_BY, LABEL_FREE, TrialRow, selected
 
 PROBES = ("linear_top1", "knn_top1")
@@ -42,6 +43,11 @@ def probe_stopped(
     themselves), so that validation is not biased toward the survivors; fills the rows."""
     todo = [r for r in rows if r.stopped and r.checkpoint and r.linear_top1 is None]
     for i, row in enumerate(todo, 1):
+        during = probe_of(row.checkpoint)  # probed during training, on the same data
+        if during is not None and "probe/linear_top1" in during:
+            print_fn(f"stopped trial {row.trial}: probed during training at {row.checkpoint}")
+            row.knn_top1, row.linear_top1 = during["probe/knn_top1"], during["probe/linear_top1"]
+            continue
         print_fn(f"probing stopped trial {row.trial} ({i}/{len(todo)}): {row.checkpoint}")
         try:
             probes = probe_trial(row.checkpoint, data, val_data)
