@@ -17,6 +17,7 @@ after each resize, the images per step (constant: the global batch), and whether
 reached its last step. Last line: one JSON object.
 
     python benchmarks/elastic.py [grow|shrink ...] [--steps 16] [--every 4] [--delay 2]
+        [--start-timeout S]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import tempfile
 import threading
 import time
@@ -40,12 +42,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--delay", type=float, default=2.0, help="seconds between that checkpoint and the change"
     )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=None,
+        help="RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S for the cluster (Ray's default: 60 s). "
+        "After a node is lost, Ray Train first tries the old size again, as the lost node's "
+        "resources are still counted, and falls back to the workers left when this runs out",
+    )
     args = parser.parse_args(argv)
     bad = set(args.scenarios) - {"grow", "shrink"}
     if bad:
         parser.error(f"unknown scenario(s) {sorted(bad)}; choose grow and/or shrink")
     if args.steps < 3 * args.every:
         parser.error("--steps must be at least 3 × --every: steps before and after the change")
+    if args.start_timeout is not None:  # inherited by the nodes, and so by Train's controller
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(args.start_timeout)
     out = {name: scenario(name, args.steps, args.every, args.delay) for name in args.scenarios}
     print(json.dumps(out))
     return out
