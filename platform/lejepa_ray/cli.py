@@ -556,8 +556,9 @@ def _add_cluster_check_command(commands: argparse._SubParsersAction) -> None:
         help="check offline that a config's workers fit a cluster.yaml",
         description="Check, without any cloud call, that the training workers a config asks "
         "for (scaling.num_workers, one GPU each with scaling.use_gpu, scaling.cpus_per_worker "
-        "CPUs), times --concurrent sweep trials, fit the node types a Ray cluster launcher "
-        "YAML declares.",
+        "CPUs and scaling.resources), times --concurrent sweep trials, fit the node types a "
+        "Ray cluster launcher YAML declares. An elastic range [min, max] needs room for min "
+        "and is told how far it can grow.",
     )
     check.add_argument(
         "--cluster", default="cluster.yaml", help="cluster launcher YAML (default: cluster.yaml)"

@@ -11,7 +11,6 @@ before any Ray resource is requested.
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -258,16 +257,20 @@ class ScalingConfig:
         bad = [w for w in sizes if self.global_batch % w]
         if bad:
             step = math.lcm(*sizes)
-            # The smallest batch_size at or above this one whose global batch every size splits.
-            fit = next(
-                b for b in itertools.count(self.batch_size) if b * self.max_workers % step == 0
+            # batch_size × max must be a multiple of step: batch_size a multiple of this unit.
+            unit = step // math.gcd(step, self.max_workers)
+            fit = -(-self.batch_size // unit) * unit
+            fix = (
+                f"Use scaling.batch_size={fit}, or a narrower range."
+                if fit <= 4 * self.batch_size
+                else f"That takes scaling.batch_size={fit}: use a narrower range."
             )
             raise ConfigError(
                 f"scaling.batch_size={self.batch_size} × {self.max_workers} workers gives a "
                 f"global batch of {self.global_batch} images, which {bad[0]} workers cannot "
                 f"split exactly; an elastic run keeps the global batch constant, so it must "
                 f"divide by every size in scaling.num_workers={list(self.num_workers)} (a "
-                f"multiple of {step}). Use scaling.batch_size={fit}, or a narrower range."
+                f"multiple of {step}). {fix}"
             )
         if not self.min_workers <= world_size <= self.max_workers:
             raise ValueError(f"world size {world_size} outside {self.num_workers}")
@@ -403,10 +406,16 @@ class ProbeConfig:
     val_data: str | None = None
     """Labelled data they are scored on (``digits:val``); None: a hash split of ``data``."""
     resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
-    """What each probe task reserves: ``CPU``, ``GPU`` and any custom Ray resource."""
+    """What each probe task reserves: ``CPU``, ``GPU`` (the probe then runs on it) and any
+    custom Ray resource."""
+    timeout_s: float = 0.0
+    """A probe during training still running after this many seconds is cancelled (recorded
+    by Ray as timed out); 0: no limit. Ray runs one probe at a time and, when training ends,
+    waits for the ones queued: bound them here when probes are slower than ``every_steps``."""
 
     def __post_init__(self) -> None:
         check_field(self.every_steps >= 0, "probe.every_steps", self.every_steps, ">= 0")
+        check_field(self.timeout_s >= 0, "probe.timeout_s", self.timeout_s, ">= 0 (0: no limit)")
         check_field(
             bool(self.resources) and all(v >= 0 for v in self.resources.values()),
             "probe.resources",

@@ -50,6 +50,7 @@ def _check_resize(run: dict, before: int, after: int) -> dict:
     assert (resize["from"], resize["to"]) == (before, after), run
     assert resize["step"] + 1 == second["from_step"], run  # resumed at its checkpoint
     (around,) = run["loss_around_resize"]
+    assert around["jump"] is not None and around["noise"] is not None, around  # steps logged
     assert around["jump"] <= 2 * around["noise"] + 0.05, around
     return resize
 

@@ -106,6 +106,8 @@ def test_an_elastic_run_needs_room_for_its_minimum_and_says_how_far_it_can_grow(
     fit = check_fits(grows, config)
     assert fit.workers == 41 and sum(fit.capacity.values()) == 40
     assert fit.describe().startswith("fits, smaller: room for 40 of the 41")
+    with pytest.raises(ClusterFitError, match=r"80 training workers \(at least 40 per run × 2"):
+        check_fits(grows, config, concurrent=2)
     too_big = load_config(gigantic, ["scaling.num_workers=[41,42]", "scaling.batch_size=41"])
     with pytest.raises(ClusterFitError, match=r"41 training workers \(at least 41 per run"):
         check_fits(too_big, config)

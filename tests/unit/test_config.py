@@ -158,6 +158,9 @@ def test_a_global_batch_that_some_size_cannot_split_is_refused_with_a_batch_that
     message = str(e.value)
     assert "global batch of 512 images, which 5 workers cannot split exactly" in message
     assert "a multiple of 840" in message and "Use scaling.batch_size=105" in message
+    # A wide range is refused at once (no search), with the advice that helps.
+    with pytest.raises(ConfigError, match=r"multiple of 144403552893600\)\. That takes"):
+        load_config(None, ["scaling.num_workers=[16,32]", "scaling.batch_size=16"])
     # The suggested batch does split over every size.
     good = load_config(None, ["scaling.num_workers=[4,8]", "scaling.batch_size=105"]).scaling
     assert all(good.batch_per_worker(w) * w == 840 for w in range(4, 9))

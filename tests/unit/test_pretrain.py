@@ -9,7 +9,7 @@ import torch
 from pretrain_helpers import _quickstart
 
 from lejepa_ray import runs
-from lejepa_ray.config import to_yaml
+from lejepa_ray.config import load_config, to_yaml
 from lejepa_ray.launch.driver import run
 from lejepa_ray.model.encoder import resolve_backbone
 from lejepa_ray.train import checkpoint
@@ -54,3 +54,24 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
         r"another name= or storage_path=",
     ):
         run(cfg)
+
+
+def test_ray_train_gets_an_elastic_range_with_the_custom_resources():
+    from lejepa_ray.launch.driver import _ray_scaling
+
+    elastic = _ray_scaling(
+        load_config(
+            None,
+            [
+                "scaling.num_workers=[2,4]",
+                "scaling.batch_size=3",
+                "scaling.resources={spot_slot: 1}",
+                "scaling.resize_check_s=5",
+            ],
+        )
+    )
+    assert elastic.num_workers == (2, 4) and (elastic.min_workers, elastic.max_workers) == (2, 4)
+    assert elastic.resources_per_worker == {"CPU": 1.0, "spot_slot": 1.0}
+    assert elastic.elastic_resize_monitor_interval_s == 5
+    fixed = _ray_scaling(load_config(None, ["scaling.num_workers=[3,3]"]))
+    assert fixed.num_workers == 3

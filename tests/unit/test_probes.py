@@ -51,6 +51,9 @@ def test_a_checkpoint_is_probed_and_the_figures_kept_by_step(tmp_path):
     assert probes.read_probes(str(run)) == {2: record}
     assert probes.probe_of(str(run / "checkpoint_00000002")) == record
     assert probes.probe_of(str(run / "checkpoint_00000004")) is None
+    assert probes.probe_of(str(run / "checkpoint_00000002_1")) == record  # saved again
+    (run / "probes" / "step_00000006.json").write_text('{"step": 6, "probe/kn')  # cut short
+    assert probes.read_probes(str(run)) == {2: record}
     assert list((run / "tensorboard" / "probes").glob("events.out.tfevents.*"))
     assert "step      2  " in during_table({2: record})
 
@@ -71,7 +74,9 @@ def test_only_every_n_th_checkpoint_is_sent_for_probing():
     cfg = load_config(None, ["probe.every_steps=100", "checkpoint.every_steps=50"])
     assert probes.report_kwargs(cfg, 50) == {}
     (task,) = probes.report_kwargs(cfg, 200).values()
-    assert task.fn_kwargs == {"step": 200}
+    assert task.fn_kwargs == {"step": 200} and task.timeout_s is None
+    bounded = load_config(None, ["probe.every_steps=100", "probe.timeout_s=30"])
+    assert probes.report_kwargs(bounded, 100)["validation"].timeout_s == 30
     assert probes.report_kwargs(load_config(None, []), 500) == {}
 
 

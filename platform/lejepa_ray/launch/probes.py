@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import torch
-from pyarrow import fs
 from ray.train import Checkpoint, ValidationConfig, ValidationTaskConfig
 from torch.utils.tensorboard import SummaryWriter
 
@@ -46,7 +45,8 @@ from lejepa_ray.train.rankme import heldout_data
 log = logging.getLogger(__name__)
 
 PROBES_DIR = "probes"
-"""Under the run's ``tensorboard/``: the probe tasks' event files."""
+"""In the run directory, the probes' ``step_<step>.json``; under its ``tensorboard/``, their
+event files."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,23 +61,28 @@ class CheckpointProbe:
     def __call__(self, ckpt: Checkpoint, step: int = 0) -> dict[str, float]:
         start = time.perf_counter()
         torch.set_num_threads(max(1, int(self.cfg.probe.resources.get("CPU", 1))))
+        error = None
         try:
             metrics = self.probe(storage.uri_of(ckpt.filesystem, ckpt.path))
+            metrics["probe/seconds"] = time.perf_counter() - start
         except Exception as e:  # reported, not raised: training goes on without this probe
-            reason = f"{type(e).__name__}: {e}"
-            log.error("the probe of step %d failed: %s", step, reason)
-            self._keep(step, {"probe/failed": 1.0}, reason)
-            return {"probe/failed": 1.0, "probe/step": float(step)}
-        metrics["probe/seconds"] = time.perf_counter() - start
-        self._keep(step, metrics)
+            error = f"{type(e).__name__}: {e}"
+            log.error("the probe of step %d failed: %s", step, error)
+            metrics = {"probe/failed": 1.0}
+        try:
+            self._keep(step, metrics, error)
+        except Exception as e:  # the figures still reach Ray's registry, the return below
+            log.error("the probe of step %d could not be written down: %s", step, e)
         return {**metrics, "probe/step": float(step)}
 
     def probe(self, uri: str) -> dict[str, float]:
         """kNN (and linear) top-1 of the backbone in the checkpoint at ``uri``."""
         encoder = LeJEPAEncoder(self.spec, self.cfg.model)
         checkpoint.load_model_weights(uri, encoder)
+        # On the GPU when probe.resources reserved one (Ray then makes it the visible one).
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         probe = dataclasses.replace(self.cfg.probe, baseline=False)
-        report = probe_report(encoder, self.labelled(), probe)
+        report = probe_report(_OnDevice(encoder.to(device), device), self.labelled(), probe)
         out = {"probe/knn_top1": report.trained.knn_top1}
         if report.trained.linear_top1 is not None:
             out["probe/linear_top1"] = report.trained.linear_top1
@@ -100,14 +105,33 @@ class CheckpointProbe:
         record = {"step": step, **metrics, **({"error": error} if error else {})}
         storage.write_text(f"{run}/{PROBES_DIR}/step_{step:08d}.json", json.dumps(record))
         where = f"{run}/{TENSORBOARD_DIR}/{PROBES_DIR}"
-        local = where if storage.is_local(where) else tempfile.mkdtemp(prefix="lejepa-probe-")
-        with SummaryWriter(local.removeprefix("file://")) as writer:
-            for name, value in metrics.items():
-                writer.add_scalar(name, value, step)
-            if error is not None:
-                writer.add_text("probe/error", error, step)
-        if not storage.is_local(where):
-            fs.copy_files(local, where)
+        if storage.is_local(where):
+            _tensorboard(where.removeprefix("file://"), step, metrics, error)
+            return
+        with tempfile.TemporaryDirectory(prefix="lejepa-probe-") as local:
+            _tensorboard(local, step, metrics, error)
+            storage.upload(local, where)
+
+
+class _OnDevice(torch.nn.Module):
+    """The encoder's ``features`` on ``device``, taking and giving CPU tensors (what the probes'
+    ``embed`` calls)."""
+
+    def __init__(self, encoder: LeJEPAEncoder, device: torch.device):
+        super().__init__()
+        self.encoder, self.device = encoder, device
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.encoder.features(images.to(self.device)).float().cpu()
+
+
+def _tensorboard(folder: str, step: int, metrics: dict[str, float], error: str | None) -> None:
+    with SummaryWriter(folder) as writer:
+        for name, value in metrics.items():
+            writer.add_scalar(name, value, step)
+        if error is not None:
+            writer.add_text("probe/error", error, step)
 
 
 def _at_size(data: Any, size: int) -> Any:
@@ -156,7 +180,8 @@ def report_kwargs(cfg: PretrainConfig, step: int) -> dict[str, Any]:
     every = cfg.probe.every_steps
     if not every or step % every:
         return {}
-    return {"validation": ValidationTaskConfig(fn_kwargs={"step": step})}
+    timeout = cfg.probe.timeout_s or None
+    return {"validation": ValidationTaskConfig(fn_kwargs={"step": step}, timeout_s=timeout)}
 
 
 def probe_of(checkpoint_uri: str) -> dict[str, Any] | None:
@@ -170,11 +195,12 @@ def probe_of(checkpoint_uri: str) -> dict[str, Any] | None:
 
 def read_probes(run_dir: str) -> dict[int, dict[str, Any]]:
     """The probes during training of the run at ``run_dir``, by step ({} when none ran)."""
-    folder = storage.Folder.at(f"{run_dir.rstrip('/')}/{PROBES_DIR}")
+    where = f"{run_dir.rstrip('/')}/{PROBES_DIR}"
     out = {}
-    for name in sorted(folder.files()):
-        text = storage.read_text(f"{run_dir.rstrip('/')}/{PROBES_DIR}/{name}")
-        if name.endswith(".json") and text:
-            record = json.loads(text)
+    for name in sorted(n for n in storage.Folder.at(where).files() if n.endswith(".json")):
+        try:
+            record = json.loads(storage.read_text(f"{where}/{name}") or "")
             out[int(record["step"])] = record
+        except (ValueError, KeyError, TypeError) as e:  # a write cut short: the rest still count
+            log.warning("probe record %s/%s is unreadable (%s); left out", where, name, e)
     return out

@@ -102,7 +102,9 @@ def train_worker(config: dict) -> None:
         prefetch=job.cfg.data.prefetch_batches,
     )
     writer = _metrics_writer(job, resumed) if rank == 0 else None
-    if rank == 0 and resumed is not None and resumed.state.world_size != world:
+    # Only an elastic group resizes; a fixed one rerun on another size says so in the resume log.
+    elastic = job.cfg.scaling.elastic
+    if rank == 0 and elastic and resumed is not None and resumed.state.world_size != world:
         _record_resize(job, resumed.state, world)
     reporter = Reporter(job, trainer, cursor, writer, resumed, taken, world)
     try:

@@ -37,7 +37,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from lejepa_ray import runs, storage
 from lejepa_ray.compat import quiet_logger
-from lejepa_ray.config import PretrainConfig, to_yaml, with_overrides
+from lejepa_ray.config import PretrainConfig, ProbeConfig, to_yaml, with_overrides
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluate.export import export
 from lejepa_ray.launch import driver, runtime
@@ -89,16 +89,20 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     """One Tune trial: a whole pretraining run, reported to Tune step by step; then, when asked
     for, the probes of its final backbone in one last report."""
     trial_id = tune.get_context().get_trial_id()
-    # The driver's own probes after training are off: the sweep probes on its --validate-data.
-    # Probes during training (probe.every_steps) use that data too, so that a trial ASHA stops
-    # can be scored from its last checkpoint's record (validation.probe_stopped).
-    same_data = [f"probe.data={setup.validate_data}"] if setup.validate_data else []
-    if setup.validate_data and setup.val_data:
-        same_data.append(f"probe.val_data={setup.val_data}")
-    cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false", *same_data])
+    cfg = with_overrides(setup.base, [*overrides(params), "probe.knn=false"])
     # Set, not parsed as an override: an all-digit id such as 28172_00000 would be read as
     # the integer 2817200000.
     cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)
+    if setup.validate_data:
+        # The driver's own probes after training are off: the sweep probes on its
+        # --validate-data, with evaluate's protocol (ProbeConfig's defaults). Probes during
+        # training (probe.every_steps) use the same data and protocol, so that a trial ASHA
+        # stops can be scored from its last checkpoint's record (validation.probe_stopped).
+        protocol = replace(
+            ProbeConfig(), data=setup.validate_data, val_data=setup.val_data, knn=False
+        )
+        keep = {f: getattr(cfg.probe, f) for f in ("every_steps", "resources", "timeout_s")}
+        cfg = replace(cfg, probe=replace(protocol, **keep))
     result = driver.run(cfg, callbacks=[TuneReportCallback()])
     if setup.validate_data and result.checkpoint:
         probes = probe_trial(result.checkpoint, setup.validate_data, setup.val_data)
