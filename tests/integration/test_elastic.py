@@ -16,7 +16,10 @@ import pytest
 from procs import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 12
+STEPS = 32
+"""Enough for the group to still be training when the second slot joins: the resize is decided
+some 5-10 s after that (node start, the next resize check), and one CPU worker steps at about
+0.5 s (with 12 steps the grow run once finished first)."""
 
 
 @pytest.fixture(scope="module")
