@@ -15,7 +15,7 @@ import io
 import json
 import posixpath
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,16 +103,18 @@ def source_from_arg(value: str) -> tuple[str, str | None]:
     return "folder", value
 
 
-def data_from_arg(value: str) -> DataConfig:
+def data_from_arg(value: str, image_size: int | None = None) -> DataConfig:
     """The ``DataConfig`` of a command-line ``--data``: what :func:`source_from_arg` accepts,
     optionally followed by ``:train``, ``:val`` or ``:all`` to pick a ``data.split``
-    (``digits:val``; ``/data/imgs:train``)."""
+    (``digits:val``; ``/data/imgs:train``). ``image_size``: the size generated sources (no
+    path) render at, that of the model they are probed with; files keep their own."""
     split = "all"
     head, sep, tail = value.rpartition(":")
     if sep and tail in SPLITS and head:
         value, split = head, tail
     source, path = source_from_arg(value)
-    return DataConfig(source=source, path=path, split=split)
+    cfg = DataConfig(source=source, path=path, split=split)
+    return replace(cfg, image_size=image_size) if image_size and path is None else cfg
 
 
 def check_path(cfg: DataConfig) -> None:

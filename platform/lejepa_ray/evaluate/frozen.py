@@ -12,7 +12,6 @@ probes on raw pixels of the same split.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,13 +154,12 @@ def evaluate(
     model, trained_size = load_frozen(source, features)
     size = size or trained_size
 
-    def at_size(arg: str):
-        # Generated sources render at any size: render at the probe's, as training did.
-        cfg = data_from_arg(arg)
-        return dataclasses.replace(cfg, image_size=size) if cfg.path is None else cfg
-
+    # Generated sources render at any size: at the probe's, as training did.
     images = load_labelled(
-        at_size(data), size, max_samples, at_size(val_data) if val_data else None
+        data_from_arg(data, size),
+        size,
+        max_samples,
+        data_from_arg(val_data, size) if val_data else None,
     )
     cfg = ProbeConfig(k=k, temperature=temperature, linear=probe != "knn", baseline=baseline)
     report = probe_report(model, images, cfg)

@@ -95,8 +95,8 @@ class CheckpointProbe:
         if p.data is None:
             held, held_out = heldout_data(self.cfg.data)
             return load_labelled(self.cfg.data, size, p.max_samples, held if held_out else None)
-        val = _at_size(data_from_arg(p.val_data), size) if p.val_data else None
-        return load_labelled(_at_size(data_from_arg(p.data), size), size, p.max_samples, val)
+        val = data_from_arg(p.val_data, size) if p.val_data else None
+        return load_labelled(data_from_arg(p.data, size), size, p.max_samples, val)
 
     def _keep(self, step: int, metrics: dict[str, float], error: str | None = None) -> None:
         """``probes/step_<step>.json`` in the run directory, and the scalars (and a failure's
@@ -132,11 +132,6 @@ def _tensorboard(folder: str, step: int, metrics: dict[str, float], error: str |
             writer.add_scalar(name, value, step)
         if error is not None:
             writer.add_text("probe/error", error, step)
-
-
-def _at_size(data: Any, size: int) -> Any:
-    """Generated sources render at any size: at the probe's, as training did."""
-    return dataclasses.replace(data, image_size=size) if data.path is None else data
 
 
 def check_data(cfg: PretrainConfig) -> None:
