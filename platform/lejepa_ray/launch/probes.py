@@ -101,10 +101,9 @@ class CheckpointProbe:
     def _keep(self, step: int, metrics: dict[str, float], error: str | None = None) -> None:
         """``probes/step_<step>.json`` in the run directory, and the scalars (and a failure's
         reason) at ``step`` in ``tensorboard/probes/``."""
-        run = self.run_dir.rstrip("/")
         record = {"step": step, **metrics, **({"error": error} if error else {})}
-        storage.write_text(f"{run}/{PROBES_DIR}/step_{step:08d}.json", json.dumps(record))
-        where = f"{run}/{TENSORBOARD_DIR}/{PROBES_DIR}"
+        storage.write_text(_record_uri(self.run_dir, step), json.dumps(record))
+        where = f"{self.run_dir.rstrip('/')}/{TENSORBOARD_DIR}/{PROBES_DIR}"
         if storage.is_local(where):
             _tensorboard(where.removeprefix("file://"), step, metrics, error)
             return
@@ -184,18 +183,32 @@ def probe_of(checkpoint_uri: str) -> dict[str, Any] | None:
     (``.../<run>/checkpoint_<step>``), or None when that step was not probed (or failed)."""
     run_dir, _, name = checkpoint_uri.rstrip("/").rpartition("/")
     match = re.fullmatch(r"checkpoint_(\d+)(_\d+)?", name)
-    record = read_probes(run_dir).get(int(match.group(1))) if match else None
+    record = _read_record(_record_uri(run_dir, int(match.group(1)))) if match else None
     return None if record is None or "error" in record else record
 
 
 def read_probes(run_dir: str) -> dict[int, dict[str, Any]]:
     """The probes during training of the run at ``run_dir``, by step ({} when none ran)."""
     where = f"{run_dir.rstrip('/')}/{PROBES_DIR}"
-    out = {}
-    for name in sorted(n for n in storage.Folder.at(where).files() if n.endswith(".json")):
-        try:
-            record = json.loads(storage.read_text(f"{where}/{name}") or "")
-            out[int(record["step"])] = record
-        except (ValueError, KeyError, TypeError) as e:  # a write cut short: the rest still count
-            log.warning("probe record %s/%s is unreadable (%s); left out", where, name, e)
-    return out
+    names = sorted(n for n in storage.Folder.at(where).files() if n.endswith(".json"))
+    records = [_read_record(f"{where}/{name}") for name in names]
+    return {int(r["step"]): r for r in records if r is not None}
+
+
+def _record_uri(run_dir: str, step: int) -> str:
+    return f"{run_dir.rstrip('/')}/{PROBES_DIR}/step_{step:08d}.json"
+
+
+def _read_record(uri: str) -> dict[str, Any] | None:
+    """The probe record at ``uri``; None when there is none or it is unreadable (a write cut
+    short, which is logged: the other records still count)."""
+    text = storage.read_text(uri)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+        int(record["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("probe record %s is unreadable (%s); left out", uri, e)
+        return None
+    return dict(record)
