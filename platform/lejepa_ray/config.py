@@ -219,7 +219,7 @@ class ScalingConfig:
             f"one of {', '.join(PRECISIONS)}",
         )
 
-        self.batch_per_worker(self.min_workers)  # every size in the range splits the batch
+        self._check_split()
 
     @property
     def min_workers(self) -> int:
@@ -247,12 +247,15 @@ class ScalingConfig:
 
         The rule of elastic runs: the global batch stays ``batch_size × max_workers``, so the
         learning rate, its schedule and SIGReg's N do not change on a resize; each of ``w``
-        workers takes ``global_batch / w`` images (more per worker in a smaller group).
+        workers takes ``global_batch / w`` images (more per worker in a smaller group). Exact
+        for every size of the range: a config it would not be is refused when it is built."""
+        if not self.min_workers <= world_size <= self.max_workers:
+            raise ValueError(f"world size {world_size} outside {self.num_workers}")
+        return self.global_batch // world_size
 
-        Raises:
-            ConfigError: the global batch does not split exactly over ``world_size`` workers,
-                or over some other size of the range (every size is checked at once).
-        """
+    def _check_split(self) -> None:
+        """Raise ConfigError unless every size of the range splits the global batch exactly,
+        naming the batch size that would (or, when that is absurd, a narrower range)."""
         sizes = range(self.min_workers, self.max_workers + 1)
         bad = [w for w in sizes if self.global_batch % w]
         if bad:
@@ -272,9 +275,6 @@ class ScalingConfig:
                 f"divide by every size in scaling.num_workers={list(self.num_workers)} (a "
                 f"multiple of {step}). {fix}"
             )
-        if not self.min_workers <= world_size <= self.max_workers:
-            raise ValueError(f"world size {world_size} outside {self.num_workers}")
-        return self.global_batch // world_size
 
 
 def _worker_range(value: Any) -> int | list[int]:
