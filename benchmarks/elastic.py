@@ -2,7 +2,9 @@
 
 Each training slot is a node of its own (``ray.cluster_utils.Cluster``: one logical CPU and one
 ``trainer_slot`` resource); the head has CPUs for the driver and Ray Data but no slot. The CPU
-quickstart runs with ``scaling.num_workers=[1, 2]`` and ``scaling.resources={trainer_slot: 1}``:
+quickstart runs with ``scaling.num_workers=[1, 3]``, ``scaling.batch_size=11`` (a global batch of
+33: 33 images on 1 worker, 17 and 16 on 2, so the uneven split runs too) and
+``scaling.resources={trainer_slot: 1}``; there are never more than 2 slots:
 
 - ``grow``: one slot at the start, so training starts with 1 worker; a second slot node joins
   ``--delay`` s after the checkpoint of step ``--every`` is registered, and the group grows to 2
@@ -85,8 +87,8 @@ def scenario(name: str, steps: int, every: int, delay: float) -> dict:
             "optim.warmup_steps=2",
             "logging.every_steps=1",
             f"checkpoint.every_steps={every}",
-            "scaling.num_workers=[1,2]",
-            "scaling.batch_size=16",  # 32 images a step, 32 or 16 per worker
+            "scaling.num_workers=[1,3]",
+            "scaling.batch_size=11",  # 33 images a step: 33 on 1 worker, 17 + 16 on 2
             f"scaling.resources={{{SLOT}: 1}}",
             "scaling.resize_check_s=2",
             "fault.max_failures=2",

@@ -87,34 +87,14 @@ def main() -> None:
         f"{v.local_views} × {v.local_size} px at patch {patch})"
     )
 
-    # Memory per GPU. FSDP2 shards fp32 parameters, their fp32 gradients and AdamW's two fp32
-    # moments over n ranks; a block's bf16 parameters are gathered for its forward and backward
-    # (the current one and the prefetched next), and its gradients are reduced in fp32.
-    # Under DDP every rank holds all of it, and there is nothing to gather.
     fsdp = s.strategy == "fsdp"
-    shards = 16 * params / (n if fsdp else 1)
-    gathered = block_params * (2 * 2 + 4) if fsdp else 0
-    # Activations kept for backward, bf16, per token per block: LN1 and its output, q, k, v,
-    # the attention output, LN2 and its output (2 bytes × 9 d), and the MLP's hidden layer
-    # before and after GELU (2 bytes × 2 × ratio × d). Flash attention keeps no t × t scores.
     per_token_block = (18 + 4 * mlp_ratio) * d
-    act_full = per_token_block * tokens * depth * s.batch_size
-    # Checkpointing keeps each block's input (2 d bytes a token) and recomputes one block at a
-    # time in backward.
-    act_ckpt = (2 * d * depth + per_token_block) * tokens * s.batch_size
-    print("\nmemory per GPU (GB):")
-    how = f"sharded {n} ways" if fsdp else "replicated (DDP)"
-    print(f"  parameters + gradients + AdamW (fp32, {how}): {shards / GB:7.2f}")
-    print(f"  gathered bf16 block parameters and fp32 block gradients:  {gathered / GB:7.2f}")
-    print(
-        f"  activations, no checkpointing:    {act_full / GB:7.2f}  -> total "
-        f"{(shards + gathered + act_full) / GB:6.1f}"
-    )
-    print(
-        f"  activations, block checkpointing: {act_ckpt / GB:7.2f}  -> total "
-        f"{(shards + gathered + act_ckpt) / GB:6.1f}"
-    )
-    print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
+    print(f"\nmemory per GPU (GB), {n} workers, {s.batch_size} images each:")
+    _memory(params, block_params, per_token_block, d, depth, tokens, n, s.batch_size, fsdp)
+    if s.elastic:  # the smallest group holds the most per GPU
+        least, batch = s.min_workers, s.drawn_per_worker(s.min_workers)
+        print(f"\nthe elastic group at its smallest, {least} workers, {batch} images each:")
+        _memory(params, block_params, per_token_block, d, depth, tokens, least, batch, fsdp)
 
     rate = args.mfu * peak * n / flops
     step_s = s.global_batch / rate
@@ -158,6 +138,45 @@ def main() -> None:
         f"busy; {nodes} × {node.name} keep {spare:g} vCPUs beside the training workers "
         f"({node.cpus:g} each, {s.cpus_per_worker:g} per worker)"
     )
+
+
+def _memory(
+    params: int,
+    block_params: int,
+    per_token_block: float,
+    d: int,
+    depth: int,
+    tokens: int,
+    n: int,
+    batch: int,
+    fsdp: bool,
+) -> None:
+    """Print the memory per GPU of ``n`` workers of ``batch`` images each.
+
+    FSDP2 shards fp32 parameters, their fp32 gradients and AdamW's two fp32 moments over n
+    ranks; a block's bf16 parameters are gathered for its forward and backward (the current
+    one and the prefetched next), and its gradients are reduced in fp32. Under DDP every rank
+    holds all of it, and there is nothing to gather. Activations kept for backward, bf16, per
+    token per block (``per_token_block`` bytes): LN1 and its output, q, k, v, the attention
+    output, LN2 and its output (2 bytes × 9 d), and the MLP's hidden layer before and after
+    GELU (2 bytes × 2 × ratio × d); flash attention keeps no t × t scores. Checkpointing
+    keeps each block's input (2 d bytes a token) and recomputes one block at a time."""
+    shards = 16 * params / (n if fsdp else 1)
+    gathered = block_params * (2 * 2 + 4) if fsdp else 0
+    act_full = per_token_block * tokens * depth * batch
+    act_ckpt = (2 * d * depth + per_token_block) * tokens * batch
+    how = f"sharded {n} ways" if fsdp else "replicated (DDP)"
+    print(f"  parameters + gradients + AdamW (fp32, {how}): {shards / GB:7.2f}")
+    print(f"  gathered bf16 block parameters and fp32 block gradients:  {gathered / GB:7.2f}")
+    print(
+        f"  activations, no checkpointing:    {act_full / GB:7.2f}  -> total "
+        f"{(shards + gathered + act_full) / GB:6.1f}"
+    )
+    print(
+        f"  activations, block checkpointing: {act_ckpt / GB:7.2f}  -> total "
+        f"{(shards + gathered + act_ckpt) / GB:6.1f}"
+    )
+    print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ before any Ray resource is requested.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,8 +218,6 @@ class ScalingConfig:
             f"one of {', '.join(PRECISIONS)}",
         )
 
-        self._check_split()
-
     @property
     def min_workers(self) -> int:
         """The fewest workers training runs with (``num_workers`` when it is a number)."""
@@ -242,39 +239,31 @@ class ScalingConfig:
         the group's size at the moment."""
         return self.batch_size * self.max_workers
 
-    def batch_per_worker(self, world_size: int) -> int:
-        """Images per worker per micro-batch in a group of ``world_size`` workers.
+    def batch_split(self, world_size: int) -> list[int]:
+        """Images each rank of a group of ``world_size`` workers trains on per micro-batch, by
+        rank: they sum to :attr:`global_batch` and differ by at most one (the larger first).
 
-        The rule of elastic runs: the global batch stays ``batch_size × max_workers``, so the
-        learning rate, its schedule and SIGReg's N do not change on a resize; each of ``w``
-        workers takes ``global_batch / w`` images (more per worker in a smaller group). Exact
-        for every size of the range: a config it would not be is refused when it is built."""
+        The rule of elastic runs: the global batch stays ``batch_size × max_workers`` at every
+        size, so the learning rate, its schedule and SIGReg's N do not change on a resize; each
+        of ``w`` workers takes ``global_batch / w`` images, rounded up for the first
+        ``global_batch mod w`` ranks and down for the others. Every rank draws the larger count
+        from the data stream (:meth:`drawn_per_worker`) so that all ranks go through their
+        equal shards in step, and the others leave their last image out of the step."""
         if not self.min_workers <= world_size <= self.max_workers:
             raise ValueError(f"world size {world_size} outside {self.num_workers}")
-        return self.global_batch // world_size
+        base, extra = divmod(self.global_batch, world_size)
+        return [base + (rank < extra) for rank in range(world_size)]
 
-    def _check_split(self) -> None:
-        """Raise ConfigError unless every size of the range splits the global batch exactly,
-        naming the batch size that would (or, when that is absurd, a narrower range)."""
-        sizes = range(self.min_workers, self.max_workers + 1)
-        bad = [w for w in sizes if self.global_batch % w]
-        if bad:
-            step = math.lcm(*sizes)
-            # batch_size × max must be a multiple of step: batch_size a multiple of this unit.
-            unit = step // math.gcd(step, self.max_workers)
-            fit = -(-self.batch_size // unit) * unit
-            fix = (
-                f"Use scaling.batch_size={fit}, or a narrower range."
-                if fit <= 4 * self.batch_size
-                else f"That takes scaling.batch_size={fit}: use a narrower range."
-            )
-            raise ConfigError(
-                f"scaling.batch_size={self.batch_size} × {self.max_workers} workers gives a "
-                f"global batch of {self.global_batch} images, which {bad[0]} workers cannot "
-                f"split exactly; an elastic run keeps the global batch constant, so it must "
-                f"divide by every size in scaling.num_workers={list(self.num_workers)} (a "
-                f"multiple of {step}). {fix}"
-            )
+    def drawn_per_worker(self, world_size: int) -> int:
+        """Rows each rank takes from the data stream per micro-batch: the largest share of
+        :meth:`batch_split` (``ceil(global_batch / world_size)``)."""
+        return self.batch_split(world_size)[0]
+
+    def batch_share(self, rank: int, world_size: int) -> float:
+        """``rank``'s images per micro-batch × ``world_size`` / :attr:`global_batch`: 1 on an
+        even split, slightly above or below it on an uneven one. Weighting a rank's per-sample
+        mean loss by it makes data-parallel gradient averaging the global batch's mean."""
+        return self.batch_split(world_size)[rank] * world_size / self.global_batch
 
 
 def _worker_range(value: Any) -> int | list[int]:
@@ -598,7 +587,7 @@ def check_run(cfg: PretrainConfig) -> None:
     if cfg.data.source in ("synthetic", "digits") and cfg.data.num_samples is not None:
         for workers in range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1):
             per_worker = cfg.data.num_samples // workers
-            batch = cfg.scaling.batch_per_worker(workers)
+            batch = cfg.scaling.drawn_per_worker(workers)
             if per_worker < batch:
                 raise ConfigError(
                     f"data.num_samples={cfg.data.num_samples} split over {workers} workers "

@@ -45,7 +45,8 @@ def _check_resize(run: dict, before: int, after: int) -> dict:
     """What holds for any resize: the planned last step, once each, the same global batch, one
     change of world size after the first checkpoint, and no jump of the loss beyond noise."""
     assert run["final_step"] == STEPS and run["steps_logged_once"], run
-    assert run["images_per_step"] == [32], run  # counted on every rank: the global batch
+    # Counted on every rank: the global batch, 33 on one worker and 17 + 16 on two.
+    assert run["images_per_step"] == [33], run
     (first, second) = run["timeline"]
     assert (first["world_size"], first["from_step"]) == (before, 1), run
     assert second["world_size"] == after and second["from_step"] > 4, run

@@ -234,6 +234,21 @@ def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch, pre
     assert (cursor.epoch, cursor.samples) == (5, 4)
 
 
+def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_own(monkeypatch):
+    from lejepa_ray.data import stream
+
+    # A global batch of 5 over 2 ranks (3 and 2 images): both draw 3 rows, so their equal
+    # shards end on the same step; this one (rank 1) trains on 2 of them.
+    drawn = [{"epoch": torch.full((3,), 0), "i": torch.arange(3) + 3 * b} for b in range(4)]
+    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
+    cursor = stream.EpochCursor(
+        None, None, batch_size=3, world_size=2, samples=10, keep=2, global_batch=5
+    )
+    batch = next(iter(cursor))  # 10 samples are 2 steps of the global batch: dropped
+    assert batch["i"].tolist() == [6, 7] and batch["epoch"].shape == (2,)
+    assert cursor.samples == 15
+
+
 def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(monkeypatch):
     import threading
 

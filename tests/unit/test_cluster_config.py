@@ -90,7 +90,7 @@ def test_gigantic_fills_four_h100_nodes(config):
     [
         (["scaling.num_workers=64"], 1, "hold only 40"),
         (["scaling.cpus_per_worker=200"], 1, "no worker node type has that"),
-        ([], 2, "64 training workers"),
+        ([], 6, r"48 training workers \(at least 8 per run × 6"),
     ],
 )
 def test_runs_that_cannot_fit_are_refused(config, overrides, concurrent, message):
@@ -101,14 +101,13 @@ def test_runs_that_cannot_fit_are_refused(config, overrides, concurrent, message
 
 def test_an_elastic_run_needs_room_for_its_minimum_and_says_how_far_it_can_grow(config):
     gigantic = ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml"
-    # Global batches that both sizes split exactly: 40 × 41 and 41 × 42.
-    grows = load_config(gigantic, ["scaling.num_workers=[40,41]", "scaling.batch_size=40"])
+    grows = load_config(gigantic, ["scaling.num_workers=[40,41]"])
     fit = check_fits(grows, config)
     assert fit.workers == 41 and sum(fit.capacity.values()) == 40
     assert fit.describe().startswith("fits, smaller: room for 40 of the 41")
     with pytest.raises(ClusterFitError, match=r"80 training workers \(at least 40 per run × 2"):
         check_fits(grows, config, concurrent=2)
-    too_big = load_config(gigantic, ["scaling.num_workers=[41,42]", "scaling.batch_size=41"])
+    too_big = load_config(gigantic, ["scaling.num_workers=[41,42]"])
     with pytest.raises(ClusterFitError, match=r"41 training workers \(at least 41 per run"):
         check_fits(too_big, config)
 
@@ -134,18 +133,9 @@ def test_cluster_check_command(capsys):
     gigantic = str(ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml")
     assert main(["cluster-check", "--cluster", str(CLUSTER_YAML), "--config", gigantic]) == 0
     assert "fits: 32 training worker(s)" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "cluster-check",
-                "--cluster",
-                str(CLUSTER_YAML),
-                "--config",
-                gigantic,
-                "--concurrent",
-                "2",
-            ]
-        )
-        == 2
-    )
+    check = ["cluster-check", "--cluster", str(CLUSTER_YAML), "--config", gigantic]
+    # The recipe is elastic ([8, 32]): two at once start but cannot both grow; six do not fit.
+    assert main([*check, "--concurrent", "2"]) == 0
+    assert "fits, smaller: room for 40 of the 64" in capsys.readouterr().out
+    assert main([*check, "--concurrent", "6"]) == 2
     assert "Raise max_workers" in capsys.readouterr().err

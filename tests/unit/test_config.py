@@ -147,20 +147,24 @@ def test_an_elastic_group_keeps_the_global_batch_and_splits_it_over_any_size():
     assert s.global_batch == 192 and scaled_lr(cfg) == scaled_lr(
         load_config(None, ["scaling.num_workers=4", "scaling.batch_size=48"])
     )
-    assert [s.batch_per_worker(w) for w in (2, 3, 4)] == [96, 64, 48]
+    assert [s.batch_split(w) for w in (2, 3, 4)] == [[96] * 2, [64] * 3, [48] * 4]
+    assert [s.batch_share(r, 3) for r in range(3)] == [1.0] * 3
     fixed = load_config(None, ["scaling.num_workers=[3,3]"]).scaling
     assert fixed.num_workers == 3 and not fixed.elastic
 
 
-def test_a_global_batch_that_some_size_cannot_split_is_refused_with_a_batch_that_can():
-    with pytest.raises(ConfigError) as e:
-        load_config(None, ["scaling.num_workers=[4,8]", "scaling.batch_size=64"])
-    message = str(e.value)
-    assert "global batch of 512 images, which 5 workers cannot split exactly" in message
-    assert "a multiple of 840" in message and "Use scaling.batch_size=105" in message
-    # A wide range is refused at once (no search), with the advice that helps.
-    with pytest.raises(ConfigError, match=r"multiple of 144403552893600\)\. That takes"):
-        load_config(None, ["scaling.num_workers=[16,32]", "scaling.batch_size=16"])
-    # The suggested batch does split over every size.
-    good = load_config(None, ["scaling.num_workers=[4,8]", "scaling.batch_size=105"]).scaling
-    assert all(good.batch_per_worker(w) * w == 840 for w in range(4, 9))
+def test_a_size_that_does_not_divide_the_global_batch_splits_it_within_one_image():
+    # The gigantic recipe's range: 512 images over 16 to 32 workers.
+    s = load_config(None, ["scaling.num_workers=[16,32]", "scaling.batch_size=16"]).scaling
+    for w in range(16, 33):
+        split = s.batch_split(w)
+        assert len(split) == w and sum(split) == 512, w
+        assert max(split) - min(split) <= 1 and split == sorted(split, reverse=True), w
+        assert s.drawn_per_worker(w) == -(-512 // w), w
+        # The shares weight each rank's mean loss so that the ranks' average is the global
+        # batch's mean: their mean is 1.
+        assert sum(s.batch_share(r, w) for r in range(w)) / w == pytest.approx(1.0), w
+    assert s.batch_split(24) == [22] * 8 + [21] * 16
+    assert s.batch_share(0, 24) == pytest.approx(22 * 24 / 512)
+    with pytest.raises(ValueError, match=r"world size 33 outside \[16, 32\]"):
+        s.batch_split(33)

@@ -29,6 +29,20 @@ def test_parts_and_total_follow_the_definition():
     assert not out.selection_score.requires_grad
 
 
+def test_a_rank_share_weights_the_prediction_loss_only():
+    global_views, local_views = views(2, seed=1), views(2, seed=2)
+    all_views = torch.cat([global_views, local_views])
+    plain = lejepa_loss(global_views, all_views, step=3, lam=0.1, num_slices=64)
+    heavy = lejepa_loss(
+        global_views, all_views, step=3, lam=0.1, num_slices=64, prediction_weight=1.5
+    )
+    torch.testing.assert_close(heavy.prediction, 1.5 * plain.prediction)
+    torch.testing.assert_close(heavy.sigreg, plain.sigreg)  # already the global batch's
+    torch.testing.assert_close(heavy.total, 0.9 * heavy.prediction + 0.1 * plain.sigreg)
+    with pytest.raises(ValueError, match="prediction_weight must be > 0"):
+        lejepa_loss(global_views, all_views, step=3, prediction_weight=0.0)
+
+
 def test_identical_views_have_zero_prediction_loss():
     v = views(1).expand(4, -1, -1)
     assert lejepa_loss(v[:2], v, step=0).prediction.item() == 0.0

@@ -198,6 +198,13 @@ class EpochCursor:
     and ``samples`` still count what the trainer consumed, never what was prefetched.
     ``boundary_waits`` collects (epoch, seconds the trainer waited for its first batch) for
     every epoch this cursor entered after its first; the caller reads and clears it.
+
+    Every rank draws ``batch_size`` rows per batch and yields the first ``keep`` (all of them
+    by default). A group whose size does not divide the global batch trains some ranks on one
+    image fewer (``ScalingConfig.batch_split``); drawing the same count on every rank keeps
+    their equal shards in step, so that every rank reaches the end of an epoch at the same
+    step. ``samples`` counts the images trained on: ``world_size × batch_size`` when nothing
+    is left out, the global batch otherwise (pass it as ``global_batch``).
     """
 
     def __init__(
@@ -209,9 +216,13 @@ class EpochCursor:
         epoch: int = 0,
         samples: int = 0,
         prefetch: int = 0,
+        keep: int | None = None,
+        global_batch: int | None = None,
     ):
         self.counter, self.cfg, self.batch_size = counter, cfg, batch_size
         self.world_size = world_size
+        self.keep = batch_size if keep is None else keep
+        self.global_batch = batch_size * world_size if global_batch is None else global_batch
         self.epoch, self.samples = epoch, samples
         self.prefetch = prefetch
         self.boundary_waits: list[tuple[int, float]] = []
@@ -231,7 +242,7 @@ class EpochCursor:
             prefetcher.close()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        global_batch = self.batch_size * self.world_size
+        global_batch = self.global_batch
         for n, batches in enumerate(self._epochs()):
             drop = self.samples // global_batch
             self.samples = drop * global_batch
@@ -254,6 +265,8 @@ class EpochCursor:
                         self.boundary_waits.append((self.epoch, time.perf_counter() - asked))
                     asked = None
                 self.samples += global_batch
+                if self.keep < self.batch_size:  # views: nothing is copied
+                    batch = {name: rows[: self.keep] for name, rows in batch.items()}
                 yield batch
             self.epoch, self.samples = self.epoch + 1, 0
 

@@ -88,18 +88,21 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cfg.scaling.cpus_per_worker)))
 
-    trainer = Trainer(job.cfg, job.spec, device)
+    scaling = job.cfg.scaling
+    trainer = Trainer(job.cfg, job.spec, device, scaling.batch_share(rank, world))
     inject_nonfinite(trainer, job.cfg.fault.inject_nonfinite_steps)  # drills only
     resumed, taken = resume(trainer, job.run_dir, rank)
     state = resumed.state if resumed else TrainState(step=0)
     cursor = EpochCursor(
         job.counter,
         job.cfg.data,
-        job.cfg.scaling.batch_per_worker(world),
+        scaling.drawn_per_worker(world),
         world,
         state.data_epoch,
         state.data_samples,
         prefetch=job.cfg.data.prefetch_batches,
+        keep=scaling.batch_split(world)[rank],
+        global_batch=scaling.global_batch,
     )
     writer = _metrics_writer(job, resumed) if rank == 0 else None
     # Only an elastic group resizes; a fixed one rerun on another size says so in the resume log.
@@ -193,14 +196,16 @@ def _record_resize(job: WorkerConfig, state: TrainState, world: int) -> None:
     """Log and keep (``resizes.jsonl``) that this group resumed on another number of workers
     than the checkpoint's; the global batch is the same, split ``global / world`` per worker."""
     record = events.record_resize(job.run_dir, state.step, state.world_size, world)
+    split = job.cfg.scaling.batch_split(world)
+    per_worker = str(split[0]) if split[0] == split[-1] else f"{split[-1]}-{split[0]}"
     log.warning(
-        "worker group resized from %d to %d at step %d (%s); %d images per worker, global "
+        "worker group resized from %d to %d at step %d (%s); %s images per worker, global "
         "batch %d as before",
         state.world_size,
         world,
         state.step,
         record["cause"],
-        job.cfg.scaling.batch_per_worker(world),
+        per_worker,
         job.cfg.scaling.global_batch,
     )
 

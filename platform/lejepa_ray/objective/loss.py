@@ -23,7 +23,9 @@ class LeJEPALoss:
     total: torch.Tensor
     """(1 − λ)·prediction + λ·sigreg: the tensor to call ``backward()`` on."""
     prediction: torch.Tensor
-    """Mean squared distance of every view's embedding to the mean of the global views."""
+    """Mean squared distance of every view's embedding to the mean of the global views (on one
+    rank of an uneven split, times its ``prediction_weight``: the mean over ranks is then the
+    global batch's)."""
     sigreg: torch.Tensor
     """SIGReg averaged over views (each view scored with the same directions of this step)."""
     selection_score: torch.Tensor
@@ -65,6 +67,7 @@ def lejepa_loss(
     alpha: float = 0.4,
     validate: bool = True,
     group: dist.ProcessGroup | None = None,
+    prediction_weight: float = 1.0,
 ) -> LeJEPALoss:
     """LeJEPA loss of one step.
 
@@ -78,6 +81,11 @@ def lejepa_loss(
         num_slices, t_max, num_knots, validate, group: passed to
             :func:`~lejepa_ray.objective.sigreg.sigreg`.
         alpha: exponent α of the selection score ``total / λ^α``.
+        prediction_weight: this rank's share of the global batch times the number of ranks,
+            ``R · N_r / N`` (1 when the ranks' batches are equal). The prediction loss is a mean
+            over this rank's N_r samples, and data-parallel training averages the R ranks'
+            gradients; weighted so, that average is the gradient of the mean over all N
+            samples. SIGReg needs no weight: it is already the statistic of all N.
 
     Returns:
         :class:`LeJEPALoss` with ``total`` differentiable; no stop-gradient anywhere, the
@@ -85,6 +93,8 @@ def lejepa_loss(
     """
     if not 0.0 < lam < 1.0:
         raise ValueError(f"lam (λ) must lie in (0, 1); the paper's default is 0.05, got {lam!r}.")
+    if not prediction_weight > 0:
+        raise ValueError(f"prediction_weight must be > 0 (R · N_r / N), got {prediction_weight!r}.")
     for name, views in (("global_views", global_views), ("all_views", all_views)):
         if views.dim() != 3 or views.shape[0] < 1:
             raise ValueError(
@@ -99,7 +109,7 @@ def lejepa_loss(
     dtype = compute_dtype(all_views.dtype, "lejepa_loss input all_views")
     with torch.autocast(device_type=all_views.device.type, enabled=False):
         target = global_views.to(dtype).mean(0)
-        prediction = (target - all_views.to(dtype)).square().mean()
+        prediction = (target - all_views.to(dtype)).square().mean() * prediction_weight
         reg = sigreg(all_views, step, num_slices, t_max, num_knots, validate=validate, group=group)
         total = (1.0 - lam) * prediction + lam * reg
     return LeJEPALoss(

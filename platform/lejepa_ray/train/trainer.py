@@ -51,7 +51,15 @@ class StepResult:
 class Trainer:
     """The encoder, its optimizer and schedule on one rank, and the LeJEPA step."""
 
-    def __init__(self, cfg: PretrainConfig, spec: BackboneSpec, device: torch.device):
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        spec: BackboneSpec,
+        device: torch.device,
+        batch_share: float = 1.0,
+    ):
+        """``batch_share``: this rank's images per micro-batch × the number of ranks / the
+        global batch (``ScalingConfig.batch_share``); 1 unless the ranks' batches differ."""
         self.cfg, self.spec, self.device = cfg, spec, device
         torch.manual_seed(cfg.seed)  # identical initialization on every rank (DDP, non-meta)
         meta = cfg.scaling.strategy == "fsdp" and cfg.model.meta_init
@@ -71,6 +79,7 @@ class Trainer:
             num_knots=cfg.loss.num_knots,
             alpha=cfg.loss.alpha,
             validate=False,
+            prediction_weight=batch_share,
         )
         """(global embeddings (V_g, B, K), all embeddings (V, B, K), step) -> the loss."""
         self.step = 0
@@ -367,7 +376,8 @@ def _metrics(
     # is a measurement (float64 on the device: exact far beyond any run's count).
     images = torch.tensor([float(meter.images)], dtype=torch.float64, device=trainer.device)
     if dist.is_available() and dist.is_initialized():
-        # The prediction loss is per rank; SIGReg is already global. Average for the log.
+        # The prediction loss is per rank (weighted by the rank's share of the global batch);
+        # SIGReg is already global. The average over ranks is the global batch's loss.
         dist.all_reduce(losses, op=dist.ReduceOp.AVG)  # a fresh tensor: no step's is changed
         dist.all_reduce(images, op=dist.ReduceOp.SUM)
     if trainer.device.type == "cuda":
