@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck bench bench-train bench-recovery bench-quality bench-profile pretrain lock clean
+.PHONY: test lint typecheck bench bench-train bench-recovery bench-quality bench-profile gpu-check pretrain lock clean
 
 test: lint  ## lint, format and type checks, then the whole test suite (multi-process tests included)
 	$(BIN)/python -m pytest
@@ -31,6 +31,9 @@ bench-quality: $(STAMP)  ## the quickstart over 3 seeds: held-out probes vs rand
 
 bench-profile: $(STAMP)  ## where one quickstart training step's time goes
 	$(BIN)/python benchmarks/step_profile.py
+
+gpu-check: $(STAMP)  ## the GPU path measured in at most 8 minutes on one GPU (docs/scaling.md)
+	$(BIN)/python benchmarks/gpu_check.py
 
 pretrain: $(STAMP)  ## the embedded default: CPU pretraining on digits, then the probes
 	$(BIN)/lejepa-ray pretrain

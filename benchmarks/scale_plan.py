@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lejepa_ray.cluster import load_cluster, worker_types
-from lejepa_ray.config import load_config
+from lejepa_ray.config import PretrainConfig, load_config
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
 from lejepa_ray.model.flops import PEAK_BF16_TFLOPS, train_flops_per_image
 
@@ -26,6 +27,81 @@ GB = 1e9
 def _tokens(size: int, patch: int, prefix: int) -> int:
     side = -(-size // patch)  # local views are padded up to a patch multiple
     return side * side + prefix
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the memory estimate needs of a transformer encoder and its views."""
+
+    params: int
+    """Parameters of the encoder (backbone and projector)."""
+    block_params: int
+    """Parameters of one transformer block."""
+    d: int
+    """Width (embedding dimension)."""
+    depth: int
+    """Number of blocks."""
+    mlp_ratio: float
+    """MLP hidden width / d."""
+    tokens: int
+    """Tokens of one image over all its views (local views padded to a patch multiple)."""
+    patch: int
+    """Patch size in pixels."""
+
+    @classmethod
+    def of(cls, cfg: PretrainConfig) -> Geometry:
+        """The encoder of ``cfg`` built on the meta device (no memory, about a second).
+
+        Raises:
+            ValueError: the backbone has no transformer ``blocks``.
+        """
+        v = cfg.data.views
+        spec = resolve(cfg.model, v.global_size, v.local_size if v.local_views else None)
+        encoder = LeJEPAEncoder(spec, cfg.model, device="meta")
+        backbone = encoder.backbone
+        blocks = getattr(backbone, "blocks", None)
+        if blocks is None:
+            raise ValueError("this plan models transformer blocks (backbone.blocks); got none")
+        d = backbone.embed_dim
+        patch = backbone.patch_embed.patch_size[0]
+        prefix = getattr(backbone, "num_prefix_tokens", 1)
+        tokens = v.global_views * _tokens(v.global_size, patch, prefix)
+        tokens += v.local_views * _tokens(v.local_size, patch, prefix)
+        return cls(
+            params=sum(t.numel() for t in encoder.parameters()),
+            block_params=sum(t.numel() for t in blocks[0].parameters()),
+            d=d,
+            depth=len(blocks),
+            mlp_ratio=blocks[0].mlp.fc1.out_features / d,
+            tokens=tokens,
+            patch=patch,
+        )
+
+
+def memory_gb(g: Geometry, n: int, batch: int, fsdp: bool) -> dict[str, float]:
+    """Estimated memory per GPU (GB) of ``n`` workers of ``batch`` images each.
+
+    FSDP2 shards fp32 parameters, their fp32 gradients and AdamW's two fp32 moments over n
+    ranks; a block's bf16 parameters are gathered for its forward and backward (the current
+    one and the prefetched next), and its gradients are reduced in fp32. Under DDP every rank
+    holds all of it, and there is nothing to gather. Activations kept for backward, bf16, per
+    token per block: LN1 and its output, q, k, v, the attention output, LN2 and its output
+    (2 bytes × 9 d), and the MLP's hidden layer before and after GELU (2 bytes × 2 × ratio ×
+    d); flash attention keeps no t × t scores. Checkpointing keeps each block's input (2 d
+    bytes a token) and recomputes one block at a time."""
+    states = 16 * g.params / (n if fsdp else 1)
+    gathered = g.block_params * (2 * 2 + 4) if fsdp else 0
+    per_token_block = (18 + 4 * g.mlp_ratio) * g.d
+    full = per_token_block * g.tokens * g.depth * batch
+    checkpointed = (2 * g.d * g.depth + per_token_block) * g.tokens * batch
+    return {
+        "states": states / GB,
+        "gathered": gathered / GB,
+        "activations": full / GB,
+        "activations_checkpointed": checkpointed / GB,
+        "total": (states + gathered + full) / GB,
+        "total_checkpointed": (states + gathered + checkpointed) / GB,
+    }
 
 
 def main() -> None:
@@ -60,20 +136,12 @@ def main() -> None:
     s, v = cfg.scaling, cfg.data.views
     n = s.max_workers
     spec = resolve(cfg.model, v.global_size, v.local_size if v.local_views else None)
-    encoder = LeJEPAEncoder(spec, cfg.model, device="meta")
-    backbone = encoder.backbone
-    params = sum(t.numel() for t in encoder.parameters())
-    blocks = getattr(backbone, "blocks", None)
-    if blocks is None:
-        sys.exit("this plan models transformer blocks (backbone.blocks); got none")
-    block_params = sum(t.numel() for t in blocks[0].parameters())
-    d, depth = backbone.embed_dim, len(blocks)
-    mlp_ratio = blocks[0].mlp.fc1.out_features / d
-    patch = backbone.patch_embed.patch_size[0]
-    prefix = getattr(backbone, "num_prefix_tokens", 1)
-    tokens = v.global_views * _tokens(v.global_size, patch, prefix) + v.local_views * _tokens(
-        v.local_size, patch, prefix
-    )
+    try:
+        g = Geometry.of(cfg)
+    except ValueError as e:
+        sys.exit(str(e))
+    params, block_params, d, depth, tokens = g.params, g.block_params, g.d, g.depth, g.tokens
+    mlp_ratio, patch = g.mlp_ratio, g.patch
     flops = train_flops_per_image(spec, cfg.model, v)
     peak = dict(PEAK_BF16_TFLOPS)[args.gpu] * 1e12
 
@@ -88,13 +156,12 @@ def main() -> None:
     )
 
     fsdp = s.strategy == "fsdp"
-    per_token_block = (18 + 4 * mlp_ratio) * d
     print(f"\nmemory per GPU (GB), {n} workers, {s.batch_size} images each:")
-    _memory(params, block_params, per_token_block, d, depth, tokens, n, s.batch_size, fsdp)
+    _print_memory(memory_gb(g, n, s.batch_size, fsdp), n, fsdp)
     if s.elastic:  # the smallest group holds the most per GPU
         least, batch = s.min_workers, s.drawn_per_worker(s.min_workers)
         print(f"\nthe elastic group at its smallest, {least} workers, {batch} images each:")
-        _memory(params, block_params, per_token_block, d, depth, tokens, least, batch, fsdp)
+        _print_memory(memory_gb(g, least, batch, fsdp), least, fsdp)
 
     rate = args.mfu * peak * n / flops
     step_s = s.global_batch / rate
@@ -140,41 +207,16 @@ def main() -> None:
     )
 
 
-def _memory(
-    params: int,
-    block_params: int,
-    per_token_block: float,
-    d: int,
-    depth: int,
-    tokens: int,
-    n: int,
-    batch: int,
-    fsdp: bool,
-) -> None:
-    """Print the memory per GPU of ``n`` workers of ``batch`` images each.
-
-    FSDP2 shards fp32 parameters, their fp32 gradients and AdamW's two fp32 moments over n
-    ranks; a block's bf16 parameters are gathered for its forward and backward (the current
-    one and the prefetched next), and its gradients are reduced in fp32. Under DDP every rank
-    holds all of it, and there is nothing to gather. Activations kept for backward, bf16, per
-    token per block (``per_token_block`` bytes): LN1 and its output, q, k, v, the attention
-    output, LN2 and its output (2 bytes × 9 d), and the MLP's hidden layer before and after
-    GELU (2 bytes × 2 × ratio × d); flash attention keeps no t × t scores. Checkpointing
-    keeps each block's input (2 d bytes a token) and recomputes one block at a time."""
-    shards = 16 * params / (n if fsdp else 1)
-    gathered = block_params * (2 * 2 + 4) if fsdp else 0
-    act_full = per_token_block * tokens * depth * batch
-    act_ckpt = (2 * d * depth + per_token_block) * tokens * batch
+def _print_memory(gb: dict[str, float], n: int, fsdp: bool) -> None:
     how = f"sharded {n} ways" if fsdp else "replicated (DDP)"
-    print(f"  parameters + gradients + AdamW (fp32, {how}): {shards / GB:7.2f}")
-    print(f"  gathered bf16 block parameters and fp32 block gradients:  {gathered / GB:7.2f}")
+    print(f"  parameters + gradients + AdamW (fp32, {how}): {gb['states']:7.2f}")
+    print(f"  gathered bf16 block parameters and fp32 block gradients:  {gb['gathered']:7.2f}")
     print(
-        f"  activations, no checkpointing:    {act_full / GB:7.2f}  -> total "
-        f"{(shards + gathered + act_full) / GB:6.1f}"
+        f"  activations, no checkpointing:    {gb['activations']:7.2f}  -> total {gb['total']:6.1f}"
     )
     print(
-        f"  activations, block checkpointing: {act_ckpt / GB:7.2f}  -> total "
-        f"{(shards + gathered + act_ckpt) / GB:6.1f}"
+        f"  activations, block checkpointing: {gb['activations_checkpointed']:7.2f}  -> total "
+        f"{gb['total_checkpointed']:6.1f}"
     )
     print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
 

@@ -109,7 +109,8 @@ def torchvision_views(
     return out[0], out[1]
 
 
-def _jpegs(count: int, width: int, height: int) -> list[bytes]:
+def generated_jpegs(count: int, width: int, height: int) -> list[bytes]:
+    """``count`` photo-like JPEGs of ``width`` × ``height`` px (the same on every call)."""
     rng = np.random.default_rng(0)
     out = []
     for _ in range(count):  # smooth content with detail, photo-like for the JPEG coder
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a Ray Data task
     cfg = ViewConfig()  # kernels=fast, the default
-    data = _jpegs(args.samples, args.width, args.height)
+    data = generated_jpegs(args.samples, args.width, args.height)
     makers = {
         "pil": ViewMaker(dataclasses.replace(cfg, kernels="pil")),
         "fast": ViewMaker(cfg),
