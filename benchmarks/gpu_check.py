@@ -55,7 +55,9 @@ sys.path[:0] = [str(ROOT / "platform"), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import yaml  # noqa: E402
+from scale_plan import Geometry, memory_gb  # noqa: E402
 
+from lejepa_ray.compat import compiled_graphs  # noqa: E402
 from lejepa_ray.config import (  # noqa: E402
     LossConfig,
     ModelConfig,
@@ -106,7 +108,7 @@ GPU = Sizes(
         "vit_l": 90,
         "gigantic_fsdp": 150,
         "device_views": 60,
-        "vit_l_compiled": 180,
+        "vit_l_compiled": 240,
         "data_stream": 120,
         "nccl_pair": 90,
     },
@@ -115,7 +117,8 @@ _TOY_MODEL = {
     "name": "vit_tiny_patch16_224",
     "projector_hidden": 64,
     "projector_dim": 32,
-    "model_args": {},
+    # Two blocks, with the recipes' per-block drop path: each block compiles a graph of its own.
+    "model_args": {"depth": 2, "drop_path_rate": 0.1},
 }
 _TOY_VIEWS = {"global_size": 32, "local_size": 16, "local_views": 2}
 DRY = Sizes(
@@ -186,6 +189,8 @@ def check_sigreg(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
     """Ours against the textbook SIGReg, forward+backward, at each size."""
     from sigreg import IMPLEMENTATIONS, STEP
 
+    # cuBLAS takes its workspace from the caching allocator at the first matmul: not SIGReg's.
+    torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)
     cases = []
     for n, d, slices in sizes.sigreg:
         z = torch.randn(n, d, device=device, generator=torch.Generator(device).manual_seed(0))
@@ -229,9 +234,14 @@ def check_sigreg(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
 
 
 def check_vit_l(sizes: Sizes, device: torch.device, compile: bool = False) -> tuple[dict, str]:
-    """Steps of the ViT-L recipe on one device, without or with torch.compile."""
+    """Steps of the ViT-L recipe on one device, without or with torch.compile (and then how
+    many graphs it compiled: per-block drop-path rates give each block its own)."""
     cfg = _recipe("imagenet1k_vit_large.yaml", sizes.vit_l, device, compile=compile)
-    return _steps(cfg, device, sizes)
+    out, summary = _steps(cfg, device, sizes)
+    if compile:
+        out["compiled_graphs"] = compiled_graphs()
+        summary += f", {out['compiled_graphs']} graphs compiled"
+    return out, summary
 
 
 def check_vit_l_compiled(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
@@ -240,8 +250,6 @@ def check_vit_l_compiled(sizes: Sizes, device: torch.device) -> tuple[dict, str]
 
 def check_gigantic_fsdp(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
     """The ViT-gigantic recipe under FSDP2 on a world of one."""
-    from scale_plan import Geometry, memory_gb
-
     from lejepa_ray.objective.loss import lejepa_loss
 
     cfg = _recipe("imagenet1k_vit_gigantic.yaml", sizes.gigantic, device)
@@ -250,8 +258,6 @@ def check_gigantic_fsdp(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
         out, summary = _steps(cfg, device, sizes)
     finally:
         dist.destroy_process_group()
-    estimate = memory_gb(Geometry.of(cfg), 1, cfg.scaling.batch_size, fsdp=True)
-    out["estimated_gb"] = estimate["total_checkpointed"]
     # SIGReg (and the prediction loss) of this batch's embeddings, alone: its share of a step.
     v = cfg.data.views
     z = torch.randn(
@@ -269,8 +275,6 @@ def check_gigantic_fsdp(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
     loss_ms = _median_ms(loss_step, device, sizes.repeats)
     out["loss_ms"] = loss_ms
     out["loss_share"] = loss_ms / (1e3 * out["step_s"])
-    if out["peak_gb"] is not None:
-        summary += f" (estimated {out['estimated_gb']:.1f} GB)"
     summary += f"; the loss is {out['loss_share']:.1%} of a step"
     return out, summary
 
@@ -350,8 +354,9 @@ def check_data_stream(sizes: Sizes, device: torch.device) -> tuple[dict, str] | 
 
 
 def check_nccl_pair(sizes: Sizes, device: torch.device) -> tuple[dict, str] | None:
-    """Two ranks: SIGReg exact over unequal shards, a DDP and an FSDP2 step. None with
-    fewer than 2 GPUs (the dry run uses two CPU processes and gloo)."""
+    """Two ranks: SIGReg exact over unequal shards, a DDP and an FSDP2 step on 3 + 2 images
+    (an uneven split of the global batch). None with fewer than 2 GPUs (the dry run uses two
+    CPU processes and gloo)."""
     import torch.multiprocessing as mp
 
     if device.type == "cuda" and torch.cuda.device_count() < 2:
@@ -404,7 +409,7 @@ def _recipe(
     device: torch.device,
     *,
     compile: bool = False,
-    workers: int = 1,
+    workers: int | list[int] = 1,
 ) -> PretrainConfig:
     """A recipe of ``jobs/configs`` for ``workers`` workers on ``device``, with ``overrides``
     by section (``views`` for ``data.views``). Read with PyYAML and built as the config
@@ -468,6 +473,8 @@ def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dic
     peak = peak_tflops(device)
     mfu = flops * images_per_s / (peak * 1e12) if peak else None
     mib = _peak_mib(device)
+    s = cfg.scaling
+    estimate = memory_gb(Geometry.of(cfg), 1, b, fsdp=s.strategy == "fsdp")
     out = {
         "model": cfg.model.name,
         "batch": b,
@@ -482,13 +489,19 @@ def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dic
         "tflop_per_image": flops / 1e12,
         "mfu": mfu,
         "peak_gb": None if mib is None else mib * 2**20 / 1e9,
+        # benchmarks/scale_plan.py's figure for this model, batch and strategy on one GPU
+        "estimated_gb": estimate["total_checkpointed" if s.activation_checkpointing else "total"],
         "loss": float(results[-1].loss.total),
     }
     summary = (
         f"{cfg.model.name}, {b} images: {step_s * 1e3:.0f} ms/step, {images_per_s:,.1f} "
         f"images/s, first step {first_s:.1f} s"
         + (f", MFU {mfu:.1%}" if mfu is not None else "")
-        + (f", peak {out['peak_gb']:.1f} GB" if out["peak_gb"] is not None else "")
+        + (
+            f", peak {out['peak_gb']:.1f} GB (estimated {out['estimated_gb']:.1f})"
+            if out["peak_gb"] is not None
+            else ""
+        )
     )
     return out, summary
 
@@ -501,30 +514,33 @@ def _pair_worker(rank: int, kind: str, port: int, out_dir: str) -> None:
     if kind == "cuda":
         torch.cuda.set_device(device)
     torch.set_num_threads(1)
-    # The one-process reference, before the group exists: 300 samples, split 160 / 140.
+    # The one-process reference, before the group exists, on the same kind of device (SIGReg's
+    # directions are drawn by that device's generator): 300 samples, split 160 / 140.
     z = torch.randn(300, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    whole = z.clone().requires_grad_(True)
+    whole = z.to(device).clone().requires_grad_(True)
     reference = sigreg(whole, 3, 128)
     reference.backward()
     lo, hi = (0, 160) if rank == 0 else (160, 300)
     _init_group(device, rank, world=2, port=port)
     try:
-        mine = z[lo:hi].to(device).requires_grad_(True)
+        mine = z[lo:hi].to(device).clone().requires_grad_(True)
         value = sigreg(mine, 3, 128)
         value.backward()
         # Each rank's per-sample gradient is world × the one-process one (sigreg's docstring).
-        grad = mine.grad.cpu() / 2
+        grad = mine.grad / 2
         out = {
-            "sigreg_rel_diff": float((value.cpu() - reference).abs() / reference.abs()),
+            "sigreg_rel_diff": float((value - reference).abs() / reference.abs()),
             "sigreg_grad_rel_diff": float(
                 (grad - whole.grad[lo:hi]).abs().max() / whole.grad.abs().max()
             ),
         }
         for strategy in ("ddp", "fsdp"):  # a toy model: this is about the collectives
-            overrides = {**DRY.vit_l, "scaling": {"batch_size": 4, "strategy": strategy}}
-            cfg = _recipe("imagenet1k_vit_large.yaml", overrides, device, workers=2)
-            trainer = Trainer(cfg, resolve_backbone(cfg), device)
-            v, b = cfg.data.views, cfg.scaling.batch_size
+            # A global batch of 5 (1 × up to 5 workers) on 2: 3 and 2 images, loss weighted.
+            overrides = {**DRY.vit_l, "scaling": {"batch_size": 1, "strategy": strategy}}
+            cfg = _recipe("imagenet1k_vit_large.yaml", overrides, device, workers=[2, 5])
+            share = cfg.scaling.batch_share(rank, 2)
+            trainer = Trainer(cfg, resolve_backbone(cfg), device, batch_share=share)
+            v, b = cfg.data.views, cfg.scaling.batch_split(2)[rank]
             gen = torch.Generator().manual_seed(rank)  # each rank its own images
             batch = {
                 "global": torch.randint(
@@ -624,6 +640,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=480.0,
         help="seconds for all checks; those that would start later are skipped",
     )
+    parser.add_argument(
+        "--log", type=Path, help="append every check's whole output (tracebacks, warnings) here"
+    )
     parser.add_argument("--check", help=argparse.SUPPRESS)  # one check, in this process
     parser.add_argument("--fail-check", help=argparse.SUPPRESS)  # make this one fail (tests)
     args = parser.parse_args(argv)
@@ -653,41 +672,49 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = {"status": "skipped", "summary": "the time budget ran out"}
         else:
             timeout = min(sizes.timeouts[name], left)
-            results[name] = _in_subprocess(name, args.dry_run, timeout, args.fail_check)
+            results[name] = _in_subprocess(name, args.dry_run, timeout, args.fail_check, args.log)
         r = results[name]
-        print(f"{r['status']:>7}  {name:<15} {r.get('seconds', 0):6.1f} s  {r['summary']}")
+        line = f"{r['status']:>7}  {name:<15} {r.get('seconds', 0):6.1f} s  {r['summary']}"
+        print(line, flush=True)
     failed = [n for n, r in results.items() if r["status"] == "failed"]
     out = {"dry_run": args.dry_run, "failed": failed, "checks": results}
     print(json.dumps(_rounded(out)), flush=True)
     return out
 
 
-def _in_subprocess(name: str, dry_run: bool, timeout: float, fail: str | None) -> dict:
-    """Run one check in a fresh process; its result, or why it has none."""
+def _in_subprocess(
+    name: str, dry_run: bool, timeout: float, fail: str | None, log: Path | None
+) -> dict:
+    """Run one check in a fresh process; its result, or why it has none. Its whole output is
+    appended to ``log`` when given."""
     cmd = [sys.executable, __file__, "--check", name] + (["--dry-run"] if dry_run else [])
     cmd += ["--fail-check", fail] if fail else []
     start = time.monotonic()
+    timed_out = False
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {
-            "status": "failed",
-            "summary": f"did not finish in {timeout:.0f} s",
-            "seconds": time.monotonic() - start,
-        }
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:  # what it printed before it was killed
+        stdout, stderr, code, timed_out = _text(e.stdout), _text(e.stderr), None, True
     seconds = time.monotonic() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if log is not None:
+        with log.open("a") as f:
+            f.write(f"===== {name}: exit code {code}, {seconds:.1f} s\n{stdout}{stderr}\n")
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT)]
     if not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {
-            "status": "failed",
-            "summary": f"exit code {proc.returncode}: " + " | ".join(tail),
-            "seconds": seconds,
-        }
+        why = f"did not finish in {timeout:.0f} s" if timed_out else f"exit code {code}"
+        tail = stderr.strip().splitlines()[-3:]
+        return {"status": "failed", "summary": " | ".join([why, *tail]), "seconds": seconds}
     result = json.loads(lines[-1].removeprefix(RESULT))
-    if result["status"] == "failed":  # the last lines of its traceback, for the JSON record
-        result["traceback"] = proc.stderr.strip().splitlines()[-8:]
+    if timed_out:  # its figures are in; it hung on the way out (a process group's teardown)
+        result["summary"] += f" (its process did not exit within {timeout:.0f} s)"
+    if result["status"] == "failed":  # the end of its traceback, for the JSON record
+        result["traceback"] = stderr.strip().splitlines()[-20:]
     return {**result, "seconds": seconds}
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def _rounded(value: Any) -> Any:
@@ -702,4 +729,4 @@ def _rounded(value: Any) -> Any:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failed"] else 0)
+    sys.exit(1 if main().get("failed") else 0)  # a --check process: its result line says

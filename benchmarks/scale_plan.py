@@ -88,19 +88,23 @@ def memory_gb(g: Geometry, n: int, batch: int, fsdp: bool) -> dict[str, float]:
     token per block: LN1 and its output, q, k, v, the attention output, LN2 and its output
     (2 bytes × 9 d), and the MLP's hidden layer before and after GELU (2 bytes × 2 × ratio ×
     d); flash attention keeps no t × t scores. Checkpointing keeps each block's input (2 d
-    bytes a token) and recomputes one block at a time."""
+    bytes a token) and recomputes one block at a time. The optimizer step comes after the
+    activations are freed, and AdamW's foreach kernels take one more fp32 copy of the local
+    parameters while it runs: the peak is the larger of the two."""
     states = 16 * g.params / (n if fsdp else 1)
     gathered = g.block_params * (2 * 2 + 4) if fsdp else 0
     per_token_block = (18 + 4 * g.mlp_ratio) * g.d
     full = per_token_block * g.tokens * g.depth * batch
     checkpointed = (2 * g.d * g.depth + per_token_block) * g.tokens * batch
+    step = 4 * g.params / (n if fsdp else 1)
     return {
         "states": states / GB,
         "gathered": gathered / GB,
         "activations": full / GB,
         "activations_checkpointed": checkpointed / GB,
-        "total": (states + gathered + full) / GB,
-        "total_checkpointed": (states + gathered + checkpointed) / GB,
+        "optimizer_step": step / GB,
+        "total": (states + gathered + max(full, step)) / GB,
+        "total_checkpointed": (states + gathered + max(checkpointed, step)) / GB,
     }
 
 
@@ -218,6 +222,7 @@ def _print_memory(gb: dict[str, float], n: int, fsdp: bool) -> None:
         f"  activations, block checkpointing: {gb['activations_checkpointed']:7.2f}  -> total "
         f"{gb['total_checkpointed']:6.1f}"
     )
+    print(f"  AdamW's step, after backward (one fp32 copy):  {gb['optimizer_step']:7.2f}")
     print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
 
 

@@ -15,7 +15,8 @@ those lines and prints the rest (our progress lines, warnings and errors) withou
 Compile: blocks compile with static shapes, one graph per (block shape, view size), and all
 blocks of a class share one code object, whose number of graphs dynamo caps at
 ``torch._dynamo.config.recompile_limit`` (8) before it quietly runs the rest eagerly;
-:func:`raise_recompile_limit` lifts that cap.
+:func:`raise_recompile_limit` lifts that cap. Blocks that differ in a constant (timm's
+per-block drop-path rate) get a graph each; :func:`compiled_graphs` counts them.
 
 Ray Data's epoch: a pipeline's execution index, ``DataContext._execution_idx``, counts its
 complete executions, is shipped with the context to every task, and seeds Ray Data's own
@@ -130,6 +131,14 @@ def raise_recompile_limit(at_least: int) -> int:
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, at_least)
     return dynamo_config.recompile_limit
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (its ``unique_graphs`` counter)."""
+    # lazy: as in raise_recompile_limit.
+    import torch._dynamo.utils as dynamo_utils
+
+    return int(dynamo_utils.counters["stats"]["unique_graphs"])
 
 
 def execution_index() -> int:

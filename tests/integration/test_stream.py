@@ -241,12 +241,15 @@ def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_ow
     # shards end on the same step; this one (rank 1) trains on 2 of them.
     drawn = [{"epoch": torch.full((3,), 0), "i": torch.arange(3) + 3 * b} for b in range(4)]
     monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
-    cursor = stream.EpochCursor(
-        None, None, batch_size=3, world_size=2, samples=10, keep=2, global_batch=5
-    )
-    batch = next(iter(cursor))  # 10 samples are 2 steps of the global batch: dropped
+    cursor = stream.EpochCursor(None, None, batch_size=3, world_size=2, samples=12, keep=2)
+    batch = next(iter(cursor))  # 12 rows drawn by 2 ranks are 2 batches each: dropped
     assert batch["i"].tolist() == [6, 7] and batch["epoch"].shape == (2,)
-    assert cursor.samples == 15
+    assert cursor.samples == 18  # the position in the stream: rows drawn, the left-out too
+    # A group of another size continues from that position, in whole steps of its own: 3
+    # ranks drawing 4 rows (12 a step) after 26 rows skip 2 batches each (24 rows).
+    resized = stream.EpochCursor(None, None, batch_size=4, world_size=3, samples=26)
+    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
+    assert next(iter(resized))["i"].tolist() == [6, 7, 8] and resized.samples == 36
 
 
 def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(monkeypatch):

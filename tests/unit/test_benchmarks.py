@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks_helpers import _load
+from benchmarks_helpers import BENCHMARKS, _load
 from procs import TINY
 
 
@@ -112,3 +112,23 @@ def test_views_benchmark_times_every_op_of_every_pipeline(capsys):
     assert any(line.startswith("| **total**") for line in printed)
     # The fast kernels are within a few levels of the reference on real views.
     assert 0 < out["fast_vs_pil_levels"]["mean"] < 2
+
+
+def test_scale_plan_memory_is_what_docs_scaling_gives():
+    from lejepa_ray.config import load_config
+
+    plan = _load("scale_plan")
+    recipe = BENCHMARKS.parent / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml"
+    giant = plan.Geometry.of(load_config(recipe))
+    assert (giant.tokens, giant.depth, giant.d) == (914, 48, 1664)
+
+    def gb(workers: int, batch: int) -> list[float]:
+        m = plan.memory_gb(giant, workers, batch, fsdp=True)
+        keys = ("states", "activations_checkpointed", "total_checkpointed")
+        return [round(m[k], 2) for k in keys]
+
+    # docs/scaling.md, "Elastic range": 32 GPUs of 16 images, 8 of 64.
+    assert gb(32, 16) == [0.93, 3.25, 4.49]
+    assert gb(8, 64) == [3.70, 13.01, 17.02]
+    # One GPU (the GPU check): AdamW's step, not the activations, sets the peak.
+    assert round(plan.memory_gb(giant, 1, 16, fsdp=True)["total_checkpointed"], 1) == 37.3

@@ -113,6 +113,18 @@ def test_the_recompile_limit_is_dynamos_and_is_raised_not_lowered():
         dynamo_config.recompile_limit = before
 
 
+def test_compiled_graphs_counts_what_dynamo_compiles():
+    import torch
+
+    from lejepa_ray.compat import compiled_graphs
+
+    before = compiled_graphs()
+    double = torch.compile(lambda x: x * 2, backend="eager")
+    double(torch.ones(3))
+    double(torch.ones(3))  # the same graph again: not counted twice
+    assert compiled_graphs() == before + 1
+
+
 def test_ray_is_the_version_compat_was_checked_against():
     import ray
 

@@ -203,8 +203,9 @@ class EpochCursor:
     by default). A group whose size does not divide the global batch trains some ranks on one
     image fewer (``ScalingConfig.batch_split``); drawing the same count on every rank keeps
     their equal shards in step, so that every rank reaches the end of an epoch at the same
-    step. ``samples`` counts the images trained on: ``world_size × batch_size`` when nothing
-    is left out, the global batch otherwise (pass it as ``global_batch``).
+    step. ``samples`` counts the rows drawn, ``world_size × batch_size`` a step, left-out ones
+    included: it is the position in the epoch's stream, which a group of another size resumes
+    at (within one of its steps).
     """
 
     def __init__(
@@ -217,12 +218,10 @@ class EpochCursor:
         samples: int = 0,
         prefetch: int = 0,
         keep: int | None = None,
-        global_batch: int | None = None,
     ):
         self.counter, self.cfg, self.batch_size = counter, cfg, batch_size
         self.world_size = world_size
         self.keep = batch_size if keep is None else keep
-        self.global_batch = batch_size * world_size if global_batch is None else global_batch
         self.epoch, self.samples = epoch, samples
         self.prefetch = prefetch
         self.boundary_waits: list[tuple[int, float]] = []
@@ -242,10 +241,10 @@ class EpochCursor:
             prefetcher.close()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        global_batch = self.global_batch
+        step_rows = self.batch_size * self.world_size  # drawn by all ranks per step
         for n, batches in enumerate(self._epochs()):
-            drop = self.samples // global_batch
-            self.samples = drop * global_batch
+            drop = self.samples // step_rows
+            self.samples = drop * step_rows
             first, asked = True, time.perf_counter()
             for batch in batches:
                 if first:  # the pipeline's own count is the truth (see build_view_stream)
@@ -264,7 +263,7 @@ class EpochCursor:
                     if n > 0:
                         self.boundary_waits.append((self.epoch, time.perf_counter() - asked))
                     asked = None
-                self.samples += global_batch
+                self.samples += step_rows
                 if self.keep < self.batch_size:  # views: nothing is copied
                     batch = {name: rows[: self.keep] for name, rows in batch.items()}
                 yield batch

@@ -320,8 +320,8 @@ def _kernels(name: str) -> tuple[Callable, Callable]:
     what ``render`` crops, once per sample."""
     if name == "pil":
         return _as_is, render
-    # lazy: OpenCV is needed by the fast kernels only, and the Ray-free parts of the package
-    # that import this module (device-side views, the GPU check) run without it; view_kernels
+    # lazy: OpenCV is needed by the fast kernels only, and the parts of the package that
+    # import this module for its parameters (device-side views) run without it; view_kernels
     # also imports this module (a cycle).
     from lejepa_ray.data import view_kernels
 

@@ -102,7 +102,6 @@ def train_worker(config: dict) -> None:
         state.data_samples,
         prefetch=job.cfg.data.prefetch_batches,
         keep=scaling.batch_split(world)[rank],
-        global_batch=scaling.global_batch,
     )
     writer = _metrics_writer(job, resumed) if rank == 0 else None
     # Only an elastic group resizes; a fixed one rerun on another size says so in the resume log.

@@ -89,7 +89,7 @@ class TrainState:
     data_epoch: int = 0
     """The data epoch the run was in."""
     data_samples: int = 0
-    """Samples of that epoch consumed, over all ranks."""
+    """Rows of that epoch drawn from the stream, over all ranks: its position in the epoch."""
     scheduler: dict = field(default_factory=dict)
     """The LR scheduler's ``state_dict()``."""
     model: str = ""
