@@ -115,6 +115,9 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_run_checkpoints_shards_that_load_in_one_process(ray_cluster, tmp_path):
+    # Probes during training on data they cannot use (a class folder without images): each
+    # is recorded as failed, and training goes on to its last step.
+    (tmp_path / "no_images" / "cat").mkdir(parents=True)
     cfg = _quickstart(
         tmp_path,
         "fsdp",
@@ -122,6 +125,9 @@ def test_fsdp_run_checkpoints_shards_that_load_in_one_process(ray_cluster, tmp_p
         "optim.steps=4",
         "optim.warmup_steps=1",
         "logging.every_steps=2",
+        "checkpoint.every_steps=2",
+        "probe.every_steps=2",
+        f"probe.data={tmp_path / 'no_images'}",
         "probe.max_samples=200",
     )
     result = run(cfg)
@@ -129,6 +135,9 @@ def test_fsdp_run_checkpoints_shards_that_load_in_one_process(ray_cluster, tmp_p
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= files
     assert result.metrics["step"] == 4
     assert result.probe is not None  # the driver loaded the gathered shards
+    assert sorted(result.probes_during) == [2, 4], result.probes_during
+    for record in result.probes_during.values():
+        assert record["probe/failed"] == 1.0 and record["error"], record
 
 
 def _shards(ckpt: str | Path) -> list[str]:
