@@ -41,7 +41,8 @@ def test_the_dry_run_runs_every_check():
     assert checks["vit_l_compiled"]["compile"] and not checks["vit_l"]["compile"]
     giant = checks["gigantic_fsdp"]
     assert giant["strategy"] == "fsdp" and giant["activation_checkpointing"]
-    assert giant["estimated_gb"] > 0 and 0 < giant["loss_share"] < 1
+    assert giant["estimated_gb"] > 0
+    assert 0 < giant["sigreg_share"] < 1 and 0 < giant["loss_share"] < 1
     assert checks["device_views"]["views_per_s"] > 0
     assert 0 <= checks["data_stream"]["data_wait_fraction"] <= 1
     assert checks["nccl_pair"]["sigreg_rel_diff"] < 1e-6  # float64 over gloo
