@@ -186,47 +186,29 @@ def check_environment(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
 
 
 def check_sigreg(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
-    """Ours against the textbook SIGReg, forward+backward, at each size."""
-    from sigreg import IMPLEMENTATIONS, STEP
+    """Ours against the textbook SIGReg, forward+backward, at each size, measured as
+    ``benchmarks/sigreg.py`` measures them: the peak memory of a first call, the median time
+    of the next ones, and how far the two agree in value and gradient."""
+    from sigreg import IMPLEMENTATIONS, check_agreement, run_case
 
     # cuBLAS takes its workspace from the caching allocator at the first matmul: not SIGReg's.
     torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)
     cases = []
     for n, d, slices in sizes.sigreg:
-        z = torch.randn(n, d, device=device, generator=torch.Generator(device).manual_seed(0))
         case: dict[str, Any] = {"n": n, "d": d, "slices": slices}
-        values = {}
-        for impl, fn in IMPLEMENTATIONS.items():
-            x = z.clone().requires_grad_(True)
-            base = _memory_reset(device)
-            loss = fn(x, STEP, slices)
-            loss.backward()
-            case[f"{impl}_mib"] = _peak_mib(device, base)
-            values[impl] = (loss.detach().double(), x.grad.detach().double())
-            x.grad = None
-
-            def once(fn=fn, x=x, slices=slices) -> None:
-                fn(x, STEP, slices).backward()
-                x.grad = None
-
-            case[f"{impl}_ms"] = _median_ms(once, device, sizes.repeats)
-        (ours, ours_grad), (book, book_grad) = values["lejepa_ray"], values["textbook"]
-        case["value_rel_diff"] = float((ours - book).abs() / book.abs())
-        case["grad_rel_diff"] = float((ours_grad - book_grad).abs().max() / book_grad.abs().max())
+        case.update(check_agreement(n, d, slices, device.type))
+        for impl in IMPLEMENTATIONS:
+            timed = run_case(impl, n, d, slices, device.type, sizes.repeats)
+            case[f"{impl}_ms"], case[f"{impl}_mib"] = timed["median_ms"], timed["peak_mib"]
         case["speedup"] = case["textbook_ms"] / case["lejepa_ray_ms"]
         cases.append(case)
-        del z, values
-    worst = max(max(c["value_rel_diff"], c["grad_rel_diff"]) for c in cases)
+    worst = max(max(c["loss_rel_diff"], c["grad_rel_diff"]) for c in cases)
     last = cases[-1]
     summary = (
         f"({last['n']}, {last['d']}, {last['slices']}): ours {last['lejepa_ray_ms']:.2f} ms, "
-        f"textbook {last['textbook_ms']:.2f} ms ({last['speedup']:.1f}x)"
-        + (
-            f", {last['lejepa_ray_mib']:.0f} against {last['textbook_mib']:.0f} MiB"
-            if last["lejepa_ray_mib"] is not None
-            else ""
-        )
-        + f"; agree within {worst:.1e}"
+        f"textbook {last['textbook_ms']:.2f} ms ({last['speedup']:.1f}x), "
+        f"{last['lejepa_ray_mib']:.0f} against {last['textbook_mib']:.0f} MiB; agree within "
+        f"{worst:.1e}"
     )
     if worst > 1e-3:
         raise AssertionError(f"ours and the textbook SIGReg disagree by {worst:.2e}: {cases}")
@@ -293,7 +275,7 @@ def check_device_views(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
     from lejepa_ray.data.device_views import augment_batch
     from lejepa_ray.data.views import ViewMaker
 
-    vc = _view_config(sizes.vit_l.get("views", {}))
+    vc = ViewConfig(**sizes.vit_l.get("views", {}))
     made = ViewMaker(vc, photometric=False).batch(
         generated_jpegs(sizes.views_batch, 320, 240), [str(i) for i in range(sizes.views_batch)], 0
     )
@@ -435,15 +417,11 @@ def _recipe(
     return PretrainConfig(
         name="gpu-check",
         model=ModelConfig(**section("model")),
-        data=DataConfig(**data, views=_view_config(overrides.get("views", {}))),
+        data=DataConfig(**data, views=ViewConfig(**overrides.get("views", {}))),
         loss=LossConfig(**section("loss")),
         optim=OptimConfig(**{**section("optim"), "warmup_steps": 0}),
         scaling=ScalingConfig(**scaling),
     )
-
-
-def _view_config(overrides: dict[str, Any]) -> ViewConfig:
-    return ViewConfig(**overrides)
 
 
 def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dict, str]:
@@ -453,15 +431,7 @@ def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dic
     _sync(device)
     build_s = time.perf_counter() - start
     v, b = cfg.data.views, cfg.scaling.batch_size
-    gen = torch.Generator(device).manual_seed(0)
-
-    def images(views: int, size: int) -> torch.Tensor:
-        shape = (b, views, 3, size, size)
-        return torch.randint(0, 256, shape, generator=gen, device=device, dtype=torch.uint8)
-
-    batch = {"global": images(v.global_views, v.global_size)}
-    if v.local_views:
-        batch["local"] = images(v.local_views, v.local_size)
+    batch = _random_views(v, b, device, seed=0)
     _memory_reset(device)  # the peak counts the model and optimizer state too
     start = time.perf_counter()
     first = trainer.train_step([batch])
@@ -479,7 +449,7 @@ def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dic
     flops = train_flops_per_image(trainer.spec, cfg.model, v)
     peak = peak_tflops(device)
     mfu = flops * images_per_s / (peak * 1e12) if peak else None
-    mib = _peak_mib(device)
+    peak_gb = _peak_gb(device)
     s = cfg.scaling
     estimate = memory_gb(Geometry.of(cfg), 1, b, fsdp=s.strategy == "fsdp")
     out = {
@@ -495,7 +465,7 @@ def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dic
         "images_per_s": images_per_s,
         "tflop_per_image": flops / 1e12,
         "mfu": mfu,
-        "peak_gb": None if mib is None else mib * 2**20 / 1e9,
+        "peak_gb": peak_gb,
         # benchmarks/scale_plan.py's figure for this model, batch and strategy on one GPU
         "estimated_gb": estimate["total_checkpointed" if s.activation_checkpointing else "total"],
         "loss": float(results[-1].loss.total),
@@ -511,6 +481,23 @@ def _steps(cfg: PretrainConfig, device: torch.device, sizes: Sizes) -> tuple[dic
         )
     )
     return out, summary
+
+
+def _random_views(
+    v: ViewConfig, batch: int, device: torch.device, seed: int
+) -> dict[str, torch.Tensor]:
+    """Random uint8 views of ``batch`` images on ``device``, as the stream gives them:
+    ``global`` (B, V_g, 3, S_g, S_g) and, when V_l > 0, ``local`` (B, V_l, 3, S_l, S_l)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def views(count: int, size: int) -> torch.Tensor:
+        shape = (batch, count, 3, size, size)
+        return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(device)
+
+    out = {"global": views(v.global_views, v.global_size)}
+    if v.local_views:
+        out["local"] = views(v.local_views, v.local_size)
+    return out
 
 
 def _pair_worker(rank: int, kind: str, port: int, out_dir: str) -> None:
@@ -547,16 +534,8 @@ def _pair_worker(rank: int, kind: str, port: int, out_dir: str) -> None:
             cfg = _recipe("imagenet1k_vit_large.yaml", overrides, device, workers=[2, 5])
             share = cfg.scaling.batch_share(rank, 2)
             trainer = Trainer(cfg, resolve_backbone(cfg), device, batch_share=share)
-            v, b = cfg.data.views, cfg.scaling.batch_split(2)[rank]
-            gen = torch.Generator().manual_seed(rank)  # each rank its own images
-            batch = {
-                "global": torch.randint(
-                    0, 256, (b, v.global_views, 3, v.global_size, v.global_size), generator=gen
-                ).to(device, torch.uint8),
-                "local": torch.randint(
-                    0, 256, (b, v.local_views, 3, v.local_size, v.local_size), generator=gen
-                ).to(device, torch.uint8),
-            }
+            b = cfg.scaling.batch_split(2)[rank]
+            batch = _random_views(cfg.data.views, b, device, seed=rank)  # each rank its own
             result = trainer.train_step([batch])
             if not result.finite:
                 raise AssertionError(f"{strategy}: a non-finite loss or gradient")
@@ -585,21 +564,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _memory_reset(device: torch.device) -> int:
-    """Start counting peak memory; the bytes allocated now (the baseline)."""
-    if device.type != "cuda":
-        return 0
-    _sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    return torch.cuda.memory_allocated(device)
+def _memory_reset(device: torch.device) -> None:
+    """Start counting peak memory from what is allocated now."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak_mib(device: torch.device, base: int = 0) -> float | None:
-    """Peak allocation above ``base`` since :func:`_memory_reset`, MiB; None on a CPU."""
+def _peak_gb(device: torch.device) -> float | None:
+    """Peak allocation since :func:`_memory_reset`, GB; None on a CPU."""
     if device.type != "cuda":
         return None
     _sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return torch.cuda.max_memory_allocated(device) / 1e9
 
 
 def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -144,19 +144,17 @@ def main() -> None:
         g = Geometry.of(cfg)
     except ValueError as e:
         sys.exit(str(e))
-    params, block_params, d, depth, tokens = g.params, g.block_params, g.d, g.depth, g.tokens
-    mlp_ratio, patch = g.mlp_ratio, g.patch
     flops = train_flops_per_image(spec, cfg.model, v)
     peak = dict(PEAK_BF16_TFLOPS)[args.gpu] * 1e12
 
     print(
-        f"{cfg.model.name}: {params / 1e9:.3f}B parameters ({depth} blocks of "
-        f"{block_params / 1e6:.1f}M, width {d}, MLP ×{mlp_ratio:.2f}), {n} × {args.gpu}, "
+        f"{cfg.model.name}: {g.params / 1e9:.3f}B parameters ({g.depth} blocks of "
+        f"{g.block_params / 1e6:.1f}M, width {g.d}, MLP ×{g.mlp_ratio:.2f}), {n} × {args.gpu}, "
         f"{s.strategy}, batch {s.batch_size}/GPU (global {s.global_batch})"
     )
     print(
-        f"tokens per image: {tokens} ({v.global_views} × {v.global_size} px + "
-        f"{v.local_views} × {v.local_size} px at patch {patch})"
+        f"tokens per image: {g.tokens} ({v.global_views} × {v.global_size} px + "
+        f"{v.local_views} × {v.local_size} px at patch {g.patch})"
     )
 
     fsdp = s.strategy == "fsdp"
@@ -192,7 +190,7 @@ def main() -> None:
     # gradients (2 × (n-1)/n). Across nodes each GPU gets its share of the node's network.
     node = next(t for t in worker_types(load_cluster(args.cluster)) if t.name == args.node_type)
     if n > node.gpus:
-        volume = (2 * 2 + 4) * params if fsdp else 2 * 4 * params
+        volume = (2 * 2 + 4) * g.params if fsdp else 2 * 4 * g.params
         volume *= (n - 1) / n
         per_gpu = args.node_gbps / 8 * 1e9 / node.gpus * args.link_efficiency
         comm = volume / per_gpu

@@ -27,7 +27,10 @@ def _run(worker, tmp_path, *args) -> list[dict]:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def _small_config(strategy: str, meta_init: bool, precision: str = "fp32") -> PretrainConfig:
+def _small_config(
+    strategy: str, meta_init: bool, precision: str = "fp32", *overrides: str
+) -> PretrainConfig:
+    """A ViT-tiny on 32/16 px views for ``WORLD`` ranks; ``overrides`` come last and win."""
     return load_config(
         None,
         [
@@ -46,6 +49,7 @@ def _small_config(strategy: str, meta_init: bool, precision: str = "fp32") -> Pr
             f"scaling.num_workers={WORLD}",
             "scaling.batch_size=8",
             f"scaling.precision={precision}",
+            *overrides,
         ],
     )
 
@@ -185,6 +189,9 @@ def test_vit_gigantic_is_never_whole_on_one_rank(tmp_path):
 
 # An uneven split: a global batch of 15 (5 × 3 workers) on a group of 2 gives ranks 8 and 7.
 UNEVEN = ["scaling.num_workers=[2,3]", "scaling.batch_size=5"]
+# No BatchNorm in the projector: its statistics are per rank under DDP and FSDP (as with equal
+# batches), which no weighting of the loss makes those of the global batch.
+NO_BATCHNORM = "model.projector_layers=1"
 
 
 def _images(n: int) -> dict[str, torch.Tensor]:
@@ -207,7 +214,7 @@ def _uneven_worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         out = {}
         for strategy in ("ddp", "fsdp"):
-            cfg = load_config(None, [*_small_overrides(strategy), *UNEVEN])
+            cfg = _small_config(strategy, False, "fp32", NO_BATCHNORM, *UNEVEN)
             split = cfg.scaling.batch_split(WORLD)
             images = _images(cfg.scaling.global_batch)
             start = sum(split[:rank])
@@ -223,24 +230,6 @@ def _uneven_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _small_overrides(strategy: str) -> list[str]:
-    # No BatchNorm in the projector: its statistics are per rank under DDP and FSDP (as with
-    # equal batches), which no weighting of the loss makes those of the global batch. The
-    # same initialization on every path (no meta-device init).
-    return [
-        "model.name=vit_tiny_patch16_224",
-        "model.projector_layers=1",
-        "model.projector_dim=32",
-        "model.meta_init=false",
-        "data.views.global_size=32",
-        "data.views.local_size=16",
-        "data.views.local_views=2",
-        "loss.num_slices=64",
-        "optim.warmup_steps=0",
-        f"scaling.strategy={strategy}",
-    ]
-
-
 @pytest.mark.slow
 def test_ranks_with_unequal_batches_train_on_the_global_batch(tmp_path):
     """A group that does not divide the global batch (an elastic run between sizes): the
@@ -248,8 +237,8 @@ def test_ranks_with_unequal_batches_train_on_the_global_batch(tmp_path):
     ranks = _run(_uneven_worker, tmp_path)
     assert ranks[0]["split"] == [8, 7]
     # The reference: one process, one batch of all 15 images (same global batch, same LR).
-    cfg = load_config(
-        None, [*_small_overrides("ddp"), "scaling.num_workers=1", "scaling.batch_size=15"]
+    cfg = _small_config(
+        "ddp", False, "fp32", NO_BATCHNORM, "scaling.num_workers=1", "scaling.batch_size=15"
     )
     reference = _gradients(
         Trainer(cfg, resolve(cfg.model, 32, 16), torch.device("cpu")), _images(15)
