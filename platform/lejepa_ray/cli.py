@@ -95,6 +95,7 @@ def _data_bench(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         augment_on=args.augment_on,
         views=views,
+        **({} if args.tasks_per_cpu is None else {"tasks_per_cpu": args.tasks_per_cpu}),
     )
     bench.run(cfg, seconds=args.seconds, workers=args.workers, batch_size=args.batch_size)
     return 0
@@ -507,6 +508,13 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=None, help="CPU workers on each side (default: all cores)"
     )
     bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument(
+        "--tasks-per-cpu",
+        type=int,
+        default=None,
+        help="Ray Data transform tasks in flight per CPU worker (data.tasks_per_cpu; default: "
+        "the data config's)",
+    )
     bench.add_argument(
         "--augment-on",
         choices=("cpu", "device"),

@@ -177,3 +177,18 @@ def quiet_logger(name: str, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(before)
+
+
+RAY_STATE_LOGGER = "ray._private.state"
+"""The logger on which ``ray.timeline()`` warns at every call that it will read from the
+dashboard in a later Ray."""
+
+
+def task_timeline() -> list[dict]:
+    """``ray.timeline()``'s chrome-trace events (``ts`` and ``dur`` in microseconds, ``ts`` on
+    the ``time.time()`` clock), without its per-call advice on the console."""
+    # lazy: Ray takes seconds to import; most users of compat never read a timeline.
+    import ray
+
+    with quiet_logger(RAY_STATE_LOGGER, logging.ERROR):
+        return ray.timeline()

@@ -31,3 +31,12 @@ def test_bench_reports_both_rates_and_their_ratio(ray_cluster):
     )
     assert last["limited_by"] in ("read", "decode", "crops")
     assert "ratio Ray Data / DataLoader" in "\n".join(printed)
+    # The stage account: Ray Data's own task times, and the slots from the task timeline.
+    task, slots = last["ray_data_stages"]["views_task"], last["ray_data_stages"]["slots"]
+    assert task["tasks"] >= 1 and task["wall_ms"] > 0 and task["cpu_ms"] > 0
+    assert task["udf_ms"] <= task["wall_ms"] * 1.01
+    # 400 generated rows make one block, so one task an epoch, started before the measured
+    # window opens (at the epoch's first batch): the windows see it executing, not starting.
+    busy = sum(s for k, s in slots["occupancy_s"].items() if k != "0")
+    assert 0 < busy <= last["seconds"] * 3 + 1  # within the measured windows (at most 3 epochs)
+    assert "views tasks executing at once" in "\n".join(printed)

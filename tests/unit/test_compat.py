@@ -178,3 +178,16 @@ def test_ray_trains_loggers_are_named_after_modules_that_exist():
     with quiet_logger(RAY_CHECKPOINT_MANAGER_LOGGER, logging.ERROR):
         assert logger.level == logging.ERROR
     assert logger.level == before
+
+
+def test_ray_timeline_warns_on_the_logger_task_timeline_quiets():
+    import importlib
+    import inspect
+
+    from lejepa_ray.compat import RAY_STATE_LOGGER
+
+    state = importlib.import_module(RAY_STATE_LOGGER)
+    assert state.logger.name == RAY_STATE_LOGGER
+    # The advice is a logger.warning inside ray.timeline itself, not a warnings.warn or print.
+    source = inspect.getsource(state.timeline)
+    assert "logger.warning(" in source and "In the near future" in source

@@ -82,6 +82,7 @@ def test_gigantic_config_is_what_the_issue_asks():
         (["scaling.num_workers=0"], "scaling.num_workers=0 is invalid"),
         (["scaling.resources={CPU: 2}"], "CPU and GPU have their own fields"),
         (["scaling.resize_check_s=-1"], "scaling.resize_check_s=-1.0"),
+        (["data.tasks_per_cpu=0"], "data.tasks_per_cpu=0 is invalid: expected an integer >= 1"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

@@ -15,6 +15,7 @@ consuming process (batching, collation, conversion to tensors) and, for Ray, its
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -27,6 +28,8 @@ import torch
 from ray.data import DataContext
 from torch.utils.data import DataLoader, Dataset
 
+from lejepa_ray import compat
+from lejepa_ray.data import account
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.sources import LocalSource
@@ -123,8 +126,9 @@ def _measure(
     """
     streaming = samples = 0.0
     startups = []
+    windows: list[tuple[float, float]] = []  # time.time() spans measured, for the timeline
     epoch = 0
-    account = CpuAccount()  # over the same windows as the rate
+    cpu = CpuAccount()  # over the same windows as the rate
     while streaming < seconds and epoch < max_epochs:
         start = time.perf_counter()
         first = None
@@ -133,12 +137,15 @@ def _measure(
             if first is None:
                 first = now
                 startups.append(first - start)
-                account.resume()
+                cpu.resume()
+                opened = time.time()
                 continue
             samples += len(batch["global"])
             if streaming + now - first >= seconds:
                 break
-        account.pause()
+        cpu.pause()
+        if first is not None:
+            windows.append((opened, time.time()))
         streaming += (now - first) if first is not None else 0.0
         epoch += 1
     return {
@@ -146,7 +153,8 @@ def _measure(
         "samples": samples,
         "startup_s": sum(startups) / len(startups),
         "epochs": epoch,
-        "cpu_ms_per_sample": account.per_sample(samples),
+        "cpu_ms_per_sample": cpu.per_sample(samples),
+        "windows": windows,
     }
 
 
@@ -247,7 +255,49 @@ def bench_ray_data(
 
     result = _measure(epochs, seconds)
     ray.kill(stream.counter)
+    summary = stream.dataset.get_stats_summary()  # the last execution: the last epoch measured
+    views = account.operator_account(summary, _rows_out(summary))
+    slots = _flushed_spans(result["windows"][-1][0] if result["windows"] else 0.0)
+    occupancy = [account.slot_account(slots, a, b) for a, b in result["windows"]]
+    result["stages"] = {
+        "views_task": views,
+        "slots": _merge_slots(occupancy),
+    }
     return result
+
+
+def _flushed_spans(since: float, timeout_s: float = 5.0) -> list[tuple[str, float, float]]:
+    """The views tasks' spans from Ray's task timeline, once it holds one that started at or
+    after ``since`` (``time.time()``): workers send their task events every second or so, so
+    the last epoch's may not have arrived yet."""
+    deadline = time.time() + timeout_s
+    while True:
+        spans = account.task_spans(compat.task_timeline())
+        if any(start >= since for _, start, _ in spans) or time.time() > deadline:
+            return spans
+        time.sleep(0.5)
+
+
+def _rows_out(summary) -> float:
+    """Rows the views operator produced in the summary's execution."""
+    for op in summary.operators_stats:
+        if account.VIEWS_OPERATOR in op.operator_name and op.output_num_rows is not None:
+            return float(op.output_num_rows.sum)
+    return 0.0
+
+
+def _merge_slots(windows: list[dict]) -> dict:
+    """One slot account over several measured windows: occupancies added, means weighted."""
+    occupancy: Counter = Counter()
+    for w in windows:
+        occupancy.update(w["occupancy_s"])
+    tasks = sum(w["tasks"] for w in windows)
+    return {
+        "occupancy_s": {str(k): round(v, 2) for k, v in sorted(occupancy.items())},
+        "tasks": tasks,
+        "task_ms": sum(w["task_ms"] * w["tasks"] for w in windows) / max(tasks, 1),
+        "gap_ms": sum(w["gap_ms"] * w["tasks"] for w in windows) / max(tasks, 1),
+    }
 
 
 def _rate_line(name: str, measured: dict, bound: float) -> str:
@@ -255,6 +305,21 @@ def _rate_line(name: str, measured: dict, bound: float) -> str:
     return (
         f"{name:<11}: {rate:8.1f} samples/s ({rate / bound:.0%} of the bound; "
         f"start-up {measured['startup_s']:.1f} s per epoch, not counted)"
+    )
+
+
+def _stages_report(stages: dict) -> str:
+    """The Ray Data stage account as printed lines (see :mod:`lejepa_ray.data.account`)."""
+    task, slots = stages["views_task"], stages["slots"]
+    busy = ", ".join(f"{k} for {v:.1f} s" for k, v in slots["occupancy_s"].items())
+    return (
+        "Ray Data's views operator (Dataset.stats() of the last epoch, ms per sample):\n"
+        f"  views tasks: wall {task.get('wall_ms', 0):.2f} (input prep "
+        f"{task.get('input_prep_ms', 0):.2f}, UDF {task.get('udf_ms', 0):.2f}, output build "
+        f"{task.get('output_build_ms', 0):.2f}), CPU {task.get('cpu_ms', 0):.2f}, "
+        f"{task.get('tasks', 0):.0f} tasks\n"
+        f"  views tasks executing at once (timeline, measured windows): {busy}; mean task "
+        f"{slots['task_ms']:.0f} ms, mean gap between a worker's tasks {slots['gap_ms']:.0f} ms"
     )
 
 
@@ -299,6 +364,8 @@ def run(
             configure_logging=False,
         )
     DataContext.get_current().enable_progress_bars = False
+    # Ray Data logs each execution's plan and end at INFO: two lines per epoch of noise here.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     print_fn(f"Ray Data, {workers} transform tasks at a time, {seconds:.0f} s ...")
     stream = bench_ray_data(cfg, workers, batch_size, seconds)
 
@@ -342,6 +409,8 @@ def run(
                 ("idle", "idle cores"),
             )
         )
+        + "\n"
+        + _stages_report(stream["stages"])
     )
     result = {
         "source": cfg.source,
@@ -362,6 +431,7 @@ def run(
         },
         "augment_on": cfg.augment_on,
         "kernels": v.kernels,
+        "ray_data_stages": stream["stages"],
     }
     print_fn(json.dumps(result))
     return result

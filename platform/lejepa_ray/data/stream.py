@@ -135,8 +135,7 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
         fn_kwargs={"cfg": cfg, "counter": counter},
         batch_size=cfg.transform_batch_size,
         batch_format="numpy",
-        compute=TaskPoolStrategy(size=cfg.workers) if cfg.workers else None,
-        num_cpus=1,
+        **transform_resources(cfg),
     )
     # Ray Data buffers a map's output until a block reaches target_max_block_size (128 MiB by
     # default: ~250 samples of default views, seconds of a task's work). Views are large and
@@ -146,6 +145,16 @@ def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
     sample_bytes = 3 * (v.global_views * v.global_size**2 + v.local_views * v.local_size**2)
     ds.context.target_max_block_size = max(2**20, cfg.transform_batch_size * sample_bytes)
     return ViewStream(start_at(ds, start_epoch), counter, classes)
+
+
+def transform_resources(cfg: DataConfig) -> dict:
+    """``map_batches`` arguments that size the views tasks: ``data.workers`` CPUs (all Ray Data
+    has when None), each shared by ``data.tasks_per_cpu`` tasks in flight."""
+    size = cfg.workers * cfg.tasks_per_cpu if cfg.workers else None
+    return {
+        "compute": TaskPoolStrategy(size=size) if size else None,
+        "num_cpus": 1 / cfg.tasks_per_cpu,
+    }
 
 
 def start_at(dataset: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
