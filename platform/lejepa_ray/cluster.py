@@ -48,6 +48,9 @@ class Fit:
     capacity: dict[str, int]
     """Workers all nodes of each eligible type hold (``per_node × max_workers``); which types
     the autoscaler starts is its choice."""
+    data_types: tuple[str, ...] = ()
+    """Node types that declare ``data.node_resource``, where the views tasks run (empty when
+    it is unset: anywhere)."""
 
     def describe(self) -> str:
         types = ", ".join(
@@ -60,7 +63,11 @@ class Fit:
                 f"fits, smaller: room for {held} of the {self.workers} training workers asked "
                 f"for at most (elastic runs start at their minimum); node types: {types}"
             )
-        return f"fits: {self.workers} training worker(s); node types that can hold them: {types}"
+        views = f"; views on {', '.join(self.data_types)}" if self.data_types else ""
+        return (
+            f"fits: {self.workers} training worker(s); node types that can hold them: "
+            f"{types}{views}"
+        )
 
 
 def load_cluster(path: str | Path) -> dict:
@@ -142,7 +149,26 @@ def check_fits(cfg: PretrainConfig, cluster: dict, concurrent: int = 1) -> Fit:
             f"({held}). Raise max_workers in the cluster YAML, or lower scaling.num_workers or "
             "--concurrent."
         )
-    return Fit(need, per_node, capacity)
+    return Fit(need, per_node, capacity, _data_types(cfg.data.node_resource, types))
+
+
+def _data_types(resource: str | None, types: list[NodeType]) -> tuple[str, ...]:
+    """The node types declaring ``resource`` (``data.node_resource``); () when it is unset.
+
+    Raises:
+        ClusterFitError: it is set, and no node type declares it: the views would never run.
+    """
+    if not resource:
+        return ()
+    found = tuple(t.name for t in types if t.custom.get(resource, 0) > 0)
+    if not found:
+        raise ClusterFitError(
+            f"data.node_resource={resource}: the views tasks run only on nodes that declare "
+            f"the resource {resource!r}, and no worker node type does. Add it to the "
+            f"resources of the CPU node type meant for data (cluster.yaml's cpu_data declares "
+            f"data_node: 1), or unset data.node_resource."
+        )
+    return found
 
 
 def _offer(t: NodeType) -> dict[str, float]:

@@ -35,8 +35,10 @@ def test_bench_reports_both_rates_and_their_ratio(ray_cluster):
     task, slots = last["ray_data_stages"]["views_task"], last["ray_data_stages"]["slots"]
     assert task["tasks"] >= 1 and task["wall_ms"] > 0 and task["cpu_ms"] > 0
     assert task["udf_ms"] <= task["wall_ms"] * 1.01
+    assert 0 < slots["window_s"] <= last["seconds"] + 1  # the measured windows
+    assert sum(slots["occupancy_s"].values()) == pytest.approx(slots["window_s"], abs=0.01)
     # 400 generated rows make one block, so one task an epoch, started before the measured
     # window opens (at the epoch's first batch): the windows see it executing, not starting.
-    busy = sum(s for k, s in slots["occupancy_s"].items() if k != "0")
-    assert 0 < busy <= last["seconds"] * 3 + 1  # within the measured windows (at most 3 epochs)
+    assert sum(s for k, s in slots["occupancy_s"].items() if k != "0") > 0, slots
+    assert last["tasks_per_cpu"] == 1
     assert "views tasks executing at once" in "\n".join(printed)

@@ -139,3 +139,23 @@ def test_cluster_check_command(capsys):
     assert "fits, smaller: room for 40 of the 64" in capsys.readouterr().out
     assert main([*check, "--concurrent", "6"]) == 2
     assert "Raise max_workers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name", ["imagenet1k_vit_large.yaml", "imagenet1k_vit_gigantic.yaml"], ids=lambda n: n[:-5]
+)
+def test_the_large_recipes_make_their_views_on_the_data_nodes(config, name):
+    cfg = load_config(ROOT / "jobs" / "configs" / name)
+    assert cfg.data.node_resource == "data_node"
+    fit = check_fits(cfg, config)
+    assert fit.data_types == ("cpu_data",)
+    assert fit.describe().endswith("; views on cpu_data")
+
+
+def test_a_data_node_resource_no_node_type_declares_is_refused(config):
+    gigantic = ROOT / "jobs" / "configs" / "imagenet1k_vit_gigantic.yaml"
+    cfg = load_config(gigantic, ["data.node_resource=decoder"])
+    with pytest.raises(ClusterFitError, match=r"data.node_resource=decoder.*no worker node type"):
+        check_fits(cfg, config)
+    unset = load_config(gigantic, ["data.node_resource=null"])
+    assert check_fits(unset, config).data_types == ()

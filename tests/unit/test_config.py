@@ -83,6 +83,7 @@ def test_gigantic_config_is_what_the_issue_asks():
         (["scaling.resources={CPU: 2}"], "CPU and GPU have their own fields"),
         (["scaling.resize_check_s=-1"], "scaling.resize_check_s=-1.0"),
         (["data.tasks_per_cpu=0"], "data.tasks_per_cpu=0 is invalid: expected an integer >= 1"),
+        (["data.node_resource=CPU"], "data.node_resource='CPU' is invalid: expected None or"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

@@ -10,7 +10,7 @@ Two sources, read after an epoch has been consumed:
 
 The summary also has an iterator part (where the consuming thread was blocked: production
 wait, transfer, batching, format, collate); Ray 2.60 leaves it at zero for the iterators a
-``Dataset`` hands out (checked on every epoch of ``data bench``), so the consumer's share is
+``Dataset`` hands out (observed on every epoch of ``data bench``), so the consumer's share is
 taken from its process's CPU time instead (``bench.CpuAccount``).
 """
 
@@ -31,28 +31,30 @@ TASK_STAGES = (
 """(our key, the ``OperatorStatsSummary`` field): a map task's wall time by stage."""
 
 
-def operator_account(summary: Any, samples: float, name: str = VIEWS_OPERATOR) -> dict:
-    """Per-sample milliseconds of the operator whose name contains ``name``.
+def operator_account(summary: Any, name: str = VIEWS_OPERATOR) -> dict[str, float]:
+    """Per-sample milliseconds of the operator whose name contains ``name``, over the rows it
+    produced in the summary's execution.
 
     Args:
         summary: ``Dataset.get_stats_summary()`` of the last execution.
-        samples: samples that execution produced.
 
     Returns:
-        ``tasks`` (count), ``wall_ms``, ``cpu_ms`` and ``<stage>_ms`` for each of
-        :data:`TASK_STAGES` that Ray recorded; empty when no such operator ran.
+        ``rows`` and ``tasks`` (counts), ``wall_ms``, ``cpu_ms`` and ``<stage>_ms`` for each of
+        :data:`TASK_STAGES` that Ray recorded; empty when no such operator produced a row.
     """
-    n = max(samples, 1)
     for op in summary.operators_stats:
-        if name not in op.operator_name:
+        if name not in op.operator_name or op.output_num_rows is None:
             continue
-        out: dict[str, float] = {}
+        rows = op.output_num_rows.sum
+        if not rows:
+            return {}
+        out: dict[str, float] = {"rows": float(rows)}
         if op.task_rows is not None:
             out["tasks"] = float(op.task_rows.count)
         for key, field in (("wall", "wall_time"), ("cpu", "cpu_time"), *TASK_STAGES):
             stat = getattr(op, field, None)
             if stat is not None:
-                out[f"{key}_ms"] = 1e3 * stat.sum / n
+                out[f"{key}_ms"] = 1e3 * stat.sum / rows
         return out
     return {}
 
@@ -71,34 +73,40 @@ def task_spans(
 
 
 def slot_account(
-    spans: list[tuple[str, float, float]], start: float = float("-inf"), end: float = float("inf")
+    spans: list[tuple[str, float, float]], windows: list[tuple[float, float]]
 ) -> dict[str, Any]:
-    """Occupancy of the transform slots within [``start``, ``end``] (seconds, ``time.time()``
-    clock, the timeline's).
+    """Occupancy of the transform slots over the measured ``windows`` ((start, end) seconds on
+    the ``time.time()`` clock, the timeline's).
 
     Returns:
-        ``occupancy_s``: {k: seconds during which exactly k tasks executed};
-        ``tasks``: tasks that started in the window; ``task_ms``: their mean whole duration;
-        ``gap_ms``: the mean gap between one worker's consecutive tasks in the window.
+        ``window_s``: the windows' total; ``occupancy_s``: {k: seconds during which exactly k
+        tasks executed}, adding up to ``window_s``; ``tasks``: tasks that started inside a
+        window, and ``task_ms`` their mean whole duration; ``gap_ms``: the mean gap between one
+        worker's consecutive tasks (a Ray worker may run another operator's task, a read, in
+        it). Means are None when there is nothing to average.
     """
-    inside = [(w, max(a, start), min(b, end)) for w, a, b in spans if b > start and a < end]
     occupancy: collections.Counter = collections.Counter()
-    edges = sorted([(a, 1) for _, a, _ in inside] + [(b, -1) for _, _, b in inside])
-    running, last = 0, None
-    for t, step in edges:
-        if last is not None and t > last:
-            occupancy[running] += t - last
-        running, last = running + step, t
+    durations: list[float] = []
     gaps: list[float] = []
-    previous: dict[str, float] = {}
-    for worker, a, b in inside:
-        if worker in previous:
-            gaps.append(a - previous[worker])
-        previous[worker] = b
-    started = [b - a for _, a, b in spans if start <= a < end]
+    for start, end in windows:
+        inside = [(w, max(a, start), min(b, end)) for w, a, b in spans if b > start and a < end]
+        edges = sorted([(a, 1) for _, a, _ in inside] + [(b, -1) for _, _, b in inside])
+        running, last = 0, start
+        for t, step in edges:
+            if t > last:
+                occupancy[running] += t - last
+            running, last = running + step, t
+        occupancy[0] += end - last  # idle after the last task, or all of an empty window
+        previous: dict[str, float] = {}
+        for worker, a, b in inside:
+            if worker in previous:
+                gaps.append(a - previous[worker])
+            previous[worker] = b
+        durations += [b - a for _, a, b in spans if start <= a < end]
     return {
-        "occupancy_s": {k: round(v, 3) for k, v in sorted(occupancy.items())},
-        "tasks": len(started),
-        "task_ms": 1e3 * sum(started) / max(len(started), 1),
-        "gap_ms": 1e3 * sum(gaps) / max(len(gaps), 1),
+        "window_s": round(sum(end - start for start, end in windows), 3),
+        "occupancy_s": {str(k): round(v, 3) for k, v in sorted(occupancy.items()) if v > 0},
+        "tasks": len(durations),
+        "task_ms": 1e3 * sum(durations) / len(durations) if durations else None,
+        "gap_ms": 1e3 * sum(gaps) / len(gaps) if gaps else None,
     }

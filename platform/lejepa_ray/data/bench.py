@@ -1,10 +1,11 @@
 """Throughput of the Ray Data views stream against a plain DataLoader doing the same work.
 
 Both sides decode the same encoded images and make the same views with the same code
-(``ViewMaker``) and the same number of CPU workers: ``workers`` one-CPU transform tasks for Ray
-Data, ``num_workers`` processes for the DataLoader. A per-stage profile in this process tells how
-much of a worker's time goes to decoding and how much to making crops, which bounds what any
-pipeline can reach; the gap between that bound and the measured rate is transfer and overhead.
+(``ViewMaker``) and the same number of CPU workers: ``workers`` CPUs of transform tasks for Ray
+Data (``data.tasks_per_cpu`` tasks each), ``num_workers`` processes for the DataLoader. A
+per-stage profile in this process tells how much of a worker's time goes to decoding and how
+much to making crops, which bounds what any pipeline can reach; the gap between that bound and
+the measured rate is transfer and overhead.
 
 Where that overhead goes is accounted in CPU time per sample, by process role, over the same
 windows as the rates: the workers (decode, views, and for Ray the object-store writes), the
@@ -21,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import psutil
 import ray
@@ -116,7 +118,7 @@ def _collate(items: list) -> dict[str, torch.Tensor]:
 
 def _measure(
     epochs: Callable[[int], Iterable[dict]], seconds: float, max_epochs: int = 3
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Steady-state samples per second over about ``seconds`` of streaming.
 
     Each epoch's start-up (worker or actor start, first batch) is timed apart and left out of
@@ -225,7 +227,7 @@ class CpuAccount:
 
 def bench_dataloader(
     cfg: DataConfig, workers: int, batch_size: int, seconds: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Samples/s of ``torch.utils.data.DataLoader`` with ``workers`` worker processes."""
 
     def epochs(epoch: int) -> Iterator[dict]:
@@ -246,8 +248,9 @@ def bench_dataloader(
 
 def bench_ray_data(
     cfg: DataConfig, workers: int, batch_size: int, seconds: float
-) -> dict[str, float]:
-    """Samples/s of the Ray Data views stream with ``workers`` transform tasks."""
+) -> dict[str, Any]:
+    """Samples/s of the Ray Data views stream on ``workers`` CPUs (``data.tasks_per_cpu``
+    tasks each), with Ray Data's stage account (``stages``, see :mod:`.account`)."""
     stream = build_view_stream(replace(cfg, workers=workers))
 
     def epochs(epoch: int) -> Iterator[dict]:
@@ -256,48 +259,28 @@ def bench_ray_data(
     result = _measure(epochs, seconds)
     ray.kill(stream.counter)
     summary = stream.dataset.get_stats_summary()  # the last execution: the last epoch measured
-    views = account.operator_account(summary, _rows_out(summary))
-    slots = _flushed_spans(result["windows"][-1][0] if result["windows"] else 0.0)
-    occupancy = [account.slot_account(slots, a, b) for a, b in result["windows"]]
+    views = account.operator_account(summary)
+    spans = _flushed_spans(views.get("tasks", 0))
     result["stages"] = {
         "views_task": views,
-        "slots": _merge_slots(occupancy),
+        "slots": account.slot_account(spans, result["windows"]),
     }
     return result
 
 
-def _flushed_spans(since: float, timeout_s: float = 5.0) -> list[tuple[str, float, float]]:
-    """The views tasks' spans from Ray's task timeline, once it holds one that started at or
-    after ``since`` (``time.time()``): workers send their task events every second or so, so
-    the last epoch's may not have arrived yet."""
-    deadline = time.time() + timeout_s
+def _flushed_spans(last_tasks: float, timeout_s: float = 10.0) -> list[tuple[str, float, float]]:
+    """The views tasks' spans from Ray's task timeline, once it holds all the tasks of the last
+    execution (``last_tasks``, Ray Data's count) and stops growing: workers send their task
+    events every second or so, so the last epoch's may not have arrived yet."""
+    deadline = time.monotonic() + timeout_s
+    before: list = []
     while True:
         spans = account.task_spans(compat.task_timeline())
-        if any(start >= since for _, start, _ in spans) or time.time() > deadline:
+        settled = len(spans) == len(before) and len(spans) >= last_tasks
+        if settled or time.monotonic() > deadline:
             return spans
-        time.sleep(0.5)
-
-
-def _rows_out(summary) -> float:
-    """Rows the views operator produced in the summary's execution."""
-    for op in summary.operators_stats:
-        if account.VIEWS_OPERATOR in op.operator_name and op.output_num_rows is not None:
-            return float(op.output_num_rows.sum)
-    return 0.0
-
-
-def _merge_slots(windows: list[dict]) -> dict:
-    """One slot account over several measured windows: occupancies added, means weighted."""
-    occupancy: Counter = Counter()
-    for w in windows:
-        occupancy.update(w["occupancy_s"])
-    tasks = sum(w["tasks"] for w in windows)
-    return {
-        "occupancy_s": {str(k): round(v, 2) for k, v in sorted(occupancy.items())},
-        "tasks": tasks,
-        "task_ms": sum(w["task_ms"] * w["tasks"] for w in windows) / max(tasks, 1),
-        "gap_ms": sum(w["gap_ms"] * w["tasks"] for w in windows) / max(tasks, 1),
-    }
+        before = spans
+        time.sleep(1.0)
 
 
 def _rate_line(name: str, measured: dict, bound: float) -> str:
@@ -311,16 +294,26 @@ def _rate_line(name: str, measured: dict, bound: float) -> str:
 def _stages_report(stages: dict) -> str:
     """The Ray Data stage account as printed lines (see :mod:`lejepa_ray.data.account`)."""
     task, slots = stages["views_task"], stages["slots"]
+
+    def ms(value: float | None, digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    if task:
+        line = (
+            f"wall {ms(task.get('wall_ms'))} (input prep {ms(task.get('input_prep_ms'))}, UDF "
+            f"{ms(task.get('udf_ms'))}, output build {ms(task.get('output_build_ms'))}), CPU "
+            f"{ms(task.get('cpu_ms'))}, {task.get('tasks', 0):.0f} tasks"
+        )
+    else:
+        line = "n/a (Ray Data's stats name no views operator)"
     busy = ", ".join(f"{k} for {v:.1f} s" for k, v in slots["occupancy_s"].items())
     return (
         "Ray Data's views operator (Dataset.stats() of the last epoch, ms per sample):\n"
-        f"  views tasks: wall {task.get('wall_ms', 0):.2f} (input prep "
-        f"{task.get('input_prep_ms', 0):.2f}, UDF {task.get('udf_ms', 0):.2f}, output build "
-        f"{task.get('output_build_ms', 0):.2f}), CPU {task.get('cpu_ms', 0):.2f}, "
-        f"{task.get('tasks', 0):.0f} tasks\n"
-        f"  views tasks executing at once (timeline, measured windows): {busy}; mean task "
-        f"{slots['task_ms']:.0f} ms, mean gap between a worker's tasks {slots['gap_ms']:.0f} ms"
-    )
+        f"  views tasks: {line}\n"
+        f"  views tasks executing at once over the {slots['window_s']:.1f} s measured (task "
+        f"timeline): {busy or 'n/a (no task events)'}; mean task {ms(slots['task_ms'], 0)} ms, "
+        f"mean gap between a worker's tasks {ms(slots['gap_ms'], 0)} ms\n"
+    ).rstrip("\n")
 
 
 def run(
@@ -364,10 +357,13 @@ def run(
             configure_logging=False,
         )
     DataContext.get_current().enable_progress_bars = False
+    print_fn(
+        f"Ray Data, {workers} CPUs of transform tasks ({cfg.tasks_per_cpu} per CPU), "
+        f"{seconds:.0f} s ..."
+    )
     # Ray Data logs each execution's plan and end at INFO: two lines per epoch of noise here.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    print_fn(f"Ray Data, {workers} transform tasks at a time, {seconds:.0f} s ...")
-    stream = bench_ray_data(cfg, workers, batch_size, seconds)
+    with compat.quiet_logger("ray.data", logging.WARNING):
+        stream = bench_ray_data(cfg, workers, batch_size, seconds)
 
     for name, measured in (("DataLoader", loader), ("Ray Data", stream)):
         if not measured["samples"]:  # a source that skipped most of its images, say
@@ -431,6 +427,7 @@ def run(
         },
         "augment_on": cfg.augment_on,
         "kernels": v.kernels,
+        "tasks_per_cpu": cfg.tasks_per_cpu,
         "ray_data_stages": stream["stages"],
     }
     print_fn(json.dumps(result))

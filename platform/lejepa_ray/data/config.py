@@ -15,6 +15,11 @@ from lejepa_ray.errors import ConfigError
 SOURCES = ("folder", "parquet", "synthetic", "digits")
 SHUFFLES = ("files", "full", "none")
 AUGMENT_ON = ("cpu", "device")
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+"""Ray's own resources, which ``data.node_resource`` cannot name."""
+NODE_RESOURCE_SHARE = 0.001
+"""What each views task asks of ``data.node_resource``: enough to be placed, too little to cap
+how many tasks a node runs (its CPUs do that)."""
 
 
 @dataclass
@@ -140,6 +145,11 @@ class DataConfig:
     lags the task's end by a scheduling round or more, so with one task per CPU the CPUs idle
     meanwhile. On 2 cores, 2 ran 3,000-image epochs 1.37x faster but 600-image epochs 0.67x
     as fast (docs/data.md, "Where Ray Data's time goes"), so it stays 1 by default."""
+    node_resource: str | None = None
+    """A custom resource that marks the nodes the views tasks run on (``cluster.yaml``'s
+    ``cpu_data`` nodes declare ``data_node``): each task asks for a thousandth of it, so none
+    lands on a node without it, such as a GPU node whose CPUs feed its trainers. None: any node.
+    A local instance declares it on its one node."""
     transform_batch_size: int = 16
     """Images per call of the multi-view transform."""
     prefetch_batches: int = 8
@@ -195,6 +205,13 @@ class DataConfig:
             "data.workers",
             self.workers,
             "None or an integer >= 1",
+        )
+        check_field(
+            self.node_resource is None
+            or (bool(self.node_resource) and self.node_resource not in RESERVED_RESOURCES),
+            "data.node_resource",
+            self.node_resource,
+            f"None or the name of a custom resource (not {', '.join(RESERVED_RESOURCES)})",
         )
         check_field(
             self.tasks_per_cpu >= 1, "data.tasks_per_cpu", self.tasks_per_cpu, "an integer >= 1"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import ray
 import ray.data
 import torch
 from ray.data import DataContext
@@ -33,7 +34,7 @@ from ray.train.torch import TorchTrainer
 from lejepa_ray import runs, storage
 from lejepa_ray.config import PretrainConfig, check_run, to_yaml
 from lejepa_ray.data.sources import check_path, class_names
-from lejepa_ray.data.stream import ViewStream, build_view_stream, start_at
+from lejepa_ray.data.stream import ViewStream, build_view_stream, data_node_resources, start_at
 from lejepa_ray.errors import CheckpointError, ConfigError, DataQualityError, TrainingStopped
 from lejepa_ray.evaluate.probe import ProbeReport, load_labelled, probe_report
 from lejepa_ray.launch import probes, runtime
@@ -118,6 +119,13 @@ def run(
             return _finish(plan, latest.uri, latest.metrics, 0.0, latest.step, labelled, print_fn)
     _mark_started(plan)
     stream = _start_ray(cfg)
+    resource = cfg.data.node_resource
+    if resource and not ray.cluster_resources().get(resource):
+        print_fn(
+            f"note: no node of this cluster declares {resource} (data.node_resource) yet: the "
+            "views tasks wait until the autoscaler starts one (cluster.yaml's cpu_data nodes "
+            "declare data_node)."
+        )
     trainer = _torch_trainer(plan, stream, callbacks)
     where = "" if latest is None else f"; resuming from step {latest.step} ({latest.uri})"
     print_fn(
@@ -176,6 +184,7 @@ def _start_ray(cfg: PretrainConfig) -> ViewStream:
     """Connect to Ray (or start it) and build the views stream on it."""
     runtime.connect(
         train_cpus=cfg.scaling.max_workers * cfg.scaling.cpus_per_worker,
+        local_resources=data_node_resources(cfg.data),
         verbose=cfg.logging.verbose,
     )
     # Per-operator progress bars from every epoch would bury the training's own progress line,

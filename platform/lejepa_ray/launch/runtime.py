@@ -35,6 +35,7 @@ def local_num_cpus(train_cpus: float) -> int:
 
 def connect(
     train_cpus: float = 0.0,
+    local_resources: dict[str, float] | None = None,
     dashboard: bool = False,
     verbose: bool = False,
     prefixes: bool = False,
@@ -49,7 +50,8 @@ def connect(
     left running on this machine) with :func:`local_num_cpus` logical CPUs, and the dashboard
     only when ``dashboard`` is set (a sweep needs its state API: see ``sweep.run_sweep``),
     watched by :mod:`lejepa_ray.launch.reaper` so that a killed driver leaves no Ray process behind.
-    Already connected: nothing to do.
+    ``local_resources`` are custom resources that instance's one node declares (a cluster's
+    nodes declare their own). Already connected: nothing to do.
 
     Unless ``verbose``, the console shows our lines only: Ray's driver logs below ERROR and its
     workers' bookkeeping (``compat.quiet_worker_logs``) are left to the session's log files,
@@ -66,7 +68,12 @@ def connect(
         started = False
     else:
         init_kwargs["include_dashboard"] = dashboard
-        ray.init(address="local", num_cpus=local_num_cpus(train_cpus), **init_kwargs)
+        ray.init(
+            address="local",
+            num_cpus=local_num_cpus(train_cpus),
+            resources=local_resources or None,
+            **init_kwargs,
+        )
         started = True
         reaper.start()  # so that a killed driver leaves none of the instance's processes
     if not verbose:

@@ -38,6 +38,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from lejepa_ray import runs, storage
 from lejepa_ray.compat import quiet_logger
 from lejepa_ray.config import PretrainConfig, ProbeConfig, to_yaml, with_overrides
+from lejepa_ray.data.stream import data_node_resources
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluate.export import export
 from lejepa_ray.launch import driver, runtime
@@ -233,6 +234,7 @@ def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
     # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
     runtime.connect(
         train_cpus=opts.max_concurrent_trials * trial_cpus,
+        local_resources=data_node_resources(base.data),
         dashboard=True,
         verbose=base.logging.verbose,
         prefixes=True,

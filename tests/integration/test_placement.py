@@ -1,0 +1,36 @@
+"""Views made off the trainer's node (``benchmarks/placement.py``): with
+``data.node_resource=data_node`` every views task runs on the node that declares it, none on
+the node that holds the training worker, and the run trains to its last step.
+
+The scenario runs in its own process on its own ``ray.cluster_utils.Cluster`` (three nodes,
+which the shared test cluster cannot give)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from procs import clean_env
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 6
+
+
+@pytest.mark.slow
+def test_every_views_task_runs_on_the_data_node_and_the_run_trains():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "placement.py"), "--steps", str(STEPS)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["final_step"] == STEPS, out
+    assert out["train_workers_by_node"] == ["trainer"], out
+    views = out["views_tasks_by_node"]
+    assert set(views) == {"data"} and views["data"] >= 1, out
