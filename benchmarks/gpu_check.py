@@ -297,7 +297,7 @@ def check_data_stream(sizes: Sizes, device: torch.device) -> tuple[dict, str] | 
         import ray
     except ImportError:
         return None
-    from lejepa_ray.data.stream import build_view_stream
+    from lejepa_ray.data.stream import build_view_stream, data_node_resources
 
     cfg = _recipe("imagenet1k_vit_large.yaml", sizes.vit_l, device)
     warmup = 3
@@ -306,6 +306,7 @@ def check_data_stream(sizes: Sizes, device: torch.device) -> tuple[dict, str] | 
     ray.init(
         address="local",
         num_cpus=os.cpu_count(),
+        resources=data_node_resources(cfg.data) or None,  # the recipe's views run on this node
         include_dashboard=False,
         logging_level="ERROR",
         log_to_driver=False,

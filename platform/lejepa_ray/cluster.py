@@ -58,12 +58,12 @@ class Fit:
             for name, c in self.capacity.items()
         )
         held = sum(self.capacity.values())
+        views = f"; views on {', '.join(self.data_types)}" if self.data_types else ""
         if held < self.workers:  # an elastic run that starts, but cannot reach its maximum
             return (
                 f"fits, smaller: room for {held} of the {self.workers} training workers asked "
-                f"for at most (elastic runs start at their minimum); node types: {types}"
+                f"for at most (elastic runs start at their minimum); node types: {types}{views}"
             )
-        views = f"; views on {', '.join(self.data_types)}" if self.data_types else ""
         return (
             f"fits: {self.workers} training worker(s); node types that can hold them: "
             f"{types}{views}"
@@ -160,11 +160,12 @@ def _data_types(resource: str | None, types: list[NodeType]) -> tuple[str, ...]:
     """
     if not resource:
         return ()
-    found = tuple(t.name for t in types if t.custom.get(resource, 0) > 0)
+    found = tuple(t.name for t in types if t.custom.get(resource, 0) > 0 and t.max_workers > 0)
     if not found:
         raise ClusterFitError(
             f"data.node_resource={resource}: the views tasks run only on nodes that declare "
-            f"the resource {resource!r}, and no worker node type does. Add it to the "
+            f"the resource {resource!r}, and no worker node type that can start does. Add it to "
+            "the "
             f"resources of the CPU node type meant for data (cluster.yaml's cpu_data declares "
             f"data_node: 1), or unset data.node_resource."
         )

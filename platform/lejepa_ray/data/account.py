@@ -42,21 +42,23 @@ def operator_account(summary: Any, name: str = VIEWS_OPERATOR) -> dict[str, floa
         ``rows`` and ``tasks`` (counts), ``wall_ms``, ``cpu_ms`` and ``<stage>_ms`` for each of
         :data:`TASK_STAGES` that Ray recorded; empty when no such operator produced a row.
     """
-    for op in summary.operators_stats:
-        if name not in op.operator_name or op.output_num_rows is None:
-            continue
-        rows = op.output_num_rows.sum
-        if not rows:
-            return {}
-        out: dict[str, float] = {"rows": float(rows)}
-        if op.task_rows is not None:
-            out["tasks"] = float(op.task_rows.count)
-        for key, field in (("wall", "wall_time"), ("cpu", "cpu_time"), *TASK_STAGES):
-            stat = getattr(op, field, None)
-            if stat is not None:
-                out[f"{key}_ms"] = 1e3 * stat.sum / rows
-        return out
-    return {}
+    op = find_operator(summary, name)
+    if op is None or op.output_num_rows is None or not op.output_num_rows.sum:
+        return {}
+    rows = op.output_num_rows.sum
+    out: dict[str, float] = {"rows": float(rows)}
+    if op.task_rows is not None:
+        out["tasks"] = float(op.task_rows.count)
+    for key, field in (("wall", "wall_time"), ("cpu", "cpu_time"), *TASK_STAGES):
+        stat = getattr(op, field, None)
+        if stat is not None:
+            out[f"{key}_ms"] = 1e3 * stat.sum / rows
+    return out
+
+
+def find_operator(summary: Any, name: str = VIEWS_OPERATOR) -> Any | None:
+    """The ``OperatorStatsSummary`` of ``summary`` whose name contains ``name``, or None."""
+    return next((op for op in summary.operators_stats if name in op.operator_name), None)
 
 
 def task_spans(

@@ -131,8 +131,9 @@ def _measure(
     windows: list[tuple[float, float]] = []  # time.time() spans measured, for the timeline
     epoch = 0
     cpu = CpuAccount()  # over the same windows as the rate
+    asked = time.time()
     while streaming < seconds and epoch < max_epochs:
-        start = time.perf_counter()
+        start, asked = time.perf_counter(), time.time()
         first = None
         for batch in epochs(epoch):
             now = time.perf_counter()
@@ -157,6 +158,7 @@ def _measure(
         "epochs": epoch,
         "cpu_ms_per_sample": cpu.per_sample(samples),
         "windows": windows,
+        "last_epoch_asked": asked,  # time.time() the last epoch was asked for
     }
 
 
@@ -260,7 +262,7 @@ def bench_ray_data(
     ray.kill(stream.counter)
     summary = stream.dataset.get_stats_summary()  # the last execution: the last epoch measured
     views = account.operator_account(summary)
-    spans = _flushed_spans(views.get("tasks", 0))
+    spans = _flushed_spans(views.get("tasks", 0), result["last_epoch_asked"])
     result["stages"] = {
         "views_task": views,
         "slots": account.slot_account(spans, result["windows"]),
@@ -268,18 +270,18 @@ def bench_ray_data(
     return result
 
 
-def _flushed_spans(last_tasks: float, timeout_s: float = 10.0) -> list[tuple[str, float, float]]:
-    """The views tasks' spans from Ray's task timeline, once it holds all the tasks of the last
-    execution (``last_tasks``, Ray Data's count) and stops growing: workers send their task
+def _flushed_spans(
+    last_tasks: float, last_start: float, timeout_s: float = 10.0
+) -> list[tuple[str, float, float]]:
+    """The views tasks' spans from Ray's task timeline, once it holds the ``last_tasks`` tasks
+    (Ray Data's count) of the last execution, those that started at ``last_start``
+    (``time.time()``, when the last epoch was asked for) or later: workers send their task
     events every second or so, so the last epoch's may not have arrived yet."""
     deadline = time.monotonic() + timeout_s
-    before: list = []
     while True:
         spans = account.task_spans(compat.task_timeline())
-        settled = len(spans) == len(before) and len(spans) >= last_tasks
-        if settled or time.monotonic() > deadline:
+        if sum(a >= last_start for _, a, _ in spans) >= last_tasks or time.monotonic() > deadline:
             return spans
-        before = spans
         time.sleep(1.0)
 
 

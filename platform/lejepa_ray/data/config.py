@@ -173,6 +173,14 @@ class DataConfig:
     views: ViewConfig = field(default_factory=ViewConfig)
     """How each image becomes its views."""
 
+    def placement(self) -> dict[str, dict[str, float]]:
+        """Ray remote arguments that keep a task of the data pipeline on the nodes declaring
+        ``node_resource`` (reads and row steps as well as the views, so that Ray Data can still
+        fuse them into one task); empty when it is unset."""
+        if not self.node_resource:
+            return {}
+        return {"resources": {self.node_resource: NODE_RESOURCE_SHARE}}
+
     def __post_init__(self) -> None:
         if isinstance(self.views, dict):
             self.views = ViewConfig(**self.views)

@@ -231,11 +231,13 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
             filesystem=listing.filesystem,
             shuffle=file_order,
             num_cpus=_READ_CPUS,
+            ray_remote_args=cfg.placement(),
         )
         ds = ds.map_batches(
             _folder_rows,
             fn_kwargs={"root": listing.root, "classes": listing.classes},
             batch_format="pyarrow",
+            **cfg.placement(),
         )
     elif cfg.source == "parquet":
         shards = _parquet_files(cfg.path, limit=_file_limit(cfg))
@@ -249,11 +251,15 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
             return ds, classes
         with _parquet_reader_v1():
             ds = ray.data.read_parquet(
-                shards.files, filesystem=shards.filesystem, shuffle=file_order, num_cpus=_READ_CPUS
+                shards.files,
+                filesystem=shards.filesystem,
+                shuffle=file_order,
+                num_cpus=_READ_CPUS,
+                ray_remote_args=cfg.placement(),
             )
         # Ray Data pushes the projection down into the read: other columns are never loaded.
         ds = ds.select_columns(shards.columns).map_batches(
-            _parquet_rows, fn_kwargs={"split": cfg.split}, batch_format="pyarrow"
+            _parquet_rows, fn_kwargs={"split": cfg.split}, batch_format="pyarrow", **cfg.placement()
         )
     else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
         count = _generated_count(cfg)
@@ -262,6 +268,7 @@ def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
             _generated_rows,
             batch_format="numpy",
             fn_kwargs={"cfg": cfg, "count": count, "shuffle": cfg.shuffle != "none"},
+            **cfg.placement(),
         )
         return ds, _generated_classes(cfg)
     if cfg.shuffle == "full":

@@ -38,7 +38,7 @@ from ray.data import TaskPoolStrategy
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lejepa_ray.compat import set_execution_index
-from lejepa_ray.data.config import NODE_RESOURCE_SHARE, DataConfig
+from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
 from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.data.sources import current_epoch, read_dataset
@@ -152,13 +152,11 @@ def transform_resources(cfg: DataConfig) -> dict:
     Ray Data has when None), each shared by ``data.tasks_per_cpu`` tasks in flight, on the nodes
     that declare ``data.node_resource`` when it is set."""
     size = cfg.workers * cfg.tasks_per_cpu if cfg.workers else None
-    out = {
+    return {
         "compute": TaskPoolStrategy(size=size) if size else None,
         "num_cpus": 1 / cfg.tasks_per_cpu,
+        **cfg.placement(),  # only on the data nodes, when data.node_resource is set
     }
-    if cfg.node_resource:  # only nodes that declare it: the data nodes
-        out["resources"] = {cfg.node_resource: NODE_RESOURCE_SHARE}
-    return out
 
 
 def data_node_resources(cfg: DataConfig) -> dict[str, float]:

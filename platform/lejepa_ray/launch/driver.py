@@ -122,9 +122,11 @@ def run(
     resource = cfg.data.node_resource
     if resource and not ray.cluster_resources().get(resource):
         print_fn(
-            f"note: no node of this cluster declares {resource} (data.node_resource) yet: the "
-            "views tasks wait until the autoscaler starts one (cluster.yaml's cpu_data nodes "
-            "declare data_node)."
+            f"note: no node of this cluster declares {resource} (data.node_resource) yet, and "
+            "the views tasks run only on such nodes: they wait until the autoscaler starts one "
+            "(cluster.yaml's cpu_data nodes declare data_node). On a cluster without an "
+            f"autoscaler, start a node with `ray start --resources='{{\"{resource}\": 1}}'`, or "
+            "unset data.node_resource."
         )
     trainer = _torch_trainer(plan, stream, callbacks)
     where = "" if latest is None else f"; resuming from step {latest.step} ({latest.uri})"
