@@ -146,10 +146,10 @@ class DataConfig:
     meanwhile. On 2 cores, 2 ran 3,000-image epochs 1.37x faster but 600-image epochs 0.67x
     as fast (docs/data.md, "Where Ray Data's time goes"), so it stays 1 by default."""
     node_resource: str | None = None
-    """A custom resource that marks the nodes the views tasks run on (``cluster.yaml``'s
-    ``cpu_data`` nodes declare ``data_node``): each task asks for a thousandth of it, so none
-    lands on a node without it, such as a GPU node whose CPUs feed its trainers. None: any node.
-    A local instance declares it on its one node."""
+    """A custom resource that marks the nodes the data tasks (reads, row steps, views) run on
+    (``cluster.yaml``'s ``cpu_data`` nodes declare ``data_node``): each task asks for a
+    thousandth of it, so none lands on a node without it, such as a GPU node whose CPUs feed
+    its trainers. None: any node. A local instance declares it on its one node."""
     transform_batch_size: int = 16
     """Images per call of the multi-view transform."""
     prefetch_batches: int = 8
