@@ -314,8 +314,8 @@ def _stages_report(stages: dict) -> str:
         f"  views tasks: {line}\n"
         f"  views tasks executing at once over the {slots['window_s']:.1f} s measured (task "
         f"timeline): {busy or 'n/a (no task events)'}; mean task {ms(slots['task_ms'], 0)} ms, "
-        f"mean gap between a worker's tasks {ms(slots['gap_ms'], 0)} ms\n"
-    ).rstrip("\n")
+        f"mean gap between a worker's tasks {ms(slots['gap_ms'], 0)} ms"
+    )
 
 
 def run(
