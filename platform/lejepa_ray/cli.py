@@ -96,6 +96,7 @@ def _data_bench(args: argparse.Namespace) -> int:
         augment_on=args.augment_on,
         views=views,
         **({} if args.tasks_per_cpu is None else {"tasks_per_cpu": args.tasks_per_cpu}),
+        **({} if args.task_units is None else {"task_units": args.task_units}),
     )
     bench.run(cfg, seconds=args.seconds, workers=args.workers, batch_size=args.batch_size)
     return 0
@@ -514,6 +515,13 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="Ray Data transform tasks in flight per CPU worker (data.tasks_per_cpu; default: "
         "the data config's)",
+    )
+    bench.add_argument(
+        "--task-units",
+        type=int,
+        default=None,
+        help="units of data.transform_batch_size samples each Ray Data views task makes "
+        "(data.task_units; default: the data config's)",
     )
     bench.add_argument(
         "--augment-on",

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import ray
 import torch
 from images import make_image_folder
 
@@ -32,7 +33,7 @@ def epoch_views(stream, cfg, batch_size=4) -> dict[int, tuple]:
 
 def test_epochs_are_reshuffled_and_views_are_reproducible(ray_cluster):
     cfg = DataConfig(source="synthetic", num_samples=48, image_size=48, views=TINY, seed=3)
-    stream = build_view_stream(cfg)
+    stream = build_view_stream(cfg, pass_epochs=1)
     orders, views = [], []
     for _ in range(2):
         order = []
@@ -53,16 +54,55 @@ def test_epochs_are_reshuffled_and_views_are_reproducible(ray_cluster):
     epoch1 = {k: v for d in views[6:] for k, v in d.items()}
     assert {e for e, _ in epoch0.values()} == {0} and {e for e, _ in epoch1.values()} == {1}
     # A new pipeline started at epoch 1 (a resumed run) makes epoch 1's views exactly.
-    resumed = epoch_views(build_view_stream(cfg, start_epoch=1), cfg)
+    resumed = epoch_views(build_view_stream(cfg, start_epoch=1, pass_epochs=1), cfg)
     assert {e for e, _, _ in resumed.values()} == {1}
     assert all(np.array_equal(resumed[s][1], epoch1[s][1]) for s in epoch1)
     assert not all(np.array_equal(epoch0[s][1], epoch1[s][1]) for s in epoch0)
 
 
+def test_a_resumed_stream_makes_views_only_from_its_position_on(ray_cluster):
+    from lejepa_ray.data.keys import stable_hash
+
+    cfg = DataConfig(
+        source="synthetic",
+        num_samples=48,
+        image_size=48,
+        views=TINY,
+        seed=3,
+        transform_batch_size=8,
+    )
+    # 20 samples into epoch 1: the rest of epoch 1 in this pass, then all of epoch 2 in the next.
+    stream = build_view_stream(cfg, start_epoch=1, start_samples=20, pass_epochs=1)
+    rest = epoch_views(stream, cfg, batch_size=1)
+    plan, reader = stream.plan, stream.reader
+    expected = []
+    for g in range(plan.units_per_epoch, 2 * plan.units_per_epoch):  # epoch 1's units
+        expected += [stable_hash(k) for k in reader.read(plan.unit(g)[1])["key"]]
+    assert sorted(rest) == sorted(expected[20:])
+    assert {e for e, _, _ in rest.values()} == {1}
+    # Only the 28 rows after the position were read and made into views.
+    assert ray.get(stream.counter.totals.remote())["seen"] == 28
+    assert len(epoch_views(stream, cfg, batch_size=1)) == 48  # the next pass: epoch 2, whole
+
+
+def test_one_pass_streams_many_epochs_each_with_its_own_views(ray_cluster):
+    cfg = DataConfig(source="synthetic", num_samples=24, image_size=48, views=TINY, seed=3)
+    one = build_view_stream(cfg, pass_epochs=1)
+    by_epoch = [epoch_views(one, cfg, batch_size=1) for _ in range(3)]
+    three = build_view_stream(cfg, pass_epochs=3)
+    rows: dict[tuple[int, int], np.ndarray] = {}
+    for batch in iter_views(three.dataset, three.counter, cfg, 1, device="cpu"):
+        rows[(int(batch["epoch"][0]), int(batch["sample_id"][0]))] = batch["global"][0].numpy()
+    assert len(rows) == 3 * 24 and {e for e, _ in rows} == {0, 1, 2}
+    assert all(
+        np.array_equal(rows[(e, s)], views[s][1]) for e, views in enumerate(by_epoch) for s in views
+    )
+
+
 def test_skip_rate_over_threshold_stops_with_the_reasons(ray_cluster, tmp_path):
     make_image_folder(tmp_path, per_class=2)  # 4 good, 4 bad
     cfg = DataConfig(source="folder", path=str(tmp_path), views=TINY, max_skip_rate=0.25)
-    stream = build_view_stream(cfg)
+    stream = build_view_stream(cfg, pass_epochs=1)
     with pytest.raises(DataQualityError) as info:
         epoch_views(stream, cfg, batch_size=2)
     message = str(info.value)
@@ -75,7 +115,7 @@ def test_only_bad_files_says_no_usable_images(ray_cluster, tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     (tmp_path / "b.png").write_text("text")
     cfg = DataConfig(source="folder", path=str(tmp_path), views=TINY, max_skip_rate=1.0)
-    stream = build_view_stream(cfg)
+    stream = build_view_stream(cfg, pass_epochs=1)
     with pytest.raises(DataQualityError, match=r"No usable images .* all 2 samples were skipped"):
         epoch_views(stream, cfg, batch_size=1)
 
@@ -87,7 +127,7 @@ def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, 
 
     expected = make_image_folder(tmp_path / "images", per_class=12)  # 24 good, 4 bad
     cfg = DataConfig(source="folder", path=str(tmp_path / "images"), views=TINY, max_skip_rate=0.2)
-    stream = build_view_stream(cfg)
+    stream = build_view_stream(cfg, pass_epochs=1)
     results = tmp_path / "results"
     results.mkdir()
 
@@ -150,8 +190,8 @@ def test_converted_parquet_streams_the_same_views_as_its_folder(ray_cluster, tmp
     base = {"views": TINY, "max_skip_rate": 0.5}
     folder = DataConfig(source="folder", path=str(tmp_path / "images"), **base)
     parquet = DataConfig(source="parquet", path=str(tmp_path / "pq"), shuffle="full", **base)
-    from_folder = epoch_views(build_view_stream(folder), folder, batch_size=1)
-    from_parquet = epoch_views(build_view_stream(parquet), parquet, batch_size=1)
+    from_folder = epoch_views(build_view_stream(folder, pass_epochs=1), folder, batch_size=1)
+    from_parquet = epoch_views(build_view_stream(parquet, pass_epochs=1), parquet, batch_size=1)
     assert len(from_parquet) == len(from_folder) == expected["good"]
     # Same keys (paths below the root), same seed and epoch: the very same crops.
     assert from_parquet.keys() == from_folder.keys()
@@ -177,7 +217,9 @@ def test_a_split_streams_the_samples_local_source_reads(ray_cluster, tmp_path):
     ):
         local = LocalSource(cfg)
         expected = {stable_hash(local[i]["key"]) for i in range(len(local))}
-        assert set(epoch_views(build_view_stream(cfg), cfg, batch_size=1)) == expected
+        assert (
+            set(epoch_views(build_view_stream(cfg, pass_epochs=1), cfg, batch_size=1)) == expected
+        )
         assert len(LocalSource(replace(cfg, split="all", num_samples=None))) > len(expected)
 
 
@@ -189,9 +231,9 @@ def test_device_augmentation_ships_crops_and_parameters_for_the_trainer(ray_clus
 
     cfg = DataConfig(source="synthetic", num_samples=16, image_size=48, views=TINY, seed=3)
     on_device = replace(cfg, augment_on="device")
-    cpu = epoch_views(build_view_stream(cfg), cfg)
+    cpu = epoch_views(build_view_stream(cfg, pass_epochs=1), cfg)
     views, params = {}, set()
-    stream = build_view_stream(on_device)
+    stream = build_view_stream(on_device, pass_epochs=1)
     for batch in iter_views(stream.dataset, stream.counter, on_device, 4, device="cpu"):
         assert (
             batch["global"].dtype == torch.uint8 and batch["global_params"].dtype == torch.float32
@@ -209,29 +251,44 @@ def test_device_augmentation_ships_crops_and_parameters_for_the_trainer(ray_clus
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_epoch_cursor_continues_at_the_saved_epoch_and_position(monkeypatch, prefetch):
+def test_epoch_cursor_counts_on_from_the_saved_position_and_meets_each_new_pass(
+    monkeypatch, prefetch
+):
     from lejepa_ray.data import stream
 
-    def fake_epochs():  # what the pipeline yields: 3 batches per epoch, from epoch 4 on
+    def fake_passes():  # what the pipeline yields: 3 batches a pass (one epoch), from epoch 4
         epoch = 4
         while True:
             yield [{"epoch": torch.full((2,), epoch), "i": torch.tensor([i])} for i in range(3)]
             epoch += 1
 
-    epochs = fake_epochs()
-    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(next(epochs)))
-    # Saved 8 samples into epoch 4 with 2 ranks of batch 2 (global batch 4): the resumed
-    # cursor draws and drops 2 batches, then yields the third.
+    passes = fake_passes()
+    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(next(passes)))
+    # Saved 8 samples into epoch 4 (of 24 rows) with 2 ranks of batch 2: the pipeline starts
+    # there (it skips what came before), so the cursor drops nothing and counts on.
     cursor = stream.EpochCursor(
-        None, None, batch_size=2, world_size=2, epoch=4, samples=8, prefetch=prefetch
+        None, None, 2, 2, rows_per_epoch=24, epoch=4, samples=8, prefetch=prefetch
     )
     it = iter(cursor)
     first = next(it)
-    assert (int(first["epoch"][0]), int(first["i"])) == (4, 2)
+    assert (int(first["epoch"][0]), int(first["i"])) == (4, 0)
     assert (cursor.epoch, cursor.samples) == (4, 12)
-    nxt = next(it)  # epoch 5 starts from its beginning
+    next(it), next(it)
+    assert (cursor.epoch, cursor.samples) == (4, 20)  # 4 rows the pass never delivered
+    nxt = next(it)  # the next pass starts epoch 5 from its beginning
     assert (int(nxt["epoch"][0]), int(nxt["i"])) == (5, 0)
     assert (cursor.epoch, cursor.samples) == (5, 4)
+
+
+def test_the_position_crosses_epochs_inside_a_pass_the_same_on_every_rank(monkeypatch):
+    from lejepa_ray.data import stream
+
+    drawn = [{"epoch": torch.zeros(3), "i": torch.arange(3) + 3 * b} for b in range(8)]
+    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
+    # A pass of 2 epochs of 15 rows; 2 ranks drawing 3 rows a step (6 rows).
+    cursor = stream.EpochCursor(None, None, 3, 2, rows_per_epoch=15, epochs_per_pass=2)
+    positions = [(cursor.epoch, cursor.samples) for _ in zip(range(5), cursor, strict=False)]
+    assert positions == [(0, 6), (0, 12), (1, 3), (1, 9), (2, 0)]
 
 
 def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_own(monkeypatch):
@@ -241,15 +298,10 @@ def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_ow
     # shards end on the same step; this one (rank 1) trains on 2 of them.
     drawn = [{"epoch": torch.full((3,), 0), "i": torch.arange(3) + 3 * b} for b in range(4)]
     monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
-    cursor = stream.EpochCursor(None, None, batch_size=3, world_size=2, samples=12, keep=2)
-    batch = next(iter(cursor))  # 12 rows drawn by 2 ranks are 2 batches each: dropped
-    assert batch["i"].tolist() == [6, 7] and batch["epoch"].shape == (2,)
+    cursor = stream.EpochCursor(None, None, 3, 2, rows_per_epoch=100, samples=12, keep=2)
+    batch = next(iter(cursor))
+    assert batch["i"].tolist() == [0, 1] and batch["epoch"].shape == (2,)
     assert cursor.samples == 18  # the position in the stream: rows drawn, the left-out too
-    # A group of another size continues from that position, in whole steps of its own: 3
-    # ranks drawing 4 rows (12 a step) after 26 rows skip 2 batches each (24 rows).
-    resized = stream.EpochCursor(None, None, batch_size=4, world_size=3, samples=26)
-    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
-    assert next(iter(resized))["i"].tolist() == [6, 7, 8] and resized.samples == 36
 
 
 def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(monkeypatch):
@@ -269,7 +321,7 @@ def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(mo
         return iter([{"epoch": torch.full((2,), epoch)} for _ in range(3)])
 
     monkeypatch.setattr(stream, "iter_epoch", fake_epoch)
-    cursor = stream.EpochCursor(None, None, batch_size=2, world_size=1, prefetch=4)
+    cursor = stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, prefetch=4)
     it = iter(cursor)
     next(it)
     taken = 1
@@ -288,7 +340,7 @@ def test_a_prefetched_error_reaches_the_trainer_where_it_happened(monkeypatch):
         raise stream.DataQualityError("too many bad samples")
 
     monkeypatch.setattr(stream, "iter_epoch", failing_epoch)
-    it = iter(stream.EpochCursor(None, None, batch_size=2, world_size=1, prefetch=4))
+    it = iter(stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, prefetch=4))
     next(it)
     with pytest.raises(stream.DataQualityError, match="too many bad samples"):
         next(it)

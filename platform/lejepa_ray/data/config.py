@@ -150,8 +150,14 @@ class DataConfig:
     (``cluster.yaml``'s ``cpu_data`` nodes declare ``data_node``): each task asks for a
     thousandth of it, so none lands on a node without it, such as a GPU node whose CPUs feed
     its trainers. None: any node. A local instance declares it on its one node."""
-    transform_batch_size: int = 16
-    """Images per call of the multi-view transform."""
+    transform_batch_size: int = 32
+    """Rows per unit of work: a views task yields one block of this many samples per unit
+    (fewer where images were skipped), which the training iterator batches without splitting
+    when it divides the per-worker batch."""
+    task_units: int = 16
+    """Units each views task makes. Ray Data leaves a task's CPU idle for about 0.1 s between
+    two tasks on 2 cores, so long tasks keep the CPUs busy; a pass's last tasks run alone while
+    the others are done, so not too long (docs/data.md, "Where Ray Data's time goes")."""
     prefetch_batches: int = 8
     """Batches each training worker pulls ahead of its steps, in a background thread that asks
     for the next epoch as soon as the current one is pulled: the next epoch's pipeline starts
@@ -224,6 +230,7 @@ class DataConfig:
         check_field(
             self.tasks_per_cpu >= 1, "data.tasks_per_cpu", self.tasks_per_cpu, "an integer >= 1"
         )
+        check_field(self.task_units >= 1, "data.task_units", self.task_units, "an integer >= 1")
         check_field(
             self.transform_batch_size >= 1,
             "data.transform_batch_size",

@@ -2,21 +2,19 @@
 
 Every source yields rows of one schema: ``image`` (encoded bytes), ``label`` (int64, -1 when
 unlabelled) and ``key`` (a string naming the sample, stable across runs: it seeds the sample's
-crops). :func:`read_dataset` gives them as a Ray Dataset reshuffled every epoch;
+crops). :mod:`.readers` reads them by piece for the views tasks (``readers.source_plan``);
 :class:`LocalSource` gives the same rows by index, for a DataLoader or a quick look without Ray.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,15 +22,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from lejepa_ray.compat import execution_index
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import SPLITS, in_split
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
 from lejepa_ray.errors import SourceError
 from lejepa_ray.storage import resolve_filesystem
-
-if TYPE_CHECKING:  # importing Ray costs seconds; converters and DataLoaders do not need it
-    import ray.data
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST = "dataset.json"  # written last by the converter: the shards and the class names
@@ -40,9 +34,6 @@ INCOMPLETE = "_CONVERTING"  # present while a conversion runs or after one was i
 DEFAULT_SYNTHETIC_SAMPLES = 10_000
 DIGITS_CLASSES = [str(d) for d in range(10)]
 DIGITS_COUNT = 1797
-# Reading encoded bytes is I/O: a whole CPU per read task would starve the decode actors,
-# which do the real work, on a small node.
-_READ_CPUS = 0.25
 
 
 @dataclass(frozen=True)
@@ -198,111 +189,11 @@ def _generated_classes(cfg: DataConfig) -> list[str]:
     return [f"class_{c}" for c in range(cfg.num_classes)]
 
 
-def read_dataset(cfg: DataConfig) -> tuple[ray.data.Dataset, list[str] | None]:
-    """The source's rows (``image``, ``label``, ``key``) as a Ray Dataset, reshuffled per epoch,
-    and the names of its labels (None when unlabelled), from the one listing of the source.
-
-    Shuffles are seeded from ``cfg.seed`` and reseeded by Ray Data at every execution (epoch),
-    so epoch ``e`` has the same order on every run.
-
-    Raises:
-        SourceError: the path is missing, holds no images, or a parquet file has no ``image``.
-    """
-    # lazy: Ray takes seconds to import; LocalSource, convert and probes never build a Dataset.
-    import ray.data
-
-    # lazy: Ray takes seconds to import; LocalSource, convert and probes never build a Dataset.
-    from ray.data import FileShuffleConfig, RandomSeedConfig
-
-    file_order = (
-        None
-        if cfg.shuffle == "none"
-        else FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True)
-    )
-
-    reshuffled = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
-    if cfg.source == "folder":
-        listing = list_image_folder(cfg.path)
-        classes = listing.classes or None
-        files = [listing.files[i] for i in _folder_picks(listing, cfg)]
-        ds = ray.data.read_binary_files(
-            files,
-            include_paths=True,
-            filesystem=listing.filesystem,
-            shuffle=file_order,
-            num_cpus=_READ_CPUS,
-            ray_remote_args=cfg.placement(),
-        )
-        ds = ds.map_batches(
-            _folder_rows,
-            fn_kwargs={"root": listing.root, "classes": listing.classes},
-            batch_format="pyarrow",
-            **cfg.placement(),
-        )
-    elif cfg.source == "parquet":
-        shards = _parquet_files(cfg.path, limit=_file_limit(cfg))
-        classes = shards.classes
-        if cfg.num_samples is not None:
-            # A capped dataset is small: read its exact first rows here, so every epoch (and
-            # LocalSource) sees the same subset, then reshuffle those rows per epoch.
-            ds = ray.data.from_arrow(_parquet_head(shards, cfg.num_samples, cfg.split))
-            if cfg.shuffle != "none":
-                ds = ds.random_shuffle(seed=reshuffled)
-            return ds, classes
-        with _parquet_reader_v1():
-            ds = ray.data.read_parquet(
-                shards.files,
-                filesystem=shards.filesystem,
-                shuffle=file_order,
-                num_cpus=_READ_CPUS,
-                ray_remote_args=cfg.placement(),
-            )
-        # Ray Data pushes the projection down into the read: other columns are never loaded.
-        ds = ds.select_columns(shards.columns).map_batches(
-            _parquet_rows, fn_kwargs={"split": cfg.split}, batch_format="pyarrow", **cfg.placement()
-        )
-    else:  # synthetic, digits: rows are made from ids, so shuffle the ids (no data moves)
-        count = _generated_count(cfg)
-        ds = ray.data.range(count, override_num_blocks=max(1, min(64, count // 256)))
-        ds = ds.map_batches(
-            _generated_rows,
-            batch_format="numpy",
-            fn_kwargs={"cfg": cfg, "count": count, "shuffle": cfg.shuffle != "none"},
-            **cfg.placement(),
-        )
-        return ds, _generated_classes(cfg)
-    if cfg.shuffle == "full":
-        ds = ds.random_shuffle(seed=reshuffled)
-    return ds, classes
-
-
-@contextlib.contextmanager
-def _parquet_reader_v1() -> Iterator[None]:
-    """Ray Data's first parquet reader for the ``read_parquet`` calls inside.
-
-    Ray 2.60's default (DataSourceV2) starts a pool of ``FooterReader`` actors at every
-    execution, to read the footers of files whose footers we already know, and kills them at
-    its end: every epoch paid new processes (3-7 s before the first block on 2 cores, and about
-    24 ms of CPU per sample in ``lejepa-ray data bench``). The first reader plans the files once,
-    when the dataset is made. ``use_datasource_v2`` is a documented ``DataContext`` option; it
-    is read when ``read_parquet`` is called, so it is set for that call only.
-    """
-    # lazy: Ray takes seconds to import; LocalSource, convert and probes never build a Dataset.
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        yield
-    finally:
-        ctx.use_datasource_v2 = before
-
-
 class LocalSource(Sequence):
     """The configured source as an indexable sequence of rows, read in this process.
 
     Row ``i`` is a dict with ``image`` (bytes), ``label`` (int) and ``key`` (str), the same
-    rows :func:`read_dataset` streams. Parquet shards are loaded into memory, so this is meant
+    rows the views pipeline streams. Parquet shards are loaded into memory, so this is meant
     for DataLoader comparisons and small evaluation sets, not for pretraining at scale.
     """
 
@@ -372,18 +263,6 @@ def _file_limit(cfg: DataConfig) -> int | None:
     return cfg.num_samples if cfg.split == "all" else None
 
 
-def _folder_rows(batch: pa.Table, root: str, classes: list[str]) -> pa.Table:
-    index = {name: i for i, name in enumerate(classes)}
-    keys = [relative_path(p, root) for p in batch.column("path").to_pylist()]
-    return pa.table(
-        {
-            "image": batch.column("bytes").cast(pa.binary()),
-            "label": pa.array([folder_label(key, index) for key in keys], pa.int64()),
-            "key": pa.array(keys, pa.string()),
-        }
-    )
-
-
 def _parquet_rows(batch: pa.Table, split: str = "all") -> pa.Table:
     images = batch.column("image").cast(pa.binary())
     n = batch.num_rows
@@ -410,19 +289,6 @@ def _content_key(data: bytes | None) -> str:
     return "sha:" + hashlib.blake2b(data or b"", digest_size=12).hexdigest()
 
 
-def current_epoch() -> int:
-    """The epoch whose data this process is producing: the pipeline's execution index.
-
-    Ray Data increments it after each complete execution and ships the context to its tasks
-    and actors; its own reseeding shuffles read the same counter (``compat.execution_index``).
-    """
-    return execution_index()
-
-
-def _generated_count(cfg: DataConfig) -> int:
-    return len(_generated_ids(cfg.source, cfg.num_samples, cfg.split))
-
-
 @functools.lru_cache(maxsize=8)
 def _generated_ids(source: str, num_samples: int | None, split: str) -> np.ndarray:
     """Ids (int64) of the synthetic or digits samples in ``split``. Synthetic generates
@@ -430,30 +296,6 @@ def _generated_ids(source: str, num_samples: int | None, split: str) -> np.ndarr
     total = (num_samples or DEFAULT_SYNTHETIC_SAMPLES) if source == "synthetic" else DIGITS_COUNT
     ids = np.array([i for i in range(total) if in_split(f"{source}/{i}", split)], np.int64)
     return ids if source == "synthetic" else ids[:num_samples]
-
-
-@functools.lru_cache(maxsize=2)
-def _permutation(seed: int, epoch: int, count: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(count)
-
-
-def _generated_rows(batch: dict, cfg: DataConfig, count: int, shuffle: bool) -> dict:
-    """Rows of the synthetic or digits source for position ids, in this epoch's order."""
-    ids = batch["id"]
-    if shuffle:
-        ids = _permutation(cfg.seed, current_epoch(), count)[ids]
-    ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)[ids].tolist()
-    if cfg.source == "digits":
-        rows = _digits_table(cfg.image_size).take(ids)
-        return {c: rows.column(c).to_numpy(zero_copy_only=False) for c in ("image", "label", "key")}
-    images = [
-        encode_jpeg(synthetic_image(i, cfg.seed, cfg.image_size, cfg.num_classes)) for i in ids
-    ]
-    return {
-        "image": np.array(images, dtype=object),
-        "label": np.array([synthetic_label(i, cfg.num_classes) for i in ids], dtype=np.int64),
-        "key": np.array([f"synthetic/{i}" for i in ids], dtype=object),
-    }
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,30 +1,33 @@
-"""The Ray Data pipeline of views and the per-epoch iterator a training loop consumes.
+"""The Ray Data pipeline of views and the iterator a training loop consumes, epoch after epoch.
 
-Pipeline: source rows (``sources.read_dataset``) -> ``map_batches`` of one-CPU tasks that
-decode each image once and make its views -> Ray Train's per-worker shard. Bad samples are
-dropped inside the tasks and counted in one small ``SkipCounter`` actor, which the training
-loop reads to report skips and to stop the run when too many samples are bad.
+Pipeline: the source's plan (``readers.source_plan``: its pieces, each epoch's order of them,
+cut into units of ``data.transform_batch_size`` rows) -> ``map_batches`` of one-CPU tasks, each
+reading ``data.task_units`` units, decoding each image once and yielding one block of views per
+unit -> Ray Train's per-worker shard. Bad samples are dropped inside the tasks and counted in
+one small ``SkipCounter`` actor, which the training loop reads to report skips and to stop the
+run when too many samples are bad.
 
-Each epoch is one execution of the pipeline. Ray Data numbers executions, and both the shuffles
-(``RandomSeedConfig``/``FileShuffleConfig`` with reseeding) and our crops take the epoch from
-that number, so epoch ``e`` is the same on every run and different from epoch ``e + 1``.
+One execution of the pipeline (a *pass*) streams many epochs: enough whole epochs to make at
+least ``MIN_PASS_UNITS`` units. Every execution of Ray Data starts with a few seconds in which
+it runs one task at a time (docs/data.md, "Where Ray Data's time goes"); a pass pays it once
+for many small epochs, and a large epoch pays it once. Ray Data numbers executions; a task
+takes its pass from that number and its epoch from the unit, and the crops are seeded by
+(``data.seed``, epoch, sample), so epoch ``e`` is the same on every run.
 
-Epoch boundaries cost nothing to the trainer, for three reasons:
+A run resumes where it stopped: :meth:`ViewStream.at` starts the pipeline at an (epoch,
+samples) position, and the tasks skip the units and rows before it without reading them.
 
-- the views are made by tasks, not an actor pool: an actor pool is created anew by every
-  execution, each actor a fresh process importing torch (8-9 s here, every epoch), while task
-  workers are pooled processes that stay warm from one epoch to the next (about 1.5 s from
-  the request of an epoch to its first batch);
-- parquet is read without Ray's per-execution footer-reading actors
-  (``sources._parquet_reader_v1``);
-- :class:`EpochCursor` pulls batches in a background thread, ``data.prefetch_batches`` ahead of
-  the steps, and asks for the next epoch as soon as it has pulled the last batch of the
-  current one, so the next execution starts while the trainer still has batches to step on.
+Pass boundaries cost the trainer little: the views are made by tasks, not an actor pool (an
+actor pool is created anew by every execution, each actor a fresh process importing torch),
+and :class:`EpochCursor` pulls batches in a background thread, ``data.prefetch_batches`` ahead
+of the steps, asking for the next pass as soon as it has pulled the last batch of the current
+one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -37,15 +40,20 @@ import torch
 from ray.data import TaskPoolStrategy
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from lejepa_ray.compat import set_execution_index
+from lejepa_ray.compat import execution_index, set_execution_index
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
 from lejepa_ray.data.keys import stable_hash
-from lejepa_ray.data.sources import current_epoch, read_dataset
+from lejepa_ray.data.plan import Plan
+from lejepa_ray.data.readers import Reader, Rows, source_plan
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.errors import DataQualityError
 
 log = logging.getLogger(__name__)
+
+MIN_PASS_UNITS = 4096
+"""A pass holds the fewest whole epochs that make at least this many units (one epoch when an
+epoch is larger): 131,072 samples at 32 a unit, a minute or more of a cluster's views."""
 
 
 @ray.remote(num_cpus=0)
@@ -64,32 +72,62 @@ class SkipCounter:
         return {"seen": self.seen, "skipped": dict(self.skipped)}
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where a pipeline starts: unit ``unit`` (numbered across epochs, ``plan.Plan.unit``)
+    without its first ``offset`` rows."""
+
+    unit: int = 0
+    offset: int = 0
+
+
 def make_views(
-    batch: dict[str, np.ndarray], cfg: DataConfig, counter=None
-) -> dict[str, np.ndarray]:
-    """``map_batches`` function: rows (image, label, key) to views (global, local, label, ...).
+    batch: dict[str, np.ndarray],
+    plan: Plan,
+    reader: Reader,
+    cfg: DataConfig,
+    epochs_per_pass: int,
+    start: Start,
+    counter=None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """``map_batches`` function: unit numbers within this pass, int64 ``id`` (U,), to one block
+    of views per unit, skipping the units and rows before ``start`` unread.
 
     Output columns: ``global`` uint8 (B, V_g, 3, S_g, S_g), ``local`` uint8 (B, V_l, 3, S_l, S_l)
     (absent when V_l = 0), ``label`` int64 (B,), ``sample_id`` int64 (B,), a stable hash of the
-    key, and ``epoch`` int64 (B,). B is the number of rows that decoded; bad rows are dropped.
-    With ``data.augment_on=device`` the views are plain crops, and ``global_params`` float32
-    (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
+    key, and ``epoch`` int64 (B,). B is the number of the unit's rows that decoded; bad rows are
+    dropped. With ``data.augment_on=device`` the views are plain crops, and ``global_params``
+    float32 (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
     (``views.PARAM_FIELDS``, P columns).
     """
     # One thread per task: Ray Data scales tasks, not intra-op threads, across cores.
     torch.set_num_threads(1)
     maker = ViewMaker.of(cfg)  # microseconds: nothing to keep between calls
-    epoch = current_epoch()
-    keys = [str(k) for k in batch["key"]]
-    views = maker.batch(list(batch["image"]), keys, epoch)
+    first = execution_index() * epochs_per_pass * plan.units_per_epoch  # this pass's unit 0
+    for j in batch["id"]:
+        g = first + int(j)
+        if g < start.unit:
+            continue
+        epoch, spans = plan.unit(g, skip=start.offset if g == start.unit else 0)
+        block = unit_views(reader.read(spans), epoch, maker, cfg, counter)
+        if len(block["label"]):
+            yield block
+
+
+def unit_views(
+    rows: Rows, epoch: int, maker: ViewMaker, cfg: DataConfig, counter=None
+) -> dict[str, np.ndarray]:
+    """The views of one unit's rows (see :func:`make_views` for the columns)."""
+    keys = [str(k) for k in rows["key"]]
+    views = maker.batch(list(rows["image"]), keys, epoch)
     kept = views.kept
     if counter is not None:
-        # Waited for (about 1 ms a call): the counts are in before the block is handed on, so
-        # the end-of-epoch skip check sees every sample of the epoch.
+        # Waited for (about 1 ms a unit): the counts are in before the block is handed on, so
+        # the end-of-pass skip check sees every sample of the pass.
         ray.get(counter.add.remote(len(keys), dict(views.skipped)))
     out = {
         "global": views.global_views,
-        "label": np.asarray(batch["label"], dtype=np.int64)[kept],
+        "label": np.asarray(rows["label"], dtype=np.int64)[kept],
         "sample_id": np.array([stable_hash(keys[i]) for i in kept], dtype=np.int64),
         "epoch": np.full(len(kept), epoch, dtype=np.int64),
     }
@@ -104,47 +142,89 @@ def make_views(
 
 @dataclass
 class ViewStream:
-    """A ready pipeline: hand ``dataset`` to the trainer and ``counter`` to the training loop."""
+    """A ready pipeline: hand ``dataset`` (or :meth:`at` a position) to the trainer and
+    ``counter`` to the training loop."""
 
-    dataset: ray.data.Dataset
-    """Rows of views; give it to ``TorchTrainer(datasets={"train": ...})``."""
+    cfg: DataConfig
+    plan: Plan
+    """The source's pieces and every epoch's order of them."""
+    reader: Reader
     counter: ray.actor.ActorHandle
     """The pipeline's ``SkipCounter``; pass it to :func:`iter_epoch` through the loop config."""
     classes: list[str] | None
     """Label names of the source, or None when it is unlabelled."""
+    epochs_per_pass: int
+    """Epochs one execution of the pipeline streams (:func:`epochs_per_pass`)."""
+    dataset: ray.data.Dataset | None = None
+    """Rows of views from the start position given to :func:`build_view_stream`; give it to
+    ``TorchTrainer(datasets={"train": ...})``."""
+
+    def at(self, epoch: int = 0, samples: int = 0) -> ray.data.Dataset:
+        """The pipeline, starting at row ``samples`` of epoch ``epoch`` (a resume point): the
+        units and rows before it are skipped in the tasks, before they are read."""
+        unit, offset = self.plan.locate(epoch, samples)
+        per_pass = self.epochs_per_pass * self.plan.units_per_epoch
+        ids = ray.data.from_items(
+            [{"id": j} for j in range(per_pass)],
+            override_num_blocks=math.ceil(per_pass / self.cfg.task_units),
+        )
+        ds = ids.map_batches(
+            make_views,
+            fn_kwargs={
+                "plan": self.plan,
+                "reader": self.reader,
+                "cfg": self.cfg,
+                "epochs_per_pass": self.epochs_per_pass,
+                "start": Start(unit, offset),
+                "counter": self.counter,
+            },
+            batch_size=None,  # a whole block: task_units units
+            batch_format="numpy",
+            **transform_resources(self.cfg),
+        )
+        # Ray Data buffers a map's output until a block reaches target_max_block_size (128 MiB
+        # by default: ~250 samples of default views, seconds of a task's work). Let every unit
+        # flush its own block: the trainer gets a steady stream instead of bursts.
+        v = self.cfg.views
+        sample_bytes = 3 * (v.global_views * v.global_size**2 + v.local_views * v.local_size**2)
+        ds.context.target_max_block_size = max(2**20, self.cfg.transform_batch_size * sample_bytes)
+        set_execution_index(ds, unit // per_pass)  # the pass holding the start
+        return ds
 
 
-def build_view_stream(cfg: DataConfig, start_epoch: int = 0) -> ViewStream:
+def epochs_per_pass(plan: Plan) -> int:
+    """The fewest whole epochs of ``plan`` that make at least ``MIN_PASS_UNITS`` units."""
+    return max(1, math.ceil(MIN_PASS_UNITS / plan.units_per_epoch))
+
+
+def build_view_stream(
+    cfg: DataConfig,
+    start_epoch: int = 0,
+    start_samples: int = 0,
+    pass_epochs: int | None = None,
+) -> ViewStream:
     """Build the views pipeline of ``cfg`` on the connected Ray cluster.
 
     Args:
         cfg: source, shuffling, views and bad-input policy.
-        start_epoch: the epoch the first execution produces (to resume a run mid-way).
+        start_epoch: the epoch the pipeline starts in (to resume a run mid-way).
+        start_samples: the row of that epoch it starts at.
+        pass_epochs: epochs per execution (default: :func:`epochs_per_pass`); one execution
+            per epoch lets a caller iterate the dataset epoch by epoch.
 
     Raises:
         SourceError: the path is missing or holds no images.
     """
-    rows, classes = read_dataset(cfg)  # fails on a bad source before any task runs
+    listed = source_plan(cfg)  # fails on a bad source before any task runs
     # On the driver's node: where training nodes come and go (spot pools, elastic groups) an
     # actor on one of them would die with it and take every transform task with it; the
     # driver's node lives as long as the run does.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     counter = SkipCounter.options(scheduling_strategy=here).remote()
-    ds = rows.map_batches(
-        make_views,
-        fn_kwargs={"cfg": cfg, "counter": counter},
-        batch_size=cfg.transform_batch_size,
-        batch_format="numpy",
-        **transform_resources(cfg),
-    )
-    # Ray Data buffers a map's output until a block reaches target_max_block_size (128 MiB by
-    # default: ~250 samples of default views, seconds of a task's work). Views are large and
-    # slow to make, so let every transform call flush its own block: the trainer gets a steady
-    # stream instead of bursts, and the benchmark runs 1.6x faster on 2 cores.
-    v = cfg.views
-    sample_bytes = 3 * (v.global_views * v.global_size**2 + v.local_views * v.local_size**2)
-    ds.context.target_max_block_size = max(2**20, cfg.transform_batch_size * sample_bytes)
-    return ViewStream(start_at(ds, start_epoch), counter, classes)
+    per_pass = pass_epochs or epochs_per_pass(listed.plan)
+    stream = ViewStream(cfg, listed.plan, listed.reader, counter, listed.classes, per_pass)
+    stream.dataset = stream.at(start_epoch, start_samples)
+    return stream
 
 
 def transform_resources(cfg: DataConfig) -> dict:
@@ -165,16 +245,6 @@ def data_node_resources(cfg: DataConfig) -> dict[str, float]:
     return {cfg.node_resource: 1.0} if cfg.node_resource else {}
 
 
-def start_at(dataset: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
-    """``dataset``, set so that its next execution produces epoch ``epoch``.
-
-    The execution index is the epoch (see ``current_epoch``); starting it later resumes a run
-    with the shuffles and crops it would have had.
-    """
-    set_execution_index(dataset, epoch)
-    return dataset
-
-
 def iter_epoch(
     counter: ray.actor.ActorHandle,
     cfg: DataConfig,
@@ -184,13 +254,14 @@ def iter_epoch(
     device: str | torch.device = "auto",
     prefetch_batches: int = 2,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of this training worker's shard, as batches of tensors on ``device``.
+    """One pass (one execution: ``ViewStream.epochs_per_pass`` epochs) of this training
+    worker's shard, as batches of tensors on ``device``.
 
-    Call it inside a Ray Train loop once per epoch; every worker must call it the same number
+    Call it inside a Ray Train loop once per pass; every worker must call it the same number
     of times (the shards are equal). Batches are dicts as made by :func:`make_views`, with
-    exactly ``batch_size`` rows (the last partial batch is dropped so every rank steps together).
-    Consume every epoch to its end: Ray Data advances its epoch counter (which seeds the
-    shuffles and crops) when a pass completes, so an epoch left early is replayed.
+    exactly ``batch_size`` rows (the last partial batch of a pass is dropped so every rank steps
+    together). Consume every pass to its end: Ray Data advances its execution counter (which
+    names the pass) when a pass completes, so a pass left early is replayed.
 
     Raises:
         DataQualityError: the skip rate passed ``cfg.max_skip_rate``, or no sample was usable.
@@ -202,27 +273,27 @@ def iter_epoch(
 
 
 class EpochCursor:
-    """This worker's batches, epoch after epoch, knowing where in the data the run is.
+    """This worker's batches, pass after pass, knowing where in the data the run is.
 
-    ``epoch`` and ``samples`` (consumed in that epoch, over all ranks) go into checkpoints. A
-    cursor made with them continues there: the pipeline starts at ``epoch``
-    (:func:`build_view_stream`'s ``start_epoch``) and the batches already consumed are drawn
-    and dropped. The drop is by count: Ray Data does not promise the same order of blocks
-    between two executions, so the samples dropped are, up to that order, the ones trained on.
+    ``epoch`` and ``samples`` (drawn in that epoch, over all ranks) go into checkpoints; a
+    pipeline started there (:meth:`ViewStream.at`) continues the run without reading what it
+    skips. The position advances by ``world_size × batch_size`` rows a step, the same on every
+    rank: an epoch of ``rows_per_epoch`` rows ends at the same step everywhere. Rows the stream
+    never delivered (bad images, the end of a pass cut to whole batches) leave the count a little
+    behind the stream within a pass; at each new pass the count moves up to the pass's first
+    epoch.
 
     With ``prefetch`` > 0 a background thread pulls up to that many batches ahead and requests
-    the next epoch as soon as the current one is pulled (see the module docstring). ``epoch``
+    the next pass as soon as the current one is pulled (see the module docstring). ``epoch``
     and ``samples`` still count what the trainer consumed, never what was prefetched.
     ``boundary_waits`` collects (epoch, seconds the trainer waited for its first batch) for
-    every epoch this cursor entered after its first; the caller reads and clears it.
+    every pass this cursor entered after its first; the caller reads and clears it.
 
     Every rank draws ``batch_size`` rows per batch and yields the first ``keep`` (all of them
     by default). A group whose size does not divide the global batch trains some ranks on one
     image fewer (``ScalingConfig.batch_split``); drawing the same count on every rank keeps
-    their equal shards in step, so that every rank reaches the end of an epoch at the same
-    step. ``samples`` counts the rows drawn, ``world_size × batch_size`` a step, left-out ones
-    included: it is the position in the epoch's stream, which a group of another size resumes
-    at (within one of its steps).
+    their equal shards in step. ``samples`` counts the rows drawn, left-out ones included: it is
+    the position in the epoch's stream, which a group of another size resumes at.
     """
 
     def __init__(
@@ -231,60 +302,57 @@ class EpochCursor:
         cfg: DataConfig,
         batch_size: int,
         world_size: int,
+        rows_per_epoch: int,
+        epochs_per_pass: int = 1,
         epoch: int = 0,
         samples: int = 0,
         prefetch: int = 0,
         keep: int | None = None,
     ):
         self.counter, self.cfg, self.batch_size = counter, cfg, batch_size
-        self.world_size = world_size
+        self.world_size, self.rows_per_epoch = world_size, rows_per_epoch
+        self.epochs_per_pass = epochs_per_pass
         self.keep = batch_size if keep is None else keep
         self.epoch, self.samples = epoch, samples
         self.prefetch = prefetch
         self.boundary_waits: list[tuple[int, float]] = []
 
-    def _epochs(self) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
-        def one_epoch() -> Iterator[dict[str, torch.Tensor]]:
+    def _passes(self) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
+        def one_pass() -> Iterator[dict[str, torch.Tensor]]:
             return iter_epoch(self.counter, self.cfg, self.batch_size)
 
         if not self.prefetch:
             while True:
-                yield one_epoch()
-        prefetcher = Prefetcher(one_epoch, self.prefetch)
+                yield one_pass()
+        prefetcher = Prefetcher(one_pass, self.prefetch)
         try:
             while True:
                 yield prefetcher.epoch()
         finally:
             prefetcher.close()
 
+    def _advance(self, rows: int) -> None:
+        self.epoch, self.samples = divmod(
+            self.epoch * self.rows_per_epoch + self.samples + rows, self.rows_per_epoch
+        )
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         step_rows = self.batch_size * self.world_size  # drawn by all ranks per step
-        for n, batches in enumerate(self._epochs()):
-            drop = self.samples // step_rows
-            self.samples = drop * step_rows
-            first, asked = True, time.perf_counter()
+        first_pass = self.epoch // self.epochs_per_pass
+        for n, batches in enumerate(self._passes()):
+            asked: float | None = time.perf_counter()
             for batch in batches:
-                if first:  # the pipeline's own count is the truth (see build_view_stream)
-                    epoch, first = int(batch["epoch"][0]), False
-                    if epoch != self.epoch:
-                        log.warning(
-                            "the data pipeline is at epoch %d, the run expected %d",
-                            epoch,
-                            self.epoch,
-                        )
-                    self.epoch = epoch
-                if drop:
-                    drop -= 1
-                    continue
                 if asked is not None:
-                    if n > 0:
+                    if n > 0:  # a new pass starts at its first epoch's first row
+                        first = (first_pass + n) * self.epochs_per_pass
+                        if first > self.epoch:
+                            self.epoch, self.samples = first, 0
                         self.boundary_waits.append((self.epoch, time.perf_counter() - asked))
                     asked = None
-                self.samples += step_rows
+                self._advance(step_rows)
                 if self.keep < self.batch_size:  # views: nothing is copied
                     batch = {name: rows[: self.keep] for name, rows in batch.items()}
                 yield batch
-            self.epoch, self.samples = self.epoch + 1, 0
 
 
 class Prefetcher:

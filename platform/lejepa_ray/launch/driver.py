@@ -34,7 +34,7 @@ from ray.train.torch import TorchTrainer
 from lejepa_ray import runs, storage
 from lejepa_ray.config import PretrainConfig, check_run, to_yaml
 from lejepa_ray.data.sources import check_path, class_names
-from lejepa_ray.data.stream import ViewStream, build_view_stream, data_node_resources, start_at
+from lejepa_ray.data.stream import ViewStream, build_view_stream, data_node_resources
 from lejepa_ray.errors import CheckpointError, ConfigError, DataQualityError, TrainingStopped
 from lejepa_ray.evaluate.probe import ProbeReport, load_labelled, probe_report
 from lejepa_ray.launch import probes, runtime
@@ -201,6 +201,8 @@ def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> Torch
         cfg=cfg,
         spec=plan.spec,
         counter=stream.counter,
+        rows_per_epoch=stream.plan.rows_per_epoch,
+        epochs_per_pass=stream.epochs_per_pass,
         run_dir=plan.run_dir,
         flops_per_image=train_flops_per_image(plan.spec, cfg.model, cfg.data.views),
     )
@@ -218,8 +220,8 @@ def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> Torch
             callbacks=[FailureRecorder(plan.run_dir), *callbacks],
         ),
         # A factory, called at the start of every attempt (the first, and each restart after
-        # a worker failure): the pipeline starts at the latest checkpoint's data epoch.
-        datasets={"train": functools.partial(_train_dataset, stream.dataset, plan.run_dir)},
+        # a worker failure): the pipeline starts at the latest checkpoint's data position.
+        datasets={"train": functools.partial(_train_dataset, stream, plan.run_dir)},
         validation_config=probes.validation_config(cfg, plan.spec, plan.run_dir),
     )
 
@@ -245,11 +247,14 @@ def _workers(cfg: PretrainConfig) -> str:
     return f"{s.min_workers}-{s.max_workers}" if s.elastic else str(s.max_workers)
 
 
-def _train_dataset(dataset: ray.data.Dataset, run_dir: str) -> ray.data.Dataset:
-    """The run's training Dataset for one attempt, set to start at the data epoch of the
-    latest checkpoint (runs in Ray Train's controller)."""
+def _train_dataset(stream: ViewStream, run_dir: str) -> ray.data.Dataset:
+    """The run's training Dataset for one attempt, starting at the data position of the latest
+    checkpoint (runs in Ray Train's controller): what came before it is never read."""
     latest = runs.latest_checkpoint(run_dir)
-    return start_at(dataset, int(latest.metrics.get("data/epoch", 0)) if latest else 0)
+    if latest is None:
+        return stream.at(0, 0)
+    state = checkpoint.read_state(latest.opened)  # the position the workers resume from
+    return stream.at(state.data_epoch, state.data_samples)
 
 
 def _fit(trainer: TorchTrainer) -> tuple[Result, float]:

@@ -56,6 +56,10 @@ class WorkerConfig:
     """How the backbone takes the view sizes, resolved by the driver."""
     counter: ray.actor.ActorHandle
     """The run's ``SkipCounter`` actor: samples the pipeline skipped, by reason."""
+    rows_per_epoch: int
+    """Rows in one epoch of the source's plan (``ViewStream.plan``)."""
+    epochs_per_pass: int
+    """Epochs one execution of the pipeline streams (``ViewStream.epochs_per_pass``)."""
     run_dir: str
     """The run directory (local path or URI): checkpoints, TensorBoard, markers."""
     flops_per_image: float
@@ -98,6 +102,8 @@ def train_worker(config: dict) -> None:
         job.cfg.data,
         scaling.drawn_per_worker(world),
         world,
+        job.rows_per_epoch,
+        job.epochs_per_pass,
         state.data_epoch,
         state.data_samples,
         prefetch=job.cfg.data.prefetch_batches,

@@ -1,0 +1,246 @@
+"""Each source's rows, read by piece inside the views tasks, and the plan that orders them.
+
+:func:`source_plan` lists a source once, on the driver, and returns its :class:`~.plan.Plan`
+(the pieces and their sizes) with a reader. A reader is small and picklable; a views task calls
+``reader.read(spans)`` for the rows of one unit and gets ``image`` (encoded bytes, object),
+``label`` (int64, -1 when unlabelled) and ``key`` (str, object) arrays of the same length.
+
+The pieces by source and ``data.shuffle``:
+
+- image folder: one file each, so every shuffle reorders single images;
+- parquet: one row group each (``files``, ``none``), so a unit reads one or two row groups
+  (the last one read is kept); with ``full``, one row each, at the cost of reading a row group
+  per row;
+- parquet capped by ``data.num_samples``: one row each of the capped table, which travels with
+  the reader;
+- synthetic and digits: one generated id each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.plan import Plan, Span
+from lejepa_ray.data.sources import (
+    _digits_table,
+    _file_limit,
+    _folder_picks,
+    _generated_classes,
+    _generated_ids,
+    _parquet_files,
+    _parquet_head,
+    _parquet_rows,
+    list_image_folder,
+)
+from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
+
+Rows = dict[str, np.ndarray]
+"""``image`` (object: bytes), ``label`` (int64) and ``key`` (object: str), all (N,)."""
+
+
+class Reader(Protocol):
+    """Reads the rows of spans of a source's pieces."""
+
+    def read(self, spans: Sequence[Span]) -> Rows:
+        """The rows of ``spans``, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """A source, listed: its plan, its reader and its label names (None when unlabelled)."""
+
+    plan: Plan
+    reader: Reader
+    classes: list[str] | None
+
+
+def source_plan(cfg: DataConfig) -> SourcePlan:
+    """List ``cfg``'s source once and plan its epochs in units of ``cfg.transform_batch_size``
+    rows, reordered every epoch from ``cfg.seed`` unless ``data.shuffle=none``.
+
+    Raises:
+        SourceError: the path is missing, holds no images, or a parquet file has no ``image``.
+    """
+    shuffle = cfg.shuffle != "none"
+
+    def plan(sizes: np.ndarray) -> Plan:
+        return Plan(sizes, cfg.transform_batch_size, cfg.seed, shuffle)
+
+    if cfg.source == "folder":
+        listing = list_image_folder(cfg.path)
+        picks = _folder_picks(listing, cfg)
+        reader: Reader = FolderReader(
+            [listing.files[i] for i in picks],
+            [listing.keys[i] for i in picks],
+            np.array([listing.labels[i] for i in picks], np.int64),
+            listing.filesystem,
+        )
+        return SourcePlan(plan(np.ones(len(picks), np.int64)), reader, listing.classes or None)
+    if cfg.source == "parquet":
+        shards = _parquet_files(cfg.path, limit=_file_limit(cfg))
+        if cfg.num_samples is not None:  # small: the exact first rows, read once, here
+            table = _parquet_head(shards, cfg.num_samples, cfg.split)
+            return SourcePlan(
+                plan(np.ones(table.num_rows, np.int64)), TableReader(table), shards.classes
+            )
+        reader = ParquetReader.of(shards.files, shards.filesystem, shards.columns, cfg.split)
+        sizes = reader.sizes
+        if cfg.shuffle == "full":
+            reader, sizes = reader.by_row(), np.ones(int(sizes.sum()), np.int64)
+        return SourcePlan(plan(sizes), reader, shards.classes)
+    ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)
+    return SourcePlan(
+        plan(np.ones(len(ids), np.int64)), GeneratedReader(cfg), _generated_classes(cfg)
+    )
+
+
+@dataclass(frozen=True)
+class FolderReader:
+    """Image files, one piece each."""
+
+    files: list[str]
+    keys: list[str]
+    labels: np.ndarray
+    filesystem: pafs.FileSystem
+
+    def read(self, spans: Sequence[Span]) -> Rows:
+        picks = [s.piece for s in spans]
+        images = []
+        for i in picks:
+            with self.filesystem.open_input_file(self.files[i]) as f:
+                images.append(f.read())
+        return {
+            "image": _objects(images),
+            "label": self.labels[picks],
+            "key": _objects([self.keys[i] for i in picks]),
+        }
+
+
+@dataclass(frozen=True)
+class TableReader:
+    """Rows of an in-memory table of (image, label, key), one piece each."""
+
+    table: pa.Table
+
+    def read(self, spans: Sequence[Span]) -> Rows:
+        return _numpy(self.table.take([s.piece for s in spans]))
+
+
+@dataclass(frozen=True)
+class GeneratedReader:
+    """Synthetic shapes or scikit-learn digits, one generated id each."""
+
+    cfg: DataConfig
+
+    def read(self, spans: Sequence[Span]) -> Rows:
+        cfg = self.cfg
+        ids = _generated_ids(cfg.source, cfg.num_samples, cfg.split)[[s.piece for s in spans]]
+        if cfg.source == "digits":
+            return _numpy(_digits_table(cfg.image_size).take(ids))
+        images = [
+            encode_jpeg(synthetic_image(int(i), cfg.seed, cfg.image_size, cfg.num_classes))
+            for i in ids
+        ]
+        return {
+            "image": _objects(images),
+            "label": np.array([synthetic_label(int(i), cfg.num_classes) for i in ids], np.int64),
+            "key": _objects([f"synthetic/{i}" for i in ids]),
+        }
+
+
+class ParquetReader:
+    """Parquet files, one piece per row group (or per row, see :meth:`by_row`). The row group
+    read last is kept, so consecutive units of one row group read it once."""
+
+    def __init__(
+        self,
+        files: list[str],
+        filesystem: pafs.FileSystem,
+        columns: list[str],
+        split: str,
+        file: np.ndarray,
+        group: np.ndarray,
+        first: np.ndarray,
+        sizes: np.ndarray,
+    ):
+        self.files, self.filesystem, self.columns, self.split = files, filesystem, columns, split
+        self.file, self.group, self.first, self.sizes = file, group, first, sizes
+        """Per piece, int64 (P,): file index, row group, first row in the group, rows."""
+        self._last: tuple[tuple[int, int], pa.Table] | None = None
+
+    @classmethod
+    def of(
+        cls, files: list[str], filesystem: pafs.FileSystem, columns: list[str], split: str
+    ) -> ParquetReader:
+        """A reader of every row group of ``files`` (one footer read per file)."""
+        file, group, sizes = [], [], []
+        for f, path in enumerate(files):
+            meta = pq.read_metadata(path, filesystem=filesystem)
+            for g in range(meta.num_row_groups):
+                file.append(f)
+                group.append(g)
+                sizes.append(meta.row_group(g).num_rows)
+        i64 = np.int64
+        zeros = np.zeros(len(sizes), i64)
+        return cls(
+            files,
+            filesystem,
+            columns,
+            split,
+            np.array(file, i64),
+            np.array(group, i64),
+            zeros,
+            np.array(sizes, i64),
+        )
+
+    def by_row(self) -> ParquetReader:
+        """The same rows, one piece per row."""
+        rows = np.repeat(np.arange(len(self.sizes)), self.sizes)
+        first = np.arange(len(rows)) - np.repeat(np.cumsum(self.sizes) - self.sizes, self.sizes)
+        return ParquetReader(
+            self.files,
+            self.filesystem,
+            self.columns,
+            self.split,
+            self.file[rows],
+            self.group[rows],
+            first,
+            np.ones(len(rows), np.int64),
+        )
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_last": None}
+
+    def _row_group(self, f: int, g: int) -> pa.Table:
+        if self._last is None or self._last[0] != (f, g):
+            with self.filesystem.open_input_file(self.files[f]) as handle:
+                table = pq.ParquetFile(handle).read_row_group(g, columns=self.columns)
+            self._last = ((f, g), table)
+        return self._last[1]
+
+    def read(self, spans: Sequence[Span]) -> Rows:
+        parts = []
+        for s in spans:
+            p = s.piece
+            table = self._row_group(int(self.file[p]), int(self.group[p]))
+            parts.append(table.slice(int(self.first[p]) + s.start, s.stop - s.start))
+        return _numpy(_parquet_rows(pa.concat_tables(parts), self.split))
+
+
+def _numpy(rows: pa.Table) -> Rows:
+    return {c: rows.column(c).to_numpy(zero_copy_only=False) for c in ("image", "label", "key")}
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out

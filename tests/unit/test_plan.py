@@ -1,0 +1,138 @@
+"""The epoch plan (data/plan.py) and the readers that fetch its units (data/readers.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.plan import Plan, Span
+from lejepa_ray.data.readers import ParquetReader, source_plan
+from lejepa_ray.data.sources import LocalSource
+
+
+def epoch_rows(plan: Plan, epoch: int) -> list[tuple[int, int]]:
+    """(piece, row in piece) of every row of ``epoch``, unit after unit."""
+    rows = []
+    for k in range(plan.units_per_epoch):
+        e, spans = plan.unit(epoch * plan.units_per_epoch + k)
+        assert e == epoch
+        assert sum(s.stop - s.start for s in spans) == min(
+            plan.unit_rows, plan.rows_per_epoch - k * plan.unit_rows
+        )
+        rows += [(s.piece, r) for s in spans for r in range(s.start, s.stop)]
+    return rows
+
+
+@pytest.mark.parametrize("sizes", [[1] * 10, [5, 3, 7, 1, 64], [64, 64, 31]])
+def test_every_epoch_reads_every_row_once_in_a_new_order(sizes):
+    plan = Plan(np.array(sizes), unit_rows=4, seed=7)
+    all_rows = sorted((p, r) for p, n in enumerate(sizes) for r in range(n))
+    epochs = [epoch_rows(plan, e) for e in range(4)]
+    assert all(sorted(rows) == all_rows for rows in epochs)
+    assert len({tuple(rows) for rows in epochs}) > 1  # reordered (3 pieces have 6 orders)
+    assert epoch_rows(Plan(np.array(sizes), 4, seed=7), 1) == epochs[1]  # seeded
+    assert epoch_rows(Plan(np.array(sizes), 4, seed=8), 1) != epochs[1]
+    # Rows of one piece stay together and in order: a unit reads a row group's run of rows.
+    pieces = [p for p, _ in epochs[0]]
+    assert len(pieces) - sum(a == b for a, b in itertools.pairwise(pieces)) == len(sizes)
+
+
+def test_without_shuffle_every_epoch_reads_the_pieces_as_listed():
+    plan = Plan(np.array([2, 3, 1]), unit_rows=2, seed=0, shuffle=False)
+    expected = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0)]
+    assert epoch_rows(plan, 0) == epoch_rows(plan, 5) == expected
+
+
+def test_a_position_names_its_unit_and_the_rows_before_it_are_skipped():
+    plan = Plan(np.array([5, 3, 7, 1]), unit_rows=4, seed=1)  # 16 rows, 4 units an epoch
+    rows = epoch_rows(plan, 2)
+    for samples in range(plan.rows_per_epoch):
+        g, offset = plan.locate(2, samples)
+        epoch, spans = plan.unit(g, skip=offset)
+        assert epoch == 2
+        got = [(s.piece, r) for s in spans for r in range(s.start, s.stop)]
+        assert got == rows[samples : (samples // 4 + 1) * 4]  # the rest of that unit
+    assert plan.locate(2, 16) == plan.locate(3, 0) == (12, 0)  # past the end: the next epoch
+
+
+def test_the_plan_travels_without_its_cache():
+    import pickle
+
+    plan = Plan(np.array([3, 3]), unit_rows=2, seed=0)
+    plan.unit(0)
+    assert plan._orders and not pickle.loads(pickle.dumps(plan))._orders
+    assert pickle.loads(pickle.dumps(plan)).unit(1) == plan.unit(1)
+
+
+def write_shards(folder, rows: int = 100, group: int = 16) -> None:
+    table = pa.table(
+        {
+            "image": pa.array([f"img{i}".encode() for i in range(rows)], pa.binary()),
+            "label": pa.array(np.arange(rows) % 3, pa.int64()),
+            "path": pa.array([f"c{i % 3}/{i:04d}.jpg" for i in range(rows)], pa.string()),
+        }
+    )
+    folder.mkdir()
+    pq.write_table(table.slice(0, 60), folder / "a.parquet", row_group_size=group)
+    pq.write_table(table.slice(60), folder / "b.parquet", row_group_size=group)
+
+
+@pytest.mark.parametrize("shuffle", ["files", "full", "none"])
+def test_parquet_units_read_the_rows_local_source_reads(tmp_path, shuffle):
+    write_shards(tmp_path / "shards")
+    cfg = DataConfig(
+        source="parquet", path=str(tmp_path / "shards"), transform_batch_size=8, shuffle=shuffle
+    )
+    listed = source_plan(cfg)
+    plan = listed.plan
+    pieces = 100 if shuffle == "full" else 7  # rows, or row groups: 4 + 3 (16 rows or fewer)
+    assert len(plan.sizes) == pieces and plan.rows_per_epoch == 100
+    keys = []
+    for g in range(plan.units_per_epoch):
+        _epoch, spans = plan.unit(g)
+        rows = listed.reader.read(spans)
+        assert len(rows["image"]) == len(rows["label"]) == len(rows["key"])
+        keys += list(rows["key"])
+    local = LocalSource(cfg)
+    assert sorted(keys) == sorted(local[i]["key"] for i in range(len(local)))
+    ordered = keys == [local[i]["key"] for i in range(len(local))]
+    assert ordered == (shuffle == "none")
+
+
+def test_a_parquet_reader_reads_each_row_group_once_for_consecutive_units(tmp_path, monkeypatch):
+    write_shards(tmp_path / "shards", group=32)
+    files = sorted(str(p) for p in (tmp_path / "shards").iterdir())
+    reader = ParquetReader.of(files, pa.fs.LocalFileSystem(), ["image", "label", "path"], "all")
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_group",
+        lambda self, g, **kw: reads.append(g) or real(self, g, **kw),
+    )
+    first = reader.read([Span(0, 0, 16)])
+    second = reader.read([Span(0, 16, 32)])
+    assert reads == [0]
+    assert list(first["key"]) + list(second["key"]) == [f"c{i % 3}/{i:04d}.jpg" for i in range(32)]
+
+
+def test_generated_and_folder_sources_plan_one_piece_per_image(tmp_path):
+    from images import make_image_folder
+
+    make_image_folder(tmp_path / "imgs", per_class=3, bad=False)
+    for cfg in (
+        DataConfig(source="synthetic", num_samples=20, image_size=16, transform_batch_size=6),
+        DataConfig(source="folder", path=str(tmp_path / "imgs"), transform_batch_size=4),
+    ):
+        listed = source_plan(cfg)
+        local = LocalSource(cfg)
+        assert listed.plan.rows_per_epoch == len(local) and set(listed.plan.sizes) == {1}
+        rows = listed.reader.read([Span(p, 0, 1) for p in range(len(local))])
+        assert list(rows["key"]) == [local[i]["key"] for i in range(len(local))]
+        assert list(rows["image"]) == [local[i]["image"] for i in range(len(local))]
+        assert rows["label"].tolist() == [local[i]["label"] for i in range(len(local))]
