@@ -25,3 +25,11 @@ def test_a_dataset_too_small_is_refused_with_what_it_needs(tmp_path, capsys):
     assert "--batch-size 10 or less" in err
     with pytest.raises(bench.BenchError, match="needs at least 24 samples"):
         bench.run(DataConfig(source="synthetic", num_samples=20), batch_size=8)
+
+
+def test_ray_data_overhead_is_its_cpu_beyond_the_dataloader_s_idle_cores_apart():
+    from lejepa_ray.data.bench import ray_data_overhead
+
+    loader = {"workers": 5.0, "consumer": 0.1, "ray": 0.0, "idle": 0.2}
+    stream = {"workers": 5.3, "consumer": 0.3, "ray": 0.1, "idle": 3.0}
+    assert ray_data_overhead(loader, stream) == pytest.approx(0.6)

@@ -132,19 +132,17 @@ class DataConfig:
     num_classes: int = 10
     """Number of classes of the ``synthetic`` source (at most 40)."""
     shuffle: str = "files"
-    """Per-epoch reshuffle: ``files`` (file order, reseeded each epoch; converted shards are
-    already mixed), ``full`` (all rows, costs an all-to-all exchange of the encoded bytes) or
-    ``none``. In-memory sources (synthetic, digits) always shuffle all rows unless ``none``."""
+    """Per-epoch reorder, seeded by (``seed``, epoch): ``files`` (image files, generated images,
+    or parquet row groups, each read whole; converted shards are already mixed), ``full`` (every
+    row on its own: for parquet, a row group is read per row) or ``none`` (the listed order)."""
     local_shuffle_buffer: int = 0
     """Rows in each training worker's local shuffle buffer (0: none). Rows hold finished views."""
     workers: int | None = None
     """CPUs that decode and crop. None: as many as Ray Data has CPUs."""
     tasks_per_cpu: int = 1
-    """Transform tasks in flight per data CPU (each reserves ``1 / tasks_per_cpu`` CPU). Ray
-    Data counts a task as running until it has collected the task's last output block, which
-    lags the task's end by a scheduling round or more, so with one task per CPU the CPUs idle
-    meanwhile. On 2 cores, 2 ran 3,000-image epochs 1.37x faster but 600-image epochs 0.67x
-    as fast (docs/data.md, "Where Ray Data's time goes"), so it stays 1 by default."""
+    """Transform tasks in flight per data CPU (each reserves ``1 / tasks_per_cpu`` CPU). More
+    than one fills the short idle gaps between a CPU's tasks at the cost of CPU contention;
+    with long tasks (``task_units``) one per CPU is faster on 2 cores (docs/data.md)."""
     node_resource: str | None = None
     """A custom resource that marks the nodes the data tasks (reads, row steps, views) run on
     (``cluster.yaml``'s ``cpu_data`` nodes declare ``data_node``): each task asks for a
@@ -160,9 +158,9 @@ class DataConfig:
     the others are done, so not too long (docs/data.md, "Where Ray Data's time goes")."""
     prefetch_batches: int = 8
     """Batches each training worker pulls ahead of its steps, in a background thread that asks
-    for the next epoch as soon as the current one is pulled: the next epoch's pipeline starts
-    while the trainer steps on these. Costs this many batches of views in host memory
-    (0: no thread; each epoch then starts when the trainer asks for it)."""
+    for the next pass (one execution of the pipeline, many epochs) as soon as the current one is
+    pulled: the next pass starts while the trainer steps on these. Costs this many batches of
+    views in host memory (0: no thread; each pass then starts when the trainer asks for it)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels are skipped as possible decompression bombs."""
     max_skip_rate: float = 0.05

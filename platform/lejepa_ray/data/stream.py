@@ -332,9 +332,12 @@ class EpochCursor:
             prefetcher.close()
 
     def _advance(self, rows: int) -> None:
-        self.epoch, self.samples = divmod(
-            self.epoch * self.rows_per_epoch + self.samples + rows, self.rows_per_epoch
-        )
+        """Move the position ``rows`` on. It stays in the epoch of the last row consumed: an
+        epoch's last step leaves it at (epoch, rows_per_epoch), which resumes at the next
+        epoch's start (``Plan.locate``)."""
+        end = self.epoch * self.rows_per_epoch + self.samples + rows
+        self.epoch, last = divmod(end - 1, self.rows_per_epoch)
+        self.samples = last + 1
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         step_rows = self.batch_size * self.world_size  # drawn by all ranks per step
