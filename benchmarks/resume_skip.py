@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 
 import ray
 from ray.data import DataContext
 
+from lejepa_ray import compat
 from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.data.stream import build_view_stream, iter_views
 
@@ -52,6 +54,13 @@ def main() -> None:
     rows = build_view_stream(cfg, pass_epochs=1).plan.rows_per_epoch
     samples = int(args.at * rows) // args.batch_size * args.batch_size
     print(f"{cfg.path or cfg.source}: {rows} samples an epoch, resuming at {samples} of epoch 1")
+    with compat.quiet_logger("ray.data", logging.WARNING):
+        first_batch(cfg, samples, args.batch_size, True)  # warm-up: Ray starts its workers
+        _runs(cfg, samples, args)
+
+
+def _runs(cfg, samples: int, args: argparse.Namespace) -> None:
+    rows = build_view_stream(cfg, pass_epochs=1).plan.rows_per_epoch
     runs: dict[str, list[tuple[float, int]]] = {"source": [], "consumer": []}
     for r in range(args.repeats):  # interleaved: this machine's speed drifts within minutes
         for mode in runs:

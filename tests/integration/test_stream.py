@@ -291,6 +291,31 @@ def test_the_position_crosses_epochs_inside_a_pass_the_same_on_every_rank(monkey
     assert positions == [(0, 6), (0, 12), (1, 3), (1, 9), (1, 15)]  # (1, 15): epoch 1 done
 
 
+def test_a_cursor_resumed_at_an_epoch_end_meets_the_passes_after_it(monkeypatch):
+    from lejepa_ray.data import stream
+
+    asked = []
+
+    def fake_pass(*args, resumed=False, **kwargs):
+        asked.append(resumed)
+        return iter([{"epoch": torch.zeros(2)} for _ in range(2)])
+
+    monkeypatch.setattr(stream, "iter_epoch", fake_pass)
+    # Saved at the end of epoch 1 (6 of 6 rows), passes of 2 epochs: the pipeline resumes at
+    # epoch 2, the start of pass 1, so the pass after it starts epoch 4.
+    cursor = stream.EpochCursor(
+        None, None, 2, 1, rows_per_epoch=6, epochs_per_pass=2, epoch=1, samples=6
+    )
+    it = iter(cursor)
+    positions = [next(it) and (cursor.epoch, cursor.samples) for _ in range(3)]
+    assert positions == [(2, 2), (2, 4), (4, 2)]
+    # A pass resumed mid-way may end before a batch; only the first one is told so.
+    resumed = stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, samples=4)
+    it = iter(resumed)
+    next(it), next(it), next(it)
+    assert asked[-2:] == [True, False]
+
+
 def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_own(monkeypatch):
     from lejepa_ray.data import stream
 

@@ -136,3 +136,27 @@ def test_generated_and_folder_sources_plan_one_piece_per_image(tmp_path):
         assert list(rows["key"]) == [local[i]["key"] for i in range(len(local))]
         assert list(rows["image"]) == [local[i]["image"] for i in range(len(local))]
         assert rows["label"].tolist() == [local[i]["label"] for i in range(len(local))]
+
+
+def test_a_source_without_samples_in_its_split_is_refused_with_the_split():
+    from lejepa_ray.errors import SourceError
+
+    with pytest.raises(SourceError, match=r"no samples in data.split=val"):
+        source_plan(DataConfig(source="synthetic", num_samples=2, split="val"))
+
+
+def test_parquet_units_across_files_of_different_column_types_read(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, kind in (("a", pa.int32()), ("b", pa.int64())):
+        table = pa.table(
+            {
+                "image": pa.array([b"x", b"y"], pa.binary()),
+                "label": pa.array([0, 1], kind),
+                "path": pa.array([f"{name}0", f"{name}1"], pa.string()),
+            }
+        )
+        pq.write_table(table, folder / f"{name}.parquet")
+    listed = source_plan(DataConfig(source="parquet", path=str(folder), shuffle="none"))
+    rows = listed.reader.read(listed.plan.unit(0)[1])  # both files in one unit
+    assert list(rows["key"]) == ["a0", "a1", "b0", "b1"] and rows["label"].tolist() == [0, 1, 0, 1]

@@ -41,6 +41,7 @@ from lejepa_ray.data.sources import (
     list_image_folder,
 )
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
+from lejepa_ray.errors import SourceError
 
 Rows = dict[str, np.ndarray]
 """``image`` (object: bytes), ``label`` (int64) and ``key`` (object: str), all (N,)."""
@@ -73,14 +74,20 @@ def source_plan(cfg: DataConfig) -> SourcePlan:
     shuffle = cfg.shuffle != "none"
 
     def plan(sizes: np.ndarray) -> Plan:
+        if not sizes.sum():
+            where = f"data.source={cfg.source}" + (f", data.path={cfg.path!r}" if cfg.path else "")
+            raise SourceError(
+                f"{where} has no samples in data.split={cfg.split}: point data.path at more "
+                "images, or choose another data.split."
+            )
         return Plan(sizes, cfg.transform_batch_size, cfg.seed, shuffle)
 
     if cfg.source == "folder":
         listing = list_image_folder(cfg.path)
         picks = _folder_picks(listing, cfg)
         reader: Reader = FolderReader(
-            [listing.files[i] for i in picks],
-            [listing.keys[i] for i in picks],
+            pa.array([listing.files[i] for i in picks], pa.string()),
+            pa.array([listing.keys[i] for i in picks], pa.string()),
             np.array([listing.labels[i] for i in picks], np.int64),
             listing.filesystem,
         )
@@ -107,8 +114,10 @@ def source_plan(cfg: DataConfig) -> SourcePlan:
 class FolderReader:
     """Image files, one piece each."""
 
-    files: list[str]
-    keys: list[str]
+    files: pa.Array
+    """Paths, as an Arrow string array: it travels to every task as one buffer, where a list
+    of a million Python strings would be unpickled string by string."""
+    keys: pa.Array
     labels: np.ndarray
     filesystem: pafs.FileSystem
 
@@ -116,12 +125,12 @@ class FolderReader:
         picks = [s.piece for s in spans]
         images = []
         for i in picks:
-            with self.filesystem.open_input_file(self.files[i]) as f:
+            with self.filesystem.open_input_file(self.files[i].as_py()) as f:
                 images.append(f.read())
         return {
             "image": _objects(images),
             "label": self.labels[picks],
-            "key": _objects([self.keys[i] for i in picks]),
+            "key": _objects([self.keys[i].as_py() for i in picks]),
         }
 
 
@@ -232,8 +241,9 @@ class ParquetReader:
         for s in spans:
             p = s.piece
             table = self._row_group(int(self.file[p]), int(self.group[p]))
-            parts.append(table.slice(int(self.first[p]) + s.start, s.stop - s.start))
-        return _numpy(_parquet_rows(pa.concat_tables(parts), self.split))
+            part = table.slice(int(self.first[p]) + s.start, s.stop - s.start)
+            parts.append(_parquet_rows(part, self.split))  # one schema, whatever the file's
+        return _numpy(pa.concat_tables(parts))
 
 
 def _numpy(rows: pa.Table) -> Rows:

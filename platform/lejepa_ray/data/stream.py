@@ -253,6 +253,7 @@ def iter_epoch(
     dataset_name: str = "train",
     device: str | torch.device = "auto",
     prefetch_batches: int = 2,
+    resumed: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """One pass (one execution: ``ViewStream.epochs_per_pass`` epochs) of this training
     worker's shard, as batches of tensors on ``device``.
@@ -268,7 +269,13 @@ def iter_epoch(
     """
     shard = ray.train.get_dataset_shard(dataset_name)
     yield from iter_views(
-        shard, counter, cfg, batch_size, device=device, prefetch_batches=prefetch_batches
+        shard,
+        counter,
+        cfg,
+        batch_size,
+        device=device,
+        prefetch_batches=prefetch_batches,
+        resumed=resumed,
     )
 
 
@@ -318,8 +325,12 @@ class EpochCursor:
         self.boundary_waits: list[tuple[int, float]] = []
 
     def _passes(self) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
+        # A pipeline resumed late in a pass may hold less than a batch before the pass ends.
+        resumed = [self.samples > 0 or self.epoch % self.epochs_per_pass > 0]
+
         def one_pass() -> Iterator[dict[str, torch.Tensor]]:
-            return iter_epoch(self.counter, self.cfg, self.batch_size)
+            short, resumed[0] = resumed[0], False
+            return iter_epoch(self.counter, self.cfg, self.batch_size, resumed=short)
 
         if not self.prefetch:
             while True:
@@ -341,7 +352,8 @@ class EpochCursor:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         step_rows = self.batch_size * self.world_size  # drawn by all ranks per step
-        first_pass = self.epoch // self.epochs_per_pass
+        # (e, rows_per_epoch) is the end of epoch e: the pipeline starts at epoch e + 1.
+        first_pass = (self.epoch + (self.samples >= self.rows_per_epoch)) // self.epochs_per_pass
         for n, batches in enumerate(self._passes()):
             asked: float | None = time.perf_counter()
             for batch in batches:
@@ -420,8 +432,10 @@ def iter_views(
     device: str | torch.device = "auto",
     prefetch_batches: int = 2,
     check_every: int = 20,
+    resumed: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of a Dataset or DataIterator of views, with the skip-rate policy enforced."""
+    """Batches of a Dataset or DataIterator of views, with the skip-rate policy enforced.
+    ``resumed``: the pass started late (a resume), so ending without a batch is no error."""
     batches: Iterable = iterable.iter_torch_batches(
         batch_size=batch_size,
         device=device,
@@ -435,6 +449,8 @@ def iter_views(
         yield batch
         if n % check_every == 0:
             check_skip_rate(ray.get(counter.totals.remote()), cfg)
+    if n == 0 and resumed:  # started late in its pass: the rest was less than a batch
+        return
     check_skip_rate(ray.get(counter.totals.remote()), cfg, end_of_epoch=True, batches=n)
 
 
