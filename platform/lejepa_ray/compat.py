@@ -18,10 +18,10 @@ blocks of a class share one code object, whose number of graphs dynamo caps at
 :func:`raise_recompile_limit` lifts that cap. Blocks that differ in a constant (timm's
 per-block drop-path rate) get a graph each; :func:`compiled_graphs` counts them.
 
-Ray Data's epoch: a pipeline's execution index, ``DataContext._execution_idx``, counts its
-complete executions, is shipped with the context to every task, and seeds Ray Data's own
-reshuffles; we read it as the epoch (:func:`execution_index`) and set it to resume a run at an
-epoch (:func:`set_execution_index`).
+Ray Data's passes: a pipeline's execution index, ``DataContext._execution_idx``, counts its
+complete executions and is shipped with the context to every task; we read it as the pass the
+views tasks work for (:func:`execution_index`; a pass streams several epochs) and set it to
+resume a run in a later pass (:func:`set_execution_index`).
 
 Loggers: Ray Train logs every report with all its metrics at INFO, and its checkpoint manager
 warns about each checkpoint it does not keep, on loggers named after private modules
@@ -142,7 +142,7 @@ def compiled_graphs() -> int:
 
 
 def execution_index() -> int:
-    """The execution index of the Ray Data pipeline this process is working for (the epoch)."""
+    """The execution index of the Ray Data pipeline this process is working for (the pass)."""
     # lazy: Ray takes seconds to import; compat sits under the Ray-free core and data.sources.
     from ray.data import DataContext
 

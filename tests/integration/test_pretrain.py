@@ -195,9 +195,9 @@ def test_rerun_resumes_on_another_world_size_and_stops_on_divergence(ray_cluster
     for step in range(7, 11):
         assert lr[step] == pytest.approx(scaled_lr(cfg) * lr_factor(step, cfg.optim))
     assert dict(scalars["steps/skipped_nonfinite"])[10] == 1  # the count is restored too
-    # Run A stopped 2 steps into epoch 1; run B's pipeline started there (the rows before it
-    # unread), finished epoch 1 and went on into epoch 2 (from epoch 0, or the start of 1, it
-    # would differ).
+    # Run A stopped 2 steps into epoch 1; run B's position continued from the checkpoint's,
+    # finished epoch 1 and went on into epoch 2 (from a fresh position it would differ). That
+    # the pipeline starts there too, unread before it: test_stream.py.
     assert [e for _, e in scalars["data/epoch"]] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
 
     # Two bad steps in a row with a limit of 2: the run stops with the reason, and the last

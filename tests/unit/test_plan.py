@@ -160,3 +160,33 @@ def test_parquet_units_across_files_of_different_column_types_read(tmp_path):
     listed = source_plan(DataConfig(source="parquet", path=str(folder), shuffle="none"))
     rows = listed.reader.read(listed.plan.unit(0)[1])  # both files in one unit
     assert list(rows["key"]) == ["a0", "a1", "b0", "b1"] and rows["label"].tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("shuffle", ["files", "full"])
+def test_a_parquet_split_counts_and_reads_only_its_rows(tmp_path, shuffle):
+    write_shards(tmp_path / "shards")
+    cfg = DataConfig(
+        source="parquet",
+        path=str(tmp_path / "shards"),
+        split="train",
+        transform_batch_size=8,
+        shuffle=shuffle,
+    )
+    listed = source_plan(cfg)
+    local = LocalSource(cfg)
+    assert 50 < listed.plan.rows_per_epoch == len(local) < 100
+    keys = []
+    for g in range(listed.plan.units_per_epoch):
+        keys += list(listed.reader.read(listed.plan.unit(g)[1])["key"])
+    assert sorted(keys) == sorted(local[i]["key"] for i in range(len(local)))
+
+
+def test_a_pass_holds_whole_epochs_and_enough_tasks_for_every_slot():
+    from lejepa_ray.data.stream import MIN_PASS_UNITS, epochs_per_pass
+
+    cfg = DataConfig(task_units=64)
+    small = Plan(np.ones(600, np.int64), unit_rows=32, seed=0)  # 19 units an epoch
+    assert epochs_per_pass(small, cfg, slots=2) == -(-MIN_PASS_UNITS // 19) == 216
+    assert epochs_per_pass(small, cfg, slots=32) == -(-(32 * 32 * 64) // 19)  # 32 waves
+    large = Plan(np.ones(1_281_167, np.int64), unit_rows=32, seed=0)
+    assert epochs_per_pass(large, cfg, slots=32) == 2 and epochs_per_pass(large, cfg, 2) == 1

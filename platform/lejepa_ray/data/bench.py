@@ -262,7 +262,7 @@ def bench_ray_data(
 
     result = {**_measure(epochs, seconds), "unit": "pass"}
     ray.kill(stream.counter)
-    summary = stream.dataset.get_stats_summary()  # the last execution: the last epoch measured
+    summary = stream.dataset.get_stats_summary()  # the last execution: the pass measured
     views = account.operator_account(summary)
     spans = _flushed_spans(views.get("tasks", 0), result["last_epoch_asked"])
     result["stages"] = {
@@ -359,8 +359,8 @@ def run(
 
     if not ray.is_initialized():
         # `workers` logical CPUs for the transform tasks, as many as the DataLoader has worker
-        # processes, plus one for the read tasks (I/O the DataLoader's workers do themselves).
-        # Without it the transforms hold every CPU and reads starve. Physical cores are the same.
+        # processes, plus one spare (logical only: the physical cores are the same), as the
+        # figures of docs/data.md were measured.
         ray.init(
             address="local",
             num_cpus=workers + 1,

@@ -152,10 +152,12 @@ class DataConfig:
     """Rows per unit of work: a views task yields one block of this many samples per unit
     (fewer where images were skipped), which the training iterator batches without splitting
     when it divides the per-worker batch."""
-    task_units: int = 16
-    """Units each views task makes. Ray Data leaves a task's CPU idle for about 0.1 s between
-    two tasks on 2 cores, so long tasks keep the CPUs busy; a pass's last tasks run alone while
-    the others are done, so not too long (docs/data.md, "Where Ray Data's time goes")."""
+    task_units: int = 64
+    """Units each views task makes. Ray Data leaves a task's CPU idle for 0.1-0.2 s between two
+    tasks, so long tasks keep the CPUs busy (``data bench`` on 2 cores, paired runs: 64 units
+    1.06x and 1.19x the rate of 32, 32 units 1.02-1.09x that of 16); a pass holds at least 32
+    tasks per CPU, so that its last tasks, running while the others are done, cost little
+    (docs/data.md)."""
     prefetch_batches: int = 8
     """Batches each training worker pulls ahead of its steps, in a background thread that asks
     for the next pass (one execution of the pipeline, many epochs) as soon as the current one is

@@ -19,6 +19,7 @@ The pieces by source and ``data.shuffle``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.keys import in_split
 from lejepa_ray.data.plan import Plan, Span
 from lejepa_ray.data.sources import (
     _digits_table,
@@ -167,8 +169,9 @@ class GeneratedReader:
 
 
 class ParquetReader:
-    """Parquet files, one piece per row group (or per row, see :meth:`by_row`). The row group
-    read last is kept, so consecutive units of one row group read it once."""
+    """Parquet files, one piece per row group (or per row, see :meth:`by_row`). A piece's rows
+    are those of ``data.split`` (all of them by default). The row group read last is kept, so
+    consecutive units of one row group read it once."""
 
     def __init__(
         self,
@@ -183,23 +186,38 @@ class ParquetReader:
     ):
         self.files, self.filesystem, self.columns, self.split = files, filesystem, columns, split
         self.file, self.group, self.first, self.sizes = file, group, first, sizes
-        """Per piece, int64 (P,): file index, row group, first row in the group, rows."""
+        """Per piece, int64 (P,): file index, row group, first row in the group's rows of the
+        split, rows."""
         self._last: tuple[tuple[int, int], pa.Table] | None = None
 
     @classmethod
     def of(
         cls, files: list[str], filesystem: pafs.FileSystem, columns: list[str], split: str
     ) -> ParquetReader:
-        """A reader of every row group of ``files`` (one footer read per file)."""
-        file, group, sizes = [], [], []
-        for f, path in enumerate(files):
-            meta = pq.read_metadata(path, filesystem=filesystem)
-            for g in range(meta.num_row_groups):
-                file.append(f)
-                group.append(g)
-                sizes.append(meta.row_group(g).num_rows)
+        """A reader of every row group of ``files``: one footer read per file, in parallel,
+        and under a ``split`` the ``path`` column too, to count each group's rows of the split.
+        Shards without a ``path`` are keyed by their content, which only the tasks read: their
+        groups count all their rows, and the position of a run runs ahead of its samples."""
+
+        def groups(path: str) -> list[int]:
+            handle = pq.ParquetFile(path, filesystem=filesystem)
+            meta = handle.metadata
+            if split == "all" or "path" not in columns:
+                return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            return [
+                sum(
+                    in_split(k, split)
+                    for k in handle.read_row_group(g, ["path"])["path"].to_pylist()
+                )
+                for g in range(meta.num_row_groups)
+            ]
+
+        with ThreadPoolExecutor(max_workers=16) as pool:  # object stores answer in parallel
+            per_file = list(pool.map(groups, files))
+        file = [f for f, sizes in enumerate(per_file) for _ in sizes]
+        group = [g for sizes in per_file for g in range(len(sizes))]
         i64 = np.int64
-        zeros = np.zeros(len(sizes), i64)
+        sizes = np.array([n for s in per_file for n in s], i64)
         return cls(
             files,
             filesystem,
@@ -207,8 +225,8 @@ class ParquetReader:
             split,
             np.array(file, i64),
             np.array(group, i64),
-            zeros,
-            np.array(sizes, i64),
+            np.zeros(len(sizes), i64),
+            sizes,
         )
 
     def by_row(self) -> ParquetReader:
@@ -230,19 +248,20 @@ class ParquetReader:
         return {**self.__dict__, "_last": None}
 
     def _row_group(self, f: int, g: int) -> pa.Table:
+        """Row group ``g`` of file ``f`` as (image, label, key) rows of the split."""
         if self._last is None or self._last[0] != (f, g):
             with self.filesystem.open_input_file(self.files[f]) as handle:
                 table = pq.ParquetFile(handle).read_row_group(g, columns=self.columns)
-            self._last = ((f, g), table)
+            self._last = ((f, g), _parquet_rows(table, self.split))
         return self._last[1]
 
     def read(self, spans: Sequence[Span]) -> Rows:
-        parts = []
-        for s in spans:
-            p = s.piece
-            table = self._row_group(int(self.file[p]), int(self.group[p]))
-            part = table.slice(int(self.first[p]) + s.start, s.stop - s.start)
-            parts.append(_parquet_rows(part, self.split))  # one schema, whatever the file's
+        parts = [
+            self._row_group(int(self.file[s.piece]), int(self.group[s.piece])).slice(
+                int(self.first[s.piece]) + s.start, s.stop - s.start
+            )
+            for s in spans
+        ]
         return _numpy(pa.concat_tables(parts))
 
 

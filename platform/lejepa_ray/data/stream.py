@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 MIN_PASS_UNITS = 4096
 """A pass holds the fewest whole epochs that make at least this many units (one epoch when an
 epoch is larger): 131,072 samples at 32 a unit, a minute or more of a cluster's views."""
+PASS_WAVES = 32
+"""...and at least this many tasks per views slot: a pass's last tasks run while the other
+slots are done, which costs about half a wave, 1.5% of a pass of 32 waves."""
 
 
 @ray.remote(num_cpus=0)
@@ -64,9 +67,11 @@ class SkipCounter:
         self.seen = 0
         self.skipped = SkipCounts()
 
-    def add(self, seen: int, skipped: dict[str, int]) -> None:
+    def add(self, seen: int, skipped: dict[str, int]) -> tuple[int, int]:
+        """Count a unit's samples; returns the totals so far: (seen, skipped)."""
         self.seen += seen
         self.skipped.update(skipped)
+        return self.seen, self.skipped.total
 
     def totals(self) -> dict:
         return {"seen": self.seen, "skipped": dict(self.skipped)}
@@ -109,22 +114,28 @@ def make_views(
         if g < start.unit:
             continue
         epoch, spans = plan.unit(g, skip=start.offset if g == start.unit else 0)
-        block = unit_views(reader.read(spans), epoch, maker, cfg, counter)
+        block, (seen, skipped) = unit_views(reader.read(spans), epoch, maker, cfg, counter)
         if len(block["label"]):
             yield block
+        elif seen >= plan.rows_per_epoch and skipped == seen:
+            # A whole epoch's worth and not one usable image: every task stops, the pass ends
+            # at once and the consumer says so, instead of decoding a pass of bad files.
+            return
 
 
 def unit_views(
     rows: Rows, epoch: int, maker: ViewMaker, cfg: DataConfig, counter=None
-) -> dict[str, np.ndarray]:
-    """The views of one unit's rows (see :func:`make_views` for the columns)."""
+) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """The views of one unit's rows (see :func:`make_views` for the columns), and the
+    pipeline's (seen, skipped) totals after them ((0, 0) without a counter)."""
     keys = [str(k) for k in rows["key"]]
     views = maker.batch(list(rows["image"]), keys, epoch)
     kept = views.kept
+    totals = (0, 0)
     if counter is not None:
         # Waited for (about 1 ms a unit): the counts are in before the block is handed on, so
         # the end-of-pass skip check sees every sample of the pass.
-        ray.get(counter.add.remote(len(keys), dict(views.skipped)))
+        totals = ray.get(counter.add.remote(len(keys), dict(views.skipped)))
     out = {
         "global": views.global_views,
         "label": np.asarray(rows["label"], dtype=np.int64)[kept],
@@ -137,7 +148,7 @@ def unit_views(
         out["global_params"] = views.global_params
         if cfg.views.local_views:
             out["local_params"] = views.local_params
-    return out
+    return out, totals
 
 
 @dataclass
@@ -155,6 +166,9 @@ class ViewStream:
     """Label names of the source, or None when it is unlabelled."""
     epochs_per_pass: int
     """Epochs one execution of the pipeline streams (:func:`epochs_per_pass`)."""
+    progress_bars: bool = False
+    """Ray Data's progress bars, as the builder's ``DataContext`` had them: :meth:`at` may run
+    in another process (Ray Train's controller), whose context is Ray Data's default."""
     dataset: ray.data.Dataset | None = None
     """Rows of views from the start position given to :func:`build_view_stream`; give it to
     ``TorchTrainer(datasets={"train": ...})``."""
@@ -187,14 +201,24 @@ class ViewStream:
         # flush its own block: the trainer gets a steady stream instead of bursts.
         v = self.cfg.views
         sample_bytes = 3 * (v.global_views * v.global_size**2 + v.local_views * v.local_size**2)
+        ds.context.enable_progress_bars = self.progress_bars
         ds.context.target_max_block_size = max(2**20, self.cfg.transform_batch_size * sample_bytes)
         set_execution_index(ds, unit // per_pass)  # the pass holding the start
         return ds
 
 
-def epochs_per_pass(plan: Plan) -> int:
-    """The fewest whole epochs of ``plan`` that make at least ``MIN_PASS_UNITS`` units."""
-    return max(1, math.ceil(MIN_PASS_UNITS / plan.units_per_epoch))
+def epochs_per_pass(plan: Plan, cfg: DataConfig, slots: int) -> int:
+    """The fewest whole epochs of ``plan`` that make at least ``MIN_PASS_UNITS`` units and
+    ``PASS_WAVES`` tasks of ``cfg.task_units`` units for each of ``slots`` views tasks."""
+    units = max(MIN_PASS_UNITS, PASS_WAVES * slots * cfg.task_units)
+    return max(1, math.ceil(units / plan.units_per_epoch))
+
+
+def views_slots(cfg: DataConfig) -> int:
+    """Views tasks that run at once: ``data.workers × data.tasks_per_cpu``, or the connected
+    cluster's CPUs (those it has now) when ``data.workers`` is None."""
+    cpus = cfg.workers or int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus * cfg.tasks_per_cpu)
 
 
 def build_view_stream(
@@ -221,8 +245,16 @@ def build_view_stream(
     # driver's node lives as long as the run does.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     counter = SkipCounter.options(scheduling_strategy=here).remote()
-    per_pass = pass_epochs or epochs_per_pass(listed.plan)
-    stream = ViewStream(cfg, listed.plan, listed.reader, counter, listed.classes, per_pass)
+    per_pass = pass_epochs or epochs_per_pass(listed.plan, cfg, views_slots(cfg))
+    stream = ViewStream(
+        cfg,
+        listed.plan,
+        listed.reader,
+        counter,
+        listed.classes,
+        per_pass,
+        progress_bars=ray.data.DataContext.get_current().enable_progress_bars,
+    )
     stream.dataset = stream.at(start_epoch, start_samples)
     return stream
 

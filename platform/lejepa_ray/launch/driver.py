@@ -35,7 +35,13 @@ from lejepa_ray import runs, storage
 from lejepa_ray.config import PretrainConfig, check_run, to_yaml
 from lejepa_ray.data.sources import check_path, class_names
 from lejepa_ray.data.stream import ViewStream, build_view_stream, data_node_resources
-from lejepa_ray.errors import CheckpointError, ConfigError, DataQualityError, TrainingStopped
+from lejepa_ray.errors import (
+    CheckpointError,
+    ConfigError,
+    DataQualityError,
+    SourceError,
+    TrainingStopped,
+)
 from lejepa_ray.evaluate.probe import ProbeReport, load_labelled, probe_report
 from lejepa_ray.launch import probes, runtime
 from lejepa_ray.launch.events import FailureRecorder
@@ -119,6 +125,7 @@ def run(
             return _finish(plan, latest.uri, latest.metrics, 0.0, latest.step, labelled, print_fn)
     _mark_started(plan)
     stream = _start_ray(cfg)
+    _check_epoch_holds_a_batch(stream, cfg)
     resource = cfg.data.node_resource
     if resource and not ray.cluster_resources().get(resource):
         print_fn(
@@ -193,6 +200,21 @@ def _start_ray(cfg: PretrainConfig) -> ViewStream:
     # which already reports throughput and the time spent waiting for data.
     DataContext.get_current().enable_progress_bars = False
     return build_view_stream(cfg.data)
+
+
+def _check_epoch_holds_a_batch(stream: ViewStream, cfg: PretrainConfig) -> None:
+    """Refuse a source smaller than one global batch: its batches would hold the same images
+    twice (a pass runs on into the next epochs), which the objective does not expect."""
+    rows, batch = stream.plan.rows_per_epoch, cfg.scaling.global_batch
+    if rows < batch:
+        where = f"data.source={cfg.data.source}" + (
+            f", data.path={cfg.data.path!r}" if cfg.data.path else ""
+        )
+        raise SourceError(
+            f"{where} has {rows} samples in data.split={cfg.data.split}, fewer than one global "
+            f"batch of {batch} (scaling.batch_size={cfg.scaling.batch_size} × "
+            f"{cfg.scaling.max_workers} workers): lower scaling.batch_size or add images."
+        )
 
 
 def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> TorchTrainer:
