@@ -17,8 +17,10 @@ from lejepa_ray.data.config import DataConfig, ViewConfig
 def test_bench_reports_both_rates_and_their_ratio(ray_cluster):
     cfg = DataConfig(
         source="synthetic",
-        num_samples=2048,  # eight blocks: views tasks start inside the measured windows
+        num_samples=2048,
         image_size=48,
+        task_units=1,  # short tasks: many start inside the measured windows
+        transform_batch_size=16,
         views=ViewConfig(global_size=32, local_views=2, local_size=16),
     )
     printed: list[str] = []
