@@ -117,7 +117,10 @@ def _collate(items: list) -> dict[str, torch.Tensor]:
 
 
 def _measure(
-    epochs: Callable[[int], Iterable[dict]], seconds: float, max_epochs: int = 3
+    epochs: Callable[[int], Iterable[dict]],
+    seconds: float,
+    max_epochs: int = 3,
+    drain_s: float = 0.0,
 ) -> dict[str, Any]:
     """Steady-state samples per second over about ``seconds`` of streaming.
 
@@ -125,6 +128,8 @@ def _measure(
     the rate, on both sides: it is paid once per epoch, which is negligible for a real epoch
     but would dominate a benchmark-sized one. A dataset too small to fill ``seconds`` within
     ``max_epochs`` epochs ends the measurement early (use more samples for a steady state).
+    After a measurement cut short, the stream is consumed, uncounted, for ``drain_s`` more
+    seconds: the tasks running when it closed then end, and Ray's timeline holds their spans.
     """
     streaming = samples = 0.0
     startups = []
@@ -135,7 +140,8 @@ def _measure(
     while streaming < seconds and epoch < max_epochs:
         start, asked = time.perf_counter(), time.time()
         first = None
-        for batch in epochs(epoch):
+        batches = iter(epochs(epoch))
+        for batch in batches:
             now = time.perf_counter()
             if first is None:
                 first = now
@@ -149,6 +155,10 @@ def _measure(
         cpu.pause()
         if first is not None:
             windows.append((opened, time.time()))
+        drain_until = time.perf_counter() + drain_s
+        for _ in batches:  # empty when the epoch ended by itself
+            if time.perf_counter() > drain_until:
+                break
         streaming += (now - first) if first is not None else 0.0
         epoch += 1
     return {
@@ -249,18 +259,23 @@ def bench_dataloader(
 
 
 def bench_ray_data(
-    cfg: DataConfig, workers: int, batch_size: int, seconds: float
+    cfg: DataConfig, workers: int, batch_size: int, seconds: float, sample_ms: float = 0.0
 ) -> dict[str, Any]:
     """Samples/s of the Ray Data views stream on ``workers`` CPUs (``data.tasks_per_cpu``
     tasks each), with Ray Data's stage account (``stages``, see :mod:`.account`). The stream
     is the one training reads: one execution (a pass) of many epochs, so a short measurement
-    is one pass and pays its start once, like a pass of a real run."""
+    is one pass and pays its start once, like a pass of a real run. ``sample_ms``: one
+    worker's time per sample (the profile's), to let the tasks running at the end finish, so
+    that the slot account knows them."""
     stream = build_view_stream(replace(cfg, workers=workers))
 
     def epochs(epoch: int) -> Iterator[dict]:
         return iter_views(stream.dataset, stream.counter, cfg, batch_size, device="cpu")
 
-    result = {**_measure(epochs, seconds), "unit": "pass"}
+    # A task makes task_units × transform_batch_size samples: let the ones running at the end
+    # of the measurement finish (half again their expected time, at most 30 s).
+    task_s = cfg.task_units * cfg.transform_batch_size * sample_ms / 1e3
+    result = {**_measure(epochs, seconds, drain_s=min(30.0, 1.5 * task_s)), "unit": "pass"}
     ray.kill(stream.counter)
     summary = stream.dataset.get_stats_summary()  # the last execution: the pass measured
     views = account.operator_account(summary)
@@ -375,7 +390,7 @@ def run(
     )
     # Ray Data logs each execution's plan and end at INFO: two lines per epoch of noise here.
     with compat.quiet_logger("ray.data", logging.WARNING):
-        stream = bench_ray_data(cfg, workers, batch_size, seconds)
+        stream = bench_ray_data(cfg, workers, batch_size, seconds, per_sample)
 
     for name, measured in (("DataLoader", loader), ("Ray Data", stream)):
         if not measured["samples"]:  # a source that skipped most of its images, say
