@@ -141,8 +141,9 @@ class DataConfig:
     """CPUs that decode and crop. None: as many as Ray Data has CPUs."""
     tasks_per_cpu: int = 1
     """Transform tasks in flight per data CPU (each reserves ``1 / tasks_per_cpu`` CPU). More
-    than one fills the short idle gaps between a CPU's tasks at the cost of CPU contention;
-    with long tasks (``task_units``) one per CPU is faster on 2 cores (docs/data.md)."""
+    than one fills the short idle gaps between a CPU's tasks at the cost of CPU contention.
+    Long tasks (``task_units``) leave gaps of about 1%, so it stays 1 (2 was slower on 2 cores
+    with the earlier short tasks, docs/data.md)."""
     node_resource: str | None = None
     """A custom resource that marks the nodes the data tasks (reads, row steps, views) run on
     (``cluster.yaml``'s ``cpu_data`` nodes declare ``data_node``): each task asks for a
