@@ -190,3 +190,22 @@ def test_a_pass_holds_whole_epochs_and_enough_tasks_for_every_slot():
     assert epochs_per_pass(small, cfg, slots=32) == -(-(32 * 32 * 64) // 19)  # 32 waves
     large = Plan(np.ones(1_281_167, np.int64), unit_rows=32, seed=0)
     assert epochs_per_pass(large, cfg, slots=32) == 2 and epochs_per_pass(large, cfg, 2) == 1
+
+
+def test_a_source_smaller_than_a_step_s_rows_is_refused_before_ray():
+    from lejepa_ray.config import PretrainConfig, ScalingConfig
+    from lejepa_ray.errors import SourceError
+    from lejepa_ray.launch.driver import check_epoch_holds_a_batch
+
+    plan = Plan(np.ones(100, np.int64), unit_rows=32, seed=0)
+    cfg = PretrainConfig(scaling=ScalingConfig(batch_size=16, num_workers=2))  # 32 a step
+    check_epoch_holds_a_batch(plan, cfg)
+    cfg = PretrainConfig(scaling=ScalingConfig(batch_size=64, num_workers=2))  # 128 a step
+    with pytest.raises(SourceError, match=r"has 100 samples .* fewer than the 128 a step draws"):
+        check_epoch_holds_a_batch(plan, cfg)
+    # Elastic: a global batch of 100 (50 × 2) draws 100 a step on 1 or 2 workers; 150 does not fit.
+    cfg = PretrainConfig(scaling=ScalingConfig(batch_size=50, num_workers=[1, 2]))
+    check_epoch_holds_a_batch(plan, cfg)
+    cfg = PretrainConfig(scaling=ScalingConfig(batch_size=50, num_workers=[2, 3]))  # 150
+    with pytest.raises(SourceError):
+        check_epoch_holds_a_batch(plan, cfg)

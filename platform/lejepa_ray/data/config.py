@@ -157,7 +157,7 @@ class DataConfig:
     """Units each views task makes. Ray Data leaves a task's CPU idle for 0.1-0.2 s between two
     tasks, so long tasks keep the CPUs busy (``data bench`` on 2 cores, paired runs: 64 units
     1.06x and 1.19x the rate of 32, 32 units 1.02-1.09x that of 16); a pass holds at least 32
-    tasks per CPU, so that its last tasks, running while the others are done, cost little
+    tasks per views slot, so that its last tasks, running while the others are done, cost little
     (docs/data.md)."""
     prefetch_batches: int = 8
     """Batches each training worker pulls ahead of its steps, in a background thread that asks

@@ -405,7 +405,8 @@ def _parquet_head(shards: ParquetListing, limit: int | None, split: str = "all")
     tables = [
         pq.read_table(f, filesystem=shards.filesystem, columns=shards.columns) for f in shards.files
     ]
-    table = pa.concat_tables(tables, promote_options="default")
+    # "permissive": shards written apart may differ in width (int32/int64, binary/large_binary).
+    table = pa.concat_tables(tables, promote_options="permissive")
     if split == "all" and limit is not None:
         table = table.slice(0, limit)  # keys (content hashes) only for the rows returned
     rows = _parquet_rows(table, split)

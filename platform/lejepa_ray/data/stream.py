@@ -45,7 +45,7 @@ from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import SkipCounts
 from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.data.plan import Plan
-from lejepa_ray.data.readers import Reader, Rows, source_plan
+from lejepa_ray.data.readers import Reader, Rows, SourcePlan, source_plan
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.errors import DataQualityError
 
@@ -57,6 +57,8 @@ epoch is larger): 131,072 samples at 32 a unit, a minute or more of a cluster's 
 PASS_WAVES = 32
 """...and at least this many tasks per views slot: a pass's last tasks run while the other
 slots are done, which costs about half a wave, 1.5% of a pass of 32 waves."""
+MAX_SLOTS = 256
+"""Slots counted at most for the pass length: a pass's unit numbers are made in one process."""
 
 
 @ray.remote(num_cpus=0)
@@ -66,12 +68,16 @@ class SkipCounter:
     def __init__(self) -> None:
         self.seen = 0
         self.skipped = SkipCounts()
+        self.by_epoch: dict[int, list[int]] = {}  # epoch -> [seen, skipped]
 
-    def add(self, seen: int, skipped: dict[str, int]) -> tuple[int, int]:
-        """Count a unit's samples; returns the totals so far: (seen, skipped)."""
+    def add(self, seen: int, skipped: dict[str, int], epoch: int = 0) -> tuple[int, int]:
+        """Count a unit's samples of ``epoch``; returns that epoch's (seen, skipped) so far."""
         self.seen += seen
         self.skipped.update(skipped)
-        return self.seen, self.skipped.total
+        counts = self.by_epoch.setdefault(epoch, [0, 0])
+        counts[0] += seen
+        counts[1] += sum(skipped.values())
+        return counts[0], counts[1]
 
     def totals(self) -> dict:
         return {"seen": self.seen, "skipped": dict(self.skipped)}
@@ -118,8 +124,9 @@ def make_views(
         if len(block["label"]):
             yield block
         elif seen >= plan.rows_per_epoch and skipped == seen:
-            # A whole epoch's worth and not one usable image: every task stops, the pass ends
-            # at once and the consumer says so, instead of decoding a pass of bad files.
+            # A whole epoch, every piece of the source, and not one usable image: every task
+            # stops, the pass ends at once and the consumer says so, instead of decoding a
+            # pass of bad files.
             return
 
 
@@ -127,7 +134,7 @@ def unit_views(
     rows: Rows, epoch: int, maker: ViewMaker, cfg: DataConfig, counter=None
 ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
     """The views of one unit's rows (see :func:`make_views` for the columns), and the
-    pipeline's (seen, skipped) totals after them ((0, 0) without a counter)."""
+    pipeline's (seen, skipped) totals of ``epoch`` after them ((0, 0) without a counter)."""
     keys = [str(k) for k in rows["key"]]
     views = maker.batch(list(rows["image"]), keys, epoch)
     kept = views.kept
@@ -135,7 +142,7 @@ def unit_views(
     if counter is not None:
         # Waited for (about 1 ms a unit): the counts are in before the block is handed on, so
         # the end-of-pass skip check sees every sample of the pass.
-        totals = ray.get(counter.add.remote(len(keys), dict(views.skipped)))
+        totals = ray.get(counter.add.remote(len(keys), dict(views.skipped), epoch))
     out = {
         "global": views.global_views,
         "label": np.asarray(rows["label"], dtype=np.int64)[kept],
@@ -215,10 +222,16 @@ def epochs_per_pass(plan: Plan, cfg: DataConfig, slots: int) -> int:
 
 
 def views_slots(cfg: DataConfig) -> int:
-    """Views tasks that run at once: ``data.workers × data.tasks_per_cpu``, or the connected
-    cluster's CPUs (those it has now) when ``data.workers`` is None."""
-    cpus = cfg.workers or int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus * cfg.tasks_per_cpu)
+    """Views tasks that run at once: ``data.workers × data.tasks_per_cpu``, or when
+    ``data.workers`` is None the CPUs the connected cluster has now (those of the nodes that
+    declare ``data.node_resource`` when it is set), at most ``MAX_SLOTS``."""
+    cpus = cfg.workers
+    if not cpus:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if cfg.node_resource:
+            nodes = [r for r in nodes if r.get(cfg.node_resource)]
+        cpus = int(sum(r.get("CPU", 0) for r in nodes))
+    return min(MAX_SLOTS, max(1, cpus * cfg.tasks_per_cpu))
 
 
 def build_view_stream(
@@ -226,6 +239,7 @@ def build_view_stream(
     start_epoch: int = 0,
     start_samples: int = 0,
     pass_epochs: int | None = None,
+    listed: SourcePlan | None = None,
 ) -> ViewStream:
     """Build the views pipeline of ``cfg`` on the connected Ray cluster.
 
@@ -235,11 +249,12 @@ def build_view_stream(
         start_samples: the row of that epoch it starts at.
         pass_epochs: epochs per execution (default: :func:`epochs_per_pass`); one execution
             per epoch lets a caller iterate the dataset epoch by epoch.
+        listed: the source's plan when the caller has listed it already (``source_plan``).
 
     Raises:
         SourceError: the path is missing or holds no images.
     """
-    listed = source_plan(cfg)  # fails on a bad source before any task runs
+    listed = listed or source_plan(cfg)  # fails on a bad source before any task runs
     # On the driver's node: where training nodes come and go (spot pools, elastic groups) an
     # actor on one of them would die with it and take every transform task with it; the
     # driver's node lives as long as the run does.

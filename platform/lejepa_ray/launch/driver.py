@@ -33,6 +33,8 @@ from ray.train.torch import TorchTrainer
 
 from lejepa_ray import runs, storage
 from lejepa_ray.config import PretrainConfig, check_run, to_yaml
+from lejepa_ray.data.plan import Plan as DataPlan
+from lejepa_ray.data.readers import SourcePlan, source_plan
 from lejepa_ray.data.sources import check_path, class_names
 from lejepa_ray.data.stream import ViewStream, build_view_stream, data_node_resources
 from lejepa_ray.errors import (
@@ -123,9 +125,10 @@ def run(
             )
             labelled = class_names(cfg.data) is not None
             return _finish(plan, latest.uri, latest.metrics, 0.0, latest.step, labelled, print_fn)
+    listed = source_plan(cfg.data)  # lists the source once, before Ray starts
+    check_epoch_holds_a_batch(listed.plan, cfg)
     _mark_started(plan)
-    stream = _start_ray(cfg)
-    _check_epoch_holds_a_batch(stream, cfg)
+    stream = _start_ray(cfg, listed)
     resource = cfg.data.node_resource
     if resource and not ray.cluster_resources().get(resource):
         print_fn(
@@ -189,7 +192,7 @@ def _mark_started(plan: Plan) -> None:
     storage.remove(f"{plan.run_dir}/{runs.STOPPED_FILE}")
 
 
-def _start_ray(cfg: PretrainConfig) -> ViewStream:
+def _start_ray(cfg: PretrainConfig, listed: SourcePlan) -> ViewStream:
     """Connect to Ray (or start it) and build the views stream on it."""
     runtime.connect(
         train_cpus=cfg.scaling.max_workers * cfg.scaling.cpus_per_worker,
@@ -199,21 +202,24 @@ def _start_ray(cfg: PretrainConfig) -> ViewStream:
     # Per-operator progress bars from every epoch would bury the training's own progress line,
     # which already reports throughput and the time spent waiting for data.
     DataContext.get_current().enable_progress_bars = False
-    return build_view_stream(cfg.data)
+    return build_view_stream(cfg.data, listed=listed)
 
 
-def _check_epoch_holds_a_batch(stream: ViewStream, cfg: PretrainConfig) -> None:
-    """Refuse a source smaller than one global batch: its batches would hold the same images
-    twice (a pass runs on into the next epochs), which the objective does not expect."""
-    rows, batch = stream.plan.rows_per_epoch, cfg.scaling.global_batch
+def check_epoch_holds_a_batch(plan: DataPlan, cfg: PretrainConfig) -> None:
+    """Refuse a source smaller than the rows one step draws (at any size of an elastic group):
+    its batches would hold the same images twice (a pass runs on into the next epochs), which
+    the objective does not expect."""
+    s = cfg.scaling
+    rows = plan.rows_per_epoch
+    batch = max(s.drawn_per_worker(w) * w for w in range(s.min_workers, s.max_workers + 1))
     if rows < batch:
         where = f"data.source={cfg.data.source}" + (
             f", data.path={cfg.data.path!r}" if cfg.data.path else ""
         )
         raise SourceError(
-            f"{where} has {rows} samples in data.split={cfg.data.split}, fewer than one global "
-            f"batch of {batch} (scaling.batch_size={cfg.scaling.batch_size} × "
-            f"{cfg.scaling.max_workers} workers): lower scaling.batch_size or add images."
+            f"{where} has {rows} samples in data.split={cfg.data.split}, fewer than the {batch} "
+            f"a step draws (scaling.batch_size={s.batch_size} per worker, up to "
+            f"{s.max_workers} workers): lower scaling.batch_size or add images."
         )
 
 
