@@ -21,6 +21,7 @@ import ray
 from ray.data import DataContext
 
 from lejepa_ray import compat
+from lejepa_ray.data.readers import source_plan
 from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.data.stream import build_view_stream, iter_views
 
@@ -51,16 +52,15 @@ def main() -> None:
     cfg = data_from_arg(args.data)
     ray.init(address="local", num_cpus=args.workers + 1, include_dashboard=False)
     DataContext.get_current().enable_progress_bars = False
-    rows = build_view_stream(cfg, pass_epochs=1).plan.rows_per_epoch
+    rows = source_plan(cfg).plan.rows_per_epoch
     samples = int(args.at * rows) // args.batch_size * args.batch_size
     print(f"{cfg.path or cfg.source}: {rows} samples an epoch, resuming at {samples} of epoch 1")
     with compat.quiet_logger("ray.data", logging.WARNING):
         first_batch(cfg, samples, args.batch_size, True)  # warm-up: Ray starts its workers
-        _runs(cfg, samples, args)
+        _runs(cfg, rows, samples, args)
 
 
-def _runs(cfg, samples: int, args: argparse.Namespace) -> None:
-    rows = build_view_stream(cfg, pass_epochs=1).plan.rows_per_epoch
+def _runs(cfg, rows: int, samples: int, args: argparse.Namespace) -> None:
     runs: dict[str, list[tuple[float, int]]] = {"source": [], "consumer": []}
     for r in range(args.repeats):  # interleaved: this machine's speed drifts within minutes
         for mode in runs:

@@ -309,6 +309,7 @@ def test_a_cursor_resumed_at_an_epoch_end_meets_the_passes_after_it(monkeypatch)
     it = iter(cursor)
     positions = [next(it) and (cursor.epoch, cursor.samples) for _ in range(3)]
     assert positions == [(2, 2), (2, 4), (4, 2)]
+    assert asked == [False, False]  # pass 1 starts whole: its end is checked as any pass's
     # A pass resumed mid-way may end before a batch; only the first one is told so.
     resumed = stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, samples=4)
     it = iter(resumed)

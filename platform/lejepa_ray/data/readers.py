@@ -197,7 +197,8 @@ class ParquetReader:
         """A reader of every row group of ``files``: one footer read per file, in parallel,
         and under a ``split`` the ``path`` column too, to count each group's rows of the split.
         Shards without a ``path`` are keyed by their content, which only the tasks read: their
-        groups count all their rows, and the position of a run runs ahead of its samples."""
+        groups count all their rows, and the position of a run falls behind its stream until the
+        next pass."""
 
         def groups(path: str) -> list[int]:
             handle = pq.ParquetFile(path, filesystem=filesystem)

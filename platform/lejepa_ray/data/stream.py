@@ -97,7 +97,7 @@ def make_views(
     plan: Plan,
     reader: Reader,
     cfg: DataConfig,
-    epochs_per_pass: int,
+    units_per_pass: int,
     start: Start,
     counter=None,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -114,7 +114,7 @@ def make_views(
     # One thread per task: Ray Data scales tasks, not intra-op threads, across cores.
     torch.set_num_threads(1)
     maker = ViewMaker.of(cfg)  # microseconds: nothing to keep between calls
-    first = execution_index() * epochs_per_pass * plan.units_per_epoch  # this pass's unit 0
+    first = execution_index() * units_per_pass  # this pass's unit 0
     for j in batch["id"]:
         g = first + int(j)
         if g < start.unit:
@@ -195,7 +195,7 @@ class ViewStream:
                 "plan": self.plan,
                 "reader": self.reader,
                 "cfg": self.cfg,
-                "epochs_per_pass": self.epochs_per_pass,
+                "units_per_pass": per_pass,
                 "start": Start(unit, offset),
                 "counter": self.counter,
             },
@@ -371,9 +371,15 @@ class EpochCursor:
         self.prefetch = prefetch
         self.boundary_waits: list[tuple[int, float]] = []
 
+    def _start(self) -> tuple[int, int]:
+        """Where the pipeline starts: the position, an epoch's end read as the next epoch's
+        start (as ``Plan.locate`` reads it)."""
+        return divmod(self.epoch * self.rows_per_epoch + self.samples, self.rows_per_epoch)
+
     def _passes(self) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
         # A pipeline resumed late in a pass may hold less than a batch before the pass ends.
-        resumed = [self.samples > 0 or self.epoch % self.epochs_per_pass > 0]
+        epoch, samples = self._start()
+        resumed = [samples > 0 or epoch % self.epochs_per_pass > 0]
 
         def one_pass() -> Iterator[dict[str, torch.Tensor]]:
             short, resumed[0] = resumed[0], False
@@ -399,8 +405,7 @@ class EpochCursor:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         step_rows = self.batch_size * self.world_size  # drawn by all ranks per step
-        # (e, rows_per_epoch) is the end of epoch e: the pipeline starts at epoch e + 1.
-        first_pass = (self.epoch + (self.samples >= self.rows_per_epoch)) // self.epochs_per_pass
+        first_pass = self._start()[0] // self.epochs_per_pass
         for n, batches in enumerate(self._passes()):
             asked: float | None = time.perf_counter()
             for batch in batches:
