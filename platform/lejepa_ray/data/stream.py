@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -115,19 +116,26 @@ def make_views(
     torch.set_num_threads(1)
     maker = ViewMaker.of(cfg)  # microseconds: nothing to keep between calls
     first = execution_index() * units_per_pass  # this pass's unit 0
-    for j in batch["id"]:
-        g = first + int(j)
-        if g < start.unit:
-            continue
-        epoch, spans = plan.unit(g, skip=start.offset if g == start.unit else 0)
-        block, (seen, skipped) = unit_views(reader.read(spans), epoch, maker, cfg, counter)
-        if len(block["label"]):
-            yield block
-        elif seen >= plan.rows_per_epoch and skipped == seen:
-            # A whole epoch, every piece of the source, and not one usable image: every task
-            # stops, the pass ends at once and the consumer says so, instead of decoding a
-            # pass of bad files.
-            return
+
+    def units() -> Iterator[dict[str, np.ndarray]]:
+        for j in batch["id"]:
+            g = first + int(j)
+            if g < start.unit:
+                continue
+            epoch, spans = plan.unit(g, skip=start.offset if g == start.unit else 0)
+            block, (seen, skipped) = unit_views(reader.read(spans), epoch, maker, cfg, counter)
+            if len(block["label"]):
+                yield block
+            elif seen >= plan.rows_per_epoch and skipped == seen:
+                # A whole epoch, every piece of the source, and not one usable image: every
+                # task stops, the pass ends at once and the consumer says so, instead of
+                # decoding a pass of bad files.
+                return
+
+    # Blocks of exactly one unit's rows, whatever an epoch's last unit or a bad image left
+    # short: Ray Data would join a short block to the next one, and every later block of the
+    # task would straddle two units, which costs the trainer a copy of each (``iter_views``).
+    yield from rebatch(units(), cfg.transform_batch_size, cat=np.concatenate, keep_rest=True)
 
 
 def unit_views(
@@ -487,15 +495,30 @@ def iter_views(
     resumed: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of a Dataset or DataIterator of views, with the skip-rate policy enforced.
-    ``resumed``: the pass started late (a resume), so ending without a batch is no error."""
-    batches: Iterable = iterable.iter_torch_batches(
-        batch_size=batch_size,
-        device=device,
-        prefetch_batches=prefetch_batches,
-        drop_last=True,
-        local_shuffle_buffer_size=cfg.local_shuffle_buffer or None,
-        local_shuffle_seed=cfg.seed if cfg.local_shuffle_buffer else None,
-    )
+    ``resumed``: the pass started late (a resume), so ending without a batch is no error.
+
+    Without a local shuffle buffer the blocks are taken as the tasks made them and batched by
+    :func:`rebatch`: a block of exactly ``batch_size`` rows (``data.transform_batch_size``
+    equal to the per-worker batch) reaches the trainer without a copy. Ray Data's own batcher
+    copies every row of a batch that straddles two blocks, twice, and one short block (an
+    epoch's last unit, a unit with bad images) leaves every later batch of the pass
+    straddling (docs/data.md, "Where Ray Data's time goes").
+    """
+    batches: Iterable
+    if cfg.local_shuffle_buffer:
+        batches = iterable.iter_torch_batches(
+            batch_size=batch_size,
+            device=device,
+            prefetch_batches=prefetch_batches,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.local_shuffle_buffer,
+            local_shuffle_seed=cfg.seed,
+        )
+    else:
+        blocks = iterable.iter_torch_batches(
+            batch_size=None, device=device, prefetch_batches=prefetch_batches
+        )
+        batches = rebatch(blocks, batch_size)
     n = 0
     for n, batch in enumerate(batches, start=1):
         yield batch
@@ -504,6 +527,56 @@ def iter_views(
     if n == 0 and resumed:  # started late in its pass: the rest was less than a batch
         return
     check_skip_rate(ray.get(counter.totals.remote()), cfg, end_of_epoch=True, batches=n)
+
+
+def rebatch(
+    blocks: Iterable[dict[str, Any]],
+    batch_size: int,
+    *,
+    cat: Callable[[list[Any]], Any] = torch.cat,
+    keep_rest: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Batches of exactly ``batch_size`` rows from blocks of any size, copying as little as
+    possible.
+
+    A block of exactly ``batch_size`` rows is yielded as it is, a larger one as views of its
+    whole batches. Rows left over (a short block, a block's tail) wait in a pool and are joined
+    into a batch by ``cat`` once the pool holds one. A short block thus costs a copy of its own
+    rows only, instead of misaligning every later batch. The rows of a batch may come from
+    other blocks and in another order than they arrived, which a shuffled stream does not mind.
+
+    Args:
+        blocks: dicts of arrays (tensors or ndarrays), each column with the block's rows as
+            dimension 0.
+        batch_size: rows per batch.
+        cat: joins a column's arrays along dimension 0 (``torch.cat``, ``np.concatenate``).
+        keep_rest: yield the rows still pooled at the end as one short batch; by default they
+            are dropped, as ``drop_last`` drops them.
+    """
+    pool: list[dict[str, Any]] = []
+    pooled = 0
+    for block in blocks:
+        rows = len(next(iter(block.values())))
+        whole = rows - rows % batch_size
+        for i in range(0, whole, batch_size):
+            yield block if rows == batch_size else _rows(block, i, i + batch_size)
+        if whole < rows:
+            pool.append(_rows(block, whole, rows) if whole else block)
+            pooled += rows - whole
+        if pooled >= batch_size:
+            joined = {k: cat([p[k] for p in pool]) for k in pool[0]}
+            whole = pooled - pooled % batch_size
+            for i in range(0, whole, batch_size):
+                yield _rows(joined, i, i + batch_size)
+            pooled -= whole
+            pool = [_rows(joined, whole, whole + pooled)] if pooled else []
+    if keep_rest and pool:
+        yield {k: cat([p[k] for p in pool]) for k in pool[0]} if len(pool) > 1 else pool[0]
+
+
+def _rows(block: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Rows ``[start, stop)`` of every column of ``block``, as views."""
+    return {k: v[start:stop] for k, v in block.items()}
 
 
 def check_skip_rate(
