@@ -515,8 +515,10 @@ def iter_views(
             local_shuffle_seed=cfg.seed,
         )
     else:
+        # prefetch_batches counts blocks here: as many rows ahead as that many batches.
+        per_batch = math.ceil(batch_size / cfg.transform_batch_size)
         blocks = iterable.iter_torch_batches(
-            batch_size=None, device=device, prefetch_batches=prefetch_batches
+            batch_size=None, device=device, prefetch_batches=prefetch_batches * per_batch
         )
         batches = rebatch(blocks, batch_size)
     n = 0
