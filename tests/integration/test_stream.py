@@ -99,6 +99,23 @@ def test_one_pass_streams_many_epochs_each_with_its_own_views(ray_cluster):
     )
 
 
+def test_blocks_reach_the_consumer_whole_and_in_one_chunk_across_epoch_ends(ray_cluster):
+    """Epochs of 20 rows end in a 4-row unit; the blocks after it still hold exactly one unit
+    in one Arrow chunk (a block of two chunks costs the consumer a copy of every row)."""
+    views = ViewConfig(global_views=2, global_size=160, local_views=0)  # 1.2 MB a unit of 8
+    cfg = DataConfig(
+        source="synthetic", num_samples=20, image_size=160, views=views, transform_batch_size=8
+    )
+    stream = build_view_stream(cfg, pass_epochs=3)
+    shapes = [
+        (ray.get(entry.ref).num_rows, ray.get(entry.ref).column("global").num_chunks)
+        for bundle in stream.dataset.iter_internal_ref_bundles()
+        for entry in bundle.blocks
+    ]
+    assert sum(rows for rows, _ in shapes) == 60
+    assert shapes[:-1] == [(8, 1)] * (len(shapes) - 1) and shapes[-1][0] == 4, shapes
+
+
 def test_skip_rate_over_threshold_stops_with_the_reasons(ray_cluster, tmp_path):
     make_image_folder(tmp_path, per_class=2)  # 4 good, 4 bad
     cfg = DataConfig(source="folder", path=str(tmp_path), views=TINY, max_skip_rate=0.25)

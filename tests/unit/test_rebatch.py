@@ -60,3 +60,48 @@ def test_the_rest_is_dropped_or_kept_and_numpy_blocks_join():
     assert [len(b["id"]) for b in kept] == [4, 4, 3]
     assert sorted(np.concatenate([b["id"] for b in kept]).tolist()) == list(range(11))
     assert list(rebatch([], 4, keep_rest=True)) == []
+
+
+def test_empty_blocks_are_passed_over_and_batches_hold_only_rows_given():
+    blocks = blocks_of([0, 8, 0, 5, 0, 7])
+    batches = list(rebatch(blocks, 4))
+    assert len(batches) == 20 // 4
+    ids = torch.cat([b["id"] for b in batches]).tolist()
+    assert len(set(ids)) == len(ids) and set(ids) <= set(range(20))
+
+
+def test_views_tasks_hand_over_whole_units_and_pool_the_short_ones(monkeypatch):
+    """make_views: an epoch's short last unit and a unit with bad images do not misalign the
+    blocks after them; only the task's last block is short, and no row is lost."""
+    from lejepa_ray.data import stream
+    from lejepa_ray.data.config import DataConfig
+    from lejepa_ray.data.plan import Plan
+
+    cfg = DataConfig(source="synthetic", transform_batch_size=8)
+    plan = Plan(np.ones(20, dtype=np.int64), unit_rows=8, seed=0)  # epochs of 8 + 8 + 4 rows
+    bad = {4}  # unit 4 (epoch 1's second) loses 3 rows to bad images
+
+    class Reader:
+        def read(self, spans):
+            return [p.piece for p in spans]
+
+    def fake_unit_views(rows, epoch, maker, cfg, counter=None):
+        n = len(rows) - (3 if len(calls) in bad else 0)
+        calls.append(epoch)
+        ids = np.arange(n) + 100 * len(calls)
+        return {"label": ids, "epoch": np.full(n, epoch)}, (n, 0)
+
+    calls: list[int] = []
+    monkeypatch.setattr(stream, "unit_views", fake_unit_views)
+    monkeypatch.setattr(stream, "execution_index", lambda: 0)
+    monkeypatch.setattr(stream.ViewMaker, "of", classmethod(lambda cls, cfg: None))
+    blocks = list(
+        stream.make_views(
+            {"id": np.arange(9)}, plan, Reader(), cfg, units_per_pass=9, start=stream.Start()
+        )
+    )
+    sizes = [len(b["label"]) for b in blocks]
+    # 3 epochs of 20 rows, less 3 bad: 57 rows; every block whole but the last.
+    assert sum(sizes) == 57 and sizes[:-1] == [8] * (len(sizes) - 1) and 0 < sizes[-1] < 8
+    got = np.concatenate([b["label"] for b in blocks])
+    assert len(set(got.tolist())) == 57

@@ -150,9 +150,11 @@ class DataConfig:
     thousandth of it, so none lands on a node without it, such as a GPU node whose CPUs feed
     its trainers. None: any node. A local instance declares it on its one node."""
     transform_batch_size: int = 32
-    """Rows per unit of work: a views task yields one block of this many samples per unit
-    (fewer where images were skipped), which the training iterator batches without splitting
-    when it divides the per-worker batch."""
+    """Rows per unit of work, and per block of views: a views task hands over blocks of exactly
+    this many samples (units short of it, an epoch's last or one with bad images, are pooled
+    and joined; a task's last block may be short). A block of exactly the per-worker batch
+    reaches the trainer without a copy; set it to ``scaling.batch_size`` where the views task
+    stays short enough, else the trainer joins a batch's blocks (one copy, docs/data.md)."""
     task_units: int = 64
     """Units each views task makes. Ray Data leaves a task's CPU idle for 0.1-0.2 s between two
     tasks, so long tasks keep the CPUs busy (``data bench`` on 2 cores, paired runs: 64 units

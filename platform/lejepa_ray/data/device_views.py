@@ -120,7 +120,9 @@ def augment(views: torch.Tensor, params: torch.Tensor, cfg: ViewConfig) -> torch
             f"augment: params of shape {tuple(params.shape)} for {views.shape[0]} views; "
             f"expected ({views.shape[0]}, {len(PARAM_FIELDS)})"
         )
-    x = views.float()
+    # A copy even of float32 views: the ops below write into x, and a batch on the CPU may be
+    # read-only memory of Ray's object store.
+    x = views.to(torch.float32, copy=True)
     params = params.to(x.device, torch.float32)
     jitter = params[:, COLUMN["jitter"]] > 0
     if bool(jitter.any()):

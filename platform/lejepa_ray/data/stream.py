@@ -102,13 +102,14 @@ def make_views(
     start: Start,
     counter=None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """``map_batches`` function: unit numbers within this pass, int64 ``id`` (U,), to one block
-    of views per unit, skipping the units and rows before ``start`` unread.
+    """``map_batches`` function: unit numbers within this pass, int64 ``id`` (U,), to blocks of
+    views of exactly ``data.transform_batch_size`` rows (the task's last may be short), skipping
+    the units and rows before ``start`` unread.
 
     Output columns: ``global`` uint8 (B, V_g, 3, S_g, S_g), ``local`` uint8 (B, V_l, 3, S_l, S_l)
     (absent when V_l = 0), ``label`` int64 (B,), ``sample_id`` int64 (B,), a stable hash of the
-    key, and ``epoch`` int64 (B,). B is the number of the unit's rows that decoded; bad rows are
-    dropped. With ``data.augment_on=device`` the views are plain crops, and ``global_params``
+    key, and ``epoch`` int64 (B,). Bad rows are dropped; a unit left short (by them, or as an
+    epoch's last unit) waits in a pool until short units make a whole block. With ``data.augment_on=device`` the views are plain crops, and ``global_params``
     float32 (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
     (``views.PARAM_FIELDS``, P columns).
     """
@@ -343,7 +344,10 @@ class EpochCursor:
     rank: an epoch of ``rows_per_epoch`` rows ends at the same step everywhere. Rows the stream
     never delivered (bad images, the end of a pass cut to whole batches) leave the count a little
     behind the stream within a pass; at each new pass the count moves up to the pass's first
-    epoch.
+    epoch. The position counts rows, not which rows: the views tasks run side by side and a
+    task holds a short unit back until short units fill a block, so the rows consumed by a
+    position are those of its units give or take the tasks in flight, and a resume may repeat
+    or miss a few of them.
 
     With ``prefetch`` > 0 a background thread pulls up to that many batches ahead and requests
     the next pass as soon as the current one is pulled (see the module docstring). ``epoch``
