@@ -393,8 +393,9 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
         "export",
         help="a checkpoint's backbone as a timm model (model.safetensors + config.json)",
         description="Consolidate a checkpoint (DDP or FSDP shards, any world size) and write "
-        "its backbone in timm's hub layout, loadable with timm.create_model(..., "
-        "pretrained=True, pretrained_cfg_overlay=dict(file=...)); the projector goes to "
+        "its backbone in timm's hub layout, loadable with "
+        "timm.create_model('local-dir:OUT_DIR', pretrained=True, num_classes=0), its "
+        "pretrained_cfg describing the run's input size and normalization; the projector goes to "
         "projector.safetensors beside it.",
     )
     exporter.add_argument(

@@ -28,14 +28,23 @@ def test_exported_backbone_loads_in_timm_with_the_trained_features(tmp_path, nam
     if name.startswith("vit"):
         assert hub["model_args"]["dynamic_img_size"] is True
 
-    # The documented call, with nothing but the files (pretrained=True reads the local file).
-    model = timm.create_model(
-        hub["architecture"],
-        pretrained=True,
-        num_classes=0,
-        pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
-        **hub["model_args"],
-    ).eval()
+    # The documented one line, with nothing but the files (pretrained=True reads them).
+    model = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=0).eval()
+    assert result.load_line() == (
+        f"timm.create_model('local-dir:{out.resolve()}', pretrained=True, num_classes=0)"
+    )
+    # The export describes the run: timm resolves its preprocessing, nothing of the
+    # architecture's published ImageNet weights remains.
+    size = trainer.spec.global_size
+    assert timm.data.resolve_data_config({}, model=model) == {
+        "input_size": (3, size, size),
+        "interpolation": "bilinear",
+        "mean": [round(float(m) / 255, 6) for m in trainer.encoder.mean.flatten()],
+        "std": [round(float(s) / 255, 6) for s in trainer.encoder.std.flatten()],
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    assert not {"tag", "license", "test_input_size", "hf_hub_id"} & hub["pretrained_cfg"].keys()
     trained = trainer.encoder.backbone.eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -54,7 +63,9 @@ def test_export_command_says_how_to_load_and_fails_clearly(tmp_path, capsys):
     assert main(["export", str(path), str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "exported resnet18 (11.2M parameters)" in printed and "step 2" in printed
-    assert "timm.create_model('resnet18', pretrained=True, num_classes=0" in printed
+    assert (
+        "timm.create_model('local-dir:" in printed and "pretrained=True, num_classes=0)" in printed
+    )
 
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     assert "does not exist; pass a run directory" in capsys.readouterr().err

@@ -109,8 +109,9 @@ def make_views(
     Output columns: ``global`` uint8 (B, V_g, 3, S_g, S_g), ``local`` uint8 (B, V_l, 3, S_l, S_l)
     (absent when V_l = 0), ``label`` int64 (B,), ``sample_id`` int64 (B,), a stable hash of the
     key, and ``epoch`` int64 (B,). Bad rows are dropped; a unit left short (by them, or as an
-    epoch's last unit) waits in a pool until short units make a whole block. With ``data.augment_on=device`` the views are plain crops, and ``global_params``
-    float32 (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
+    epoch's last unit) waits in a pool until short units make a whole block. With
+    ``data.augment_on=device`` the views are plain crops, and ``global_params`` float32
+    (B, V_g, P) and ``local_params`` (B, V_l, P) carry what is left to apply
     (``views.PARAM_FIELDS``, P columns).
     """
     # One thread per task: Ray Data scales tasks, not intra-op threads, across cores.

@@ -5,9 +5,13 @@
 - ``model.safetensors`` and ``config.json`` (``architecture``, ``model_args``,
   ``pretrained_cfg``), written by timm's ``save_for_hf``, so the backbone loads with::
 
-      timm.create_model(cfg["architecture"], pretrained=True, num_classes=0,
-                        pretrained_cfg_overlay=dict(file="OUT_DIR/model.safetensors"),
-                        **cfg["model_args"])
+      timm.create_model("local-dir:OUT_DIR", pretrained=True, num_classes=0)
+
+  ``pretrained_cfg`` describes this run, not the architecture's ImageNet weights: the input
+  size it was trained at, the mean and std the encoder normalized with, and the preprocessing
+  ``eval`` uses (bilinear resize of the short side, centre crop, ``crop_pct`` 1), so that
+  ``timm.data.resolve_data_config({}, model=model)`` gives the run's preprocessing. No tag,
+  licence or source of another training is kept;
 
 - ``projector.safetensors``: the LeJEPA projector (not part of the backbone);
 - ``lejepa.yaml``: the training config, for provenance.
@@ -52,13 +56,11 @@ class ExportResult:
     """Backbone parameters."""
 
     def load_line(self) -> str:
-        """The ``timm.create_model`` call that loads the exported backbone."""
-        extra = "".join(f", {k}={v!r}" for k, v in self.model_args.items())
-        return (
-            f"timm.create_model({self.architecture!r}, pretrained=True, num_classes=0, "
-            f"pretrained_cfg_overlay=dict(file={f'{self.out_dir}/{WEIGHTS_FILE}'!r})"
-            f"{extra})"
-        )
+        """The ``timm.create_model`` call that loads the exported backbone (from a local copy
+        when the export went to a URI: timm reads ``local-dir:`` from a local folder)."""
+        where = self.out_dir if is_local(self.out_dir) else "LOCAL_COPY_OF_THE_EXPORT"
+        where = str(Path(where.removeprefix("file://")).resolve()) if is_local(where) else where
+        return f"timm.create_model('local-dir:{where}', pretrained=True, num_classes=0)"
 
 
 @dataclass
@@ -120,6 +122,43 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     return _export(trained, Path(str(out_dir).removeprefix("file://")))
 
 
+FOREIGN_KEYS = (
+    "tag",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "url",
+    "license",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "test_input_size",
+    "test_crop_pct",
+    "pool_size",
+    "test_pool_size",
+)
+"""``pretrained_cfg`` fields that describe the architecture's published weights, not this run
+(where they came from, under which licence, at which test-time sizes)."""
+
+
+def run_pretrained_cfg(written: dict, trained: TrainedEncoder) -> dict:
+    """timm's ``pretrained_cfg`` as ``save_for_hf`` wrote it, rewritten to describe the run:
+    its input size (the global views' side, px), the encoder's normalization (mean and std on
+    the 0-1 scale), and ``eval``'s preprocessing (bilinear, centre crop, ``crop_pct`` 1)."""
+    cfg = {k: v for k, v in written.items() if k not in FOREIGN_KEYS}
+    size = trained.spec.global_size
+    cfg.update(
+        input_size=[3, size, size],
+        mean=[round(float(m) / 255.0, 6) for m in trained.encoder.mean.flatten()],
+        std=[round(float(s) / 255.0, 6) for s in trained.encoder.std.flatten()],
+        interpolation="bilinear",
+        crop_pct=1.0,
+        crop_mode="center",
+        num_classes=0,
+    )
+    return cfg
+
+
 def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
     # lazy: timm takes about a second to import; only writing an export needs it.
     from timm.models import save_for_hf
@@ -129,6 +168,7 @@ def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(backbone, str(out), model_args=dict(spec.kwargs), safe_serialization=True)
     hub = json.loads((out / "config.json").read_text())
+    hub["pretrained_cfg"] = run_pretrained_cfg(hub["pretrained_cfg"], trained)
     # num_classes is already a top-level field, and callers pass num_classes=0 themselves.
     hub["model_args"] = {k: v for k, v in hub.get("model_args", {}).items() if k != "num_classes"}
     hub["lejepa"] = {

@@ -111,13 +111,7 @@ def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Modu
         import timm
 
         hub = json.loads(hub_file.read_text())
-        backbone = timm.create_model(
-            hub["architecture"],
-            pretrained=True,
-            num_classes=0,
-            pretrained_cfg_overlay=dict(file=str(path / "model.safetensors")),
-            **hub.get("model_args", {}),
-        )
+        backbone = timm.create_model(f"local-dir:{path.resolve()}", pretrained=True, num_classes=0)
         pcfg = hub.get("pretrained_cfg", {})
         size = hub.get("lejepa", {}).get("image_size") or pcfg.get("input_size", [3, 224])[-1]
         return FrozenBackbone(backbone).eval(), int(size)
