@@ -51,12 +51,14 @@ def _data_convert(args: argparse.Namespace) -> int:
     # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.data.convert import convert_image_folder, format_summary
 
-    with tqdm(unit="img", desc="convert", file=sys.stderr) as bar:
+    bars: list[tqdm] = []  # opened once the folder is listed: a bad one says so, bar-less
 
-        def advance(done: int, total: int) -> None:
-            bar.total = total  # known once the converter has listed the folder
-            bar.update(done - bar.n)
+    def advance(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="img", desc="convert", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
+    try:
         summary = convert_image_folder(
             args.src,
             args.dst,
@@ -65,6 +67,9 @@ def _data_convert(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             progress=advance,
         )
+    finally:
+        for bar in bars:
+            bar.close()
     print(format_summary(summary, args.dst))
     return 0
 

@@ -71,14 +71,32 @@ class Fit:
 
 
 def load_cluster(path: str | Path) -> dict:
-    """A cluster launcher YAML as a dict."""
+    """A cluster launcher YAML as a dict.
+
+    Raises:
+        ClusterFitError: no such file, not YAML, or YAML without the launcher's node types.
+    """
     path = Path(path)
+    hint = "pass the YAML you give `ray up` (the repository's is cluster.yaml)"
     if not path.is_file():
+        raise ClusterFitError(f"cluster config {path} does not exist; {hint}.")
+    try:
+        cluster = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ClusterFitError(f"cluster config {path} is not valid YAML{at}; {hint}.") from None
+    missing = [
+        key
+        for key in ("available_node_types", "head_node_type")
+        if not isinstance(cluster, dict) or key not in cluster
+    ]
+    if missing:
         raise ClusterFitError(
-            f"cluster config {path} does not exist; pass the YAML you give "
-            "`ray up` (the repository's is cluster.yaml)."
+            f"{path} is not a Ray cluster launcher config: it has no {' or '.join(missing)}; "
+            f"{hint}."
         )
-    return yaml.safe_load(path.read_text())
+    return cluster
 
 
 def worker_types(cluster: dict) -> list[NodeType]:

@@ -557,13 +557,23 @@ def to_yaml(cfg: PretrainConfig) -> str:
     return omegaconf.to_yaml(omegaconf.structured(cfg))
 
 
+PLACEHOLDER = "CHANGE-ME"
+"""What the shipped recipes and cluster.yaml write where a user's bucket goes."""
+
+
 def check_run(cfg: PretrainConfig) -> None:
     """Checks that span components; cheap (seconds) and run before Ray starts.
 
     Raises:
-        ConfigError: an unknown timm name (with close matches), a batch SIGReg cannot test,
-            or view sizes the model cannot take.
+        ConfigError: a recipe's placeholder left in a path, an unknown timm name (with close
+            matches), a batch SIGReg cannot test, or view sizes the model cannot take.
     """
+    for key, value in (("data.path", cfg.data.path), ("storage_path", cfg.storage_path)):
+        if value and PLACEHOLDER in value:
+            raise ConfigError(
+                f"{key}={value!r} is the recipe's placeholder: set {key}= your own location "
+                f"(e.g. {key}=s3://my-bucket/{value.split(PLACEHOLDER, 1)[1].strip('/') or '...'})."
+            )
     check_model_name(cfg.model.name)
     if cfg.scaling.global_batch < 2:
         raise ConfigError(

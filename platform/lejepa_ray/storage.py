@@ -9,15 +9,37 @@ as a laptop's folder.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 from pyarrow import fs
+
+from lejepa_ray.errors import ConfigError
 
 
 def is_local(path: str) -> bool:
     """True for a filesystem path (``file://`` included), False for a URI such as
     ``s3://bucket/runs``."""
     return "://" not in path or path.startswith("file://")
+
+
+def prepare_output(uri: str, what: str) -> None:
+    """Create a local output folder ``uri`` now, before any slow work, or raise a ConfigError
+    naming it as ``what`` ("export folder") and saying why. A URI is left to the writer: its
+    permissions show only when it writes.
+    """
+    if not is_local(uri):
+        return
+    path = Path(uri.removeprefix("file://"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"cannot create the {what} {uri!r} ({reason}): give a folder you can write to."
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write into the {what} {uri!r}: give a folder you can write to.")
 
 
 def resolve_filesystem(path: str) -> tuple[fs.FileSystem, str]:

@@ -90,3 +90,99 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(cli, "_env", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["env"])
+
+
+RECIPE = "jobs/configs/imagenet1k_vit_large.yaml"
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if a command asks Ray for anything: bad input is refused before."""
+    from lejepa_ray.launch import runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started before the input was checked")
+
+    monkeypatch.setattr(runtime, "connect", refuse)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_ID", raising=False)
+
+
+def one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("lejepa-ray: error: ") and len(err.strip().splitlines()) == 1, err
+    assert all(f in err for f in fragments), err
+    return err
+
+
+def test_a_recipe_s_placeholder_bucket_is_named_not_resolved(no_ray, capsys):
+    assert main(["pretrain", "--config", RECIPE, "scaling.use_gpu=false"]) == 2
+    one_line_error(capsys, "data.path='s3://CHANGE-ME/in1k-train' is the recipe's placeholder")
+
+
+def test_gpu_workers_without_a_gpu_here_are_refused_before_a_local_ray(no_ray, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["pretrain", "scaling.use_gpu=true"]) == 2
+    one_line_error(capsys, "scaling.use_gpu=true asks for 2 GPU worker(s)", "0 GPU(s)")
+
+
+def test_an_unreachable_bucket_is_one_line(no_ray, capsys, monkeypatch, tmp_path):
+    from lejepa_ray.data import sources
+
+    def unreachable(path):
+        raise OSError("When resolving region for bucket 'b': Could not resolve host\nmore")
+
+    monkeypatch.setattr(sources, "resolve_filesystem", unreachable)
+    args = ["data.path=s3://b/in1k", f"storage_path={tmp_path}", "scaling.use_gpu=false"]
+    assert main(["pretrain", "--config", RECIPE, *args]) == 2
+    one_line_error(capsys, "data.path='s3://b/in1k' cannot be read: When resolving", "credentials")
+
+
+def test_a_folder_without_parquet_is_refused_before_the_run_directory_is_written(
+    no_ray, capsys, tmp_path
+):
+    (tmp_path / "empty").mkdir()
+    args = [f"data.path={tmp_path / 'empty'}", f"storage_path={tmp_path / 'runs'}"]
+    assert main(["pretrain", "--config", RECIPE, *args, "scaling.use_gpu=false"]) == 2
+    one_line_error(capsys, "holds no parquet files")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["data", "convert", "/nonexistent", "OUT"], ["the image folder '/nonexistent' does not"]),
+        (["data", "convert", "README.md", "OUT"], ["'README.md' is a file, not a folder"]),
+        (["data", "convert", "EMPTY", "OUT"], ["holds no images"]),
+        (["data", "convert", "IMAGES", "/proc/x"], ["cannot create the output folder '/proc/x'"]),
+        (["cluster-check", "--cluster", "README.md"], ["README.md is not valid YAML (line"]),
+        (["cluster-check", "--cluster", RECIPE], ["is not a Ray cluster launcher config"]),
+        (
+            ["sweep", "--space", "platform/lejepa_ray/configs/quickstart.yaml"],
+            ["looks like a pretrain config, not a search space"],
+        ),
+    ],
+    ids=[
+        "convert-missing",
+        "convert-file",
+        "convert-empty",
+        "convert-unwritable",
+        "cluster-not-yaml",
+        "cluster-not-a-cluster",
+        "sweep-space-is-a-config",
+    ],
+)
+def test_bad_input_to_any_command_is_one_line_before_any_work(
+    args, fragments, no_ray, capsys, tmp_path, monkeypatch
+):
+    from images import make_image_folder
+
+    (tmp_path / "EMPTY").mkdir()
+    make_image_folder(tmp_path / "IMAGES", per_class=2, bad=False)
+    where = {"OUT": str(tmp_path / "out"), "EMPTY": str(tmp_path / "EMPTY")}
+    where["IMAGES"] = str(tmp_path / "IMAGES")
+    assert main([where.get(a, a) for a in args]) == 2
+    one_line_error(capsys, *fragments)
+    assert not (tmp_path / "out").exists()

@@ -69,6 +69,22 @@ def test_export_command_says_how_to_load_and_fails_clearly(tmp_path, capsys):
 
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     assert "does not exist; pass a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()  # nothing written for a checkpoint that is not there
+
+    # An output folder that cannot be made is refused before the model is loaded.
+    from lejepa_ray.evaluate import export as export_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export_module, "load_encoder", never)
+        assert main(["export", str(path), "/proc/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "lejepa-ray: error: cannot create the export folder '/proc/x' (No such file or "
+        "directory): give a folder you can write to."
+    )
     (path / "__0_0.distcp").write_bytes(b"")
     assert main(["export", str(path), str(tmp_path / "o3")]) == 2
     assert "is corrupt: __0_0.distcp has 0 bytes" in capsys.readouterr().err

@@ -114,25 +114,37 @@ def check_path(cfg: DataConfig) -> None:
     path holds is checked when the stream lists it."""
     if cfg.source not in ("folder", "parquet") or cfg.path is None:
         return
-    filesystem, where = resolve_filesystem(cfg.path)
-    if filesystem.get_file_info(where).type == pafs.FileType.NotFound:
+    try:
+        filesystem, where = resolve_filesystem(cfg.path)  # s3://: asks for the bucket's region
+        info = filesystem.get_file_info(where)
+    except OSError as e:  # an unknown host, missing credentials, a denied bucket
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(
+            f"data.path={cfg.path!r} cannot be read: {reason}. Check the URI, the network "
+            "and the credentials (for s3://, the AWS_* variables or the instance's role)."
+        ) from None
+    if info.type == pafs.FileType.NotFound:
         what = "an image folder" if cfg.source == "folder" else "parquet shards"
         raise SourceError(f"data.path={cfg.path!r} does not exist: point it at {what}.")
 
 
-def list_image_folder(path: str) -> FolderListing:
+def list_image_folder(path: str, name: str | None = None) -> FolderListing:
     """List the images under ``path`` recursively; labels come from first-level subfolders.
+    ``name``: what the errors call the path (default ``data.path=<path>``).
 
     Raises:
         SourceError: the path does not exist, is not a folder, or holds no image files.
     """
     fs, root = resolve_filesystem(path)
     info = fs.get_file_info(root)
+    named = name or f"data.path={path!r}"
     if info.type == pafs.FileType.NotFound:
-        raise SourceError(f"data.path={path!r} does not exist: point it at an image folder.")
+        raise SourceError(f"{named} does not exist: point it at an image folder.")
     if info.type != pafs.FileType.Directory:
+        if name:
+            raise SourceError(f"{named} is a file, not a folder: give the folder of images.")
         raise SourceError(
-            f"data.path={path!r} is a file, not a folder: use data.source=parquet for a parquet "
+            f"{named} is a file, not a folder: use data.source=parquet for a parquet "
             "file, or point data.path at the folder that holds the images."
         )
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
@@ -149,7 +161,7 @@ def list_image_folder(path: str) -> FolderListing:
     files = [e.path for e in images]
     if not files:
         raise SourceError(
-            f"data.path={path!r} holds no images: expected files ending in "
+            f"{named} holds no images: expected files ending in "
             f"{', '.join(IMAGE_EXTENSIONS)} in it or its subfolders."
         )
     keys = [relative_path(f, root) for f in files]

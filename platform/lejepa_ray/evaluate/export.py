@@ -109,9 +109,11 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
 
     Raises:
         CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
+        ConfigError: a local ``out_dir`` that cannot be created or written.
     """
-
-    trained = load_encoder(run_or_checkpoint)
+    found = runs.find(run_or_checkpoint)  # a missing checkpoint leaves no empty out_dir
+    storage.prepare_output(str(out_dir), "export folder")  # before the model is loaded
+    trained = load_encoder(found)
 
     if not is_local(str(out_dir)):
         with tempfile.TemporaryDirectory(prefix="lejepa-export-") as tmp:

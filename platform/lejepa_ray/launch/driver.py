@@ -165,6 +165,7 @@ def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Pl
         ConfigError, SourceError: what is wrong and what to do.
     """
     check_run(cfg)
+    runtime.check_local_gpus(cfg.scaling)
     check_path(cfg.data)
     probes.check_data(cfg)
     spec = resolve_backbone(cfg)

@@ -23,6 +23,8 @@ import ray
 
 import lejepa_ray
 from lejepa_ray.compat import quiet_worker_logs
+from lejepa_ray.config import ScalingConfig
+from lejepa_ray.errors import ConfigError
 from lejepa_ray.launch import reaper
 
 
@@ -31,6 +33,37 @@ def local_num_cpus(train_cpus: float) -> int:
     plus one for Ray Data's read tasks."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return int(cores or 1) + math.ceil(train_cpus) + 1
+
+
+def joins_cluster() -> bool:
+    """True where :func:`connect` joins a running cluster (``ray job submit``, ``RAY_ADDRESS``)
+    or is connected already, False where it would start an embedded instance here."""
+    return ray.is_initialized() or bool(
+        os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID")
+    )
+
+
+def check_local_gpus(scaling: ScalingConfig) -> None:
+    """Refuse GPU workers that a local instance could never hold, before it starts: Ray would
+    wait for them for ever. On a cluster the GPUs are the cluster's (``cluster-check``).
+
+    Raises:
+        ConfigError: ``scaling.use_gpu`` with fewer GPUs here than the fewest workers the run
+            can start with (a sweep's trials beyond the GPUs wait their turn).
+    """
+    if not scaling.use_gpu or joins_cluster():
+        return
+    # lazy: torch takes seconds to import; only a GPU run started here needs to count them.
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < scaling.min_workers:
+        raise ConfigError(
+            f"scaling.use_gpu=true asks for {scaling.min_workers} GPU worker(s), and this "
+            f"machine has {have} GPU(s) for the local Ray instance it would start. Set "
+            "scaling.use_gpu=false to train on CPUs, lower scaling.num_workers, or submit to a "
+            "cluster with GPUs (`ray job submit`, or RAY_ADDRESS)."
+        )
 
 
 def connect(

@@ -84,6 +84,16 @@ def load_space(path: str | Path) -> list[Dimension]:
             f"{path} must map dotted config keys to samplers, e.g. "
             "`loss.lam: {loguniform: [0.005, 0.5]}`."
         )
+    sections = sorted(str(k) for k, v in raw.items() if "." not in str(k) and isinstance(v, dict))
+    if sections:
+        # A pretrain config given as the space (`loss: {lam: ...}`): every key would become one
+        # fixed, nested value, and the error would name a key the user never wrote.
+        raise ConfigError(
+            f"{path} looks like a pretrain config, not a search space: its top-level keys "
+            f"{', '.join(sections)} hold mappings, where a space maps dotted keys to samplers "
+            "(`loss.lam: {loguniform: [0.005, 0.5]}`). Give a pretrain config as --config and "
+            "a space from tune_spaces/ as --space."
+        )
     space = [_dimension(path, str(key), spec) for key, spec in raw.items()]
     check_space(space, where=str(path))
     return space

@@ -119,6 +119,7 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
             sweep of that name exists with other settings.
     """
     base, space = check(opts)
+    runtime.check_local_gpus(base.scaling)
     name = sweep_name(opts)
     root = runs.storage_root(base)
     sweep_dir = f"{root.rstrip('/')}/{name}"
