@@ -163,6 +163,11 @@ def test_a_folder_without_parquet_is_refused_before_the_run_directory_is_written
             ["sweep", "--space", "platform/lejepa_ray/configs/quickstart.yaml"],
             ["looks like a pretrain config, not a search space"],
         ),
+        (["pretrain", "storage_path=/proc/x"], ["cannot create the storage_path folder"]),
+        (
+            ["sweep", "--space", "tune_spaces/quick.yaml", "storage_path=/proc/x"],
+            ["cannot create the storage_path folder '/proc/x'"],
+        ),
     ],
     ids=[
         "convert-missing",
@@ -172,6 +177,8 @@ def test_a_folder_without_parquet_is_refused_before_the_run_directory_is_written
         "cluster-not-yaml",
         "cluster-not-a-cluster",
         "sweep-space-is-a-config",
+        "pretrain-storage-unwritable",
+        "sweep-storage-unwritable",
     ],
 )
 def test_bad_input_to_any_command_is_one_line_before_any_work(

@@ -174,7 +174,9 @@ def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Pl
             f"{cfg.model.name} takes no {cfg.data.views.local_size}px input; local views "
             f"are resized to {spec.local_size}px."
         )
-    return Plan(cfg, spec, runs.run_name(cfg), runs.storage_root(cfg))
+    root = runs.storage_root(cfg)
+    storage.prepare_output(root, "storage_path folder")
+    return Plan(cfg, spec, runs.run_name(cfg), root)
 
 
 def check_resumable(path: str, cfg: PretrainConfig, spec: BackboneSpec) -> None:
