@@ -164,9 +164,9 @@ def during_table(records: dict[int, dict]) -> str:
 def _export(args: argparse.Namespace) -> int:
     """Write a checkpoint's backbone in timm's hub layout and say how to load it."""
     # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.evaluate.export import PROJECTOR_FILE, WEIGHTS_FILE, export
+    from lejepa_ray.evaluate.export import ONNX_FILE, PROJECTOR_FILE, WEIGHTS_FILE, export
 
-    result = export(args.source, args.out_dir)
+    result = export(args.source, args.out_dir, format=args.format)
     out = result.out_dir
     print(
         f"exported {result.architecture} ({result.parameters / 1e6:.1f}M parameters) from "
@@ -174,6 +174,11 @@ def _export(args: argparse.Namespace) -> int:
         f"projector: {out}/{PROJECTOR_FILE}"
     )
     print(f"load it: {result.load_line()}")
+    if result.onnx_max_abs_diff is not None:
+        print(
+            f"ONNX: {out}/{ONNX_FILE} (uint8 images (N, 3, S, S) -> features (N, D)); "
+            f"onnxruntime matches PyTorch within {result.onnx_max_abs_diff:.1e}"
+        )
     return 0
 
 
@@ -215,6 +220,47 @@ def _eval(args: argparse.Namespace) -> int:
         f"({result.bank} images), scored on {scored}, {result.classes} classes"
     )
     print(result.to_json())
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    """Embed a source's images with a frozen backbone into parquet; progress, then a summary."""
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
+    from tqdm import tqdm
+
+    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray.launch.embed import EmbedOptions, embed
+
+    opts = EmbedOptions(
+        source=args.source,
+        data=args.data,
+        out=args.out,
+        size=args.size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        use_gpu=args.use_gpu,
+        features=args.features,
+    )
+    bars: list[tqdm] = []  # opened when the first rows are written: bad input says so bar-less
+
+    def advance(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="img", desc="embed", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        result = embed(opts, progress=advance)
+    finally:
+        for bar in bars:
+            bar.close()
+    skipped = f" ({result.skipped} did not decode)" if result.skipped else ""
+    steady = result.steady_images_per_s
+    after = f"; {steady:.1f} images/s once the first batch was out" if steady else ""
+    print(
+        f"embedded {result.images} images{skipped} at {result.image_size} px into "
+        f"{result.dim}-d vectors in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s "
+        f"with the actors' start{after}): {result.out}"
+    )
     return 0
 
 
@@ -412,6 +458,13 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     exporter.add_argument(
         "out_dir", metavar="OUT_DIR", help="output folder, a local path or a URI (s3://...)"
     )
+    exporter.add_argument(
+        "--format",
+        choices=("timm", "onnx"),
+        default="timm",
+        help="timm's hub layout (default), or that plus model.onnx, checked against PyTorch "
+        "with onnxruntime (pip install 'lejepa-ray[onnx]')",
+    )
     exporter.set_defaults(func=_export)
 
     evaluator = commands.add_parser(
@@ -466,6 +519,52 @@ def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
         "--temperature", type=float, default=0.07, help="kNN vote temperature (default: 0.07)"
     )
     evaluator.set_defaults(func=_eval)
+
+
+def _add_embed_command(commands: argparse._SubParsersAction) -> None:
+    embedder = commands.add_parser(
+        "embed",
+        help="a frozen backbone's features of every image, as parquet (Ray Data batch inference)",
+        description="Embed every image of --data with the frozen backbone of a run, checkpoint "
+        "or export (an actor pool of --workers backbones, on CPUs or GPUs), resized and "
+        "centre-cropped as eval does, and write parquet files of key, label and embedding (a "
+        "fixed-size list of float32) to --out, which appears only once complete.",
+    )
+    embedder.add_argument(
+        "source",
+        metavar="RUN_CHECKPOINT_OR_EXPORT",
+        help="a run or checkpoint directory, or an `export` folder",
+    )
+    embedder.add_argument(
+        "--data",
+        required=True,
+        help="digits, synthetic, an image folder or parquet shards (local or s3://); a "
+        ":train, :val or :all suffix picks that split",
+    )
+    embedder.add_argument(
+        "--out", required=True, help="new output folder, a local path or a URI (s3://...)"
+    )
+    embedder.add_argument(
+        "--size", type=int, default=None, help="image side in px (default: the trained size)"
+    )
+    embedder.add_argument(
+        "--batch-size", type=int, default=64, help="images per batch and file (default: 64)"
+    )
+    embedder.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="actors holding the backbone (default: one per GPU with --use-gpu, else one per "
+        "CPU core)",
+    )
+    embedder.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
+    embedder.add_argument(
+        "--features",
+        choices=("backbone", "projector"),
+        default="backbone",
+        help="the backbone's pooled features (default) or a checkpoint's projector outputs",
+    )
+    embedder.set_defaults(func=_embed)
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -604,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.set_defaults(func=_env)
     _add_data_commands(commands)
     _add_pretrain_command(commands)
+    _add_embed_command(commands)
     _add_sweep_command(commands)
     _add_cluster_check_command(commands)
     return parser

@@ -88,3 +88,27 @@ def test_export_command_says_how_to_load_and_fails_clearly(tmp_path, capsys):
     (path / "__0_0.distcp").write_bytes(b"")
     assert main(["export", str(path), str(tmp_path / "o3")]) == 2
     assert "is corrupt: __0_0.distcp has 0 bytes" in capsys.readouterr().err
+
+
+def test_an_onnx_export_matches_pytorch_with_onnxruntime(tmp_path, capsys):
+    import onnxruntime
+
+    from lejepa_ray.evaluate.export import ONNX_TOLERANCE, FrozenBackbone
+
+    path, trainer = _trained_checkpoint(tmp_path, "resnet18")
+    out = tmp_path / "out"
+    assert main(["export", str(path), str(out), "--format", "onnx"]) == 0
+    assert "onnxruntime matches PyTorch within" in capsys.readouterr().out
+    hub = json.loads((out / "config.json").read_text())
+    assert hub["lejepa"]["onnx"]["max_abs_diff"] <= ONNX_TOLERANCE
+
+    # Another batch size than the exporter saw, through onnxruntime alone.
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    (got,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        expected = FrozenBackbone(trainer.encoder.backbone.eval())(images).numpy()
+    assert got.shape == (5, 512)
+    assert abs(got - expected).max() <= ONNX_TOLERANCE * max(1.0, abs(expected).max())
+    # The timm layout is still there: the ONNX format adds a file, it replaces none.
+    assert (out / "model.safetensors").exists() and (out / "projector.safetensors").exists()

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from lejepa_ray.data.config import DataConfig
@@ -28,7 +29,6 @@ def read_images(
     if len(source) == 0:
         raise ConfigError(f"data.source={data.source} has no images to probe with.")
     picks = np.unique(np.linspace(0, len(source) - 1, min(max_samples, len(source))).astype(int))
-    prepare = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     images, labels, keys = [], [], []
     for i in picks:
         row = source[int(i)]
@@ -39,7 +39,23 @@ def read_images(
             img = decode_rgb(row["image"], data.max_pixels)
         except BadImage:
             continue
-        images.append(prepare(img))
+        images.append(prepare_image(img, size))
         labels.append(None if unlabelled else int(row["label"]))
         keys.append(row["key"])
     return images, labels, keys
+
+
+def prepare_image(img: Image.Image, size: int) -> torch.Tensor:
+    """An RGB image as evaluation (``eval``, ``embed``) sees it: uint8 (3, size, size), the
+    short side resized to ``size`` (bilinear, antialiased), then centre-cropped."""
+    return _PREPARE[size](img) if size in _PREPARE else _prepare(size)(img)
+
+
+def _prepare(size: int) -> v2.Compose:
+    _PREPARE[size] = v2.Compose(
+        [v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    )
+    return _PREPARE[size]
+
+
+_PREPARE: dict[int, v2.Compose] = {}

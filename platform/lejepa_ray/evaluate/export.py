@@ -14,28 +14,45 @@
   licence or source of another training is kept;
 
 - ``projector.safetensors``: the LeJEPA projector (not part of the backbone);
-- ``lejepa.yaml``: the training config, for provenance.
+- ``lejepa.yaml``: the training config, for provenance;
+- with ``format="onnx"``, also ``model.onnx``: uint8 images ``images`` (N, 3, S, S) ->
+  ``features`` (N, D) float32, normalization inside and any batch size, written by torch's
+  exporter and checked against PyTorch with onnxruntime on the spot (``ONNX_TOLERANCE``; the
+  measured difference goes into ``config.json``). Needs the ``onnx`` extra.
 
 Sharded checkpoints (any world size, DDP or FSDP) are consolidated in this one process by DCP.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from lejepa_ray import runs, storage
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
-from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
+from lejepa_ray.model.encoder import (
+    BackboneSpec,
+    LeJEPAEncoder,
+    pixel_normalization,
+    resolve_backbone,
+)
 from lejepa_ray.storage import is_local
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.checkpoint import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+FORMATS = ("timm", "onnx")
+ONNX_TOLERANCE = 1e-4
+"""Largest |ONNX - PyTorch| accepted on an export's features, relative to their largest |value|
+(at least 1): float32 kernels differ in their summation order, not more."""
 PROJECTOR_FILE = "projector.safetensors"
 TRAINING_CONFIG_FILE = "lejepa.yaml"
 
@@ -54,6 +71,8 @@ class ExportResult:
     """Keyword arguments for ``timm.create_model`` besides ``num_classes=0``."""
     parameters: int
     """Backbone parameters."""
+    onnx_max_abs_diff: float | None = None
+    """With ``format="onnx"``: the largest |ONNX - PyTorch| on the parity check's features."""
 
     def load_line(self) -> str:
         """The ``timm.create_model`` call that loads the exported backbone (from a local copy
@@ -101,7 +120,9 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
     return TrainedEncoder(path, cfg, config_yaml, spec, encoder, step)
 
 
-def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
+def export(
+    run_or_checkpoint: str | Path, out_dir: str | Path, format: str = "timm"
+) -> ExportResult:
     """Write the backbone of a checkpoint (or of a run directory's latest checkpoint) to
     ``out_dir`` in timm's hub layout, the projector beside it. Either side may be a local path
     or a URI (``s3://...``): a remote checkpoint is read in place (the model's tensors only),
@@ -109,19 +130,24 @@ def export(run_or_checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
 
     Raises:
         CheckpointError: no checkpoint there, or an incomplete, corrupt or foreign one.
-        ConfigError: a local ``out_dir`` that cannot be created or written.
+        ConfigError: an unknown format, the ``onnx`` extra missing, or a local ``out_dir`` that
+            cannot be created or written.
     """
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    if format == "onnx":
+        _check_onnx_installed()
     found = runs.find(run_or_checkpoint)  # a missing checkpoint leaves no empty out_dir
     storage.prepare_output(str(out_dir), "export folder")  # before the model is loaded
     trained = load_encoder(found)
 
     if not is_local(str(out_dir)):
         with tempfile.TemporaryDirectory(prefix="lejepa-export-") as tmp:
-            result = _export(trained, Path(tmp))
+            result = _export(trained, Path(tmp), format)
             storage.upload(tmp, str(out_dir))
         result.out_dir = str(out_dir)
         return result
-    return _export(trained, Path(str(out_dir).removeprefix("file://")))
+    return _export(trained, Path(str(out_dir).removeprefix("file://")), format)
 
 
 FOREIGN_KEYS = (
@@ -161,7 +187,7 @@ def run_pretrained_cfg(written: dict, trained: TrainedEncoder) -> dict:
     return cfg
 
 
-def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
+def _export(trained: TrainedEncoder, out: Path, format: str = "timm") -> ExportResult:
     # lazy: timm takes about a second to import; only writing an export needs it.
     from timm.models import save_for_hf
 
@@ -180,6 +206,10 @@ def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
         "projector": PROJECTOR_FILE,
         "training_config": TRAINING_CONFIG_FILE,
     }
+    diff = None
+    if format == "onnx":
+        diff = export_onnx(backbone, trained.spec.global_size, out / ONNX_FILE)
+        hub["lejepa"]["onnx"] = {"file": ONNX_FILE, "max_abs_diff": diff}
     (out / "config.json").write_text(json.dumps(hub, indent=2))
     save_file(
         {k: v.contiguous() for k, v in trained.encoder.projector.state_dict().items()},
@@ -194,4 +224,72 @@ def _export(trained: TrainedEncoder, out: Path) -> ExportResult:
         hub["architecture"],
         hub["model_args"],
         sum(p.numel() for p in backbone.parameters()),
+        diff,
     )
+
+
+def _check_onnx_installed() -> None:
+    """Raise ConfigError, before any work, when the ``onnx`` extra is not installed."""
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if not importlib.util.find_spec(m)]
+    if missing:
+        raise ConfigError(
+            f"export --format onnx needs {', '.join(missing)}: pip install 'lejepa-ray[onnx]'."
+        )
+
+
+class FrozenBackbone(nn.Module):
+    """A backbone taking uint8 images, normalized as in training (``LeJEPAEncoder``):
+    ``features((N, 3, S, S) uint8) -> (N, D)``; ``forward`` is the same (what ``model.onnx``
+    computes)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        mean, std = pixel_normalization(backbone)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images.float() - self.mean) / self.std)
+
+    features = forward
+
+
+def export_onnx(backbone: nn.Module, size: int, path: Path, seed: int = 0) -> float:
+    """Write ``backbone`` as ONNX (uint8 ``images`` (N, 3, size, size) -> ``features``), then
+    run both on 8 random images and return the largest |ONNX - PyTorch|.
+
+    Raises:
+        CheckpointError: the difference passes ``ONNX_TOLERANCE`` (an exporter bug, kept
+            with its figures rather than shipped).
+    """
+    # lazy: onnxruntime and torch's exporter take seconds to import; only this format needs them.
+    import onnxruntime
+
+    model = FrozenBackbone(backbone).eval()
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["features"],
+        dynamic_shapes={"images": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
+    images = torch.randint(
+        0, 256, (8, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
+    with torch.inference_mode():
+        expected = model(images).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.numpy()})[0]
+    diff = float(abs(got - expected).max())
+    if diff > ONNX_TOLERANCE * max(1.0, float(abs(expected).max())):
+        raise CheckpointError(
+            f"the ONNX export of {path.parent} differs from PyTorch by {diff:.2e} on its "
+            f"features, more than {ONNX_TOLERANCE:g} of their scale; report it with the model."
+        )
+    return diff

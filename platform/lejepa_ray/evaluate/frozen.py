@@ -22,27 +22,11 @@ from torch import nn
 from lejepa_ray.config import ProbeConfig
 from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.errors import ConfigError
-from lejepa_ray.evaluate.export import load_encoder
+from lejepa_ray.evaluate.export import FrozenBackbone, load_encoder
 from lejepa_ray.evaluate.probe import load_labelled, probe_report
-from lejepa_ray.model.encoder import pixel_normalization
 
 PROBES = ("knn", "linear", "both")
 FEATURES = ("backbone", "projector")
-
-
-class FrozenBackbone(nn.Module):
-    """An exported backbone taking uint8 images, normalized as in training
-    (``LeJEPAEncoder``): ``features((N, 3, S, S) uint8) -> (N, D)``."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        mean, std = pixel_normalization(backbone)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone((images.float() - self.mean) / self.std)
 
 
 class ProjectorOutputs(nn.Module):
