@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -45,6 +47,13 @@ def test_embeddings_are_eval_s_features_written_once_complete(ray_cluster, tmp_p
     order = [rows[k] for k in keys]
     np.testing.assert_allclose(emb[order], expected, rtol=1e-4, atol=1e-5)
     assert table["label"].to_pylist() == [labels[keys.index(k)] for k in table["key"].to_pylist()]
+
+    # The nearest-neighbour lookup docs/training.md shows runs on the output as written.
+    doc = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    lookup = doc.split("## Embeddings", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(lookup.replace('"OUT"', repr(str(out))), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all(line.split()[1] in rows for line in lines)
 
     # A second embed into the same folder is refused before any work.
     with pytest.raises(ConfigError, match="already holds files"):
