@@ -554,8 +554,8 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="actors holding the backbone (default: one per GPU with --use-gpu, else one per "
-        "CPU core)",
+        help="actors holding the backbone (default: one per GPU with --use-gpu, else half the "
+        "CPUs; the other half read and decode)",
     )
     embedder.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
     embedder.add_argument(

@@ -38,6 +38,11 @@ class CheckpointError(LejepaRayError, RuntimeError):
     model. The message says which file and what to do."""
 
 
+class ExportError(LejepaRayError, RuntimeError):
+    """An export that cannot be written as asked (a model torch's ONNX exporter cannot take, or
+    whose ONNX outputs differ from PyTorch's)."""
+
+
 class DataQualityError(LejepaRayError, RuntimeError):
     """Too many samples had to be skipped, or none could be used at all."""
 

@@ -8,6 +8,7 @@ as a laptop's folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -23,22 +24,33 @@ def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def prepare_output(uri: str, what: str) -> None:
-    """Create a local output folder ``uri`` now, before any slow work, or raise a ConfigError
-    naming it as ``what`` ("export folder") and saying why. A URI is left to the writer: its
+def check_output(uri: str, what: str) -> None:
+    """Raise a ConfigError, naming the folder as ``what`` ("export folder") and saying why,
+    when a local output folder ``uri`` cannot be created or written; leave the disk as it was
+    (the folders it had to create to find out are removed). A URI is left to the writer: its
     permissions show only when it writes.
     """
     if not is_local(uri):
         return
-    path = Path(uri.removeprefix("file://"))
+    path = Path(uri.removeprefix("file://")).absolute()
+    made = []  # the folders this check creates, deepest first
+    for parent in (path, *path.parents):
+        if parent.exists():
+            break
+        made.append(parent)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        writable = os.access(path, os.W_OK | os.X_OK)
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(
             f"cannot create the {what} {uri!r} ({reason}): give a folder you can write to."
         ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    if not writable:
         raise ConfigError(f"cannot write into the {what} {uri!r}: give a folder you can write to.")
 
 

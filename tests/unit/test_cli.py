@@ -4,6 +4,8 @@ Multi-process, Ray and slow tests: ``tests/integration/test_cli.py``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lejepa_ray.cli import main
@@ -92,7 +94,10 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main(["env"])
 
 
-RECIPE = "jobs/configs/imagenet1k_vit_large.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = str(ROOT / "jobs" / "configs" / "imagenet1k_vit_large.yaml")
+QUICKSTART_YAML = str(ROOT / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml")
+QUICK_SPACE = str(ROOT / "tune_spaces" / "quick.yaml")
 
 
 @pytest.fixture
@@ -154,18 +159,18 @@ def test_a_folder_without_parquet_is_refused_before_the_run_directory_is_written
     ("args", "fragments"),
     [
         (["data", "convert", "/nonexistent", "OUT"], ["the image folder '/nonexistent' does not"]),
-        (["data", "convert", "README.md", "OUT"], ["'README.md' is a file, not a folder"]),
+        (["data", "convert", "NOT_YAML", "OUT"], ["is a file, not a folder"]),
         (["data", "convert", "EMPTY", "OUT"], ["holds no images"]),
         (["data", "convert", "IMAGES", "/proc/x"], ["cannot create the output folder '/proc/x'"]),
-        (["cluster-check", "--cluster", "README.md"], ["README.md is not valid YAML (line"]),
+        (["cluster-check", "--cluster", "NOT_YAML"], ["not.yaml is not valid YAML (line 3)"]),
         (["cluster-check", "--cluster", RECIPE], ["is not a Ray cluster launcher config"]),
         (
-            ["sweep", "--space", "platform/lejepa_ray/configs/quickstart.yaml"],
+            ["sweep", "--space", QUICKSTART_YAML],
             ["looks like a pretrain config, not a search space"],
         ),
         (["pretrain", "storage_path=/proc/x"], ["cannot create the storage_path folder"]),
         (
-            ["sweep", "--space", "tune_spaces/quick.yaml", "storage_path=/proc/x"],
+            ["sweep", "--space", QUICK_SPACE, "storage_path=/proc/x"],
             ["cannot create the storage_path folder '/proc/x'"],
         ),
     ],
@@ -188,8 +193,11 @@ def test_bad_input_to_any_command_is_one_line_before_any_work(
 
     (tmp_path / "EMPTY").mkdir()
     make_image_folder(tmp_path / "IMAGES", per_class=2, bad=False)
+    (tmp_path / "not.yaml").write_text("# a title\nkey: [unclosed\n")
     where = {"OUT": str(tmp_path / "out"), "EMPTY": str(tmp_path / "EMPTY")}
-    where["IMAGES"] = str(tmp_path / "IMAGES")
+    where.update(IMAGES=str(tmp_path / "IMAGES"), NOT_YAML=str(tmp_path / "not.yaml"))
     assert main([where.get(a, a) for a in args]) == 2
     one_line_error(capsys, *fragments)
-    assert not (tmp_path / "out").exists()
+    if "OUT" in args:  # refused before the output folder was made
+        assert not (tmp_path / "out").exists()
+    assert not Path("/proc/x").exists()

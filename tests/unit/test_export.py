@@ -100,7 +100,7 @@ def test_an_onnx_export_matches_pytorch_with_onnxruntime(tmp_path, capsys):
     assert main(["export", str(path), str(out), "--format", "onnx"]) == 0
     assert "onnxruntime matches PyTorch within" in capsys.readouterr().out
     hub = json.loads((out / "config.json").read_text())
-    assert hub["lejepa"]["onnx"]["max_abs_diff"] <= ONNX_TOLERANCE
+    assert 0 <= hub["lejepa"]["onnx"]["max_abs_diff"] <= ONNX_TOLERANCE  # features are ~0.4
 
     # Another batch size than the exporter saw, through onnxruntime alone.
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))

@@ -89,3 +89,14 @@ def test_bad_spaces_fail_with_the_key_and_what_to_do(tmp_path, text, message):
 def test_missing_file_points_to_the_examples(tmp_path):
     with pytest.raises(ConfigError, match=r"does not exist; see tune_spaces/"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_a_top_level_key_with_a_sampler_is_a_space_not_a_pretrain_config(tmp_path):
+    from lejepa_ray.tune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("seed:\n  choice: [0, 1, 2]\nloss.lam:\n  loguniform: [0.01, 0.1]\n")
+    assert [d.sampler for d in load_space(path)] == ["choice", "loguniform"]
+    path.write_text("seed: 3\nloss:\n  lam: 0.05\n")
+    with pytest.raises(ConfigError, match="looks like a pretrain config, not a search space"):
+        load_space(path)

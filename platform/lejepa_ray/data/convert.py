@@ -38,7 +38,7 @@ from pyarrow import fs as pafs
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder
 from lejepa_ray.errors import ConfigError
-from lejepa_ray.storage import Folder, prepare_output, resolve_filesystem, uri_of
+from lejepa_ray.storage import Folder, check_output, resolve_filesystem, uri_of
 
 FORMAT = "lejepa-ray/parquet-v1"
 _META_KEY = b"lejepa_ray.shard"
@@ -96,7 +96,7 @@ def convert_image_folder(
         raise ConfigError(f"--workers={workers} is invalid: expected at least 1.")
     start = time.perf_counter()
     listing = list_image_folder(src, name=f"the image folder {str(src)!r}")
-    prepare_output(str(dst), "output folder")
+    check_output(str(dst), "output folder")
     out = Folder.at(dst)
     out.filesystem.create_dir(out.path, recursive=True)
 

@@ -175,7 +175,7 @@ def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Pl
             f"are resized to {spec.local_size}px."
         )
     root = runs.storage_root(cfg)
-    storage.prepare_output(root, "storage_path folder")
+    storage.check_output(root, "storage_path folder")
     return Plan(cfg, spec, runs.run_name(cfg), root)
 
 

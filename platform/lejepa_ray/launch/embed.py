@@ -19,6 +19,8 @@ when unlabelled) and ``embedding`` (fixed-size list of D float32). The features 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -43,7 +45,7 @@ from lejepa_ray.data.eval_images import prepare_image
 from lejepa_ray.data.plan import Plan
 from lejepa_ray.data.readers import Reader, source_plan
 from lejepa_ray.data.sources import check_path, data_from_arg
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, SourceError
 from lejepa_ray.evaluate.frozen import FEATURES, load_frozen
 from lejepa_ray.launch import runtime
 
@@ -127,7 +129,10 @@ class Embedder:
                 "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]),
             }
         )
-        path = f"{self.root}/part-{uuid.uuid4().hex}.parquet"
+        # Named after the batch's keys: a batch Ray runs again (a restarted actor, a lost
+        # output) overwrites its file instead of writing its rows twice.
+        name = hashlib.sha1("\n".join(table["key"].to_pylist()).encode()).hexdigest()[:20]
+        path = f"{self.root}/part-{name}.parquet"
         pq.write_table(table, path, filesystem=self.filesystem)
         return {"rows": np.array([len(emb)])}
 
@@ -177,6 +182,7 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
     check_out(opts.out)
     model, trained_size = load_frozen(opts.source, opts.features)
     size = opts.size or trained_size
+    dim = model_dim(model, size)  # a size the model cannot take fails here, before Ray
     data = replace(
         data_from_arg(opts.data, size), shuffle="none", transform_batch_size=opts.batch_size
     )
@@ -186,19 +192,20 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
     if opts.use_gpu:
         runtime.check_local_gpus(ScalingConfig(num_workers=opts.workers or 1, use_gpu=True))
 
+    # Absolute: the actors and tasks may run in another working directory.
+    source = opts.source if "://" in str(opts.source) else os.path.abspath(opts.source)
     local = not runtime.joins_cluster()
     runtime.connect(train_cpus=0)
     workers = opts.workers or default_workers(opts.use_gpu, local)
     staging = staging_dir(opts.out)
     start = time.perf_counter()
     units = listed.plan.units_per_epoch
-    # Progress bars and Ray Data's INFO lines off: the command prints its own progress.
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    # A block per unit, one batch of images: Ray Data would otherwise gather units up to its
-    # block target (128 MiB), and the actors and the progress would see them in lumps.
-    context.target_max_block_size = opts.batch_size * 3 * size * size
     ds = ray.data.from_items([{"id": g} for g in range(units)], override_num_blocks=units)
+    # Progress bars and Ray Data's INFO lines off: the command prints its own progress. A
+    # block per unit, one batch of images: Ray Data would otherwise gather units up to its
+    # block target (128 MiB), and the actors and the progress would see them in lumps.
+    ds.context.enable_progress_bars = False
+    ds.context.target_max_block_size = opts.batch_size * 3 * size * size
     ds = ds.map_batches(
         read_images,
         fn_kwargs={
@@ -213,7 +220,7 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
     ds = ds.map_batches(
         Embedder,
         fn_constructor_kwargs={
-            "source": str(opts.source),
+            "source": source,
             "features": opts.features,
             "use_gpu": opts.use_gpu,
             "staging": staging,
@@ -231,14 +238,19 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
     )
     written = first_rows = 0
     first_at = None
-    dim = model_dim(model, size)
-    with quiet_logger("ray.data", logging.ERROR):
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            written += int(batch["rows"].sum())
-            if first_at is None:
-                first_at, first_rows = time.perf_counter(), written
-            if progress is not None:
-                progress(written, total)
+    try:
+        with quiet_logger("ray.data", logging.ERROR):
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                written += int(batch["rows"].sum())
+                if first_at is None:
+                    first_at, first_rows = time.perf_counter(), written
+                if progress is not None:
+                    progress(written, total)
+        if not written:
+            raise SourceError(f"no image of {opts.data} could be decoded: nothing to embed.")
+    except BaseException:  # Ctrl+C included: no half-written staging folder is left behind
+        remove_dir(staging)
+        raise
     end = time.perf_counter()
     publish(staging, opts.out)
     steady = None
@@ -248,14 +260,15 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
 
 
 def default_workers(use_gpu: bool, local: bool) -> int:
-    """Actors when ``workers`` is not given: the connected cluster's GPUs with ``use_gpu``,
-    else its CPUs, at most this machine's cores on a local instance (which declares more
-    logical CPUs than it has cores)."""
+    """Actors when ``workers`` is not given: the connected cluster's GPUs with ``use_gpu``;
+    else half its CPUs (this machine's cores on a local instance, which declares more logical
+    CPUs than it has), the other half reading and decoding: every actor takes its CPU for the
+    whole run, and without CPUs left no image would be read."""
     resources = ray.cluster_resources()
     if use_gpu:
         return max(1, int(resources.get("GPU", 1)))
-    cpus = int(resources.get("CPU", 1))
-    return max(1, min(cpus, os.cpu_count() or 1) if local else cpus)
+    cpus = len(os.sched_getaffinity(0)) if local else int(resources.get("CPU", 1))
+    return max(1, cpus // 2)
 
 
 def model_dim(model: torch.nn.Module, size: int) -> int:
@@ -265,22 +278,32 @@ def model_dim(model: torch.nn.Module, size: int) -> int:
 
 
 def check_out(out: str) -> None:
-    """Refuse an ``out`` that already holds files (a second run would mix two embeddings), and
-    create a local one's parent, before anything slow.
+    """Refuse an ``out`` that already holds files (a second run would mix two embeddings), or
+    that cannot be reached, created or written, before anything slow.
 
     Raises:
-        ConfigError: ``out`` is a file, holds files, or cannot be created.
+        ConfigError: what is wrong with ``out``.
     """
-    filesystem, root = storage.resolve_filesystem(out)
-    info = filesystem.get_file_info(root)
+    try:
+        filesystem, root = storage.resolve_filesystem(out)
+        info = filesystem.get_file_info(root)
+    except OSError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"the output folder {out!r} cannot be reached: {reason}.") from None
     if info.type == pafs.FileType.File:
         raise ConfigError(f"the output folder {out!r} is a file: give a new folder.")
     if info.type == pafs.FileType.Directory and filesystem.get_file_info(pafs.FileSelector(root)):
         raise ConfigError(
             f"the output folder {out!r} already holds files: give a new folder, or delete it."
         )
-    if storage.is_local(out):
-        storage.prepare_output(str(Path(out.removeprefix("file://")).parent), "output's parent")
+    storage.check_output(out, "output folder")
+
+
+def remove_dir(uri: str) -> None:
+    """Delete the folder ``uri`` and what it holds, if it is there."""
+    filesystem, root = storage.resolve_filesystem(uri)
+    with contextlib.suppress(OSError):
+        filesystem.delete_dir(root)
 
 
 def staging_dir(out: str) -> str:

@@ -84,7 +84,13 @@ def load_space(path: str | Path) -> list[Dimension]:
             f"{path} must map dotted config keys to samplers, e.g. "
             "`loss.lam: {loguniform: [0.005, 0.5]}`."
         )
-    sections = sorted(str(k) for k, v in raw.items() if "." not in str(k) and isinstance(v, dict))
+    sections = sorted(
+        str(k)
+        for k, v in raw.items()
+        if "." not in str(k)
+        and isinstance(v, dict)
+        and not (len(v) == 1 and next(iter(v)) in SAMPLERS)  # `seed: {choice: [...]}` is fine
+    )
     if sections:
         # A pretrain config given as the space (`loss: {lam: ...}`): every key would become one
         # fixed, nested value, and the error would name a key the user never wrote.

@@ -122,7 +122,7 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
     runtime.check_local_gpus(base.scaling)
     name = sweep_name(opts)
     root = runs.storage_root(base)
-    storage.prepare_output(root, "storage_path folder")
+    storage.check_output(root, "storage_path folder")
     sweep_dir = f"{root.rstrip('/')}/{name}"
     spec = _spec(opts, base, space)
     started = _started(sweep_dir, name, spec)
