@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -46,19 +47,9 @@ def _env(_: argparse.Namespace) -> int:
 def _data_convert(args: argparse.Namespace) -> int:
     """Convert an image folder to checked, resumable parquet shards and print a summary."""
     # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from tqdm import tqdm
-
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.data.convert import convert_image_folder, format_summary
 
-    bars: list[tqdm] = []  # opened once the folder is listed: a bad one says so, bar-less
-
-    def advance(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="img", desc="convert", file=sys.stderr))
-        bars[0].update(done - bars[0].n)
-
-    try:
+    with _progress("convert") as advance:
         summary = convert_image_folder(
             args.src,
             args.dst,
@@ -67,11 +58,29 @@ def _data_convert(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             progress=advance,
         )
+    print(format_summary(summary, args.dst))
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr, opened at its first
+    call: input refused before any work says so without an empty bar."""
+    # lazy: tqdm is only for the commands that draw a bar; --help stays fast.
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []
+
+    def advance(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="img", desc=desc, file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield advance
     finally:
         for bar in bars:
             bar.close()
-    print(format_summary(summary, args.dst))
-    return 0
 
 
 def _data_bench(args: argparse.Namespace) -> int:
@@ -226,9 +235,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     """Embed a source's images with a frozen backbone into parquet; progress, then a summary."""
     # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from tqdm import tqdm
-
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.launch.embed import EmbedOptions, embed
 
     opts = EmbedOptions(
@@ -241,18 +247,8 @@ def _embed(args: argparse.Namespace) -> int:
         use_gpu=args.use_gpu,
         features=args.features,
     )
-    bars: list[tqdm] = []  # opened when the first rows are written: bad input says so bar-less
-
-    def advance(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="img", desc="embed", file=sys.stderr))
-        bars[0].update(done - bars[0].n)
-
-    try:
+    with _progress("embed") as advance:
         result = embed(opts, progress=advance)
-    finally:
-        for bar in bars:
-            bar.close()
     skipped = f" ({result.skipped} did not decode)" if result.skipped else ""
     steady = result.steady_images_per_s
     after = f"; {steady:.1f} images/s once the first batch was out" if steady else ""
