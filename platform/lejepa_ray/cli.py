@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
@@ -237,16 +238,8 @@ def _embed(args: argparse.Namespace) -> int:
     # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.launch.embed import EmbedOptions, embed
 
-    opts = EmbedOptions(
-        source=args.source,
-        data=args.data,
-        out=args.out,
-        size=args.size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        use_gpu=args.use_gpu,
-        features=args.features,
-    )
+    # The parser's destinations are EmbedOptions' fields, one for one.
+    opts = EmbedOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedOptions)})
     with _progress("embed") as advance:
         result = embed(opts, progress=advance)
     skipped = f" ({result.skipped} did not decode)" if result.skipped else ""

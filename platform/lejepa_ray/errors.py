@@ -50,3 +50,10 @@ class DataQualityError(LejepaRayError, RuntimeError):
 class TrainingStopped(LejepaRayError, RuntimeError):
     """The run stopped before its planned steps (non-finite losses); the message says why and
     which checkpoint is the last good one."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's exception message (pyarrow's, torch's), or its type's
+    name when it has none: the part of a long foreign message that fits a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -4,6 +4,7 @@ augmentation, read into this process (the probes' and RankMe's held-out sets).""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -48,14 +49,9 @@ def read_images(
 def prepare_image(img: Image.Image, size: int) -> torch.Tensor:
     """An RGB image as evaluation (``eval``, ``embed``) sees it: uint8 (3, size, size), the
     short side resized to ``size`` (bilinear, antialiased), then centre-cropped."""
-    return _PREPARE[size](img) if size in _PREPARE else _prepare(size)(img)
+    return _preparation(size)(img)
 
 
-def _prepare(size: int) -> v2.Compose:
-    _PREPARE[size] = v2.Compose(
-        [v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    )
-    return _PREPARE[size]
-
-
-_PREPARE: dict[int, v2.Compose] = {}
+@functools.cache
+def _preparation(size: int) -> v2.Compose:
+    return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])

@@ -25,7 +25,7 @@ from PIL import Image
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import SPLITS, in_split
 from lejepa_ray.data.synthetic import encode_jpeg, synthetic_image, synthetic_label
-from lejepa_ray.errors import SourceError
+from lejepa_ray.errors import SourceError, first_line
 from lejepa_ray.storage import resolve_filesystem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -118,9 +118,8 @@ def check_path(cfg: DataConfig) -> None:
         filesystem, where = resolve_filesystem(cfg.path)  # s3://: asks for the bucket's region
         info = filesystem.get_file_info(where)
     except OSError as e:  # an unknown host, missing credentials, a denied bucket
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceError(
-            f"data.path={cfg.path!r} cannot be read: {reason}. Check the URI, the network "
+            f"data.path={cfg.path!r} cannot be read: {first_line(e)}. Check the URI, the network "
             "and the credentials (for s3://, the AWS_* variables or the instance's role)."
         ) from None
     if info.type == pafs.FileType.NotFound:

@@ -37,7 +37,7 @@ from torch import nn
 
 from lejepa_ray import runs, storage
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
-from lejepa_ray.errors import ExportError
+from lejepa_ray.errors import ExportError, first_line
 from lejepa_ray.model.encoder import (
     BackboneSpec,
     LeJEPAEncoder,
@@ -285,9 +285,9 @@ def export_onnx(backbone: nn.Module, size: int, path: Path, seed: int = 0) -> fl
             verbose=False,
         )
     except Exception as e:  # torch's own report; the timm export beside it stays usable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(
-            f"torch's ONNX exporter could not export {type(backbone).__name__} ({first}); the "
+            f"torch's ONNX exporter could not export {type(backbone).__name__} "
+            f"({first_line(e)}); the "
             f"timm export in {path.parent} is complete without model.onnx."
         ) from e
     images = torch.randint(

@@ -45,7 +45,7 @@ from lejepa_ray.data.eval_images import prepare_image
 from lejepa_ray.data.plan import Plan
 from lejepa_ray.data.readers import Reader, source_plan
 from lejepa_ray.data.sources import check_path, data_from_arg
-from lejepa_ray.errors import ConfigError, SourceError
+from lejepa_ray.errors import ConfigError, SourceError, first_line
 from lejepa_ray.evaluate.frozen import FEATURES, load_frozen
 from lejepa_ray.launch import runtime
 
@@ -70,8 +70,8 @@ class EmbedOptions:
     batch_size: int = 64
     """Images per inference batch, and per output file."""
     workers: int | None = None
-    """Actors holding the backbone (default: one per GPU of the cluster with ``use_gpu``, else
-    one per CPU core: this machine's for a local instance, the cluster's when joining one)."""
+    """Actors holding the backbone (default: :func:`default_workers`, one per GPU of the
+    cluster with ``use_gpu``, else half the CPUs, the other half reading)."""
     use_gpu: bool = False
     """Run each actor on a GPU."""
     features: str = "backbone"
@@ -141,8 +141,8 @@ def read_images(
     batch: dict[str, np.ndarray], plan: Plan, reader: Reader, size: int, max_pixels: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Unit numbers ``id`` -> the units' decodable images, uint8 (B, 3, size, size), prepared as
-    ``eval`` prepares them, with ``key``, ``label`` and ``skipped`` (images that did not
-    decode, on the unit's first row)."""
+    ``eval`` prepares them, with ``key`` and ``label``; a unit with none yields nothing (the
+    driver counts what was not written as skipped)."""
     torch.set_num_threads(1)  # Ray Data scales tasks across cores, not threads
     for g in batch["id"]:
         _, spans = plan.unit(int(g))
@@ -288,8 +288,9 @@ def check_out(out: str) -> None:
         filesystem, root = storage.resolve_filesystem(out)
         info = filesystem.get_file_info(root)
     except OSError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"the output folder {out!r} cannot be reached: {reason}.") from None
+        raise ConfigError(
+            f"the output folder {out!r} cannot be reached: {first_line(e)}."
+        ) from None
     if info.type == pafs.FileType.File:
         raise ConfigError(f"the output folder {out!r} is a file: give a new folder.")
     if info.type == pafs.FileType.Directory and filesystem.get_file_info(pafs.FileSelector(root)):

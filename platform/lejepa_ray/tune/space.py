@@ -89,7 +89,7 @@ def load_space(path: str | Path) -> list[Dimension]:
         for k, v in raw.items()
         if "." not in str(k)
         and isinstance(v, dict)
-        and not (len(v) == 1 and next(iter(v)) in SAMPLERS)  # `seed: {choice: [...]}` is fine
+        and not is_sampler(v)  # `seed: {choice: [...]}` is fine
     )
     if sections:
         # A pretrain config given as the space (`loss: {lam: ...}`): every key would become one
@@ -105,9 +105,14 @@ def load_space(path: str | Path) -> list[Dimension]:
     return space
 
 
+def is_sampler(spec: Any) -> bool:
+    """True for a mapping of one sampler to its values (``{loguniform: [0.005, 0.5]}``)."""
+    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SAMPLERS
+
+
 def _dimension(path: Path, key: str, spec: Any) -> Dimension:
     where = f"{path}: {key}"
-    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SAMPLERS):
+    if not is_sampler(spec):
         return Dimension(key, "fixed", (spec,))  # a plain value (a mapping for model_args)
     sampler, values = next(iter(spec.items()))
     if not isinstance(values, list) or not values:
