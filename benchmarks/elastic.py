@@ -71,8 +71,7 @@ def scenario(name: str, steps: int, every: int, delay: float) -> dict:
     from chaos import checkpoint_registered
     from ray.cluster_utils import Cluster
 
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch import events
     from lejepa_ray.launch.driver import run
 

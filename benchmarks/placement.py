@@ -85,8 +85,7 @@ def _train(
     worker ran (those not in ``seen``: the task and actor ids of earlier runs)."""
     from ray.util.state import list_actors, list_tasks
 
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch.driver import run
 
     overrides = [

@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch.driver import run
 
     storage = tempfile.mkdtemp(prefix="lejepa-probe-overhead-")

@@ -30,8 +30,7 @@ LABELS = {"trained": "trained backbone", "init": "random init", "raw": "raw pixe
 
 
 def _runs(args: argparse.Namespace) -> list[dict]:
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch.driver import run
 
     config = args.config or QUICKSTART

@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         recoveries,
     )
 
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch.driver import run
 
     storage = args.storage or tempfile.mkdtemp(prefix="lejepa-recovery-")

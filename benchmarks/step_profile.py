@@ -146,8 +146,7 @@ def profile(cfg, steps: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
 
     if argv is None and sys.argv[1:2] == ["--allreduce-rank"]:  # one rank of allreduce_seconds
         print(_allreduce_rank(*(int(x) for x in sys.argv[2:7])))

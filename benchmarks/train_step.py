@@ -29,8 +29,7 @@ WORKERS = 2
 
 
 def _config(args: argparse.Namespace):
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
 
     # The quickstart's projector and loss; the command line sets model, views and batch.
     return load_config(

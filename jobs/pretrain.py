@@ -1,4 +1,4 @@
-"""`ray job submit ... -- python jobs/pretrain.py [--config FILE] [key=value ...]`.
+"""`ray job submit ... -- python jobs/pretrain.py [--config FILE] [--KEY VALUE ...]`.
 
 The same entry point as `lejepa-ray pretrain`: inside a Ray job it joins that cluster,
 elsewhere it starts a local Ray instance.

@@ -1,4 +1,4 @@
-"""`ray job submit ... -- python jobs/sweep.py --space FILE [options] [key=value ...]`.
+"""`ray job submit ... -- python jobs/sweep.py --space FILE [options] [--KEY VALUE ...]`.
 
 The same entry point as `lejepa-ray sweep`: inside a Ray job it joins that cluster,
 elsewhere it starts a local Ray instance.

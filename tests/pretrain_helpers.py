@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lejepa_ray.cli import QUICKSTART
-from lejepa_ray.config import PretrainConfig, load_config
+from lejepa_ray.config import QUICKSTART, PretrainConfig, load_config
 
 
 def _quickstart(tmp_path: Path, name: str, *overrides: str) -> PretrainConfig:

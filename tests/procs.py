@@ -20,6 +20,11 @@ TINY = [
 ]
 
 
+def flags(overrides: list[str]) -> list[str]:
+    """Dotted ``key=value`` overrides (the API's form) as the command line's flags."""
+    return [f"--{o}" for o in overrides]
+
+
 def console_script(name: str = "lejepa-ray") -> str:
     """The path of an installed console script (``lejepa-ray``, ``ray``)."""
     # Scripts sit next to the interpreter of the environment the project is installed in.

@@ -1,18 +1,81 @@
-"""`lejepa-ray` command line. Subcommands parse arguments and call into the package."""
+"""`lejepa-ray` command line, generated from the options dataclasses of the Python API.
+
+Every command is one entry of :data:`COMMANDS`: its options dataclass, whose fields and their
+docstrings become the flags, help and defaults, and the function that runs it (the API's, in
+:mod:`lejepa_ray.api`) and prints its result. Commands that run pretraining also take a
+pretrain config: ``--config FILE`` (default: the packaged quickstart), then every config key as
+a dotted flag (``--loss.lam 0.02 --scaling.num_workers 8``), generated from
+:class:`~lejepa_ray.config.PretrainConfig`. One syntax serves every command: ``--name value``,
+where the name is the field's (``--max_samples``; ``--max-samples`` is read the same).
+
+Why jsonargparse: it builds argparse parsers from dataclasses, types and attribute docstrings,
+nested dataclasses become the dotted flags a config's keys already are (LightningCLI's
+convention, which many of our users know), and its errors are argparse's. tyro does the same
+for flags but is built around its own annotations; click and typer would need every option
+written again as a decorator.
+
+Input errors (:class:`~lejepa_ray.errors.LejepaRayError`, and the parser's) are one line and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import difflib
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from importlib import resources
+from dataclasses import dataclass
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from typing import Any
 
 from lejepa_ray import __version__
+from lejepa_ray.config import PretrainConfig
 from lejepa_ray.errors import ConfigError, LejepaRayError, TrainingStopped
+
+PROG = "lejepa-ray"
+
+
+@dataclass
+class Parsed:
+    """What a command's handler gets: its options, and the pretrain config if it takes one."""
+
+    options: Any
+    config: PretrainConfig | None
+    show_config: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: everything the parser and ``main`` need to know about it."""
+
+    help: str
+    """One line for the command list."""
+    run: Callable[[Parsed], int]
+    """Runs the command and prints; returns the exit code."""
+    options: str | None = None
+    """The options dataclass, as ``module:Class`` (imported when the command is parsed, so
+    that ``--help`` and the command list stay fast): flags, help and defaults come from its
+    fields."""
+    positional: tuple[str, ...] = ()
+    """Fields given by position (``export RUN OUT``), not as flags."""
+    config: str | None = None
+    """Also take a pretrain config: ``quickstart`` (the default without ``--config``) or
+    ``defaults`` (the dataclasses' defaults)."""
+    skip: frozenset[str] = frozenset()
+    """Fields of ``options`` that are not on the command line."""
+    config_skip: frozenset[str] = frozenset()
+    """Keys of the pretrain config that are not on the command line."""
+
+    def options_class(self) -> type | None:
+        if self.options is None:
+            return None
+        module, _, name = self.options.partition(":")
+        return getattr(import_module(f"lejepa_ray.{module}"), name)
+
 
 # Distributions whose versions matter when reporting a problem.
 _REPORTED = (
@@ -25,10 +88,11 @@ _REPORTED = (
     "pyarrow",
     "tensorboard",
     "numpy",
+    "jsonargparse",
 )
 
 
-def _env(_: argparse.Namespace) -> int:
+def _env(_: Parsed) -> int:
     """Print the versions of the stack and the accelerators torch can see."""
     for name in _REPORTED:
         try:
@@ -42,24 +106,6 @@ def _env(_: argparse.Namespace) -> int:
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(cuda)) or "none"
     print(f"{'cuda devices':12s} {cuda} ({names})")
     print(f"{'cpu threads':12s} {torch.get_num_threads()}")
-    return 0
-
-
-def _data_convert(args: argparse.Namespace) -> int:
-    """Convert an image folder to checked, resumable parquet shards and print a summary."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.data.convert import convert_image_folder, format_summary
-
-    with _progress("convert") as advance:
-        summary = convert_image_folder(
-            args.src,
-            args.dst,
-            shard_size_mb=args.shard_size_mb,
-            workers=args.workers,
-            max_pixels=args.max_pixels,
-            progress=advance,
-        )
-    print(format_summary(summary, args.dst))
     return 0
 
 
@@ -84,67 +130,41 @@ def _progress(desc: str) -> Iterator[Callable[[int, int], None]]:
             bar.close()
 
 
-def _data_bench(args: argparse.Namespace) -> int:
-    """Ray Data views stream against a DataLoader doing the same work; JSON line last."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.data import bench
+def _data_convert(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray.data.convert import convert_image_folder, format_summary
 
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.data.config import DataConfig, ViewConfig
-
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.data.sources import source_from_arg
-
-    source, path = source_from_arg(args.data)
-    views = ViewConfig(
-        global_size=args.global_size,
-        local_size=args.local_size,
-        global_views=args.global_views,
-        local_views=args.local_views,
-        kernels=args.kernels,
-    )
-    cfg = DataConfig(
-        source=source,
-        path=path,
-        num_samples=args.num_samples,
-        image_size=args.image_size,
-        augment_on=args.augment_on,
-        views=views,
-        **({} if args.tasks_per_cpu is None else {"tasks_per_cpu": args.tasks_per_cpu}),
-        **({} if args.task_units is None else {"task_units": args.task_units}),
-    )
-    bench.run(cfg, seconds=args.seconds, workers=args.workers, batch_size=args.batch_size)
+    o = parsed.options
+    with _progress("convert") as advance:
+        summary = convert_image_folder(
+            o.src,
+            o.dst,
+            shard_size_mb=o.shard_size_mb,
+            workers=o.workers,
+            max_pixels=o.max_pixels,
+            progress=advance,
+        )
+    print(format_summary(summary, o.dst))
     return 0
 
 
-# The embedded default of `pretrain` and `sweep`: the CPU quickstart, package data
-# (lejepa_ray/configs/, pyproject.toml's package-data), so an installed wheel has it as well as
-# a checkout. A regular package's resources are files on disk, so this is a plain path.
-QUICKSTART = Path(str(resources.files("lejepa_ray") / "configs" / "quickstart.yaml"))
+def _data_bench(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray.data import bench
+
+    o = parsed.options
+    bench.run(o.data_config(), seconds=o.seconds, workers=o.workers, batch_size=o.batch_size)
+    return 0
 
 
-def default_config() -> Path:
-    """The packaged quickstart config, or a ConfigError saying what to pass instead."""
-    if not QUICKSTART.is_file():
-        raise ConfigError(
-            f"no --config given and the packaged default config {QUICKSTART} is missing "
-            "(an incomplete install of lejepa-ray: reinstall it); pass --config FILE, "
-            "e.g. one of the repository's jobs/configs/*.yaml."
-        )
-    return QUICKSTART
+def _pretrain(parsed: Parsed) -> int:
+    """Pretrain on Ray, probe, and say where everything is."""
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray import api
 
-
-def _pretrain(args: argparse.Namespace) -> int:
-    """Validate the config, pretrain on Ray, probe, and say where everything is."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.config import load_config
-
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.launch.driver import run
-
-    path = args.config if args.config is not None else default_config()
-    cfg = load_config(path, [*args.overrides, *(["logging.verbose=true"] if args.verbose else [])])
-    result = run(cfg)
+    cfg = parsed.config
+    assert cfg is not None
+    result = api.pretrain(cfg)
     minutes, seconds = divmod(round(result.train_seconds), 60)
     since = "" if result.resumed_from is None else f" (resumed at step {result.resumed_from})"
     print(f"\ntrained to step {cfg.optim.steps}{since} in {minutes} min {seconds} s")
@@ -171,12 +191,14 @@ def during_table(records: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def _export(args: argparse.Namespace) -> int:
-    """Write a checkpoint's backbone in timm's hub layout and say how to load it."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.evaluate.export import ONNX_FILE, PROJECTOR_FILE, WEIGHTS_FILE, export
+def _export(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray import api
 
-    result = export(args.source, args.out_dir, format=args.format)
+    # lazy: as above.
+    from lejepa_ray.evaluation.export import ONNX_FILE, PROJECTOR_FILE, WEIGHTS_FILE
+
+    result = api.export(parsed.options)
     out = result.out_dir
     print(
         f"exported {result.architecture} ({result.parameters / 1e6:.1f}M parameters) from "
@@ -192,23 +214,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    """Frozen-feature probes of a checkpoint or export; a summary, then one JSON line."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.evaluate.frozen import evaluate
+def _eval(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray import api
 
-    result = evaluate(
-        args.source,
-        args.data,
-        args.probe,
-        features=args.features,
-        val_data=args.val_data,
-        baseline=args.baseline,
-        size=args.size,
-        max_samples=args.max_samples,
-        k=args.k,
-        temperature=args.temperature,
-    )
+    result = api.evaluate(parsed.options)
     parts = [
         f"{name} top-1 {value:.3f}"
         for name, value in (
@@ -233,15 +243,12 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed(args: argparse.Namespace) -> int:
-    """Embed a source's images with a frozen backbone into parquet; progress, then a summary."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.launch.embed import EmbedOptions, embed
+def _embed(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray import api
 
-    # The parser's destinations are EmbedOptions' fields, one for one.
-    opts = EmbedOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedOptions)})
     with _progress("embed") as advance:
-        result = embed(opts, progress=advance)
+        result = api.embed(parsed.options, progress=advance)
     skipped = f" ({result.skipped} did not decode)" if result.skipped else ""
     steady = result.steady_images_per_s
     after = f"; {steady:.1f} images/s once the first batch was out" if steady else ""
@@ -253,33 +260,12 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    """Run or resume a Tune sweep, rank its trials without labels, export the winner."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.tune.options import SweepOptions
+def _sweep(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    from lejepa_ray import api
 
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.tune.sweep import run_sweep
-
-    opts = SweepOptions(
-        space=args.space,
-        config=args.config or str(default_config()),
-        overrides=args.overrides,
-        name=args.name,
-        samples=args.samples,
-        scheduler=args.scheduler,
-        search=args.search,
-        max_concurrent_trials=args.concurrent,
-        grace_steps=args.grace_steps,
-        reduction_factor=args.reduction_factor,
-        seed=args.seed,
-        select_by=args.select_by,
-        plateau_tol=args.plateau_tol,
-        validate_with_labels=args.validate_data if args.validate_with_labels else None,
-        val_data=args.val_data,
-        export_winner=not args.no_export,
-    )
-    result = run_sweep(opts)
+    opts = dataclasses.replace(parsed.options, config=parsed.config)
+    result = api.sweep(opts)
     if result.interrupted:
         return 130
     minutes, seconds = divmod(round(result.seconds), 60)
@@ -297,422 +283,318 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
-    sweep = commands.add_parser(
-        "sweep",
-        help="Ray Tune sweep of the pretrain config, ranked by the label-free score",
-        description="Run one pretraining per trial (a TorchTrainer per Tune trial), rank the "
-        "trials without labels (--select-by: selection_score = loss / λ^α smoothed over the "
-        "last steps, lower is better, or RankMe of held-out embeddings, higher is better), "
-        "flag trials whose loss is still falling, write results.csv and plot.png, and "
-        "export the winner's backbone. Rerunning with the same --name resumes an "
-        "interrupted sweep.",
-    )
-    sweep.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
-    sweep.add_argument(
-        "--config",
-        default=None,
-        help="pretrain config every trial starts from (default: the packaged CPU quickstart, "
-        "lejepa_ray/configs/quickstart.yaml)",
-    )
-    sweep.add_argument(
-        "--name",
-        default=None,
-        help="sweep directory under storage_path (default: "
-        "sweep-<space>-<timestamp>); the same name resumes",
-    )
-    sweep.add_argument(
-        "--samples",
-        type=int,
-        default=4,
-        help="trials drawn from the space, times its grid combinations (default: 4)",
-    )
-    sweep.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
-    sweep.add_argument(
-        "--search",
-        choices=("random", "optuna"),
-        default="random",
-        help="random, or optuna's TPE (pip install 'lejepa-ray[optuna]')",
-    )
-    sweep.add_argument(
-        "--concurrent",
-        type=int,
-        default=1,
-        help="trials at once (default: 1); each takes its config's workers",
-    )
-    sweep.add_argument(
-        "--grace-steps",
-        type=int,
-        default=None,
-        help="ASHA's first rung in steps (default: a quarter of optim.steps)",
-    )
-    sweep.add_argument(
-        "--reduction-factor",
-        type=int,
-        default=2,
-        help="ASHA keeps the best 1/N at each rung (default: 2)",
-    )
-    sweep.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
-    sweep.add_argument(
-        "--select-by",
-        choices=("rankme", "score"),
-        default="rankme",
-        help="what ranks the trials and picks the winner: rankme (RankMe of held-out "
-        "backbone features, higher is better; default) or score (loss / λ^α, lower is "
-        "better); ASHA stops trials by the score either way",
-    )
-    sweep.add_argument(
-        "--plateau-tol",
-        type=float,
-        default=0.05,
-        help="flag a trial as still descending when its mean loss over the last "
-        "loss.score_smoothing_steps steps is more than this fraction below the window "
-        "before (default: 0.05)",
-    )
-    sweep.add_argument(
-        "--validate-with-labels",
-        action="store_true",
-        help="probe every trial's last checkpoint (kNN and linear; early-stopped trials "
-        "too) and report Spearman ρ, with bootstrap 95%% intervals, of every label-free "
-        "metric against probe accuracy",
-    )
-    sweep.add_argument(
-        "--validate-data",
-        default="digits",
-        help="labelled data the probes are fitted on (default: digits)",
-    )
-    sweep.add_argument(
-        "--val-data",
-        default=None,
-        help="labelled data the probes are scored on, e.g. digits:val or a val/ folder "
-        "(default: a hash 80/20 split of --validate-data)",
-    )
-    sweep.add_argument(
-        "--no-export", action="store_true", help="do not export the winner's backbone"
-    )
-    sweep.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides for every trial, e.g. optim.steps=60 "
-        "storage_path=s3://bucket/sweeps",
-    )
-    sweep.set_defaults(func=_sweep)
-
-
-def _add_pretrain_command(commands: argparse._SubParsersAction) -> None:
-    pretrain = commands.add_parser(
-        "pretrain",
-        help="LeJEPA pretraining of a timm backbone on Ray Train",
-        description="Pretrain with LeJEPA. With no arguments: the CPU quickstart (digits, a "
-        "small backbone, a few minutes, then probes on held-out images beside random init "
-        "and raw pixels) on a local Ray instance; inside "
-        "`ray job submit` or with RAY_ADDRESS set, on that cluster.",
-    )
-    pretrain.add_argument(
-        "--config",
-        default=None,
-        help="YAML config (default: the packaged CPU quickstart, "
-        "lejepa_ray/configs/quickstart.yaml)",
-    )
-    pretrain.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show Ray's own logs too (the same as logging.verbose=true)",
-    )
-    pretrain.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides, e.g. model.name=vit_small_patch16_224 "
-        "loss.lam=0.02 scaling.num_workers=8",
-    )
-    pretrain.set_defaults(func=_pretrain)
-
-    exporter = commands.add_parser(
-        "export",
-        help="a checkpoint's backbone as a timm model (model.safetensors + config.json)",
-        description="Consolidate a checkpoint (DDP or FSDP shards, any world size) and write "
-        "its backbone in timm's hub layout, loadable with "
-        "timm.create_model('local-dir:OUT_DIR', pretrained=True, num_classes=0), its "
-        "pretrained_cfg describing the run's input size and normalization; the projector goes to "
-        "projector.safetensors beside it.",
-    )
-    exporter.add_argument(
-        "source",
-        metavar="RUN_OR_CHECKPOINT",
-        help="a run directory (its latest checkpoint) or a checkpoint directory; a local "
-        "path or a URI (s3://...), read in place",
-    )
-    exporter.add_argument(
-        "out_dir", metavar="OUT_DIR", help="output folder, a local path or a URI (s3://...)"
-    )
-    exporter.add_argument(
-        "--format",
-        choices=("timm", "onnx"),
-        default="timm",
-        help="timm's hub layout (default), or that plus model.onnx, checked against PyTorch "
-        "with onnxruntime (pip install 'lejepa-ray[onnx]')",
-    )
-    exporter.set_defaults(func=_export)
-
-    evaluator = commands.add_parser(
-        "eval",
-        help="kNN and linear probes of a checkpoint's or export's frozen features",
-        description="Embed labelled images with the frozen backbone (or, with --features "
-        "projector, a checkpoint's projector outputs), fit the "
-        "probes on --data and score them on --val-data (without it: on a hash 80/20 split of "
-        "--data), and report kNN (cosine, temperature-weighted votes) and linear (logistic "
-        "regression) top-1 accuracy; the last line is JSON.",
-    )
-    evaluator.add_argument(
-        "source",
-        metavar="CHECKPOINT_OR_EXPORT",
-        help="a run or checkpoint directory, or an `export` folder",
-    )
-    evaluator.add_argument(
-        "--data",
-        required=True,
-        help="labelled data the probes are fitted on: digits, synthetic, an "
-        "image folder (labels from subfolders) or parquet shards; a :train, "
-        ":val or :all suffix picks that data.split (digits:train)",
-    )
-    evaluator.add_argument(
-        "--val-data",
-        default=None,
-        help="labelled data the probes are scored on (e.g. the val/ folder "
-        "beside train/, or digits:val); default: a hash 80/20 split of --data",
-    )
-    evaluator.add_argument(
-        "--baseline",
-        action="store_true",
-        help="also report the probes on raw pixels of the same split",
-    )
-    evaluator.add_argument("--probe", choices=("linear", "knn", "both"), default="both")
-    evaluator.add_argument(
-        "--features",
-        choices=("backbone", "projector"),
-        default="backbone",
-        help="what to probe: the backbone's pooled features (default, what export keeps) or "
-        "a checkpoint's projector outputs",
-    )
-    evaluator.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="image side in px (default: the size it was trained at)",
-    )
-    evaluator.add_argument("--max-samples", type=int, default=5000)
-    evaluator.add_argument("--k", type=int, default=20, help="kNN neighbours (default: 20)")
-    evaluator.add_argument(
-        "--temperature", type=float, default=0.07, help="kNN vote temperature (default: 0.07)"
-    )
-    evaluator.set_defaults(func=_eval)
-
-
-def _add_embed_command(commands: argparse._SubParsersAction) -> None:
-    embedder = commands.add_parser(
-        "embed",
-        help="a frozen backbone's features of every image, as parquet (Ray Data batch inference)",
-        description="Embed every image of --data with the frozen backbone of a run, checkpoint "
-        "or export (an actor pool of --workers backbones, on CPUs or GPUs), resized and "
-        "centre-cropped as eval does, and write parquet files of key, label and embedding (a "
-        "fixed-size list of float32) to --out, which appears only once complete.",
-    )
-    embedder.add_argument(
-        "source",
-        metavar="RUN_CHECKPOINT_OR_EXPORT",
-        help="a run or checkpoint directory, or an `export` folder",
-    )
-    embedder.add_argument(
-        "--data",
-        required=True,
-        help="digits, synthetic, an image folder or parquet shards (local or s3://); a "
-        ":train, :val or :all suffix picks that split",
-    )
-    embedder.add_argument(
-        "--out", required=True, help="new output folder, a local path or a URI (s3://...)"
-    )
-    embedder.add_argument(
-        "--size", type=int, default=None, help="image side in px (default: the trained size)"
-    )
-    embedder.add_argument(
-        "--batch-size", type=int, default=64, help="images per batch and file (default: 64)"
-    )
-    embedder.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="actors holding the backbone (default: one per GPU with --use-gpu, else half the "
-        "CPUs; the other half read and decode)",
-    )
-    embedder.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
-    embedder.add_argument(
-        "--features",
-        choices=("backbone", "projector"),
-        default="backbone",
-        help="the backbone's pooled features (default) or a checkpoint's projector outputs",
-    )
-    embedder.set_defaults(func=_embed)
-
-
-def _add_data_commands(commands: argparse._SubParsersAction) -> None:
-    # lazy: data.decode brings numpy and PIL (~0.2 s): paid when a parser is built, not on
-    # importing cli.
-    from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
-
-    data = commands.add_parser("data", help="convert image folders; benchmark the data stream")
-    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-
-    convert = sub.add_parser(
-        "convert",
-        help="image folder -> parquet shards (decode-checked, resumable)",
-        description="Convert an image folder (labels from first-level subfolders) to parquet "
-        "shards of encoded images. Rerunning resumes an interrupted conversion.",
-    )
-    convert.add_argument("src", help="image folder: a local path or a URI (s3://, gs://)")
-    convert.add_argument(
-        "dst", help="output folder for the shards and dataset.json: a local path or a URI"
-    )
-    convert.add_argument(
-        "--shard-size-mb", type=float, default=256.0, help="target shard size in MiB (default: 256)"
-    )
-    convert.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
-    convert.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="skip larger images as decompression bombs (default: %(default)s)",
-    )
-    convert.set_defaults(func=_data_convert)
-
-    bench = sub.add_parser(
-        "bench",
-        help="views/s of Ray Data against a DataLoader with the same workers",
-        description="Measure multi-view samples/s of the Ray Data stream and of a "
-        "torch DataLoader making the same views with the same number of CPU workers. "
-        "Prints a profile, the ratio and, last, one JSON line.",
-    )
-    bench.add_argument(
-        "--data", default="synthetic", help="synthetic, digits, an image folder or parquet shards"
-    )
-    bench.add_argument(
-        "--seconds", type=float, default=30.0, help="measuring time per pipeline (default: 30)"
-    )
-    bench.add_argument(
-        "--workers", type=int, default=None, help="CPU workers on each side (default: all cores)"
-    )
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument(
-        "--tasks-per-cpu",
-        type=int,
-        default=None,
-        help="Ray Data transform tasks in flight per CPU worker (data.tasks_per_cpu; default: "
-        "the data config's)",
-    )
-    bench.add_argument(
-        "--task-units",
-        type=int,
-        default=None,
-        help="units of data.transform_batch_size samples each Ray Data views task makes "
-        "(data.task_units; default: the data config's)",
-    )
-    bench.add_argument(
-        "--augment-on",
-        choices=("cpu", "device"),
-        default="cpu",
-        help="where the photometric ops run (data.augment_on); with device, both sides make "
-        "crops and parameters only (default: cpu)",
-    )
-    bench.add_argument(
-        "--kernels",
-        choices=("fast", "pil"),
-        default="fast",
-        help="what computes the views' pixels (data.views.kernels; default: fast)",
-    )
-    bench.add_argument(
-        "--num-samples",
-        type=int,
-        default=None,
-        help="synthetic count, or a cap on the other sources",
-    )
-    bench.add_argument(
-        "--image-size", type=int, default=256, help="side of synthetic/digits images (default: 256)"
-    )
-    bench.add_argument("--global-views", type=int, default=2)
-    bench.add_argument("--global-size", type=int, default=224)
-    bench.add_argument("--local-views", type=int, default=8)
-    bench.add_argument("--local-size", type=int, default=96)
-    bench.set_defaults(func=_data_bench)
-
-
-def _cluster_check(args: argparse.Namespace) -> int:
-    """Check offline that a config's training workers fit a cluster launcher YAML."""
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
+def _cluster_check(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; --help and argument errors stay fast.
     from lejepa_ray.cluster import check_fits, load_cluster
 
-    # lazy: each subcommand imports its own needs; --help and argument errors stay fast.
-    from lejepa_ray.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    fit = check_fits(cfg, load_cluster(args.cluster), args.concurrent)
-    print(f"{args.config or 'defaults'} on {args.cluster}: {fit.describe()}")
+    o = parsed.options
+    assert parsed.config is not None
+    fit = check_fits(parsed.config, load_cluster(o.cluster), o.concurrent)
+    print(f"the config on {o.cluster}: {fit.describe()}")
     return 0
 
 
-def _add_cluster_check_command(commands: argparse._SubParsersAction) -> None:
-    check = commands.add_parser(
-        "cluster-check",
-        help="check offline that a config's workers fit a cluster.yaml",
-        description="Check, without any cloud call, that the training workers a config asks "
-        "for (scaling.num_workers, one GPU each with scaling.use_gpu, scaling.cpus_per_worker "
-        "CPUs and scaling.resources), times --concurrent sweep trials, fit the node types a "
-        "Ray cluster launcher YAML declares. An elastic range [min, max] needs room for min "
-        "and is told how far it can grow.",
-    )
-    check.add_argument(
-        "--cluster", default="cluster.yaml", help="cluster launcher YAML (default: cluster.yaml)"
-    )
-    check.add_argument("--config", default=None, help="pretrain config YAML")
-    check.add_argument(
-        "--concurrent", type=int, default=1, help="runs at once (a sweep's --concurrent; default 1)"
-    )
-    check.add_argument("overrides", nargs="*", metavar="key=value")
-    check.set_defaults(func=_cluster_check)
+COMMANDS: dict[str, Command] = {
+    "env": Command("print package versions and visible accelerators", _env),
+    "data convert": Command(
+        "image folder -> parquet shards (decode-checked, resumable)",
+        _data_convert,
+        "data.convert:ConvertOptions",
+        positional=("src", "dst"),
+    ),
+    "data bench": Command(
+        "views/s of Ray Data against a DataLoader with the same workers",
+        _data_bench,
+        "data.bench:BenchOptions",
+    ),
+    "pretrain": Command(
+        "LeJEPA pretraining of a timm backbone on Ray Train (default: the CPU quickstart)",
+        _pretrain,
+        config="quickstart",
+    ),
+    "export": Command(
+        "a checkpoint's backbone as a timm model (model.safetensors + config.json)",
+        _export,
+        "evaluation.export:ExportOptions",
+        positional=("source", "out_dir"),
+    ),
+    "eval": Command(
+        "kNN and linear probes of a checkpoint's or export's frozen features",
+        _eval,
+        "evaluation.frozen:EvalOptions",
+        positional=("source",),
+    ),
+    "embed": Command(
+        "a frozen backbone's features of every image, as parquet (Ray Data batch inference)",
+        _embed,
+        "launch.embed:EmbedOptions",
+        positional=("source",),
+    ),
+    "sweep": Command(
+        "Ray Tune sweep of the pretrain config, ranked by a label-free metric",
+        _sweep,
+        "tune.options:SweepOptions",
+        config="quickstart",
+        # The trials' config comes from --config and the flags; each trial is named by Tune.
+        skip=frozenset({"config", "overrides"}),
+        config_skip=frozenset({"name"}),
+    ),
+    "cluster-check": Command(
+        "check offline that a config's workers fit a cluster.yaml",
+        _cluster_check,
+        "cluster:ClusterCheckOptions",
+        config="defaults",
+    ),
+}
+
+_PRETRAIN_DESCRIPTION = (
+    "Pretrain with LeJEPA. With no arguments: the CPU quickstart (digits, a small backbone, a "
+    "few minutes, then probes on held-out images beside random init and raw pixels) on a local "
+    "Ray instance; inside `ray job submit` or with RAY_ADDRESS set, on that cluster."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lejepa-ray",
-        description="Ray-distributed LeJEPA self-supervised pretraining for timm backbones.",
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it), for positional arguments' help;
+    jsonargparse reads the same docstrings for the flags."""
+    # lazy: docstring_parser comes with jsonargparse and only a parser being built needs it.
+    from docstring_parser import parse_from_object
+
+    return {p.arg_name: p.description or "" for p in parse_from_object(cls).params}
+
+
+def build_parser(name: str) -> Any:
+    """The jsonargparse parser of one command, generated from its options and config."""
+    # lazy: jsonargparse is for parsing; `import lejepa_ray.cli` stays light.
+    from jsonargparse import ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    command = COMMANDS[name]
+    options = command.options_class()
+    doc = _PRETRAIN_DESCRIPTION if options is None else (options.__doc__ or "")
+    usage = None
+    if command.config:
+        positional = " ".join(p.upper() for p in command.positional)
+        usage = f"{PROG} {name} {positional}[--config FILE] [--KEY VALUE ...]".replace("  ", " ")
+    parser = ArgumentParser(
+        prog=f"{PROG} {name}",
+        description=" ".join(doc.split()),
+        usage=usage,
+        exit_on_error=False,
     )
-    parser.add_argument("--version", action="version", version=f"lejepa-ray {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    env = commands.add_parser("env", help="print package versions and visible accelerators")
-    env.set_defaults(func=_env)
-    _add_data_commands(commands)
-    _add_pretrain_command(commands)
-    _add_embed_command(commands)
-    _add_sweep_command(commands)
-    _add_cluster_check_command(commands)
+    if options is not None:
+        docs = _field_docs(options)
+        for field in command.positional:
+            parser.add_argument(field, help=" ".join(docs.get(field, "").split()))
+        skip = set(command.skip) | set(command.positional)
+        parser.add_class_arguments(options, None, as_group=False, skip=skip, instantiate=False)
+    if command.config:
+        default = "the packaged CPU quickstart" if command.config == "quickstart" else "none"
+        parser.add_argument(
+            "--config",
+            type=str,
+            default=None,
+            help=f"pretrain config YAML; the flags below override it (default: {default})",
+        )
+        parser.add_argument(
+            "--show_config",
+            type=bool,
+            default=False,
+            help="print the resolved pretrain config as YAML and exit",
+        )
+        parser.add_class_arguments(
+            PretrainConfig, None, skip=set(command.config_skip), instantiate=False
+        )
     return parser
 
 
+_BOOL_VALUES = ("true", "false", "yes", "no", "1", "0")
+
+
+def _bool_flags(cls: type, prefix: str = "") -> set[str]:
+    """The flags of ``cls``'s bool fields, nested dataclasses' included (``--scaling.use_gpu``)."""
+    # lazy: typing's resolution is only for building a parser.
+    import typing
+
+    flags = set()
+    for name, hint in typing.get_type_hints(cls).items():
+        if hint is bool:
+            flags.add(f"--{prefix}{name}")
+        elif dataclasses.is_dataclass(hint):
+            flags |= _bool_flags(hint, f"{prefix}{name}.")  # type: ignore[arg-type]
+    return flags
+
+
+def _bare_bools(argv: list[str], flags: set[str]) -> list[str]:
+    """``--baseline`` -> ``--baseline true``: a bool flag given alone turns its option on (the
+    parser itself wants a value)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if arg in flags and following not in _BOOL_VALUES:
+            out.append("true")
+    return out
+
+
+def _config_file(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` in ``argv``, read before the full parse so that the file's
+    values become the flags' defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    return known.config
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "model_args" and key != "resources":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def parse(name: str, argv: Sequence[str]) -> Parsed:
+    """Parse one command's arguments into its options and config.
+
+    Raises:
+        ConfigError: an unknown flag, a missing or wrongly typed value, an invalid config.
+    """
+    # lazy: see build_parser.
+    from jsonargparse import ArgumentError
+
+    # lazy: OmegaConf reads config files; only commands that take one need it.
+    from lejepa_ray.config import config_from_mapping, config_values, default_config
+
+    command = COMMANDS[name]
+    argv = [_underscored(a) for a in argv]
+    _refuse_bare_overrides(argv, command)
+    parser = build_parser(name)
+    cls = command.options_class()
+    bools = {"--show_config"} | (_bool_flags(cls) if cls else set())
+    argv = _bare_bools(argv, bools | (_bool_flags(PretrainConfig) if command.config else set()))
+    values: dict[str, Any] = {}
+    if command.config:
+        # The file's values become the flags' defaults, so that a flag wins wherever it is.
+        path = _config_file(argv)
+        if path is None and command.config == "quickstart":
+            path = str(default_config())
+        values = config_values(path)
+        parser.set_defaults(
+            {k: v for k, v in _flatten(values).items() if k not in command.config_skip}
+        )
+    try:
+        ns = parser.parse_args(list(argv)).as_dict()
+    except ArgumentError as e:
+        raise ConfigError(_parse_error(e, parser)) from None
+    options = None
+    if cls is not None:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        options = cls(**{k: v for k, v in ns.items() if k in fields})
+    cfg = None
+    if command.config:
+        keys = set(values) - command.config_skip  # a skipped key keeps the file's value
+        cfg = config_from_mapping({**values, **{k: v for k, v in ns.items() if k in keys}})
+    return Parsed(options, cfg, bool(ns.get("show_config")))
+
+
+def _underscored(arg: str) -> str:
+    """``--max-samples=5`` -> ``--max_samples=5``: a flag is its field's name, and dashes are
+    read as the underscores they stand for."""
+    if not arg.startswith("--"):
+        return arg
+    flag, eq, value = arg.partition("=")
+    return "--" + flag[2:].replace("-", "_") + eq + value
+
+
+_BARE_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*=")
+
+
+def _refuse_bare_overrides(argv: Sequence[str], command: Command) -> None:
+    """``loss.lam=0.02`` was the override syntax before the flags; say what it is now."""
+    for i, arg in enumerate(argv):
+        after_flag = i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1]
+        if _BARE_OVERRIDE.match(arg) and not after_flag and command.config:
+            key, _, value = arg.partition("=")
+            raise ConfigError(
+                f"{arg!r}: config keys are flags, write --{key} {value} (or --{key}={value})."
+            )
+
+
+def _parse_error(error: Exception, parser: Any) -> str:
+    """The parser's complaint on one line, with the closest flag for an unknown one."""
+    message = " ".join(str(error).split())
+    unknown = re.search(r"unrecognized arguments: (--[\w.]+)", message)
+    if unknown:
+        flags = [s for s in parser._option_string_actions if s.startswith("--")]
+        close = difflib.get_close_matches(unknown.group(1), flags, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        return f"{message}.{hint} `{PROG} {parser.prog.split(' ', 1)[1]} --help` lists them."
+    return message
+
+
+def _top_help(prefix: str = "") -> str:
+    names = [n for n in COMMANDS if n.startswith(prefix)]
+    width = max(len(n) for n in names)
+    lines = [
+        f"usage: {PROG} {prefix or ''}COMMAND [ARGS ...]",
+        "",
+        "Ray-distributed LeJEPA self-supervised pretraining for timm backbones.",
+        f"`{PROG} COMMAND --help` describes a command; the Python API is the same: "
+        "lejepa_ray.pretrain, evaluate, export, embed, sweep.",
+        "",
+        "commands:",
+        *(f"  {n:<{width}}  {COMMANDS[n].help}" for n in names),
+    ]
+    return "\n".join(lines)
+
+
+def _command(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The command ``argv`` names (the longest registered prefix) and its arguments."""
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            return name, list(argv[words:])
+    return None, list(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in ([], ["-h"], ["--help"]):
+        print(_top_help())
+        return 2 if not argv else 0
+    if argv[0] == "--version":
+        print(f"{PROG} {__version__}")
+        return 0
+    name, rest = _command(argv)
+    if name is None:
+        group = f"{argv[0]} " if any(n.startswith(f"{argv[0]} ") for n in COMMANDS) else ""
+        print(_top_help(group), file=sys.stderr)
+        what = f"{group}command" if group else "command"
+        got = argv[1] if group and len(argv) > 1 else (argv[0] if not group else "none")
+        print(f"{PROG}: error: unknown {what}: {got}", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        parsed = parse(name, rest)
+        if parsed.show_config:
+            # lazy: see parse.
+            from lejepa_ray.config import to_yaml
+
+            assert parsed.config is not None
+            print(to_yaml(parsed.config), end="")
+            return 0
+        return COMMANDS[name].run(parsed)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
     except TrainingStopped as e:
-        print(f"lejepa-ray: training stopped: {e}", file=sys.stderr)
+        print(f"{PROG}: training stopped: {e}", file=sys.stderr)
         return 1
     except LejepaRayError as e:
         # Configuration and input problems: the message says what to do, a traceback would
         # not. Anything else is a bug and keeps its traceback.
-        print(f"lejepa-ray: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
 

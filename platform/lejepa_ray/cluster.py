@@ -22,6 +22,20 @@ from lejepa_ray.config import PretrainConfig
 from lejepa_ray.errors import ClusterFitError
 
 
+@dataclass
+class ClusterCheckOptions:
+    """Check, without any cloud call, that the training workers a pretrain config asks for
+    (``scaling.num_workers``, one GPU each with ``scaling.use_gpu``,
+    ``scaling.cpus_per_worker`` CPUs and ``scaling.resources``), times ``concurrent`` sweep
+    trials, fit the node types a Ray cluster launcher YAML declares. An elastic range
+    ``[min, max]`` needs room for min and is told how far it can grow."""
+
+    cluster: str = "cluster.yaml"
+    """Cluster launcher YAML."""
+    concurrent: int = 1
+    """Runs at once (a sweep's ``concurrent``)."""
+
+
 @dataclass(frozen=True)
 class NodeType:
     """One worker node type of a cluster launcher YAML."""

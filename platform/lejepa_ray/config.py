@@ -1,7 +1,8 @@
 """Typed configuration of a pretraining run: one dataclass per component, YAML files, overrides.
 
-A run's config is the defaults below, then a YAML file (``--config``), then dotted
-``key=value`` overrides (``model.name=vit_small_patch16_224 loss.lam=0.02``), merged by
+A run's config is the defaults below, then a YAML file (``--config``), then dotted overrides
+(the command line's flags ``--model.name vit_small_patch16_224 --loss.lam 0.02``; the API's
+``{"loss.lam": 0.02}`` or ``["loss.lam=0.02"]``), merged by
 OmegaConf against these dataclasses: unknown keys and wrongly typed values fail with the key's
 full name. Each dataclass then checks its own ranges, and :func:`check_run` checks what spans
 components (sizes the model accepts, batch against workers, the timm name), all in the driver
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -369,7 +372,8 @@ class ProbeConfig:
 
     Protocol: with ``data.split=train`` the probes are fitted on that split and scored on
     ``data.split=val`` of the same source, images the run never trained on. Otherwise they are
-    fitted and scored on a hash 80/20 split of the training data (``lejepa_ray.evaluate.probe``)."""
+    fitted and scored on a hash 80/20 split of the training data
+    (``lejepa_ray.evaluation.probe``)."""
 
     knn: bool = True
     """Probe the final backbone after training (needs a labelled source); false: no probes
@@ -477,6 +481,92 @@ def load_config(
         path = Path(path)
         layers.append(_omegaconf().create(read_yaml_mapping(path)))
     return _merge(layers, overrides, path)
+
+
+# The default of `pretrain` and `sweep` (CLI and API): the CPU quickstart, package data
+# (lejepa_ray/configs/, pyproject.toml's package-data), so an installed wheel has it as well as
+# a checkout. A regular package's resources are files on disk, so this is a plain path.
+QUICKSTART = Path(str(resources.files("lejepa_ray") / "configs" / "quickstart.yaml"))
+
+
+def default_config() -> Path:
+    """The packaged quickstart config, or a ConfigError saying what to pass instead."""
+    if not QUICKSTART.is_file():
+        raise ConfigError(
+            f"no config given and the packaged default config {QUICKSTART} is missing "
+            "(an incomplete install of lejepa-ray: reinstall it); pass a config file, "
+            "e.g. one of the repository's jobs/configs/*.yaml."
+        )
+    return QUICKSTART
+
+
+Overrides = Sequence[str] | Mapping[str, Any]
+"""Dotted overrides: ``["loss.lam=0.02"]`` or ``{"loss.lam": 0.02}``."""
+
+
+def resolve_config(
+    config: PretrainConfig | str | Path | None = None, overrides: Overrides = ()
+) -> PretrainConfig:
+    """A run's config from a config object, a YAML file (None: the packaged quickstart) and
+    overrides, validated as :func:`load_config` does.
+
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    dotted = dotlist(overrides)
+    if isinstance(config, PretrainConfig):
+        return with_overrides(config, dotted)
+    return load_config(default_config() if config is None else config, dotted)
+
+
+def dotlist(overrides: Overrides) -> list[str]:
+    """``key=value`` strings from either form of :data:`Overrides`; a mapping's values are
+    written as YAML flow values, so lists and mappings keep their types."""
+    if not isinstance(overrides, Mapping):
+        return list(overrides)
+    # lazy: PyYAML comes with OmegaConf, which the core does not need.
+    import yaml
+
+    def flow(value: Any) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
+        return text.removesuffix("\n...").strip()
+
+    return [f"{key}={'null' if value is None else flow(value)}" for key, value in overrides.items()]
+
+
+def config_values(path: str | Path | None) -> dict[str, Any]:
+    """Every key of a config as a nested dict: the defaults, then the YAML file at ``path``,
+    checked for unknown keys and types but not for ranges, which :func:`config_from_mapping`
+    checks once the command line's flags are on top.
+
+    Raises:
+        ConfigError: as :func:`load_config`, less the range checks.
+    """
+    # lazy: see _omegaconf.
+    from omegaconf.errors import OmegaConfBaseException
+
+    omegaconf = _omegaconf()
+    layers = [omegaconf.structured(PretrainConfig)]
+    if path is not None:
+        layers.append(omegaconf.create(read_yaml_mapping(Path(path))))
+    try:
+        values = omegaconf.to_container(omegaconf.merge(*layers), resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, None if path is None else Path(path))) from None
+    assert isinstance(values, dict)
+    return values
+
+
+def config_from_mapping(values: Mapping[str, Any]) -> PretrainConfig:
+    """A config from a nested mapping of every key (what the command line parses), validated
+    as :func:`load_config` does.
+
+    Raises:
+        ConfigError: an unknown key, a wrongly typed or out-of-range value.
+    """
+    return _merge(
+        [_omegaconf().structured(PretrainConfig), _omegaconf().create(dict(values))], (), None
+    )
 
 
 def read_yaml_mapping(path: Path) -> dict:

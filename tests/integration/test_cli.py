@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import TINY, clean_env, console_script, tail
+from procs import TINY, clean_env, console_script, flags, tail
 
 import lejepa_ray
 
@@ -36,7 +36,9 @@ def test_the_command_line_starts_without_ray_torch_or_omegaconf():
 
 def test_pretrain_job_entry_point_reports_errors_like_the_cli():
     job = Path(__file__).parents[2] / "jobs" / "pretrain.py"
-    out = subprocess.run([sys.executable, str(job), "loss.lam=2"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(job), "--loss.lam", "2"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "loss.lam=2" in out.stderr
 
@@ -61,10 +63,7 @@ def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tm
     command = [
         console_script(),
         "pretrain",
-        *TINY,
-        "optim.steps=12",
-        f"storage_path={tmp_path}",
-        "name=driver",
+        *flags([*TINY, "optim.steps=12", f"storage_path={tmp_path}", "name=driver"]),
     ]
     log = tmp_path / "first.log"
     with open(log, "w") as out:

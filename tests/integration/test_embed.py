@@ -14,8 +14,8 @@ from lejepa_ray.cli import main
 from lejepa_ray.data.eval_images import read_images
 from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.errors import ConfigError
-from lejepa_ray.evaluate.export import export
-from lejepa_ray.evaluate.frozen import load_frozen
+from lejepa_ray.evaluation.export import export
+from lejepa_ray.evaluation.frozen import load_frozen
 from lejepa_ray.launch.embed import SUCCESS_FILE, EmbedOptions, embed
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import TINY, clean_env, console_script, tail
+from procs import TINY, clean_env, console_script, flags, tail
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,8 +165,7 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
             "jobs/pretrain.py",
             "--config",
             "platform/lejepa_ray/configs/quickstart.yaml",
-            "name=e2e",
-            *TINY,
+            *flags(["name=e2e", *TINY]),
             timeout=600,
         )
         run = head.storage / "e2e"  # storage_path came from LEJEPA_STORAGE_PATH, as on a cluster
@@ -188,7 +187,7 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
             "1",
             "--scheduler",
             "fifo",
-            *TINY,
+            *flags(TINY),
             timeout=900,
         )
         # One trial is enough to show the entry point works as a job (ranking many is

@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from lejepa_ray.cli import QUICKSTART
-from lejepa_ray.config import load_config
+from lejepa_ray.config import QUICKSTART, load_config
 from lejepa_ray.data.sources import LocalSource
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.model.encoder import resolve_backbone

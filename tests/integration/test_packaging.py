@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lejepa_ray.cli import default_config
-from lejepa_ray.config import load_config
+from lejepa_ray.config import default_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "platform" / "lejepa_ray"
@@ -80,7 +79,7 @@ def test_the_wheel_ships_the_default_config_and_the_installed_package_finds_it(t
     # the working directory is an empty folder.
     snippet = (
         "import json, lejepa_ray\n"
-        "from lejepa_ray.cli import default_config\n"
+        "from lejepa_ray.config import default_config\n"
         "from lejepa_ray.config import load_config\n"
         "path = default_config()\n"
         "cfg = load_config(path)\n"

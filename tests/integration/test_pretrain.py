@@ -78,7 +78,7 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     # (SIGReg keeps falling), but the embeddings are spread and carry the digit classes.
     encoder = LeJEPAEncoder(resolve_backbone(cfg), cfg.model)
     checkpoint.load_model_weights(result.checkpoint, encoder)
-    from lejepa_ray.evaluate.probe import load_labelled
+    from lejepa_ray.evaluation.probe import load_labelled
 
     images = load_labelled(cfg.data, cfg.data.views.global_size, 512).images
     encoder.eval()

@@ -113,8 +113,7 @@ def _s3_shards(s3_server, tmp_path) -> str:
 def _s3_config(s3_server, data: str, *overrides: str):
     from procs import TINY
 
-    from lejepa_ray.cli import QUICKSTART
-    from lejepa_ray.config import load_config
+    from lejepa_ray.config import QUICKSTART, load_config
 
     return load_config(
         QUICKSTART,
@@ -204,7 +203,7 @@ def test_a_sweep_on_s3_stores_trials_and_results_there_and_exports_its_winner(
 ):
     from procs import TINY
 
-    from lejepa_ray.cli import QUICKSTART
+    from lejepa_ray.config import QUICKSTART
     from lejepa_ray.tune.options import SweepOptions
     from lejepa_ray.tune.sweep import run_sweep
 

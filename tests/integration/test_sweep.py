@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import TINY, clean_env, console_script, tail
+from procs import TINY, clean_env, console_script, flags, tail
 from sweep_helpers import _space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +41,11 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
         "asha",
         "--samples",
         "3",
-        "--grace-steps",
+        "--grace_steps",
         "2",
-        "--validate-with-labels",
-        *TINY,
-        f"storage_path={tmp_path}",
+        "--validate_with_labels",
+        "digits",
+        *flags([*TINY, f"storage_path={tmp_path}"]),
     ]
     sweep = tmp_path / "asha"
 

@@ -22,17 +22,18 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "lejepa_ray"
 # group: (layer, modules). A module is named relative to lejepa_ray; "data.*" is the data
 # subpackage.
 GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "base": (0, ("__init__", "compat", "storage", "errors")),
+    "base": (0, ("compat", "storage", "errors")),
     "objective": (1, ("objective.*",)),
     "data": (1, ("data.*",)),
     "config": (2, ("config",)),
     "model": (3, ("model.*",)),
     "train": (4, ("train.*",)),
     "runs": (5, ("runs",)),
-    "evaluate": (6, ("evaluate.*",)),
+    "evaluation": (6, ("evaluation.*",)),
     "launch": (7, ("launch.*",)),
     "tune": (8, ("tune.*",)),
-    "top": (9, ("cli", "cluster")),
+    "api": (9, ("__init__", "api")),
+    "top": (10, ("cli", "cluster")),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lejepa_ray.cli import main
+from lejepa_ray.cli import COMMANDS, main
 
 
 def test_env_lists_the_stack(capsys):
@@ -20,28 +20,70 @@ def test_env_lists_the_stack(capsys):
 
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
-    assert "usage: lejepa-ray" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: lejepa-ray" in out
+    for name in COMMANDS:
+        assert name in out
 
 
-def test_unknown_command_is_an_argparse_error():
-    with pytest.raises(SystemExit) as exit_info:
-        main(["no-such-command"])
-    assert exit_info.value.code == 2
+def test_unknown_command_is_refused_with_the_list(capsys):
+    assert main(["no-such-command"]) == 2
+    err = capsys.readouterr().err
+    assert "lejepa-ray: error: unknown command: no-such-command" in err and "pretrain" in err
+    assert main(["data", "nope"]) == 2
+    assert "unknown data command: nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_s_help_is_generated_from_its_options(name, capsys):
+    """Each option's flag, docstring and default come from its dataclass: one place."""
+    import dataclasses
+
+    assert main([*name.split(), "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    cls = COMMANDS[name].options_class()
+    fields = dataclasses.fields(cls) if cls else ()
+    for f in fields:
+        if f.name in COMMANDS[name].skip:
+            continue
+        assert (f.name if f.name in COMMANDS[name].positional else f"--{f.name}") in out
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            assert f"default: {f.default}" in out, (f.name, f.default)
+    if COMMANDS[name].config:
+        assert "--config" in out and "--loss.lam" in out and "--data.views.global_size" in out
+
+
+def test_flags_may_be_written_with_dashes_and_override_the_config_file(tmp_path):
+    from lejepa_ray.cli import parse
+
+    (tmp_path / "c.yaml").write_text("loss: {lam: 0.2}\noptim: {steps: 70, warmup_steps: 5}\n")
+    parsed = parse("pretrain", ["--loss.lam", "0.3", "--config", str(tmp_path / "c.yaml")])
+    assert parsed.config.loss.lam == 0.3 and parsed.config.optim.steps == 70
+    parsed = parse("eval", ["RUN", "--data", "digits", "--max-samples", "99"])
+    assert parsed.options.max_samples == 99 and parsed.options.source == "RUN"
+
+
+def test_show_config_shows_the_resolved_config(capsys):
+    assert main(["pretrain", "--optim.steps", "120", "--show_config"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 120" in out and "name: resnet10t" in out
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["loss.lam=1.5"], "loss.lam=1.5 is invalid: expected a value in (0, 1)"),
-        (["model.nme=resnet18"], "Did you mean: 'name'"),
-        (["model.name=convnext_tiny_hnf_x"], "is not a timm architecture"),
+        (["--loss.lam", "1.5"], "loss.lam=1.5 is invalid: expected a value in (0, 1)"),
+        (["--loss.lam", "much"], "key \"loss.lam\": Expected a <class 'float'>. Got value: much"),
+        (["--model.nme", "resnet18"], "Did you mean --model.name"),
+        (["loss.lam=0.02"], "config keys are flags, write --loss.lam 0.02"),
+        (["--model.name", "convnext_tiny_hnf_x"], "is not a timm architecture"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (
-            ["data.source=folder", "data.path=/nonexistent"],
+            ["--data.source", "folder", "--data.path", "/nonexistent"],
             "data.path='/nonexistent' does not exist: point it at an image folder",
         ),
         (
-            ["data.source=parquet", "data.path=/nonexistent/shards"],
+            ["--data.source=parquet", "--data.path=/nonexistent/shards"],
             "does not exist: point it at parquet shards",
         ),
     ],
@@ -54,8 +96,7 @@ def test_pretrain_config_errors_exit_2_before_ray(args, message, capsys, monkeyp
 
     monkeypatch.setattr(runtime, "connect", no_ray)
     assert main(["pretrain", *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("lejepa-ray: error: ") and message in err
+    one_line_error(capsys, message)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +130,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise ValueError("a bug")
 
-    monkeypatch.setattr(cli, "_env", broken)
+    monkeypatch.setitem(cli.COMMANDS, "env", cli.Command("", broken))
     with pytest.raises(ValueError, match="a bug"):
         main(["env"])
 
@@ -121,7 +162,7 @@ def one_line_error(capsys, *fragments: str) -> str:
 
 
 def test_a_recipe_s_placeholder_bucket_is_named_not_resolved(no_ray, capsys):
-    assert main(["pretrain", "--config", RECIPE, "scaling.use_gpu=false"]) == 2
+    assert main(["pretrain", "--config", RECIPE, "--scaling.use_gpu", "false"]) == 2
     one_line_error(capsys, "data.path='s3://CHANGE-ME/in1k-train' is the recipe's placeholder")
 
 
@@ -129,7 +170,7 @@ def test_gpu_workers_without_a_gpu_here_are_refused_before_a_local_ray(no_ray, c
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["pretrain", "scaling.use_gpu=true"]) == 2
+    assert main(["pretrain", "--scaling.use_gpu", "true"]) == 2
     one_line_error(capsys, "scaling.use_gpu=true asks for 2 GPU worker(s)", "0 GPU(s)")
 
 
@@ -140,7 +181,7 @@ def test_an_unreachable_bucket_is_one_line(no_ray, capsys, monkeypatch, tmp_path
         raise OSError("When resolving region for bucket 'b': Could not resolve host\nmore")
 
     monkeypatch.setattr(sources, "resolve_filesystem", unreachable)
-    args = ["data.path=s3://b/in1k", f"storage_path={tmp_path}", "scaling.use_gpu=false"]
+    args = ["--data.path=s3://b/in1k", f"--storage_path={tmp_path}", "--scaling.use_gpu=false"]
     assert main(["pretrain", "--config", RECIPE, *args]) == 2
     one_line_error(capsys, "data.path='s3://b/in1k' cannot be read: When resolving", "credentials")
 
@@ -149,8 +190,8 @@ def test_a_folder_without_parquet_is_refused_before_the_run_directory_is_written
     no_ray, capsys, tmp_path
 ):
     (tmp_path / "empty").mkdir()
-    args = [f"data.path={tmp_path / 'empty'}", f"storage_path={tmp_path / 'runs'}"]
-    assert main(["pretrain", "--config", RECIPE, *args, "scaling.use_gpu=false"]) == 2
+    args = [f"--data.path={tmp_path / 'empty'}", f"--storage_path={tmp_path / 'runs'}"]
+    assert main(["pretrain", "--config", RECIPE, *args, "--scaling.use_gpu=false"]) == 2
     one_line_error(capsys, "holds no parquet files")
     assert not (tmp_path / "runs").exists()
 
@@ -168,9 +209,9 @@ def test_a_folder_without_parquet_is_refused_before_the_run_directory_is_written
             ["sweep", "--space", QUICKSTART_YAML],
             ["looks like a pretrain config, not a search space"],
         ),
-        (["pretrain", "storage_path=/proc/x"], ["cannot create the storage_path folder"]),
+        (["pretrain", "--storage_path", "/proc/x"], ["cannot create the storage_path folder"]),
         (
-            ["sweep", "--space", QUICK_SPACE, "storage_path=/proc/x"],
+            ["sweep", "--space", QUICK_SPACE, "--storage_path", "/proc/x"],
             ["cannot create the storage_path folder '/proc/x'"],
         ),
     ],

@@ -9,8 +9,8 @@ import torch
 from export_helpers import _trained_checkpoint
 
 from lejepa_ray.cli import main
-from lejepa_ray.evaluate.export import export
-from lejepa_ray.evaluate.frozen import evaluate
+from lejepa_ray.evaluation.export import export
+from lejepa_ray.evaluation.frozen import evaluate
 
 
 def test_checkpoint_and_its_export_give_the_same_probes(tmp_path):
@@ -28,8 +28,8 @@ def test_checkpoint_and_its_export_give_the_same_probes(tmp_path):
 
 
 def test_projector_outputs_are_probed_from_a_checkpoint_not_from_an_export(tmp_path):
-    from lejepa_ray.evaluate.export import load_encoder
-    from lejepa_ray.evaluate.frozen import load_frozen
+    from lejepa_ray.evaluation.export import load_encoder
+    from lejepa_ray.evaluation.frozen import load_frozen
 
     path, _ = _trained_checkpoint(tmp_path, "resnet18")
     model, size = load_frozen(path, "projector")
@@ -98,7 +98,7 @@ def test_eval_of_unlabelled_data_says_so(tmp_path):
 
 
 def test_linear_probe_separates_separable_features():
-    from lejepa_ray.evaluate.probe import linear_accuracy
+    from lejepa_ray.evaluation.probe import linear_accuracy
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 4

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from lejepa_ray.cli import main
 from lejepa_ray.config import to_yaml
-from lejepa_ray.evaluate.export import export
+from lejepa_ray.evaluation.export import export
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
@@ -72,7 +72,7 @@ def test_export_command_says_how_to_load_and_fails_clearly(tmp_path, capsys):
     assert not (tmp_path / "o2").exists()  # nothing written for a checkpoint that is not there
 
     # An output folder that cannot be made is refused before the model is loaded.
-    from lejepa_ray.evaluate import export as export_module
+    from lejepa_ray.evaluation import export as export_module
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the output folder was checked")
@@ -93,7 +93,7 @@ def test_export_command_says_how_to_load_and_fails_clearly(tmp_path, capsys):
 def test_an_onnx_export_matches_pytorch_with_onnxruntime(tmp_path, capsys):
     import onnxruntime
 
-    from lejepa_ray.evaluate.export import ONNX_TOLERANCE, FrozenBackbone
+    from lejepa_ray.evaluation.export import ONNX_TOLERANCE, FrozenBackbone
 
     path, trainer = _trained_checkpoint(tmp_path, "resnet18")
     out = tmp_path / "out"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import lejepa_ray
-from lejepa_ray.cli import default_config, main
-from lejepa_ray.config import check_run, load_config
+from lejepa_ray.cli import main
+from lejepa_ray.config import check_run, default_config, load_config
 
 
 def test_the_default_config_is_package_data():
@@ -19,15 +19,15 @@ def test_the_default_config_is_package_data():
 
 
 def test_a_missing_default_config_says_what_to_pass(tmp_path, capsys, monkeypatch):
-    from lejepa_ray import cli
+    from lejepa_ray import config
     from lejepa_ray.launch import runtime
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was asked for resources without a config")
 
     monkeypatch.setattr(runtime, "connect", no_ray)
-    monkeypatch.setattr(cli, "QUICKSTART", tmp_path / "configs" / "quickstart.yaml")
+    monkeypatch.setattr(config, "QUICKSTART", tmp_path / "configs" / "quickstart.yaml")
     assert main(["pretrain"]) == 2
     err = capsys.readouterr().err
     assert "packaged default config" in err and "is missing" in err, err
-    assert "pass --config FILE" in err, err
+    assert "pass a config file" in err, err

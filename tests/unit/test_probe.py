@@ -8,7 +8,7 @@ import torch
 
 from lejepa_ray.config import ProbeConfig
 from lejepa_ray.data.config import DataConfig
-from lejepa_ray.evaluate.probe import (
+from lejepa_ray.evaluation.probe import (
     HASH_SPLIT,
     TRAIN_VAL,
     LabelledImages,

@@ -75,7 +75,7 @@ LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"
         (
             LAMBDA,
             {"overrides": ["logging.rankme_samples=0"], "select_by": "rankme"},
-            "--select-by rankme needs RankMe at checkpoints",
+            "select_by=rankme needs RankMe at checkpoints",
         ),
         (
             LAMBDA,
@@ -98,13 +98,13 @@ def test_check_rejects_what_cannot_run(tmp_path, text, kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scheduler": "hyperband"}, "--scheduler must be one of asha, fifo"),
-        ({"search": "bayes"}, "--search must be one of random, optuna"),
-        ({"samples": 0}, "--samples must be >= 1"),
-        ({"reduction_factor": 1}, "--reduction-factor must be >= 2"),
-        ({"select_by": "probe"}, "--select-by must be one of rankme, score"),
-        ({"plateau_tol": 0}, "--plateau-tol must be > 0"),
-        ({"val_data": "digits:val"}, "--val-data needs --validate-with-labels"),
+        ({"scheduler": "hyperband"}, "scheduler must be one of asha, fifo"),
+        ({"search": "bayes"}, "search must be one of random, optuna"),
+        ({"samples": 0}, "samples must be >= 1"),
+        ({"reduction_factor": 1}, "reduction_factor must be >= 2"),
+        ({"select_by": "probe"}, "select_by must be one of rankme, score"),
+        ({"plateau_tol": 0}, "plateau_tol must be > 0"),
+        ({"val_data": "digits:val"}, "val_data needs validate_with_labels"),
     ],
 )
 def test_options_are_checked(kwargs, message):
@@ -119,9 +119,9 @@ def test_searchers_seed_and_limit_concurrency(tmp_path):
 
     from lejepa_ray.tune.sweep import _searcher
 
-    random = _searcher(SweepOptions(space="x", max_concurrent_trials=3, seed=7))
+    random = _searcher(SweepOptions(space="x", concurrent=3, search_seed=7))
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
-    optuna = _searcher(SweepOptions(space="x", search="optuna", max_concurrent_trials=2))
+    optuna = _searcher(SweepOptions(space="x", search="optuna", concurrent=2))
     assert isinstance(optuna, ConcurrencyLimiter) and optuna.max_concurrent == 2
     assert isinstance(optuna.searcher, OptunaSearch)
 

@@ -21,7 +21,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psutil
@@ -32,12 +32,67 @@ from torch.utils.data import DataLoader, Dataset
 
 from lejepa_ray import compat
 from lejepa_ray.data import account
-from lejepa_ray.data.config import DataConfig
+from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
-from lejepa_ray.data.sources import LocalSource
+from lejepa_ray.data.sources import LocalSource, source_from_arg
 from lejepa_ray.data.stream import build_view_stream, iter_views
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.errors import BenchError
+
+
+@dataclass
+class BenchOptions:
+    """Measure multi-view samples/s of the Ray Data stream and of a torch DataLoader making the
+    same views with the same number of CPU workers. Prints a profile, the ratio and, last, one
+    JSON line."""
+
+    data: str = "synthetic"
+    """``synthetic``, ``digits``, an image folder or parquet shards."""
+    seconds: float = 30.0
+    """Measuring time per pipeline, in seconds."""
+    workers: int | None = None
+    """CPU workers on each side. None: all cores."""
+    batch_size: int = 32
+    """Samples per batch."""
+    tasks_per_cpu: int = DataConfig.tasks_per_cpu
+    """Ray Data transform tasks in flight per CPU worker (``data.tasks_per_cpu``)."""
+    task_units: int = DataConfig.task_units
+    """Units of ``data.transform_batch_size`` samples each Ray Data views task makes
+    (``data.task_units``)."""
+    augment_on: str = DataConfig.augment_on
+    """Where the photometric ops run (``data.augment_on``): ``cpu``, or ``device``, where both
+    sides make crops and parameters only."""
+    kernels: str = ViewConfig.kernels
+    """What computes the views' pixels (``data.views.kernels``): ``fast`` or ``pil``."""
+    num_samples: int | None = None
+    """The synthetic count, or a cap on the other sources."""
+    image_size: int = 256
+    """Side of synthetic and digits images, in px."""
+    global_views: int = ViewConfig.global_views
+    global_size: int = ViewConfig.global_size
+    local_views: int = ViewConfig.local_views
+    local_size: int = ViewConfig.local_size
+
+    def data_config(self) -> DataConfig:
+        """The data config both pipelines run (its own checks apply)."""
+        source, path = source_from_arg(self.data)
+        views = ViewConfig(
+            global_size=self.global_size,
+            local_size=self.local_size,
+            global_views=self.global_views,
+            local_views=self.local_views,
+            kernels=self.kernels,
+        )
+        return DataConfig(
+            source=source,
+            path=path,
+            num_samples=self.num_samples,
+            image_size=self.image_size,
+            augment_on=self.augment_on,
+            views=views,
+            tasks_per_cpu=self.tasks_per_cpu,
+            task_units=self.task_units,
+        )
 
 
 def required_samples(batch_size: int) -> int:
@@ -346,9 +401,9 @@ def _stages_report(stages: dict) -> str:
 def run(
     cfg: DataConfig,
     *,
-    seconds: float = 30.0,
-    workers: int | None = None,
-    batch_size: int = 32,
+    seconds: float = BenchOptions.seconds,
+    workers: int | None = BenchOptions.workers,
+    batch_size: int = BenchOptions.batch_size,
     print_fn: Callable[[str], None] = print,
 ) -> dict:
     """Benchmark both pipelines; print a report and, last, one JSON line; return that dict.
@@ -358,9 +413,9 @@ def run(
     workers = workers or os.cpu_count() or 1
     have, need = len(LocalSource(cfg)), required_samples(batch_size)
     if have < need:
-        smaller = f" or --batch-size {have // 3} or less" if have >= 3 else ""
+        smaller = f" or --batch_size {have // 3} or less" if have >= 3 else ""
         raise BenchError(
-            f"data bench needs at least {need} samples at --batch-size {batch_size} (each "
+            f"data bench needs at least {need} samples at --batch_size {batch_size} (each "
             f"epoch's first batch is start-up, not measured, and two more are timed), but "
             f"{cfg.path or cfg.source} has {have}: use a larger dataset{smaller}."
         )

@@ -65,13 +65,30 @@ class ConvertSummary:
     """Wall time of this run."""
 
 
+@dataclass
+class ConvertOptions:
+    """Convert an image folder (labels from first-level subfolders) to parquet shards of
+    encoded images, each image decode-checked. Rerunning resumes an interrupted conversion."""
+
+    src: str
+    """Image folder: a local path or a URI (``s3://``, ``gs://``)."""
+    dst: str
+    """Output folder for the shards and ``dataset.json``: a local path or a URI."""
+    shard_size_mb: float = 256.0
+    """Target shard size in MiB."""
+    workers: int = 1
+    """Parallel processes."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Skip larger images as decompression bombs."""
+
+
 def convert_image_folder(
     src: str,
     dst: str,
     *,
-    shard_size_mb: float = 256.0,
-    workers: int = 1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    shard_size_mb: float = ConvertOptions.shard_size_mb,
+    workers: int = ConvertOptions.workers,
+    max_pixels: int = ConvertOptions.max_pixels,
     progress: Callable[[int, int], None] | None = None,
 ) -> ConvertSummary:
     """Convert the images under ``src`` to parquet shards in the folder ``dst``.
@@ -91,7 +108,7 @@ def convert_image_folder(
         SourceError: ``src`` does not exist or holds no images.
     """
     if shard_size_mb <= 0:
-        raise ConfigError(f"--shard-size-mb={shard_size_mb} is invalid: expected a size > 0.")
+        raise ConfigError(f"--shard_size_mb={shard_size_mb} is invalid: expected a size > 0.")
     if workers < 1:
         raise ConfigError(f"--workers={workers} is invalid: expected at least 1.")
     start = time.perf_counter()

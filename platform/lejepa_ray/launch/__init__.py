@@ -3,5 +3,5 @@ cleans up after a killed driver (``reaper``), the pretraining driver with its Ra
 worker loop (``driver``, ``worker``), the worker group's failure and resize records
 (``events``) and the probes of checkpoints during training (``probes``).
 
-May import: base, objective, data, config, model, train, runs, evaluate.
+May import: base, objective, data, config, model, train, runs, evaluation.
 """

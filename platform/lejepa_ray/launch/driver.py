@@ -44,7 +44,7 @@ from lejepa_ray.errors import (
     SourceError,
     TrainingStopped,
 )
-from lejepa_ray.evaluate.probe import ProbeReport, load_labelled, probe_report
+from lejepa_ray.evaluation.probe import ProbeReport, load_labelled, probe_report
 from lejepa_ray.launch import probes, runtime
 from lejepa_ray.launch.events import FailureRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker

@@ -5,7 +5,7 @@ Batch inference with Ray Data, on CPUs or GPUs, on one machine or across a clust
     the source's rows, in order (``readers.source_plan``, no shuffle), units of a batch
       -> tasks: read, decode, resize the short side and centre-crop, as ``eval`` does
       -> an actor pool, each actor holding the frozen backbone (``--workers`` actors, a GPU
-         each with ``--use-gpu``): uint8 (B, 3, S, S) -> float32 (B, D), written as one
+         each with ``--use_gpu``): uint8 (B, 3, S, S) -> float32 (B, D), written as one
          parquet file per batch into a staging folder beside ``out``
 
 The driver counts the rows written, for the progress bar and images/s, and moves the staging
@@ -46,7 +46,7 @@ from lejepa_ray.data.plan import Plan
 from lejepa_ray.data.readers import Reader, source_plan
 from lejepa_ray.data.sources import check_path, data_from_arg
 from lejepa_ray.errors import ConfigError, SourceError, first_line
-from lejepa_ray.evaluate.frozen import FEATURES, load_frozen
+from lejepa_ray.evaluation.frozen import FEATURES, load_frozen
 from lejepa_ray.launch import runtime
 
 SUCCESS_FILE = "_SUCCESS"

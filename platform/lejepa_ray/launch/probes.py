@@ -36,7 +36,7 @@ from lejepa_ray import storage
 from lejepa_ray.config import PretrainConfig
 from lejepa_ray.data.sources import check_path, class_names, data_from_arg
 from lejepa_ray.errors import ConfigError, SourceError
-from lejepa_ray.evaluate.probe import LabelledImages, load_labelled, probe_report
+from lejepa_ray.evaluation.probe import LabelledImages, load_labelled, probe_report
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.metrics import TENSORBOARD_DIR

@@ -1,6 +1,6 @@
-"""What a sweep runs, as the command line gives it (:class:`SweepOptions`), and the checks of
-those options, the trials' base config and the search space, all before Ray starts
-(:func:`check`)."""
+"""What a sweep runs (:class:`SweepOptions`, the options of ``lejepa_ray.sweep`` and of
+``lejepa-ray sweep``), and the checks of those options, the trials' base config and the search
+space, all before Ray starts (:func:`check`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from lejepa_ray.config import PretrainConfig, check_run, load_config, with_overrides
+from lejepa_ray.config import PretrainConfig, check_run, dotlist, resolve_config, with_overrides
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.tune.ranking import DEFAULT_SELECT_BY, SELECT_BY
 from lejepa_ray.tune.space import Dimension, check_space, load_space, overrides
@@ -21,12 +21,16 @@ _RESERVED = ("name", "storage_path")
 
 @dataclass
 class SweepOptions:
-    """One sweep: the space, the trials' shared config, and how Tune runs them."""
+    """Run one pretraining per trial (a TorchTrainer per Tune trial), rank the trials without
+    labels (``select_by``), flag trials whose loss is still falling, write ``results.csv`` and
+    ``plot.png``, and export the winner's backbone. Rerunning with the same ``name`` resumes an
+    interrupted sweep."""
 
     space: str
     """Search space YAML (``tune_spaces/*.yaml``)."""
-    config: str | None = None
-    """Pretrain config YAML every trial starts from (then ``overrides``, then the space)."""
+    config: PretrainConfig | str | None = None
+    """The pretrain config every trial starts from (then ``overrides``, then the space): a
+    config object or a YAML file. None: the packaged CPU quickstart."""
     overrides: list[str] = field(default_factory=list)
     """Dotted ``key=value`` overrides for every trial; ``storage_path`` places the sweep."""
     name: str | None = None
@@ -39,27 +43,27 @@ class SweepOptions:
     steps)."""
     search: str = "random"
     """``random`` (Tune's variant generator) or ``optuna`` (TPE; the ``optuna`` extra)."""
-    max_concurrent_trials: int = 1
+    concurrent: int = 1
     """Trials running at once; each needs its config's workers (``scaling.*``) and one CPU
     for its driver."""
     grace_steps: int | None = None
     """ASHA's first rung in optimizer steps. None: a quarter of ``optim.steps``."""
     reduction_factor: int = 2
     """ASHA keeps the best ``1/reduction_factor`` of the trials at each rung."""
-    seed: int = 0
+    search_seed: int = 0
     """Seed of the search (which values are drawn)."""
     select_by: str = DEFAULT_SELECT_BY
     """What ranks the trials and picks the winner: ``rankme`` (``rankme/backbone``, higher is
     better; the default, because it ranked our 12-trial digits sweep best, docs/sweeps.md) or
-    ``score`` (``selection_score/smoothed``, lower is better). ASHA stops trials by the score
-    either way: it is the one metric in every report."""
+    ``score`` (``selection_score/smoothed`` = loss / λ^α, lower is better). ASHA stops trials
+    by the score either way: it is the one metric in every report."""
     plateau_tol: float = 0.05
     """A trial whose mean loss over its last ``loss.score_smoothing_steps`` steps is more than
     this fraction below that of the window before is flagged as still descending."""
     validate_with_labels: str | None = None
-    """Labelled data (a source name or path) to probe each trial's last checkpoint on (early-
-    stopped trials too), then report Spearman ρ of every label-free metric against probe
-    accuracy, with bootstrap intervals."""
+    """Labelled data (``digits``, a folder or shards) to probe each trial's last checkpoint on
+    (early-stopped trials too), then report Spearman ρ of every label-free metric against probe
+    accuracy, with bootstrap 95% intervals. None: no probes."""
     val_data: str | None = None
     """Labelled data the probes are scored on (``digits:val``, a ``val/`` folder); None: a hash
     80/20 split of ``validate_with_labels``."""
@@ -69,29 +73,27 @@ class SweepOptions:
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(
-                f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}."
+                f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}."
             )
         if self.search not in SEARCHES:
-            raise ConfigError(
-                f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}."
-            )
+            raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}.")
         for flag, value, low in (
-            ("--samples", self.samples, 1),
-            ("--concurrent", self.max_concurrent_trials, 1),
-            ("--reduction-factor", self.reduction_factor, 2),
+            ("samples", self.samples, 1),
+            ("concurrent", self.concurrent, 1),
+            ("reduction_factor", self.reduction_factor, 2),
         ):
             if value < low:
                 raise ConfigError(f"{flag} must be >= {low}, got {value}.")
         if self.grace_steps is not None and self.grace_steps < 1:
-            raise ConfigError(f"--grace-steps must be >= 1, got {self.grace_steps}.")
+            raise ConfigError(f"grace_steps must be >= 1, got {self.grace_steps}.")
         if self.select_by not in SELECT_BY:
             raise ConfigError(
-                f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}."
+                f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}."
             )
         if not self.plateau_tol > 0:
-            raise ConfigError(f"--plateau-tol must be > 0, got {self.plateau_tol}.")
+            raise ConfigError(f"plateau_tol must be > 0, got {self.plateau_tol}.")
         if self.val_data and not self.validate_with_labels:
-            raise ConfigError("--val-data needs --validate-with-labels (the data to fit on).")
+            raise ConfigError("val_data needs validate_with_labels (the data to fit on).")
 
 
 def sweep_name(opts: SweepOptions) -> str:
@@ -104,35 +106,36 @@ def check(opts: SweepOptions) -> tuple[PretrainConfig, list[Dimension]]:
     Raises:
         ConfigError: an invalid config or space, a reserved key, or options that conflict.
     """
-    if any(o.split("=", 1)[0].strip() == "name" for o in opts.overrides):
+    given = dotlist(opts.overrides)
+    if any(o.split("=", 1)[0].strip() == "name" for o in given):
         raise ConfigError(
             "`name=` cannot be set for a sweep's trials: each is named after its "
-            "Tune trial. Name the sweep with --name."
+            "Tune trial. Name the sweep with the sweep's own name."
         )
-    base = load_config(opts.config, opts.overrides)
+    base = resolve_config(opts.config, given)
     if opts.select_by == "rankme" and not base.logging.rankme_samples:
         raise ConfigError(
-            "--select-by rankme needs RankMe at checkpoints, but logging.rankme_samples=0; "
+            "select_by=rankme needs RankMe at checkpoints, but logging.rankme_samples=0; "
             "drop that override or select by score."
         )
     space = load_space(opts.space)
     reserved = [d.key for d in space if d.key in _RESERVED]
     if reserved:
         raise ConfigError(f"{opts.space}: {reserved[0]} cannot be swept; the sweep sets it.")
-    check_space(space, where=opts.space, config=opts.config, base=opts.overrides)
+    check_space(space, base, where=opts.space)
     check_run(with_overrides(base, overrides({d.key: d.corners()[0] for d in space})))
     if opts.search == "optuna":
         grid = [d.key for d in space if d.sampler == "grid"]
         if grid:
             raise ConfigError(
                 f"{opts.space}: optuna cannot search `grid` keys ({', '.join(grid)});"
-                " use `choice`, or --search random."
+                " use `choice`, or search=random."
             )
         try:
             # lazy: Optuna is an optional extra; whether it imports is what is checked.
             import optuna  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "--search optuna needs Optuna: pip install 'lejepa-ray[optuna]'."
+                "search=optuna needs Optuna: pip install 'lejepa-ray[optuna]'."
             ) from None
     return base, space

@@ -10,7 +10,7 @@ Label-free metrics of each trial (:data:`LABEL_FREE`, each with its direction):
 - ``rankme/backbone`` and ``rankme/projector`` (:mod:`lejepa_ray.train.rankme`), the effective rank
   of the embeddings of a fixed held-out batch at the trial's last checkpoint; higher is better.
 
-``--select-by`` picks the one that ranks the trials and names the winner. Each trial also
+``--select_by`` picks the one that ranks the trials and names the winner. Each trial also
 reports ``loss/rel_change``, the relative change of its mean loss over its last window against
 the window before; a trial whose loss still falls by more than ``plateau_tol`` is flagged as
 still descending, because ranking unconverged runs is not what the paper claims.
@@ -70,13 +70,13 @@ LABEL_FREE = (
 )
 
 SELECT_BY = {"rankme": "rankme_backbone", "score": "selection_score"}
-"""``--select-by`` choices and the metric each ranks by."""
+"""``--select_by`` choices and the metric each ranks by."""
 DEFAULT_SELECT_BY = "rankme"
 """What our measurements support (docs/sweeps.md: the 12-trial digits experiment)."""
 
 
 def selected(select_by: str) -> LabelFree:
-    """The label-free metric ``--select-by select_by`` ranks by."""
+    """The label-free metric ``--select_by select_by`` ranks by."""
     return next(m for m in LABEL_FREE if m.column == SELECT_BY[select_by])
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from lejepa_ray.config import ConfigError, check_model_name, load_config
+from lejepa_ray.config import ConfigError, PretrainConfig, check_model_name, with_overrides
 
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -134,15 +134,11 @@ def _dimension(path: Path, key: str, spec: Any) -> Dimension:
 
 
 def check_space(
-    space: list[Dimension],
-    *,
-    where: str = "search space",
-    config: str | Path | None = None,
-    base: list[str] | tuple[str, ...] = (),
+    space: list[Dimension], base: PretrainConfig | None = None, *, where: str = "search space"
 ) -> None:
     """Every key exists in the pretrain config and each corner value passes the config's
-    checks, with the other keys at their first corner, on top of ``config`` and ``base``
-    overrides (the sweep's own config).
+    checks, with the other keys at their first corner, on top of ``base`` (the sweep's own
+    config; None: the defaults).
 
     Raises:
         ConfigError: naming the key and value, and the config's own complaint.
@@ -151,6 +147,7 @@ def check_space(
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{where} repeats a key: {keys}.")
     first = {d.key: d.corners()[0] for d in space}
+    base = base or PretrainConfig()
     for dim in space:
         for value in dim.corners():
             if dim.key == "model.name":
@@ -158,7 +155,7 @@ def check_space(
                 continue
             trial = {**first, dim.key: value}
             try:
-                load_config(config, [*base, *overrides(trial)])
+                with_overrides(base, overrides(trial))
             except ConfigError as e:
                 raise ConfigError(
                     f"{where}: {dim.key}={value!r} is not a valid value: {e}"
@@ -171,7 +168,7 @@ def to_tune(space: list[Dimension]) -> dict[str, Any]:
 
 
 def overrides(trial: dict[str, Any]) -> list[str]:
-    """A trial's sampled values as ``key=value`` overrides for :func:`load_config`."""
+    """A trial's sampled values as ``key=value`` overrides (:func:`config.with_overrides`)."""
     out = []
     for key, value in trial.items():
         if isinstance(value, float) and math.isfinite(value):

@@ -40,7 +40,7 @@ from lejepa_ray.compat import quiet_logger
 from lejepa_ray.config import PretrainConfig, ProbeConfig, to_yaml, with_overrides
 from lejepa_ray.data.stream import data_node_resources
 from lejepa_ray.errors import ConfigError
-from lejepa_ray.evaluate.export import export
+from lejepa_ray.evaluation.export import export
 from lejepa_ray.launch import driver, runtime
 from lejepa_ray.tune.options import SweepOptions, check, sweep_name
 from lejepa_ray.tune.ranking import METRIC, TrialRow, rank
@@ -64,14 +64,14 @@ class SweepResult:
 
     sweep_dir: str
     rows: list[TrialRow]
-    """Ranked: completed trials by the ``--select-by`` metric, then early-stopped ones, then
+    """Ranked: completed trials by the ``--select_by`` metric, then early-stopped ones, then
     failed ones."""
     seconds: float
     """Wall time of ``Tuner.fit`` in this call (a resumed sweep: the resumed part)."""
     resumed: bool
     winner_dir: str | None
     validation: dict[str, Any] | None
-    """Spearman ρ and the trials it was computed on (``--validate-with-labels``)."""
+    """Spearman ρ and the trials it was computed on (``--validate_with_labels``)."""
     interrupted: bool = False
     """Stopped by Ctrl+C (SIGINT) before every trial ended; ``rows`` is empty."""
 
@@ -96,7 +96,7 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)
     if setup.validate_data:
         # The driver's own probes after training are off: the sweep probes on its
-        # --validate-data, with evaluate's protocol (ProbeConfig's defaults). Probes during
+        # --validate_with_labels, with evaluate's protocol (ProbeConfig's defaults). Probes during
         # training (probe.every_steps) use the same data and protocol, so that a trial ASHA
         # stops can be scored from its last checkpoint's record (validation.probe_stopped).
         protocol = replace(
@@ -148,7 +148,7 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
         tuner = _new_tuner(opts, base, space, trainable, name, root)
         print_fn(
             f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
-            f"{opts.search} search, {opts.max_concurrent_trials} at a time; outputs in "
+            f"{opts.search} search, {opts.concurrent} at a time; outputs in "
             f"{sweep_dir}"
         )
     start = time.perf_counter()
@@ -201,9 +201,9 @@ def _spec(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]) -> d
         "samples": opts.samples,
         "scheduler": opts.scheduler,
         "search": opts.search,
-        "seed": opts.seed,
+        "seed": opts.search_seed,
     }
-    # Validation options do not change what the trials train, but --val-data changes the
+    # Validation options do not change what the trials train, but --val_data changes the
     # probes the trials report, so a resumed sweep must keep it.
     if opts.val_data:
         spec["val_data"] = opts.val_data
@@ -235,7 +235,7 @@ def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
     # that the controller of a trial ASHA stopped is gone; without it the stopped trial's
     # workers' CPUs stay reserved and the next trial's data pipeline waits for them forever.
     runtime.connect(
-        train_cpus=opts.max_concurrent_trials * trial_cpus,
+        train_cpus=opts.concurrent * trial_cpus,
         local_resources=data_node_resources(base.data),
         dashboard=True,
         verbose=base.logging.verbose,
@@ -323,11 +323,11 @@ def _searcher(opts: SweepOptions) -> ConcurrencyLimiter | BasicVariantGenerator:
         from ray.tune.search.optuna import OptunaSearch
 
         return ConcurrencyLimiter(
-            OptunaSearch(seed=opts.seed), max_concurrent=opts.max_concurrent_trials
+            OptunaSearch(seed=opts.search_seed), max_concurrent=opts.concurrent
         )
     # Tune applies max_concurrent_trials only to searchers it builds itself; this one is built
     # here for its seed, so it gets the limit directly.
-    return BasicVariantGenerator(random_state=opts.seed, max_concurrent=opts.max_concurrent_trials)
+    return BasicVariantGenerator(random_state=opts.search_seed, max_concurrent=opts.concurrent)
 
 
 def _export_winner(

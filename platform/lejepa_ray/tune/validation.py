@@ -1,4 +1,4 @@
-"""Checking the label-free ranking against labels (``--validate-with-labels``).
+"""Checking the label-free ranking against labels (``--validate_with_labels``).
 
 Every trial's last checkpoint is probed (completed trials in their trial function, the ones
 ASHA stopped by the driver afterwards, :func:`probe_stopped`); then Spearman ρ, with a
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lejepa_ray.errors import CheckpointError
-from lejepa_ray.evaluate.frozen import evaluate
+from lejepa_ray.evaluation.frozen import evaluate
 from lejepa_ray.launch.probes import probe_of
 from lejepa_ray.tune.ranking import DEFAULT_SELECT_BY, LABEL_FREE, TrialRow, selected
 
@@ -68,7 +68,7 @@ def spearman_interval(
         (ρ, low, high); NaN where ρ is undefined (fewer than 3 trials, or a constant side).
     """
     # lazy: scipy.stats takes one to two seconds to import, and only a sweep with
-    # --validate-with-labels needs it.
+    # --validate_with_labels needs it.
     from scipy.stats import spearmanr
 
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -189,7 +189,7 @@ def format_validation(v: dict[str, Any]) -> str:
     best = v["best_by_labels"]
     pick = v.get("label_free_pick")
     chosen = (
-        f"picked without labels (--select-by {v['select_by']}): {pick['trial']} (linear "
+        f"picked without labels (--select_by {v['select_by']}): {pick['trial']} (linear "
         f"{pick['linear_top1']:.3f}); "
         if pick
         else ""

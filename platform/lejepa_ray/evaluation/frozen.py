@@ -1,7 +1,7 @@
 """``lejepa-ray eval``: frozen-feature probes of a checkpoint or an exported backbone.
 
 The backbone's pooled features of labelled images, resized and centre-cropped to the size it
-was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.evaluate.probe`.
+was trained at, go through the kNN and linear probes of :mod:`lejepa_ray.evaluation.probe`.
 ``features="projector"`` probes a checkpoint's projector outputs instead (what SIGReg shapes; the
 backbone's features are what LeJEPA, like most SSL methods, keeps).
 With ``val_data`` the probes are fitted on ``data`` and scored on ``val_data`` (protocol
@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from lejepa_ray.config import ProbeConfig
+from lejepa_ray.data.config import check_field
 from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.errors import ConfigError
-from lejepa_ray.evaluate.export import FrozenBackbone, load_encoder
-from lejepa_ray.evaluate.probe import load_labelled, probe_report
+from lejepa_ray.evaluation.export import FrozenBackbone, load_encoder
+from lejepa_ray.evaluation.probe import load_labelled, probe_report
 
 PROBES = ("knn", "linear", "both")
 FEATURES = ("backbone", "projector")
@@ -39,6 +40,47 @@ class ProjectorOutputs(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder.embeddings(images)[1]
+
+
+@dataclass
+class EvalOptions:
+    """Embed labelled images with the frozen backbone of a run, checkpoint or export (or a
+    checkpoint's projector outputs), fit the probes on ``data`` and score them on ``val_data``
+    (without it: on a hash 80/20 split of ``data``), and report kNN (cosine,
+    temperature-weighted votes) and linear (logistic regression) top-1 accuracy."""
+
+    source: str
+    """A run or checkpoint directory, or an ``export`` folder; local or a URI."""
+    data: str
+    """Labelled data the probes are fitted on: ``digits``, ``synthetic``, an image folder
+    (labels from subfolders) or parquet shards; a ``:train``, ``:val`` or ``:all`` suffix picks
+    that split (``digits:train``)."""
+    val_data: str | None = None
+    """Labelled data the probes are scored on (the ``val/`` folder beside ``train/``, or
+    ``digits:val``). None: a hash 80/20 split of ``data``."""
+    probe: str = "both"
+    """``knn``, ``linear`` or ``both``."""
+    features: str = "backbone"
+    """``backbone`` (pooled features, what ``export`` keeps) or, for a checkpoint,
+    ``projector`` (its projector's outputs)."""
+    baseline: bool = False
+    """Also report the probes on raw pixels of the same split."""
+    size: int | None = None
+    """Image side in px. None: the size the backbone was trained at."""
+    max_samples: int = 5000
+    """At most this many images from ``data`` (and from ``val_data``)."""
+    k: int = 20
+    """kNN neighbours."""
+    temperature: float = 0.07
+    """kNN vote temperature."""
+
+    def __post_init__(self) -> None:
+        check_field(self.probe in PROBES, "probe", self.probe, " or ".join(PROBES))
+        check_field(self.features in FEATURES, "features", self.features, " or ".join(FEATURES))
+        check_field(self.size is None or self.size >= 8, "size", self.size, ">= 8 px")
+        check_field(self.max_samples >= 10, "max_samples", self.max_samples, ">= 10")
+        check_field(self.k >= 1, "k", self.k, ">= 1")
+        check_field(self.temperature > 0, "temperature", self.temperature, "> 0")
 
 
 @dataclass
@@ -107,15 +149,15 @@ def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Modu
 def evaluate(
     source: str | Path,
     data: str,
-    probe: str = "both",
+    probe: str = EvalOptions.probe,
     *,
-    features: str = "backbone",
-    val_data: str | None = None,
-    baseline: bool = False,
-    size: int | None = None,
-    max_samples: int = 5000,
-    k: int = 20,
-    temperature: float = 0.07,
+    features: str = EvalOptions.features,
+    val_data: str | None = EvalOptions.val_data,
+    baseline: bool = EvalOptions.baseline,
+    size: int | None = EvalOptions.size,
+    max_samples: int = EvalOptions.max_samples,
+    k: int = EvalOptions.k,
+    temperature: float = EvalOptions.temperature,
 ) -> EvalResult:
     """kNN and/or linear top-1 accuracy of the frozen backbone at ``source`` (or of its
     projector outputs, ``features="projector"``), fitted on ``data`` and scored on ``val_data``
@@ -128,7 +170,7 @@ def evaluate(
         CheckpointError: ``source`` is neither an export nor a usable checkpoint.
     """
     if probe not in PROBES:
-        raise ConfigError(f"--probe must be one of {', '.join(PROBES)}, got {probe!r}.")
+        raise ConfigError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}.")
     model, trained_size = load_frozen(source, features)
     size = size or trained_size
 

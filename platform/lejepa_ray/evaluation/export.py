@@ -59,6 +59,27 @@ TRAINING_CONFIG_FILE = "lejepa.yaml"
 
 
 @dataclass
+class ExportOptions:
+    """Consolidate a checkpoint (DDP or FSDP shards, any world size) and write its backbone in
+    timm's hub layout, loadable with ``timm.create_model('local-dir:OUT_DIR', pretrained=True,
+    num_classes=0)``, its ``pretrained_cfg`` describing the run's input size and
+    normalization; the projector goes to ``projector.safetensors`` beside it."""
+
+    source: str
+    """A run directory (its latest checkpoint) or a checkpoint directory; a local path or a
+    URI (``s3://...``), read in place."""
+    out_dir: str
+    """Output folder, a local path or a URI (``s3://...``)."""
+    format: str = "timm"
+    """``timm`` (timm's hub layout) or ``onnx`` (that plus ``model.onnx``, checked against
+    PyTorch with onnxruntime; the ``onnx`` extra)."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}.")
+
+
+@dataclass
 class ExportResult:
     """What :func:`export` wrote."""
 
@@ -124,7 +145,7 @@ def load_encoder(run_or_checkpoint: str | Path) -> TrainedEncoder:
 
 
 def export(
-    run_or_checkpoint: str | Path, out_dir: str | Path, format: str = "timm"
+    run_or_checkpoint: str | Path, out_dir: str | Path, format: str = ExportOptions.format
 ) -> ExportResult:
     """Write the backbone of a checkpoint (or of a run directory's latest checkpoint) to
     ``out_dir`` in timm's hub layout, the projector beside it. Either side may be a local path
