@@ -46,6 +46,8 @@ class Parsed:
     options: Any
     config: PretrainConfig | None
     show_config: bool = False
+    config_file: str | None = None
+    """The ``--config`` file the config started from (None: the defaults or the quickstart)."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,7 @@ def _cluster_check(parsed: Parsed) -> int:
     o = parsed.options
     assert parsed.config is not None
     fit = check_fits(parsed.config, load_cluster(o.cluster), o.concurrent)
-    print(f"the config on {o.cluster}: {fit.describe()}")
+    print(f"{parsed.config_file or 'the default config'} on {o.cluster}: {fit.describe()}")
     return 0
 
 
@@ -446,11 +448,17 @@ def _config_file(argv: Sequence[str]) -> str | None:
     return known.config
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(values: dict[str, Any], cls: type, prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"lam": 0.1}}`` -> ``{"loss.lam": 0.1}``, down to the fields of ``cls``'s
+    nested dataclasses (a dict-valued field such as ``model.model_args`` stays whole)."""
+    # lazy: typing's resolution is only for building a parser.
+    import typing
+
+    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict) and key != "model_args" and key != "resources":
-            out.update(_flatten(value, f"{prefix}{key}."))
+        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
+            out.update(_flatten(value, hints[key], f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -476,14 +484,19 @@ def parse(name: str, argv: Sequence[str]) -> Parsed:
     bools = {"--show_config"} | (_bool_flags(cls) if cls else set())
     argv = _bare_bools(argv, bools | (_bool_flags(PretrainConfig) if command.config else set()))
     values: dict[str, Any] = {}
+    given = _config_file(argv) if command.config else None
     if command.config:
         # The file's values become the flags' defaults, so that a flag wins wherever it is.
-        path = _config_file(argv)
+        path = given
         if path is None and command.config == "quickstart":
             path = str(default_config())
         values = config_values(path)
         parser.set_defaults(
-            {k: v for k, v in _flatten(values).items() if k not in command.config_skip}
+            {
+                k: v
+                for k, v in _flatten(values, PretrainConfig).items()
+                if k not in command.config_skip
+            }
         )
     try:
         ns = parser.parse_args(list(argv)).as_dict()
@@ -497,7 +510,7 @@ def parse(name: str, argv: Sequence[str]) -> Parsed:
     if command.config:
         keys = set(values) - command.config_skip  # a skipped key keeps the file's value
         cfg = config_from_mapping({**values, **{k: v for k, v in ns.items() if k in keys}})
-    return Parsed(options, cfg, bool(ns.get("show_config")))
+    return Parsed(options, cfg, bool(ns.get("show_config")), given)
 
 
 def _underscored(arg: str) -> str:

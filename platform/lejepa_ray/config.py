@@ -661,8 +661,9 @@ def check_run(cfg: PretrainConfig) -> None:
     for key, value in (("data.path", cfg.data.path), ("storage_path", cfg.storage_path)):
         if value and PLACEHOLDER in value:
             raise ConfigError(
-                f"{key}={value!r} is the recipe's placeholder: set {key}= your own location "
-                f"(e.g. {key}=s3://my-bucket/{value.split(PLACEHOLDER, 1)[1].strip('/') or '...'})."
+                f"{key}={value!r} is the recipe's placeholder: set {key} to your own location "
+                f"(e.g. --{key} s3://my-bucket/"
+                f"{value.split(PLACEHOLDER, 1)[1].strip('/') or '...'})."
             )
     check_model_name(cfg.model.name)
     if cfg.scaling.global_batch < 2:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from procs import TINY, clean_env, console_script, flags, tail
+from readme_helpers import job_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,16 +160,11 @@ def test_ray_job_submit_pretrain_and_sweep_on_a_token_authenticated_head(tmp_pat
         assert wrong.returncode != 0
         assert "auth" in (wrong.stdout + wrong.stderr).lower()
 
-        logs = head.submit(
-            "e2e-pretrain",
-            "python",
-            "jobs/pretrain.py",
-            "--config",
-            "platform/lejepa_ray/configs/quickstart.yaml",
-            *flags(["name=e2e", *TINY]),
-            timeout=600,
-        )
-        run = head.storage / "e2e"  # storage_path came from LEJEPA_STORAGE_PATH, as on a cluster
+        # The README's job, as written there (the packaged quickstart), at 8 steps.
+        (job,) = job_commands()
+        logs = head.submit("e2e-pretrain", *job, *flags(TINY), timeout=600)
+        # storage_path came from LEJEPA_STORAGE_PATH, as on a cluster.
+        run = head.storage / job[job.index("--name") + 1]
         assert (run / "checkpoint_00000008" / "state.json").exists(), logs[-4000:]
         assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
         assert "probe (train/val: fitted on" in logs and "raw pixels" in logs  # probes ran

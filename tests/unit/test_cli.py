@@ -242,3 +242,31 @@ def test_bad_input_to_any_command_is_one_line_before_any_work(
     if "OUT" in args:  # refused before the output folder was made
         assert not (tmp_path / "out").exists()
     assert not Path("/proc/x").exists()
+
+
+def _undocumented(cls: type, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    from docstring_parser import parse_from_object
+
+    documented = {p.arg_name for p in parse_from_object(cls).params if p.description}
+    hints = typing.get_type_hints(cls)
+    missing = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            missing += _undocumented(hints[f.name], f"{prefix}{f.name}.")
+        elif f.name not in documented:
+            missing.append(f"{prefix}{f.name}")
+    return missing
+
+
+@pytest.mark.parametrize("name", [n for n in COMMANDS if COMMANDS[n].options or COMMANDS[n].config])
+def test_every_option_has_a_docstring_for_its_help(name):
+    from lejepa_ray.config import PretrainConfig
+
+    command = COMMANDS[name]
+    classes = [c for c in (command.options_class(),) if c]
+    classes += [PretrainConfig] if command.config else []
+    missing = [m for c in classes for m in _undocumented(c)]
+    assert not missing, f"{name}: fields without a docstring: {missing}"

@@ -69,9 +69,13 @@ class BenchOptions:
     image_size: int = 256
     """Side of synthetic and digits images, in px."""
     global_views: int = ViewConfig.global_views
+    """Global views per sample (``data.views.global_views``)."""
     global_size: int = ViewConfig.global_size
+    """Side of the global views, in px (``data.views.global_size``)."""
     local_views: int = ViewConfig.local_views
+    """Local views per sample (``data.views.local_views``)."""
     local_size: int = ViewConfig.local_size
+    """Side of the local views, in px (``data.views.local_size``)."""
 
     def data_config(self) -> DataConfig:
         """The data config both pipelines run (its own checks apply)."""

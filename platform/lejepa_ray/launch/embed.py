@@ -186,18 +186,21 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
     data = replace(
         data_from_arg(opts.data, size), shuffle="none", transform_batch_size=opts.batch_size
     )
+    # Absolute: the actors and tasks run in another working directory than this process.
+    if data.path is not None and "://" not in data.path:
+        data = replace(data, path=os.path.abspath(data.path))
+    out = opts.out if "://" in opts.out else os.path.abspath(opts.out)
     check_path(data)
     listed = source_plan(data)
     total = listed.plan.rows_per_epoch
     if opts.use_gpu:
         runtime.check_local_gpus(ScalingConfig(num_workers=opts.workers or 1, use_gpu=True))
 
-    # Absolute: the actors and tasks may run in another working directory.
     source = opts.source if "://" in str(opts.source) else os.path.abspath(opts.source)
     local = not runtime.joins_cluster()
     runtime.connect(train_cpus=0)
     workers = opts.workers or default_workers(opts.use_gpu, local)
-    staging = staging_dir(opts.out)
+    staging = staging_dir(out)
     start = time.perf_counter()
     units = listed.plan.units_per_epoch
     ds = ray.data.from_items([{"id": g} for g in range(units)], override_num_blocks=units)
@@ -252,11 +255,11 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
         remove_dir(staging)
         raise
     end = time.perf_counter()
-    publish(staging, opts.out)
+    publish(staging, out)
     steady = None
     if first_at is not None and end > first_at and written > first_rows:
         steady = (written - first_rows) / (end - first_at)
-    return EmbedResult(opts.out, written, total - written, dim, size, end - start, steady)
+    return EmbedResult(out, written, total - written, dim, size, end - start, steady)
 
 
 def default_workers(use_gpu: bool, local: bool) -> int:
