@@ -119,7 +119,7 @@ def main() -> None:
         "--cpu-ms-per-image",
         type=float,
         default=25.0,
-        help="one core's time to decode one image and make its views (README "
+        help="one core's time to decode one image and make its views (docs/benchmarks.md "
         "data table: ~1 ms decode + 18-27 ms crops on the 2-core dev machine)",
     )
     p.add_argument(

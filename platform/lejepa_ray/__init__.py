@@ -14,8 +14,6 @@ the API brings torch, timm and Ray.
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from lejepa_ray.config import PretrainConfig, load_config
-
 try:
     __version__ = version("lejepa-ray")
 except PackageNotFoundError:  # running from a source tree that was not installed
@@ -27,16 +25,25 @@ if TYPE_CHECKING:
     from lejepa_ray.api import export as export
     from lejepa_ray.api import pretrain as pretrain
     from lejepa_ray.api import sweep as sweep
+    from lejepa_ray.config import PretrainConfig as PretrainConfig
+    from lejepa_ray.config import load_config as load_config
 
 # The option and result classes are in lejepa_ray.api (lejepa_ray.api.EvalOptions): importing
 # them here would need the API's imports, and tools that look a class up by its name in the
 # package (jsonargparse does, to build the command line) would pay for them.
 _API = ("embed", "evaluate", "export", "pretrain", "sweep")
-__all__ = ["PretrainConfig", "__version__", "load_config", *_API]
+_CONFIG = ("PretrainConfig", "load_config")
+__all__ = ["__version__", *_CONFIG, *_API]
 
 
 def __getattr__(name: str) -> Any:
-    """The API's names, imported from :mod:`lejepa_ray.api` when first asked for."""
+    """The API's names, imported from :mod:`lejepa_ray.api` (or :mod:`lejepa_ray.config`) when
+    first asked for: ``import lejepa_ray.objective.sigreg`` loads nothing else."""
+    if name in _CONFIG:
+        # lazy: as below; the config is light, but the pure-torch layers must not load it.
+        from lejepa_ray import config
+
+        return getattr(config, name)
     if name in _API:
         # lazy: the API imports torch, timm and Ray; `import lejepa_ray` must stay fast.
         from lejepa_ray import api

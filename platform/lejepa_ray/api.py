@@ -36,7 +36,7 @@ from lejepa_ray.config import (
     read_yaml_mapping,
     resolve_config,
 )
-from lejepa_ray.data.sources import source_from_arg
+from lejepa_ray.data.sources import data_from_arg
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluation import export as _export
 from lejepa_ray.evaluation import frozen
@@ -97,14 +97,38 @@ def pretrain(
     """
     common: dict[str, Any] = {}
     if data is not None:
-        common["data.source"], common["data.path"] = source_from_arg(data)
+        chosen = data_from_arg(data)
+        common["data.source"], common["data.path"] = chosen.source, chosen.path
+        if chosen.split != "all" or data.endswith(":all"):  # a suffix was given
+            common["data.split"] = chosen.split
     if model is not None:
         common["model.name"] = model
     if out is not None:
-        parent, _, name = out.rstrip("/").rpartition("/")
-        common["storage_path"], common["name"] = parent or ".", name
+        common["storage_path"], common["name"] = run_location(out)
     cfg = resolve_config(config, [*dotlist(common), *dotlist(overrides)])
     return driver.run(cfg)
+
+
+def run_location(out: str) -> tuple[str, str]:
+    """``(storage_path, name)`` of a run directory, local (``runs/mine``, ``/abs/mine``) or a
+    URI (``s3://bucket/runs/mine``).
+
+    Raises:
+        ConfigError: ``out`` names no folder (``/``, ``s3://bucket``).
+    """
+    if "://" in out:
+        scheme, rest = out.split("://", 1)
+        parent, _, name = rest.strip("/").rpartition("/")
+        if not parent or not name:
+            raise ConfigError(
+                f"out={out!r} is a bucket, not a run folder: give one inside it, e.g. "
+                f"{scheme}://{rest.strip('/') or 'bucket'}/runs/mine."
+            )
+        return f"{scheme}://{parent}", name
+    path = Path(out)
+    if not path.name:
+        raise ConfigError(f"out={out!r} names no run folder: give one, e.g. runs/mine.")
+    return str(path.parent), path.name
 
 
 def evaluate(options: EvalOptions | str | Path | None = None, /, **kwargs: Any) -> EvalResult:

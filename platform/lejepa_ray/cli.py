@@ -20,7 +20,6 @@ exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import difflib
@@ -59,9 +58,9 @@ class Command:
     run: Callable[[Parsed], int]
     """Runs the command and prints; returns the exit code."""
     options: str | None = None
-    """The options dataclass, as ``module:Class`` (imported when the command is parsed, so
-    that ``--help`` and the command list stay fast): flags, help and defaults come from its
-    fields."""
+    """The options dataclass, as ``module:Class``: flags, help and defaults come from its
+    fields. It is imported when the command is parsed, so the command list and ``--version``
+    stay fast; a command's ``--help`` imports its module (torch, and Ray for some: seconds)."""
     positional: tuple[str, ...] = ()
     """Fields given by position (``export RUN OUT``), not as flags."""
     config: str | None = None
@@ -101,7 +100,7 @@ def _env(_: Parsed) -> int:
             print(f"{name:12s} {version(name)}")
         except PackageNotFoundError:
             print(f"{name:12s} not installed")
-    # lazy: torch takes seconds to import; only `env` needs it, and --help must stay fast.
+    # lazy: torch takes seconds to import; only `env` needs it.
     import torch
 
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -115,7 +114,7 @@ def _env(_: Parsed) -> int:
 def _progress(desc: str) -> Iterator[Callable[[int, int], None]]:
     """A ``progress(done, total)`` callback drawing a tqdm bar on stderr, opened at its first
     call: input refused before any work says so without an empty bar."""
-    # lazy: tqdm is only for the commands that draw a bar; --help stays fast.
+    # lazy: tqdm is only for the commands that draw a bar.
     from tqdm import tqdm
 
     bars: list[tqdm] = []
@@ -133,7 +132,7 @@ def _progress(desc: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _data_convert(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray.data.convert import convert_image_folder, format_summary
 
     o = parsed.options
@@ -151,7 +150,7 @@ def _data_convert(parsed: Parsed) -> int:
 
 
 def _data_bench(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray.data import bench
 
     o = parsed.options
@@ -161,7 +160,7 @@ def _data_bench(parsed: Parsed) -> int:
 
 def _pretrain(parsed: Parsed) -> int:
     """Pretrain on Ray, probe, and say where everything is."""
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray import api
 
     cfg = parsed.config
@@ -194,7 +193,7 @@ def during_table(records: dict[int, dict]) -> str:
 
 
 def _export(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray import api
 
     # lazy: as above.
@@ -217,7 +216,7 @@ def _export(parsed: Parsed) -> int:
 
 
 def _eval(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray import api
 
     result = api.evaluate(parsed.options)
@@ -246,7 +245,7 @@ def _eval(parsed: Parsed) -> int:
 
 
 def _embed(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray import api
 
     with _progress("embed") as advance:
@@ -263,7 +262,7 @@ def _embed(parsed: Parsed) -> int:
 
 
 def _sweep(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray import api
 
     opts = dataclasses.replace(parsed.options, config=parsed.config)
@@ -286,7 +285,7 @@ def _sweep(parsed: Parsed) -> int:
 
 
 def _cluster_check(parsed: Parsed) -> int:
-    # lazy: each command imports its own needs; --help and argument errors stay fast.
+    # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray.cluster import check_fits, load_cluster
 
     o = parsed.options
@@ -373,7 +372,10 @@ def build_parser(name: str) -> Any:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     command = COMMANDS[name]
     options = command.options_class()
-    doc = _PRETRAIN_DESCRIPTION if options is None else (options.__doc__ or "")
+    if options is not None:
+        doc = options.__doc__ or ""
+    else:
+        doc = _PRETRAIN_DESCRIPTION if name == "pretrain" else command.help
     usage = None
     if command.config:
         positional = " ".join(p.upper() for p in command.positional)
@@ -383,6 +385,7 @@ def build_parser(name: str) -> Any:
         description=" ".join(doc.split()),
         usage=usage,
         exit_on_error=False,
+        allow_abbrev=False,  # `--conf` is not `--config`: a flag is its field's whole name
     )
     if options is not None:
         docs = _field_docs(options)
@@ -441,11 +444,22 @@ def _bare_bools(argv: list[str], flags: set[str]) -> list[str]:
 
 def _config_file(argv: Sequence[str]) -> str | None:
     """The value of ``--config`` in ``argv``, read before the full parse so that the file's
-    values become the flags' defaults."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-    return known.config
+    values become the flags' defaults (the last one given counts, as for any flag).
+
+    Raises:
+        ConfigError: ``--config`` without a file.
+    """
+    found = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            found = arg.partition("=")[2]
+        elif arg == "--config":
+            if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError("--config needs a file: --config FILE.yaml.")
+            found = argv[i + 1]
+    if found == "":
+        raise ConfigError("--config needs a file: --config FILE.yaml.")
+    return found
 
 
 def _flatten(values: dict[str, Any], cls: type, prefix: str = "") -> dict[str, Any]:

@@ -528,6 +528,10 @@ def dotlist(overrides: Overrides) -> list[str]:
     import yaml
 
     def flow(value: Any) -> str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        elif hasattr(value, "item") and not isinstance(value, (list, dict)):  # numpy scalars
+            value = value.item()
         text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
         return text.removesuffix("\n...").strip()
 

@@ -1,7 +1,7 @@
 """The Python API (``lejepa_ray.pretrain``, ``evaluate``, ``export``, ``embed``, ``sweep``),
 used only through the names the package exports, as a user would.
 
-Ray runs: ``tests/integration/test_api.py``."""
+Ray runs: the README's Python block, in ``tests/integration/test_readme.py``."""
 
 from __future__ import annotations
 
@@ -115,3 +115,43 @@ def test_pretrain_s_keywords_set_the_config_they_name(monkeypatch, tmp_path):
     assert cfg.data.views.global_size == 32  # the rest is the packaged quickstart
     again = lejepa_ray.pretrain(cfg, overrides=["optim.steps=30"])
     assert again == "ran" and seen[1].optim.steps == 30 and seen[1].model.name == "resnet18"
+
+
+@pytest.mark.parametrize(
+    ("out", "where"),
+    [
+        ("runs/mine", ("runs", "mine")),
+        ("/abs/mine", ("/abs", "mine")),
+        ("/mine", ("/", "mine")),
+        ("mine", (".", "mine")),
+        ("s3://bucket/runs/mine/", ("s3://bucket/runs", "mine")),
+    ],
+)
+def test_out_is_a_run_folder_local_or_on_object_storage(out, where):
+    assert api.run_location(out) == where
+
+
+@pytest.mark.parametrize("out", ["/", "s3://bucket", "s3://bucket/"])
+def test_out_that_names_no_folder_is_refused(out):
+    from lejepa_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="run folder"):
+        api.run_location(out)
+
+
+def test_overrides_take_paths_and_numpy_values_and_data_takes_a_split(monkeypatch, tmp_path):
+    import numpy as np
+
+    from lejepa_ray.launch import driver
+
+    seen = []
+    monkeypatch.setattr(driver, "run", seen.append)
+    lejepa_ray.pretrain(
+        data="digits:val",
+        overrides={"storage_path": tmp_path / "runs", "loss.lam": np.float32(0.25)},
+    )
+    cfg = seen[0]
+    assert (cfg.data.source, cfg.data.split) == ("digits", "val")
+    assert cfg.storage_path == str(tmp_path / "runs") and cfg.loss.lam == 0.25
+    lejepa_ray.pretrain(data="digits")
+    assert seen[1].data.split == "train"  # the quickstart's, kept without a suffix

@@ -78,6 +78,8 @@ def test_show_config_shows_the_resolved_config(capsys):
         (["loss.lam=0.02"], "config keys are flags, write --loss.lam 0.02"),
         (["--model.name", "convnext_tiny_hnf_x"], "is not a timm architecture"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["--config"], "--config needs a file"),
+        (["--conf", "x.yaml"], "unrecognized arguments: --conf x.yaml. Did you mean --config"),
         (
             ["--data.source", "folder", "--data.path", "/nonexistent"],
             "data.path='/nonexistent' does not exist: point it at an image folder",
@@ -270,3 +272,8 @@ def test_every_option_has_a_docstring_for_its_help(name):
     classes += [PretrainConfig] if command.config else []
     missing = [m for c in classes for m in _undocumented(c)]
     assert not missing, f"{name}: fields without a docstring: {missing}"
+
+
+def test_a_command_without_options_describes_itself(capsys):
+    assert main(["env", "--help"]) == 0
+    assert "print package versions" in capsys.readouterr().out

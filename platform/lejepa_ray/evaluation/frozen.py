@@ -67,11 +67,11 @@ class EvalOptions:
     """Also report the probes on raw pixels of the same split."""
     size: int | None = None
     """Image side in px. None: the size the backbone was trained at."""
-    max_samples: int = 5000
+    max_samples: int = ProbeConfig.max_samples
     """At most this many images from ``data`` (and from ``val_data``)."""
-    k: int = 20
+    k: int = ProbeConfig.k
     """kNN neighbours."""
-    temperature: float = 0.07
+    temperature: float = ProbeConfig.temperature
     """kNN vote temperature."""
 
     def __post_init__(self) -> None:
@@ -124,7 +124,7 @@ def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Modu
         ValueError: ``features`` unknown, or ``projector`` asked of an export.
     """
     if features not in FEATURES:
-        raise ConfigError(f"--features must be one of {', '.join(FEATURES)}, got {features!r}.")
+        raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}.")
     path = Path(source)
     hub_file = path / "config.json"
     if hub_file.is_file() and (path / "model.safetensors").is_file():
