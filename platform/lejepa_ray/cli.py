@@ -553,9 +553,14 @@ def _refuse_bare_overrides(argv: Sequence[str], command: Command) -> None:
 def _parse_error(error: Exception, parser: Any) -> str:
     """The parser's complaint on one line, with the closest flag for an unknown one."""
     message = " ".join(str(error).split())
+    flags = [s for s in parser._option_string_actions if s.startswith("--")]
+    required = re.match(r"the following arguments are required: (.+)$", message)
+    if required:  # name the flags as they are typed: --data, not data
+        names = [n.strip() for n in required.group(1).split(",")]
+        given = [f"--{n}" if f"--{n}" in flags else n.upper() for n in names]
+        return f"missing {', '.join(given)}: `{parser.prog} --help` describes them."
     unknown = re.search(r"unrecognized arguments: (--[\w.]+)", message)
     if unknown:
-        flags = [s for s in parser._option_string_actions if s.startswith("--")]
         close = difflib.get_close_matches(unknown.group(1), flags, n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         return f"{message}.{hint} `{PROG} {parser.prog.split(' ', 1)[1]} --help` lists them."

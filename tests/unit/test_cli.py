@@ -274,6 +274,13 @@ def test_every_option_has_a_docstring_for_its_help(name):
     assert not missing, f"{name}: fields without a docstring: {missing}"
 
 
+def test_a_missing_option_or_argument_is_named_as_it_is_typed(capsys):
+    assert main(["embed", "RUN"]) == 2
+    one_line_error(capsys, "missing --data, --out: `lejepa-ray embed --help`")
+    assert main(["export"]) == 2
+    one_line_error(capsys, "missing SOURCE, OUT_DIR")
+
+
 def test_a_command_without_options_describes_itself(capsys):
     assert main(["env", "--help"]) == 0
     assert "print package versions" in capsys.readouterr().out
