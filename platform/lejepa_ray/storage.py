@@ -24,6 +24,12 @@ def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+def absolute(path: str) -> str:
+    """``path`` made absolute when it is a plain local path; a URI is returned as it is.
+    Ray tasks and actors may run in another working directory than the driver."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def check_output(uri: str, what: str) -> None:
     """Raise a ConfigError, naming the folder as ``what`` ("export folder") and saying why,
     when a local output folder ``uri`` cannot be created or written; leave the disk as it was
@@ -57,8 +63,7 @@ def check_output(uri: str, what: str) -> None:
 def resolve_filesystem(path: str) -> tuple[fs.FileSystem, str]:
     """The pyarrow filesystem of ``path`` (local, s3://, gs://, ...) and the path within it."""
     if "://" not in str(path):
-        # Absolute, so Ray tasks whose working directory differs read the same files.
-        return fs.LocalFileSystem(), os.path.abspath(path)
+        return fs.LocalFileSystem(), absolute(str(path))
     try:
         return fs.FileSystem.from_uri(path)
     except (pa.ArrowInvalid, ValueError):

@@ -187,16 +187,16 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
         data_from_arg(opts.data, size), shuffle="none", transform_batch_size=opts.batch_size
     )
     # Absolute: the actors and tasks run in another working directory than this process.
-    if data.path is not None and "://" not in data.path:
-        data = replace(data, path=os.path.abspath(data.path))
-    out = opts.out if "://" in opts.out else os.path.abspath(opts.out)
+    if data.path is not None:
+        data = replace(data, path=storage.absolute(data.path))
+    out = storage.absolute(opts.out)
     check_path(data)
     listed = source_plan(data)
     total = listed.plan.rows_per_epoch
     if opts.use_gpu:
         runtime.check_local_gpus(ScalingConfig(num_workers=opts.workers or 1, use_gpu=True))
 
-    source = opts.source if "://" in str(opts.source) else os.path.abspath(opts.source)
+    source = storage.absolute(str(opts.source))
     local = not runtime.joins_cluster()
     runtime.connect(train_cpus=0)
     workers = opts.workers or default_workers(opts.use_gpu, local)
