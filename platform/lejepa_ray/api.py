@@ -36,7 +36,7 @@ from lejepa_ray.config import (
     read_yaml_mapping,
     resolve_config,
 )
-from lejepa_ray.data.sources import data_from_arg
+from lejepa_ray.data.sources import source_from_arg, split_suffix
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluation import export as _export
 from lejepa_ray.evaluation import frozen
@@ -97,10 +97,10 @@ def pretrain(
     """
     common: dict[str, Any] = {}
     if data is not None:
-        chosen = data_from_arg(data)
-        common["data.source"], common["data.path"] = chosen.source, chosen.path
-        if chosen.split != "all" or data.endswith(":all"):  # a suffix was given
-            common["data.split"] = chosen.split
+        where, split = split_suffix(data)
+        common["data.source"], common["data.path"] = source_from_arg(where)
+        if split is not None:  # without a suffix, the config's split stays
+            common["data.split"] = split
     if model is not None:
         common["model.name"] = model
     if out is not None:

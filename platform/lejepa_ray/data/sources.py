@@ -94,17 +94,23 @@ def source_from_arg(value: str) -> tuple[str, str | None]:
     return "folder", value
 
 
+def split_suffix(value: str) -> tuple[str, str | None]:
+    """``("digits", "val")`` for ``digits:val``: a ``--data`` argument without its ``:train``,
+    ``:val`` or ``:all`` suffix, and the split it names (None: no suffix)."""
+    head, sep, tail = value.rpartition(":")
+    if sep and tail in SPLITS and head:
+        return head, tail
+    return value, None
+
+
 def data_from_arg(value: str, image_size: int | None = None) -> DataConfig:
     """The ``DataConfig`` of a command-line ``--data``: what :func:`source_from_arg` accepts,
     optionally followed by ``:train``, ``:val`` or ``:all`` to pick a ``data.split``
     (``digits:val``; ``/data/imgs:train``). ``image_size``: the size generated sources (no
     path) render at, that of the model they are probed with; files keep their own."""
-    split = "all"
-    head, sep, tail = value.rpartition(":")
-    if sep and tail in SPLITS and head:
-        value, split = head, tail
+    value, split = split_suffix(value)
     source, path = source_from_arg(value)
-    cfg = DataConfig(source=source, path=path, split=split)
+    cfg = DataConfig(source=source, path=path, split=split or "all")
     return replace(cfg, image_size=image_size) if image_size and path is None else cfg
 
 
