@@ -476,11 +476,17 @@ def load_config(
         ConfigError: a missing file, a file that is not a YAML mapping, an unknown key, a
             wrongly typed or out-of-range value.
     """
-    layers = [_omegaconf().structured(PretrainConfig)]
+    path = None if path is None else Path(path)
+    return _merge(_layers(path), overrides, path)
+
+
+def _layers(path: Path | None) -> list:
+    """The defaults, then the YAML file at ``path`` when there is one, as OmegaConf layers."""
+    omegaconf = _omegaconf()
+    layers = [omegaconf.structured(PretrainConfig)]
     if path is not None:
-        path = Path(path)
-        layers.append(_omegaconf().create(read_yaml_mapping(path)))
-    return _merge(layers, overrides, path)
+        layers.append(omegaconf.create(read_yaml_mapping(path)))
+    return layers
 
 
 # The default of `pretrain` and `sweep` (CLI and API): the CPU quickstart, package data
@@ -550,13 +556,12 @@ def config_values(path: str | Path | None) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     omegaconf = _omegaconf()
-    layers = [omegaconf.structured(PretrainConfig)]
-    if path is not None:
-        layers.append(omegaconf.create(read_yaml_mapping(Path(path))))
+    path = None if path is None else Path(path)
+    layers = _layers(path)
     try:
         values = omegaconf.to_container(omegaconf.merge(*layers), resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, None if path is None else Path(path))) from None
+        raise ConfigError(_describe(e, path)) from None
     assert isinstance(values, dict)
     return values
 
@@ -568,9 +573,7 @@ def config_from_mapping(values: Mapping[str, Any]) -> PretrainConfig:
     Raises:
         ConfigError: an unknown key, a wrongly typed or out-of-range value.
     """
-    return _merge(
-        [_omegaconf().structured(PretrainConfig), _omegaconf().create(dict(values))], (), None
-    )
+    return _merge([*_layers(None), _omegaconf().create(dict(values))], (), None)
 
 
 def read_yaml_mapping(path: Path) -> dict:
