@@ -416,18 +416,25 @@ def build_parser(name: str) -> Any:
 _BOOL_VALUES = ("true", "false", "yes", "no", "1", "0")
 
 
-def _bool_flags(cls: type, prefix: str = "") -> set[str]:
-    """The flags of ``cls``'s bool fields, nested dataclasses' included (``--scaling.use_gpu``)."""
+def _leaves(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted name -> type hint of every leaf field of dataclass ``cls``, nested dataclasses'
+    fields included (``scaling.use_gpu``); a dict-valued field such as ``model.model_args`` is
+    a leaf."""
     # lazy: typing's resolution is only for building a parser.
     import typing
 
-    flags = set()
+    out: dict[str, Any] = {}
     for name, hint in typing.get_type_hints(cls).items():
-        if hint is bool:
-            flags.add(f"--{prefix}{name}")
-        elif dataclasses.is_dataclass(hint):
-            flags |= _bool_flags(hint, f"{prefix}{name}.")  # type: ignore[arg-type]
-    return flags
+        if dataclasses.is_dataclass(hint):
+            out.update(_leaves(hint, f"{prefix}{name}."))  # type: ignore[arg-type]
+        else:
+            out[f"{prefix}{name}"] = hint
+    return out
+
+
+def _bool_flags(cls: type) -> set[str]:
+    """The flags of ``cls``'s bool fields (``--baseline``, ``--scaling.use_gpu``)."""
+    return {f"--{name}" for name, hint in _leaves(cls).items() if hint is bool}
 
 
 def _bare_bools(argv: list[str], flags: set[str]) -> list[str]:
@@ -462,20 +469,16 @@ def _config_file(argv: Sequence[str]) -> str | None:
     return found
 
 
-def _flatten(values: dict[str, Any], cls: type, prefix: str = "") -> dict[str, Any]:
-    """``{"loss": {"lam": 0.1}}`` -> ``{"loss.lam": 0.1}``, down to the fields of ``cls``'s
-    nested dataclasses (a dict-valued field such as ``model.model_args`` stays whole)."""
-    # lazy: typing's resolution is only for building a parser.
-    import typing
+def _flatten(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``{"loss": {"lam": 0.1}}`` -> ``{"loss.lam": 0.1}``, for every leaf of ``cls``."""
 
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
-            out.update(_flatten(value, hints[key], f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    def at(dotted: str) -> Any:
+        value: Any = values
+        for part in dotted.split("."):
+            value = value[part]
+        return value
+
+    return {name: at(name) for name in _leaves(cls)}
 
 
 def parse(name: str, argv: Sequence[str]) -> Parsed:
@@ -541,9 +544,11 @@ _BARE_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*=")
 
 def _refuse_bare_overrides(argv: Sequence[str], command: Command) -> None:
     """``loss.lam=0.02`` was the override syntax before the flags; say what it is now."""
+    if not command.config:
+        return
     for i, arg in enumerate(argv):
         after_flag = i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1]
-        if _BARE_OVERRIDE.match(arg) and not after_flag and command.config:
+        if _BARE_OVERRIDE.match(arg) and not after_flag:
             key, _, value = arg.partition("=")
             raise ConfigError(
                 f"{arg!r}: config keys are flags, write --{key} {value} (or --{key}={value})."
