@@ -28,6 +28,10 @@ warns about each checkpoint it does not keep, on loggers named after private mod
 (:func:`ray_train_report_logger`, :data:`RAY_CHECKPOINT_MANAGER_LOGGER`); :func:`quiet_logger`
 raises such a logger's level for a block.
 
+Run snapshots: Ray Train rewrites a run's ``checkpoint_manager_snapshot.json`` in place (not
+written aside and renamed), so a reader beside a live run can catch it half-written; Ray then
+raises its private ``CheckpointManagerInitializationError`` (:func:`snapshot_read_error`).
+
 Checkpoints: ``checkpoint._VerifyingReader`` overrides ``FileSystemReader._slice_file(file,
 storage_info)`` of ``torch.distributed.checkpoint``, the one place where DCP's ``read_data``
 turns a storage item into bytes, to fetch each item as one verified byte range.
@@ -156,6 +160,14 @@ def set_execution_index(dataset: Any, index: int) -> None:
 
 RAY_CHECKPOINT_MANAGER_LOGGER = "ray.train.v2._internal.execution.checkpoint.checkpoint_manager"
 """Ray Train's checkpoint manager's logger (it warns about every checkpoint it does not keep)."""
+
+
+def snapshot_read_error() -> type[Exception]:
+    """What ``ray.train.Result.from_path`` raises on a run snapshot it cannot parse."""
+    # lazy: Ray Train's private module; compat imports no Ray at module level.
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
+
+    return CheckpointManagerInitializationError
 
 
 def ray_train_report_logger() -> str:

@@ -12,11 +12,12 @@ path, and everything below this layer, never needs it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger
+from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger, snapshot_read_error
 from lejepa_ray.config import PretrainConfig
 from lejepa_ray.errors import CheckpointError
 from lejepa_ray.storage import Folder, is_local
@@ -30,6 +31,10 @@ from lejepa_ray.train.checkpoint import (
 )
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_READS = 5
+"""How many times :func:`registered` reads a run's snapshot that does not parse, 0.2 s apart:
+Ray Train rewrites it in place, so a read beside a live run can catch it half-written."""
 
 STOPPED_FILE = "stopped.json"
 """Written into the run directory when training stopped on non-finite losses."""
@@ -83,12 +88,22 @@ def registered(run_dir: str) -> list[tuple[Folder, dict]]:
 
     if "://" not in run_dir:
         run_dir = str(Path(run_dir).expanduser().resolve())  # Ray reads a bare path as a URI
-    # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
-    try:
-        with quiet_logger(RAY_CHECKPOINT_MANAGER_LOGGER, logging.WARNING):
-            result = Result.from_path(run_dir)
-    except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
-        return []
+    for attempt in range(SNAPSHOT_READS):
+        # Ray logs, on finding the snapshot, advice for starting a new run: not what we do here.
+        try:
+            with quiet_logger(RAY_CHECKPOINT_MANAGER_LOGGER, logging.WARNING):
+                result = Result.from_path(run_dir)
+            break
+        except snapshot_read_error() as e:
+            if attempt == SNAPSHOT_READS - 1:
+                raise CheckpointError(
+                    f"the checkpoint list Ray Train keeps in {run_dir} does not parse ({e}). "
+                    "If the run is writing it now, try again; otherwise pass the checkpoint "
+                    "directory itself (runs/<name>/checkpoint_<step>)."
+                ) from e
+            time.sleep(0.2)
+        except RuntimeError:  # no checkpoint_manager_snapshot.json: the run never checkpointed
+            return []
     kept = [(Folder(c.filesystem, c.path), dict(m or {})) for c, m in result.best_checkpoints or []]
     if not kept and result.checkpoint is not None:
         kept = [(Folder(result.checkpoint.filesystem, result.checkpoint.path), {})]
