@@ -72,6 +72,7 @@ def _runs(args: argparse.Namespace) -> list[dict]:
                     result.metrics.get("throughput/images_per_s", float("nan")), 1
                 ),
                 "protocol": report.protocol,
+                "preparation": report.preparation,
                 "bank": report.bank,
                 "queries": report.queries,
                 **{

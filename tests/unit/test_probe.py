@@ -10,12 +10,15 @@ from lejepa_ray.config import ProbeConfig
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.evaluation.probe import (
     HASH_SPLIT,
+    PREPARATION,
     TRAIN_VAL,
     LabelledImages,
     knn_accuracy,
     load_labelled,
     probe_report,
     raw_pixels,
+    score,
+    standardize,
 )
 
 
@@ -59,16 +62,36 @@ def test_train_val_protocol_fits_on_one_split_and_scores_on_the_other():
     assert hashed.protocol == HASH_SPLIT and hashed.bank_size + hashed.query_size < 1500
 
 
-def test_raw_pixels_are_standardized_with_the_bank_only():
-    images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
-    images[1] = 10
-    images[3] = 255  # a query far off the bank's range must not shift the statistics
-    data = LabelledImages(
-        images, torch.tensor([0, 1, 0, 1]), torch.tensor([False, False, True, True])
+def test_every_feature_set_is_standardized_with_the_bank_only():
+    features = torch.zeros(4, 3)
+    features[1] = 10
+    features[3] = 255  # a query far off the bank's range must not shift the statistics
+    features[:, 2] = 7  # constant over the bank: centred, not divided by 0
+    is_query = torch.tensor([False, False, True, True])
+    x = standardize(features, is_query)
+    assert torch.allclose(x[0, :2], -x[1, :2])  # the bank's two rows sit either side of its mean
+    assert torch.allclose(x[:2, :2].std(0), torch.ones(2))
+    assert torch.equal(x[:, 2], torch.zeros(4)) and x[3, 0] > 10
+
+
+def test_a_probe_is_blind_to_a_dimensions_scale_and_offset():
+    # The like-with-like rule: a few dimensions blown up (as raw pixels' or a backbone's can be)
+    # must not drown the others, for any feature set.
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    informative = torch.nn.functional.one_hot(labels, 4).float() + 0.3 * torch.randn(
+        400, 4, generator=gen
     )
-    x = raw_pixels(data)
-    assert x.shape == (4, 12) and torch.allclose(x.norm(dim=1), torch.ones(4))
-    assert torch.allclose(x[0], -x[1])  # the bank's two images sit either side of its mean
+    loud_noise = 1000 * torch.randn(400, 8, generator=gen) + 50
+    feats = torch.cat([informative, loud_noise], dim=1)
+    data = LabelledImages(
+        torch.zeros(400, 3, 1, 1, dtype=torch.uint8), labels, torch.arange(400) % 5 == 0
+    )
+    scores = score(feats, data, ProbeConfig())
+    assert scores.knn_top1 > 0.9 and scores.linear_top1 > 0.9
+    # Without the preparation the loud dimensions decide the neighbours.
+    assert knn_accuracy(feats, labels, data.is_query) < 0.6
+    assert raw_pixels(data).shape == (400, 3)
 
 
 def test_report_puts_the_backbone_beside_its_baselines():
@@ -80,6 +103,7 @@ def test_report_puts_the_backbone_beside_its_baselines():
 
     report = probe_report(Pixels(), data, ProbeConfig(), init=Pixels())
     assert report.protocol == HASH_SPLIT and report.bank + report.queries == 400
+    assert report.to_dict()["preparation"] == PREPARATION
     assert [name for name, _ in report.rows()] == ["trained backbone", "random init", "raw pixels"]
     assert report.raw.knn_top1 > 0.85 and report.raw.linear_top1 > 0.85
     assert report.trained.knn_top1 == report.init.knn_top1

@@ -96,6 +96,8 @@ class EvalResult:
     """Where the queries came from (None: from ``data``, by the hash split)."""
     protocol: str
     """``train/val`` or ``hash 80/20``."""
+    preparation: str
+    """How the features (and raw pixels) were prepared for the probes, the same for both."""
     image_size: int
     bank: int
     """Images the probes were fitted on."""
@@ -195,6 +197,7 @@ def evaluate(
         data,
         val_data,
         report.protocol,
+        report.preparation,
         size,
         report.bank,
         report.queries,

@@ -8,14 +8,17 @@ embedded by the backbone (pooled features, no projector). The images are split i
   ``train/`` and ``val/``, or ``data.split=train`` and ``val`` of one source);
 - ``hash 80/20``: one set, split by a hash of each sample's key (1 in 5 are queries).
 
-Two probes, both on the same bank and queries:
+One protocol for every feature set (trained backbone, random init, raw pixels), so that their
+figures compare like with like (:data:`PREPARATION`): each feature dimension is standardized
+with the bank's mean and std, statistics from the bank only, and then
 
-- **kNN**: L2-normalized features; each query's k nearest bank features by cosine similarity
-  vote with weights exp(similarity / T), as in DINO's and the LeJEPA paper's evaluation;
-- **linear**: multinomial logistic regression on the bank's standardized features.
+- **kNN**: the standardized features are L2-normalized; each query's k nearest bank features
+  by cosine similarity vote with weights exp(similarity / T), as in DINO's and the LeJEPA
+  paper's evaluation;
+- **linear**: multinomial logistic regression (L2 penalty C = 1) on the standardized features.
 
-The **raw-pixel** baseline runs the same probes on the flattened pixels, standardized with the
-bank's per-pixel mean and std: the figure a representation has to beat to be worth keeping.
+Raw pixels are the flattened pixels of the same images at the same size: the figure a
+representation has to beat to be worth keeping.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
 from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.errors import ConfigError
+
+PREPARATION = (
+    "every feature dimension standardized with the bank's mean and std; kNN: then "
+    "L2-normalized, cosine similarity; linear: logistic regression on the standardized features"
+)
+"""The probe protocol, as the JSON and docs state it (one for every feature set)."""
 
 HASH_SPLIT = "hash 80/20"
 TRAIN_VAL = "train/val"
@@ -88,14 +97,24 @@ def load_labelled(
 
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalized backbone features (N, D) of uint8 ``images`` (N, 3, S, S). ``encoder`` is
+    """Backbone features (N, D), float32, of uint8 ``images`` (N, 3, S, S). ``encoder`` is
     anything with ``eval()`` and ``features(uint8 images) -> (N, D)``."""
     encoder.eval()
     feats = [
         encoder.features(images[i : i + batch_size]).float()
         for i in range(0, len(images), batch_size)
     ]
-    return torch.nn.functional.normalize(torch.cat(feats), dim=1)
+    return torch.cat(feats)
+
+
+def standardize(features: torch.Tensor, is_query: torch.Tensor) -> torch.Tensor:
+    """``features`` (N, D) with each dimension standardized by the bank's (``~is_query``) mean
+    and std: the first step of the protocol, for every feature set. A dimension constant over
+    the bank (std 0) is centred and left at that scale."""
+    bank = features[~is_query].double()
+    std = bank.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return ((features.double() - bank.mean(0)) / std).float()
 
 
 def knn_accuracy(
@@ -105,7 +124,9 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
 ) -> float:
-    """Top-1 accuracy of temperature-weighted kNN votes of the queries among the bank."""
+    """Top-1 accuracy of temperature-weighted kNN votes of the queries among the bank, by
+    cosine similarity of ``features`` (N, D)."""
+    features = torch.nn.functional.normalize(features, dim=1)
     bank, bank_labels = features[~is_query], labels[~is_query]
     queries, truth = features[is_query], labels[is_query]
     k = min(k, len(bank))
@@ -119,26 +140,20 @@ def linear_accuracy(
     features: torch.Tensor, labels: torch.Tensor, is_query: torch.Tensor, max_iter: int = 1000
 ) -> float:
     """Top-1 accuracy on the queries of a multinomial logistic regression fitted on the bank's
-    frozen features (standardized; scikit-learn's L-BFGS, L2 penalty C=1)."""
+    frozen ``features`` (N, D), as given (scikit-learn's L-BFGS, L2 penalty C=1)."""
     # lazy: scikit-learn takes about a second to import; only the linear probe needs it.
-    from sklearn import linear_model, pipeline, preprocessing
+    from sklearn import linear_model
 
     x, y = features.double().numpy(), labels.numpy()
     bank, query = ~is_query.numpy(), is_query.numpy()
-    model = pipeline.make_pipeline(
-        preprocessing.StandardScaler(), linear_model.LogisticRegression(max_iter=max_iter)
-    )
+    model = linear_model.LogisticRegression(max_iter=max_iter)
     model.fit(x[bank], y[bank])
     return float((model.predict(x[query]) == y[query]).mean())
 
 
 def raw_pixels(data: LabelledImages) -> torch.Tensor:
-    """The raw-pixel features (N, 3·S·S) of ``data``: flattened pixels standardized with the
-    bank's per-pixel mean and std, then L2-normalized (the kNN probe's cosine)."""
-    x = data.images.flatten(1).float()
-    bank = x[~data.is_query]
-    x = (x - bank.mean(0)) / (bank.std(0) + 1e-6)
-    return torch.nn.functional.normalize(x, dim=1)
+    """The raw-pixel features (N, 3·S·S) of ``data``: its images' pixels, flattened."""
+    return data.images.flatten(1).float()
 
 
 @dataclass(frozen=True)
@@ -153,10 +168,11 @@ class Scores:
 
 
 def score(features: torch.Tensor, data: LabelledImages, cfg: ProbeConfig) -> Scores:
-    """The probes ``cfg`` asks for (kNN, and linear when ``cfg.linear``) on L2-normalized
-    ``features`` (N, D) of ``data``'s images, as :func:`embed` and :func:`raw_pixels` give."""
-    knn = knn_accuracy(features, data.labels, data.is_query, cfg.k, cfg.temperature)
-    linear = linear_accuracy(features, data.labels, data.is_query) if cfg.linear else None
+    """The probes ``cfg`` asks for (kNN, and linear when ``cfg.linear``) on ``features``
+    (N, D) of ``data``'s images, under the protocol (:data:`PREPARATION`)."""
+    x = standardize(features, data.is_query)
+    knn = knn_accuracy(x, data.labels, data.is_query, cfg.k, cfg.temperature)
+    linear = linear_accuracy(x, data.labels, data.is_query) if cfg.linear else None
     return Scores(knn, linear)
 
 
@@ -166,6 +182,8 @@ class ProbeReport:
 
     protocol: str
     """``train/val`` or ``hash 80/20`` (see the module docstring)."""
+    preparation: str
+    """How every feature set was prepared for the probes (:data:`PREPARATION`)."""
     image_size: int
     """Side in pixels of the probed images."""
     bank: int
@@ -178,7 +196,7 @@ class ProbeReport:
     init: Scores | None
     """The same architecture at its random initialization (same seed), or None."""
     raw: Scores | None
-    """Raw pixels (``raw_pixels``), or None."""
+    """Raw pixels (:func:`raw_pixels`), or None."""
 
     def rows(self) -> list[tuple[str, Scores]]:
         named = [
@@ -214,6 +232,7 @@ def probe_report(
     modules with ``eval()`` and ``features(uint8 (N, 3, S, S)) -> (N, D)``."""
     return ProbeReport(
         data.protocol,
+        PREPARATION,
         int(data.images.shape[-1]),
         data.bank_size,
         data.query_size,
