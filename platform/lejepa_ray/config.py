@@ -353,10 +353,20 @@ class LoggingConfig:
     embeddings; higher is better) of the backbone features and the projector outputs of this
     many fixed images the run does not train on (``data.split=val`` when it trains on
     ``train``); logged as ``rankme/backbone`` and ``rankme/projector``. 0: off."""
+    rankme_every_report: bool = False
+    """RankMe at every report (each ``every_steps``), not only at checkpoints: what ASHA reads
+    when a sweep stops trials by RankMe (the sweep turns it on then). Costs one forward pass of
+    the ``rankme_samples`` images per report, logged as ``time/rankme_s``."""
 
     def __post_init__(self) -> None:
         check_field(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
         check_field(self.rankme_samples >= 0, "logging.rankme_samples", self.rankme_samples, ">= 0")
+        check_field(
+            self.rankme_samples > 0 or not self.rankme_every_report,
+            "logging.rankme_every_report",
+            self.rankme_every_report,
+            "false when logging.rankme_samples is 0 (no batch to compute RankMe on)",
+        )
         check_field(
             self.peak_tflops is None or self.peak_tflops > 0,
             "logging.peak_tflops",

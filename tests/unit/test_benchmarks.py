@@ -4,6 +4,7 @@ measure."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from benchmarks_helpers import BENCHMARKS, _load
@@ -132,3 +133,45 @@ def test_scale_plan_memory_is_what_docs_scaling_gives():
     assert gb(8, 64) == [3.70, 13.01, 17.02]
     # One GPU (the GPU check): AdamW's step, not the activations, sets the peak.
     assert round(plan.memory_gb(giant, 1, 16, fsdp=True)["total_checkpointed"], 1) == 37.3
+
+
+def test_asha_replay_stops_by_each_metric_as_tunes_asha_would():
+    replay = _load("asha_replay")
+    # Four trials in the order they ran; the score (lower is better) and RankMe (higher is
+    # better) disagree about d, the best by score and the worst by RankMe.
+    score = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 0.5}
+    rankme = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 0.5}
+    curves = {
+        t: {
+            "selection_score/smoothed": [(s, score[t]) for s in (2, 4, 6, 8)],
+            "rankme/backbone": [(s, rankme[t]) for s in (2, 4, 6, 8)],
+        }
+        for t in "abcd"
+    }
+    rows = {
+        t: {
+            "selection_score": str(score[t]),
+            "rankme_backbone": str(rankme[t]),
+            "knn_top1": str(0.9 + 0.01 * i),
+            "linear_top1": "",
+        }
+        for i, t in enumerate("abcd")
+    }
+    by_score = replay.stops(curves, "selection_score/smoothed", "min", 2, 2, 8)
+    # a runs alone; b and c are worse than the median at the first rung; d is better.
+    assert by_score == {"a": None, "b": 2, "c": 2, "d": None}
+    assert replay.stops(curves, "rankme/backbone", "max", 2, 2, 8) == {
+        "a": None,
+        "b": None,
+        "c": None,
+        "d": 2,
+    }
+    lines = {line["policy"]: line for line in replay.replay(curves, rows, 2, 2)}
+    fifo = lines["FIFO, select by rankme"]
+    assert (fifo["trial_steps"], fifo["finished"], fifo["winner"]) == (32, 4, "c")
+    old = lines["ASHA by score, select by rankme"]
+    assert (old["trial_steps"], old["winner"], old["winner_knn"]) == (20, "a", 0.9)
+    new = lines["ASHA by rankme, select by rankme"]
+    assert (new["trial_steps"], new["of_fifo"], new["winner"]) == (26, 26 / 32, "c")
+    assert math.isnan(new["winner_linear"])
+    assert lines["ASHA by score, select by score"]["winner"] == "d"

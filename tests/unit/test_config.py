@@ -87,6 +87,10 @@ def test_gigantic_config_is_what_the_issue_asks():
         (["scaling.resize_check_s=-1"], "scaling.resize_check_s=-1.0"),
         (["data.tasks_per_cpu=0"], "data.tasks_per_cpu=0 is invalid: expected an integer >= 1"),
         (["data.node_resource=CPU"], "data.node_resource='CPU' is invalid: expected None or"),
+        (
+            ["logging.rankme_samples=0", "logging.rankme_every_report=true"],
+            "false when logging.rankme_samples is 0",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

@@ -138,6 +138,26 @@ def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
     assert _scheduler(SweepOptions(space="x", grace_steps=5), base, ranged)._max_t == 80
 
 
+@pytest.mark.parametrize(
+    ("select_by", "metric", "mode", "every_report"),
+    [("rankme", "rankme/backbone", "max", True), ("score", METRIC, "min", False)],
+)
+def test_asha_stops_and_the_search_draws_by_the_select_by_metric(
+    tmp_path, select_by, metric, mode, every_report
+):
+    from lejepa_ray.tune.sweep import _tune_config
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("loss.lam:\n  loguniform: [0.01, 0.3]\n")
+    opts = SweepOptions(space=str(space_file), select_by=select_by, overrides=TINY)
+    base, space = check(opts)
+    # Tune refuses a report without the metric, so RankMe must then be in every report.
+    assert base.logging.rankme_every_report is every_report
+    tune_config = _tune_config(opts, base, space)
+    assert (tune_config.metric, tune_config.mode) == (metric, mode)
+    assert tune_config.scheduler._metric is None  # Tune hands it TuneConfig's metric and mode
+
+
 def _result(trial, step, score, loss, lam, error=None, probes=None, history=None, **extra):
     metrics = {
         "trial_id": trial,

@@ -260,16 +260,20 @@ class Reporter:
             )
 
     def _complete(self, step: int, metrics: dict[str, float], save: bool) -> dict[str, float]:
-        """``metrics`` plus the data epoch, epoch-boundary waits, RankMe (at save steps) and,
+        """``metrics`` plus the data epoch, epoch-boundary waits, RankMe (at save steps, or at
+        every report with ``logging.rankme_every_report``) and,
         on rank 0, skip counts; logged to TensorBoard there."""
         metrics = {**metrics, "data/epoch": self.cursor.epoch, "world_size": self.world_size}
         waits = self.cursor.boundary_waits  # epochs entered since the last report
         if waits:
             metrics["time/epoch_start_wait_s"] = max(w for _, w in waits)
             waits.clear()
-        if save and self.rankme_images is not None:  # every rank: FSDP2 gathers for it
+        rankme = save or self.job.cfg.logging.rankme_every_report
+        if rankme and self.rankme_images is not None:  # every rank: FSDP2 gathers for it
             encoder, bf16 = self.trainer.encoder, self.trainer.autocast
+            started = time.perf_counter()
             metrics.update(rankme_metrics(encoder, self.rankme_images, bf16=bf16))
+            metrics["time/rankme_s"] = time.perf_counter() - started
         if self.writer is not None:
             metrics.update(skip_metrics(self.job.counter))
             self.writer.log(step, metrics)

@@ -4,7 +4,7 @@ space, all before Ray starts (:func:`check`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -39,8 +39,8 @@ class SweepOptions:
     samples: int = 4
     """Trials drawn from the space (times the combinations of its ``grid`` keys)."""
     scheduler: str = "asha"
-    """``asha`` (early stopping on the selection score) or ``fifo`` (every trial runs all its
-    steps)."""
+    """``asha`` (early stopping by the ``select_by`` metric) or ``fifo`` (every trial runs all
+    its steps)."""
     search: str = "random"
     """``random`` (Tune's variant generator) or ``optuna`` (TPE; the ``optuna`` extra)."""
     concurrent: int = 1
@@ -56,7 +56,7 @@ class SweepOptions:
     """What ranks the trials and picks the winner: ``rankme`` (``rankme/backbone``, higher is
     better; the default, because it ranked our 12-trial digits sweep best, docs/sweeps.md) or
     ``score`` (``selection_score/smoothed`` = loss / λ^α, lower is better). ASHA stops trials
-    by the score either way: it is the one metric in every report."""
+    by it too, so with ``rankme`` every report computes RankMe (``logging.rankme_every_report``)."""
     plateau_tol: float = 0.05
     """A trial whose mean loss over its last ``loss.score_smoothing_steps`` steps is more than
     this fraction below that of the window before is flagged as still descending."""
@@ -118,6 +118,10 @@ def check(opts: SweepOptions) -> tuple[PretrainConfig, list[Dimension]]:
             "select_by=rankme needs RankMe at checkpoints, but logging.rankme_samples=0; "
             "drop that override or select by score."
         )
+    if opts.select_by == "rankme":
+        # Tune schedules (ASHA) and searches (Optuna) by what selects, and insists on finding
+        # it in every report.
+        base = replace(base, logging=replace(base.logging, rankme_every_report=True))
     space = load_space(opts.space)
     reserved = [d.key for d in space if d.key in _RESERVED]
     if reserved:

@@ -4,16 +4,17 @@ Label-free metrics of each trial (:data:`LABEL_FREE`, each with its direction):
 
 - ``selection_score/smoothed``: the training loss over λ^α, averaged over the last
   ``loss.score_smoothing_steps`` steps; lower is better (the LeJEPA paper finds it ranks runs as
-  their linear-probe accuracy does). ASHA compares trials on it at the rungs
-  ``grace, grace·r, grace·r², ...`` steps and stops those in the worse ``1 − 1/r``;
+  their linear-probe accuracy does);
 - ``loss/smoothed``, the raw loss; lower is better;
 - ``rankme/backbone`` and ``rankme/projector`` (:mod:`lejepa_ray.train.rankme`), the effective rank
   of the embeddings of a fixed held-out batch at the trial's last checkpoint; higher is better.
 
-``--select_by`` picks the one that ranks the trials and names the winner. Each trial also
-reports ``loss/rel_change``, the relative change of its mean loss over its last window against
-the window before; a trial whose loss still falls by more than ``plateau_tol`` is flagged as
-still descending, because ranking unconverged runs is not what the paper claims.
+``--select_by`` picks the one that ranks the trials and names the winner, and that ASHA
+compares trials on at the rungs ``grace, grace·r, grace·r², ...`` steps, stopping those in the
+worse ``1 − 1/r`` (RankMe is then computed at every report, ``logging.rankme_every_report``).
+Each trial also reports ``loss/rel_change``, the relative change of its mean loss over its last
+window against the window before; a trial whose loss still falls by more than ``plateau_tol``
+is flagged as still descending, because ranking unconverged runs is not what the paper claims.
 
 :func:`rank` turns Tune's results into rows (:class:`TrialRow`), best first.
 """
@@ -31,7 +32,7 @@ from lejepa_ray.config import PretrainConfig, with_overrides
 from lejepa_ray.tune.space import Dimension, overrides
 
 METRIC = "selection_score/smoothed"
-"""What ASHA early-stops trials by (mode: min); present in every report."""
+"""The selection score (lower is better); present in every report."""
 REL_CHANGE = "loss/rel_change"
 
 

@@ -43,7 +43,7 @@ from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluation.export import export
 from lejepa_ray.launch import driver, runtime
 from lejepa_ray.tune.options import SweepOptions, check, sweep_name
-from lejepa_ray.tune.ranking import METRIC, TrialRow, rank
+from lejepa_ray.tune.ranking import TrialRow, rank, selected
 from lejepa_ray.tune.report import cell, format_convergence, format_table, plot_png, results_csv
 from lejepa_ray.tune.space import Dimension, overrides, to_tune
 from lejepa_ray.tune.validation import (
@@ -251,19 +251,27 @@ def _new_tuner(
     name: str,
     root: str,
 ) -> tune.Tuner:
-    """A new Tune experiment ``root/name``: ``opts.samples`` draws from ``space``, scheduled
-    on the selection score (lower is better), the one metric in every report."""
+    """A new Tune experiment ``root/name`` (:func:`_tune_config`)."""
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="min",
-            num_samples=opts.samples,
-            scheduler=_scheduler(opts, base, space),
-            search_alg=_searcher(opts),
-        ),
+        tune_config=_tune_config(opts, base, space),
         run_config=tune.RunConfig(name=name, storage_path=root),
+    )
+
+
+def _tune_config(
+    opts: SweepOptions, base: PretrainConfig, space: list[Dimension]
+) -> tune.TuneConfig:
+    """``opts.samples`` draws from ``space``, scheduled (ASHA) and searched (Optuna) by the
+    ``select_by`` metric, which :func:`options.check` makes sure is in every report."""
+    by = selected(opts.select_by)
+    return tune.TuneConfig(
+        metric=by.metric,
+        mode="min" if by.lower_is_better else "max",
+        num_samples=opts.samples,
+        scheduler=_scheduler(opts, base, space),
+        search_alg=_searcher(opts),
     )
 
 
