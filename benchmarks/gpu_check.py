@@ -12,6 +12,9 @@ prints one line; the last line is one JSON object with every figure.
 - ``vit_l`` and ``vit_l_compiled``: LeJEPA steps of the ViT-L/14 recipe on one GPU (2 × 224 +
   8 × 96 views, bf16 autocast, 64 images): first-step time (compilation), steady step time,
   images/s, MFU, peak memory; without and with ``torch.compile``.
+- ``imagenette_vits``: LeJEPA steps of the Imagenette ViT-S/8 recipe (MINIMAL.md's: 4 × 128 px
+  views, 256 images, bf16 autocast): step time and images/s, from which docs/training.md gives
+  the recipe's wall time on one GPU.
 - ``gigantic_fsdp``: the ViT-gigantic/14 recipe under FSDP2 on a world of one (``fully_shard``,
   bf16 parameters with fp32 reduction, activation checkpointing): build on meta and
   materialize, steps at the recipe's 16 images per GPU, MFU, peak memory against
@@ -87,6 +90,8 @@ class Sizes:
     """Config overrides of the ViT-L recipe, by section."""
     gigantic: dict[str, dict[str, Any]]
     """Config overrides of the ViT-gigantic recipe, by section."""
+    imagenette: dict[str, dict[str, Any]]
+    """Config overrides of the Imagenette ViT-S/8 recipe, by section."""
     views_batch: int
     """Samples per batch of the device views."""
     stream_steps: int
@@ -100,12 +105,14 @@ GPU = Sizes(
     repeats=10,
     vit_l={"scaling": {"batch_size": 64}},
     gigantic={"scaling": {"batch_size": 16, "compile": False}},
+    imagenette={},  # the recipe as it is: 256 images of 4 × 128 px views
     views_batch=64,
     stream_steps=20,
     timeouts={
         "environment": 60,
         "sigreg": 90,
         "vit_l": 90,
+        "imagenette_vits": 90,
         "gigantic_fsdp": 150,
         "device_views": 60,
         "vit_l_compiled": 240,
@@ -135,6 +142,12 @@ DRY = Sizes(
         "views": _TOY_VIEWS,
         "loss": {"num_slices": 64},
         "scaling": {"batch_size": 4, "compile": False},
+    },
+    imagenette={
+        "model": _TOY_MODEL,
+        "views": {"global_size": 32},  # the recipe's 4 global views, no local ones, smaller
+        "loss": {"num_slices": 64},
+        "scaling": {"batch_size": 4},
     },
     views_batch=4,
     stream_steps=3,
@@ -228,6 +241,12 @@ def check_vit_l(sizes: Sizes, device: torch.device, compile: bool = False) -> tu
 
 def check_vit_l_compiled(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
     return check_vit_l(sizes, device, compile=True)
+
+
+def check_imagenette_vits(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
+    """Steps of the Imagenette ViT-S/8 recipe on one device (uncompiled, as it ships)."""
+    cfg = _recipe("imagenette_vit_small.yaml", sizes.imagenette, device)
+    return _steps(cfg, device, sizes)
 
 
 def check_gigantic_fsdp(sizes: Sizes, device: torch.device) -> tuple[dict, str]:
@@ -376,6 +395,7 @@ CHECKS: dict[str, Callable[[Sizes, torch.device], tuple[dict, str] | None]] = {
     "environment": check_environment,
     "sigreg": check_sigreg,
     "vit_l": check_vit_l,
+    "imagenette_vits": check_imagenette_vits,
     "gigantic_fsdp": check_gigantic_fsdp,
     "device_views": check_device_views,
     "vit_l_compiled": check_vit_l_compiled,
@@ -415,10 +435,12 @@ def _recipe(
     if compile:
         scaling["compile"] = True
     data = {k: v for k, v in raw.get("data", {}).items() if k not in ("path", "source", "views")}
+    views = {**raw.get("data", {}).get("views", {}), **overrides.get("views", {})}
+    views = {k: tuple(v) if isinstance(v, list) else v for k, v in views.items()}
     return PretrainConfig(
         name="gpu-check",
         model=ModelConfig(**section("model")),
-        data=DataConfig(**data, views=ViewConfig(**overrides.get("views", {}))),
+        data=DataConfig(**data, views=ViewConfig(**views)),
         loss=LossConfig(**section("loss")),
         optim=OptimConfig(**{**section("optim"), "warmup_steps": 0}),
         scaling=ScalingConfig(**scaling),

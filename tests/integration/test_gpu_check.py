@@ -36,7 +36,7 @@ def test_the_dry_run_runs_every_check():
     assert len(printed.splitlines()) == len(checks) + 2  # a header, a line each, the JSON
     assert checks["environment"]["device"] == "cpu"
     assert checks["sigreg"]["worst_rel_diff"] < 1e-4
-    for name in ("vit_l", "vit_l_compiled", "gigantic_fsdp"):
+    for name in ("vit_l", "vit_l_compiled", "imagenette_vits", "gigantic_fsdp"):
         assert checks[name]["images_per_s"] > 0 and checks[name]["tflop_per_image"] > 0, name
     assert checks["vit_l_compiled"]["compile"] and not checks["vit_l"]["compile"]
     giant = checks["gigantic_fsdp"]

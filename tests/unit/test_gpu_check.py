@@ -28,7 +28,11 @@ import runpy
 check = runpy.run_path(sys.argv_path, run_name="gpu_check")
 import torch
 cpu = torch.device("cpu")
-for recipe in ("imagenet1k_vit_large.yaml", "imagenet1k_vit_gigantic.yaml"):
+for recipe in (
+    "imagenet1k_vit_large.yaml",
+    "imagenet1k_vit_gigantic.yaml",
+    "imagenette_vit_small.yaml",
+):
     check["_recipe"](recipe, check["DRY"].gigantic, cpu)
 for name in ("sigreg", "scale_plan", "views"):
     __import__(name)
@@ -49,7 +53,11 @@ def test_the_gpu_path_imports_without_ray_or_omegaconf():
 
 def test_the_recipes_read_without_omegaconf_are_the_recipes():
     check = _load("gpu_check")
-    for name in ("imagenet1k_vit_large.yaml", "imagenet1k_vit_gigantic.yaml"):
+    for name in (
+        "imagenet1k_vit_large.yaml",
+        "imagenet1k_vit_gigantic.yaml",
+        "imagenette_vit_small.yaml",
+    ):
         ours = check._recipe(name, {}, torch.device("cuda"))
         theirs = load_config(ROOT / "jobs" / "configs" / name, ["scaling.num_workers=1"])
         for section in ("model", "loss"):
