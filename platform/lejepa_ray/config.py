@@ -32,6 +32,10 @@ STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+PROJECTOR_NORMS = ("batch", "layer", "none")
+"""``model.projector_norm`` choices (``model.encoder.NORMS`` builds them)."""
+
+
 @dataclass
 class ModelConfig:
     """The encoder (any timm backbone) and the projector the loss is computed on."""
@@ -47,7 +51,11 @@ class ModelConfig:
     """Output size of the projector: the embedding dimension SIGReg and the prediction loss
     see."""
     projector_layers: int = 3
-    """Linear layers in the projector (hidden ones are followed by BatchNorm and ReLU)."""
+    """Linear layers in the projector (hidden ones are followed by ``projector_norm`` and
+    ReLU)."""
+    projector_norm: str = "batch"
+    """The normalization after each hidden layer of the projector: ``batch`` (BatchNorm, the
+    LeJEPA recipe), ``layer`` (LayerNorm) or ``none``."""
     meta_init: bool = True
     """Under FSDP, create the parameters on the meta device and materialize only each rank's
     shards, so no process ever holds the whole model. Ignored under DDP."""
@@ -63,6 +71,12 @@ class ModelConfig:
             "model.projector_layers",
             self.projector_layers,
             ">= 1 (1 is a single linear map)",
+        )
+        check_field(
+            self.projector_norm in PROJECTOR_NORMS,
+            "model.projector_norm",
+            self.projector_norm,
+            f"one of {', '.join(PROJECTOR_NORMS)}",
         )
         for key in ("pretrained", "num_classes", "device"):
             check_field(

@@ -78,6 +78,16 @@ def test_projector_is_the_batchnorm_mlp():
     assert [m.out_features for m in linears] == [64, 64, 8]
 
 
+@pytest.mark.parametrize(("norm", "layer"), [("layer", "LayerNorm"), ("none", None)])
+def test_the_projectors_normalization_is_chosen_by_name(norm, layer):
+    cfg = ModelConfig(name="resnet10t", projector_hidden=32, projector_dim=8, projector_norm=norm)
+    encoder = LeJEPAEncoder(resolve(cfg, 32, None), cfg)
+    layers = [type(m).__name__ for m in encoder.projector]
+    assert "BatchNorm1d" not in layers and layers.count(layer) == (2 if layer else 0)
+    with pytest.raises(ConfigError, match="model.projector_norm='group' is invalid"):
+        ModelConfig(projector_norm="group")
+
+
 def test_projector_input_is_what_the_backbone_returns():
     # MobileNetV3's head convolution follows the pooling: num_features 960, output 1280.
     spec = resolve(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP
 
-from lejepa_ray.config import ConfigError, ModelConfig, PretrainConfig
+from lejepa_ray.config import PROJECTOR_NORMS, ConfigError, ModelConfig, PretrainConfig
 
 # Options tried in order; the first that accepts the global size and the local size wins.
 _SIZE_OPTIONS: tuple[dict[str, Any], ...] = (
@@ -28,6 +28,14 @@ _SIZE_OPTIONS: tuple[dict[str, Any], ...] = (
     {"dynamic_img_size": True, "dynamic_img_pad": True},
     {"strict_img_size": False},
 )
+
+NORMS: dict[str, type[nn.Module] | None] = {
+    "batch": nn.BatchNorm1d,
+    "layer": nn.LayerNorm,
+    "none": None,
+}
+"""What follows each hidden layer of the projector, by ``model.projector_norm``."""
+assert set(NORMS) == set(PROJECTOR_NORMS)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,8 +153,8 @@ class LeJEPAEncoder(nn.Module):
     ``forward(global_views, local_views)`` takes ``(B, V_g, 3, S_g, S_g)`` and
     ``(B, V_l, 3, S_l, S_l)`` uint8 tensors (``local_views`` may be None) and returns
     ``(V_g + V_l, B, projector_dim)`` float projections, global views first. Each resolution
-    goes through the backbone in one forward; the projector (with BatchNorm) sees all views
-    at once so its batch statistics cover every view.
+    goes through the backbone in one forward; the projector (with BatchNorm by default) sees
+    all views at once so its batch statistics cover every view.
     """
 
     # Buffers registered in __init__, declared for the type checker (nn.Module's __getattr__
@@ -165,7 +173,7 @@ class LeJEPAEncoder(nn.Module):
             self.projector = MLP(
                 spec.num_features,
                 [*hidden, cfg.projector_dim],
-                norm_layer=nn.BatchNorm1d,
+                norm_layer=NORMS[cfg.projector_norm],
                 activation_layer=nn.ReLU,
             )
         mean, std = pixel_normalization(self.backbone, device)
