@@ -84,7 +84,7 @@ def test_the_projectors_normalization_is_chosen_by_name(norm, layer):
     encoder = LeJEPAEncoder(resolve(cfg, 32, None), cfg)
     layers = [type(m).__name__ for m in encoder.projector]
     assert "BatchNorm1d" not in layers and layers.count(layer) == (2 if layer else 0)
-    with pytest.raises(ConfigError, match="model.projector_norm='group' is invalid"):
+    with pytest.raises(ConfigError, match=r"model\.projector_norm='group' is invalid"):
         ModelConfig(projector_norm="group")
 
 
