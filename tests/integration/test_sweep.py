@@ -105,6 +105,10 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
         "knn_top1",
         "linear_top1",
     ]
+    # ASHA stops by what selects (RankMe, the default): every report Tune got carries it.
+    for p in sweep.glob("_trial_*/result.json"):
+        reports = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        assert reports and all("rankme/backbone" in r and r["time/rankme_s"] > 0 for r in reports)
     assert (sweep / "plot.png").stat().st_size > 5000
     winner = json.loads((sweep / "winner" / "config.json").read_text())
     assert winner["architecture"] == "resnet10t" and winner["lejepa"]["step"] == 8
