@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +34,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from lejepa_ray.config import load_config
 from lejepa_ray.tune.options import SweepOptions
-from lejepa_ray.tune.ranking import SELECT_BY, selected
+from lejepa_ray.tune.ranking import METRIC, SELECT_BY, selected
 from lejepa_ray.tune.sweep import _scheduler
 
 Curve = list[tuple[int, float]]
@@ -98,8 +100,8 @@ def replay(
     policies: tuple[Policy, ...] = POLICIES,
 ) -> list[dict]:
     """One line per policy: trial-steps spent, trials finished, the winner and its probes."""
-    steps = max(s for c in curves.values() for s, _ in next(iter(c.values())))
-    fifo_steps = sum(max(s for s, _ in next(iter(c.values()))) for c in curves.values())
+    steps = max(_last_step(c) for c in curves.values())
+    fifo_steps = sum(_last_step(c) for c in curves.values())
     out = []
     for policy in policies:
         if policy.stop_by is None:
@@ -108,10 +110,7 @@ def replay(
             by = selected(policy.stop_by)
             mode = "min" if by.lower_is_better else "max"
             stopped = stops(curves, by.metric, mode, grace, rf, steps)
-        spent = sum(
-            at if at is not None else max(s for s, _ in next(iter(curves[t].values())))
-            for t, at in stopped.items()
-        )
+        spent = sum(at if at is not None else _last_step(curves[t]) for t, at in stopped.items())
         finished = [t for t, at in stopped.items() if at is None]
         best = winner(rows, finished, policy.select_by)
         out.append(
@@ -126,6 +125,11 @@ def replay(
             }
         )
     return out
+
+
+def _last_step(curve: dict[str, Curve]) -> int:
+    """The last step a trial reported (the score is in every report)."""
+    return max(step for step, _ in curve[METRIC])
 
 
 def _number(text: str | None) -> float:
@@ -154,8 +158,28 @@ def load(sweep_dir: Path) -> tuple[dict[str, dict[str, Curve]], dict[str, dict]]
                 f"trial {trial} logged no {missing[0]}; replay needs a sweep run with "
                 "--select_by rankme (RankMe at every report)."
             )
-        curves[trial] = {m: [(e.step, e.value) for e in events.Scalars(m)] for m in metrics}
+        timed = [t for t in ("time/rankme_s", "time/step_s") if t in have]
+        curves[trial] = {m: [(e.step, e.value) for e in events.Scalars(m)] for m in metrics + timed}
     return curves, rows
+
+
+def rankme_cost(curves: dict[str, dict[str, Curve]]) -> dict[str, float]:
+    """What computing RankMe at every report cost, from the trials' ``time/rankme_s`` and
+    ``time/step_s`` (medians over all reports): seconds per report, reports' spacing in steps,
+    and the share of a step's time it adds."""
+    rankme = [v for c in curves.values() for _, v in c.get("time/rankme_s", [])]
+    step = [v for c in curves.values() for _, v in c.get("time/step_s", [])]
+    steps = sorted({s for c in curves.values() for s, _ in c.get("time/rankme_s", [])})
+    if not rankme or not step or len(steps) < 2:
+        return {}
+    every = min(b - a for a, b in itertools.pairwise(steps))
+    per_report, step_s = statistics.median(rankme), statistics.median(step)
+    return {
+        "rankme_s_per_report": per_report,
+        "report_every_steps": every,
+        "step_s": step_s,
+        "rankme_share_of_step": per_report / every / step_s,
+    }
 
 
 def main() -> None:
@@ -165,7 +189,7 @@ def main() -> None:
     parser.add_argument("--reduction_factor", type=int, default=2)
     args = parser.parse_args()
     curves, rows = load(args.sweep_dir)
-    steps = max(s for c in curves.values() for s, _ in next(iter(c.values())))
+    steps = max(_last_step(c) for c in curves.values())
     grace = args.grace_steps or max(1, steps // 4)  # the sweep's default
     lines = replay(curves, rows, grace, args.reduction_factor)
     best_knn = max(_number(r.get("knn_top1")) for r in rows.values())
@@ -182,7 +206,14 @@ def main() -> None:
             f"{line['finished']:>10}  {line['winner']} "
             f"({line['winner_knn']:.3f}/{line['winner_linear']:.3f})"
         )
-    print(json.dumps(lines))
+    cost = rankme_cost(curves)
+    if cost:
+        print(
+            f"RankMe at every report: {cost['rankme_s_per_report']:.3f} s per report, one report "
+            f"every {cost['report_every_steps']} steps of {cost['step_s']:.3f} s: "
+            f"{cost['rankme_share_of_step']:.1%} of the training time"
+        )
+    print(json.dumps({"policies": lines, "rankme_cost": cost}))
 
 
 if __name__ == "__main__":

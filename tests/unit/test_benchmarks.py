@@ -175,3 +175,10 @@ def test_asha_replay_stops_by_each_metric_as_tunes_asha_would():
     assert (new["trial_steps"], new["of_fifo"], new["winner"]) == (26, 26 / 32, "c")
     assert math.isnan(new["winner_linear"])
     assert lines["ASHA by score, select by score"]["winner"] == "d"
+    timed = {
+        t: {**c, "time/rankme_s": [(s, 0.3) for s in (2, 4, 6, 8)], "time/step_s": [(2, 0.5)]}
+        for t, c in curves.items()
+    }
+    cost = replay.rankme_cost(timed)
+    assert cost["report_every_steps"] == 2 and cost["rankme_share_of_step"] == 0.3 / 2 / 0.5
+    assert replay.rankme_cost(curves) == {}
