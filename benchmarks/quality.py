@@ -3,7 +3,8 @@
 For each seed, one whole ``lejepa-ray pretrain`` run (the embedded Ray instance, the Ray Data
 stream, Ray Train workers, the final checkpoint), then the run's own probes: linear and kNN
 top-1 on images it never trained on, for the trained backbone, the same backbone at random
-initialization, and raw pixels at the same size (standardized; same probes, same split).
+initialization, and raw pixels at the same size, all three under one protocol (standardized
+with the bank's statistics; same probes, same split: ``evaluation.probe.PREPARATION``).
 
 The held-out split: the config runs on ``data.split=train`` (set here unless an override says
 otherwise) and the probes are fitted on it and scored on ``data.split=val``, a fixed 20% of the
