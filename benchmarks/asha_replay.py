@@ -158,6 +158,12 @@ def load(sweep_dir: Path) -> tuple[dict[str, dict[str, Curve]], dict[str, dict]]
                 f"trial {trial} logged no {missing[0]}; replay needs a sweep run with "
                 "--select_by rankme (RankMe at every report)."
             )
+        at = {m: [e.step for e in events.Scalars(m)] for m in metrics}
+        if len(set(map(tuple, at.values()))) > 1:
+            raise SystemExit(
+                f"trial {trial} logged RankMe at other steps than the score (at checkpoints "
+                "only?); replay needs a sweep run with --select_by rankme (RankMe at every report)."
+            )
         timed = [t for t in ("time/rankme_s", "time/step_s") if t in have]
         curves[trial] = {m: [(e.step, e.value) for e in events.Scalars(m)] for m in metrics + timed}
     return curves, rows
@@ -165,14 +171,16 @@ def load(sweep_dir: Path) -> tuple[dict[str, dict[str, Curve]], dict[str, dict]]
 
 def rankme_cost(curves: dict[str, dict[str, Curve]]) -> dict[str, float]:
     """What computing RankMe at every report cost, from the trials' ``time/rankme_s`` and
-    ``time/step_s`` (medians over all reports): seconds per report, reports' spacing in steps,
-    and the share of a step's time it adds."""
+    ``time/step_s`` (medians over all reports): seconds per report, the reports' usual spacing
+    in steps, and RankMe's share of the training time (``time/step_s`` of a window already
+    includes the RankMe of the report before it)."""
     rankme = [v for c in curves.values() for _, v in c.get("time/rankme_s", [])]
     step = [v for c in curves.values() for _, v in c.get("time/step_s", [])]
     steps = sorted({s for c in curves.values() for s, _ in c.get("time/rankme_s", [])})
     if not rankme or not step or len(steps) < 2:
         return {}
-    every = min(b - a for a, b in itertools.pairwise(steps))
+    # The usual spacing (logging.every_steps); a last step off the grid makes one gap shorter.
+    every = statistics.mode(b - a for a, b in itertools.pairwise(steps))
     per_report, step_s = statistics.median(rankme), statistics.median(step)
     return {
         "rankme_s_per_report": per_report,

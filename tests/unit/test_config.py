@@ -61,6 +61,31 @@ def load_config_text(text: str, tmp: Path) -> PretrainConfig:
         Path(f.name).unlink()
 
 
+def test_the_imagenette_recipe_is_minimal_mds():
+    # github.com/rbalestr-lab/lejepa MINIMAL.md: `+lamb=0.02 +V=4 +proj_dim=16 +lr=2e-3 +bs=256
+    # +epochs=800`, ViT-S/8 at 128 px, 9,469 // 256 = 36 steps an epoch, cosine to 1e-3.
+    cfg = load_config(CONFIGS / "imagenette_vit_small.yaml")
+    m, v, o = cfg.model, cfg.data.views, cfg.optim
+    assert m.name == "vit_small_patch8_224" and m.model_args["img_size"] == 128
+    assert (m.projector_hidden, m.projector_layers, m.projector_dim) == (2048, 3, 16)
+    assert (v.global_views, v.global_size, v.global_scale, v.local_views) == (4, 128, (0.08, 1), 0)
+    assert (v.jitter, v.jitter_p, v.grayscale_p, v.solarize_p) == (
+        (0.8, 0.8, 0.8, 0.2),
+        0.8,
+        0.2,
+        0.2,
+    )
+    assert (cfg.loss.lam, cfg.loss.num_slices, cfg.loss.num_knots, cfg.loss.t_max) == (
+        0.02,
+        256,
+        17,
+        3.0,
+    )
+    assert cfg.scaling.global_batch == 256 and o.lr == 2e-3 and o.lr_reference_batch == 256
+    assert (o.steps, o.warmup_steps) == (800 * (9469 // 256), 9469 // 256)
+    assert o.lr * o.min_lr_ratio == 1e-3 and o.grad_clip == 0 and o.weight_decay == 0.05
+
+
 def test_gigantic_config_is_what_the_issue_asks():
     cfg = load_config(CONFIGS / "imagenet1k_vit_gigantic.yaml")
     assert cfg.model.name == "vit_gigantic_patch14_224"

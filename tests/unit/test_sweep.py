@@ -75,7 +75,7 @@ LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"
         (
             LAMBDA,
             {"overrides": ["logging.rankme_samples=0"], "select_by": "rankme"},
-            "select_by=rankme needs RankMe at checkpoints",
+            "select_by=rankme needs RankMe at every report",
         ),
         (
             LAMBDA,
@@ -156,6 +156,34 @@ def test_asha_stops_and_the_search_draws_by_the_select_by_metric(
     tune_config = _tune_config(opts, base, space)
     assert (tune_config.metric, tune_config.mode) == (metric, mode)
     assert tune_config.scheduler._metric is None  # Tune hands it TuneConfig's metric and mode
+
+
+def test_asha_never_stops_a_trial_on_its_last_step(tmp_path):
+    from types import SimpleNamespace as Trial
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from lejepa_ray.config import load_config
+    from lejepa_ray.tune.sweep import _scheduler
+
+    # 8 steps, grace 2, r = 2: rungs at 2, 4 and 8, the last one on the trial's final step.
+    base = load_config(QUICKSTART, TINY)
+    asha = _scheduler(SweepOptions(space="x", grace_steps=2), base, [])
+    asha.set_search_properties(METRIC, "min")
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [8, 4, 2]
+    good, bad = Trial(trial_id="good"), Trial(trial_id="bad")
+    for trial in (good, bad):
+        asha.on_trial_add(None, trial)
+    for step in (2, 4, 8):
+        assert asha.on_trial_result(None, good, {"step": step, METRIC: 1.0}) == "CONTINUE"
+    # bad ties good at the first rungs, then is worse at the last: recorded, not stopped.
+    for step in (2, 4):
+        assert asha.on_trial_result(None, bad, {"step": step, METRIC: 1.0}) == "CONTINUE"
+    assert asha.on_trial_result(None, bad, {"step": 8, METRIC: 5.0}) == TrialScheduler.CONTINUE
+    assert asha._brackets[0]._rungs[0][1] == {"good": -1.0, "bad": -5.0}
+    worse = Trial(trial_id="worse")
+    asha.on_trial_add(None, worse)
+    assert asha.on_trial_result(None, worse, {"step": 2, METRIC: 9.0}) == TrialScheduler.STOP
 
 
 def _result(trial, step, score, loss, lam, error=None, probes=None, history=None, **extra):

@@ -115,8 +115,8 @@ def check(opts: SweepOptions) -> tuple[PretrainConfig, list[Dimension]]:
     base = resolve_config(opts.config, given)
     if opts.select_by == "rankme" and not base.logging.rankme_samples:
         raise ConfigError(
-            "select_by=rankme needs RankMe at checkpoints, but logging.rankme_samples=0; "
-            "drop that override or select by score."
+            "select_by=rankme needs RankMe at every report, but logging.rankme_samples=0 "
+            "leaves it no images; drop that override or select by score."
         )
     if opts.select_by == "rankme":
         # Tune schedules (ASHA) and searches (Optuna) by what selects, and insists on finding

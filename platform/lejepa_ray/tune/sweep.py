@@ -31,7 +31,7 @@ from typing import Any
 from ray import tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -200,6 +200,8 @@ def _spec(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]) -> d
         "config": to_yaml(base),
         "samples": opts.samples,
         "scheduler": opts.scheduler,
+        # What ASHA stops by and the search draws by; a restored Tuner keeps the first one's.
+        "select_by": opts.select_by,
         "search": opts.search,
         "seed": opts.search_seed,
     }
@@ -307,6 +309,22 @@ def _max_steps(base: PretrainConfig, space: list[Dimension]) -> int:
     return max(int(v) for v in dim.corners()) if dim else base.optim.steps
 
 
+class _FinishingASHA(ASHAScheduler):
+    """Tune's ASHA, except that a trial's report of its last step is never answered with STOP.
+
+    ``stop_last_trials=False`` only keeps ASHA from stopping every trial at ``max_t``; when
+    ``grace · r^k`` lands on ``max_t`` (a quarter of the steps, r = 2: rungs at 1/4, 1/2 and
+    all of them) there is a rung there too, and the worse trials would be stopped on their
+    final report, before their trial function probes the last checkpoint. The rung still
+    records the trial's value."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if result.get(self._time_attr, 0) >= self._max_t:
+            return TrialScheduler.CONTINUE
+        return action
+
+
 def _scheduler(
     opts: SweepOptions, base: PretrainConfig, space: list[Dimension]
 ) -> ASHAScheduler | FIFOScheduler:
@@ -316,7 +334,7 @@ def _scheduler(
     grace = min(opts.grace_steps or max(1, steps // 4), steps)
     # A trial that reaches its last step ends by returning, not by being stopped: its final
     # checkpoint (and probe) must complete.
-    return ASHAScheduler(
+    return _FinishingASHA(
         time_attr="step",
         max_t=steps,
         grace_period=grace,
