@@ -11,6 +11,7 @@ path, and everything below this layer, never needs it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ def registered(run_dir: str) -> list[tuple[Folder, dict]]:
                 result = Result.from_path(run_dir)
             break
         except snapshot_read_error() as e:
+            if not isinstance(e.__cause__, json.JSONDecodeError):
+                raise  # a snapshot of another Ray version, or of deleted checkpoints: Ray says
             if attempt == SNAPSHOT_READS - 1:
                 raise CheckpointError(
                     f"the checkpoint list Ray Train keeps in {run_dir} does not parse ({e}). "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -29,6 +30,16 @@ def test_a_snapshot_that_never_parses_is_a_checkpoint_error_after_every_read(tmp
     assert len(waits) == runs.SNAPSHOT_READS - 1
 
 
+def test_a_snapshot_that_parses_but_is_refused_is_not_read_again(tmp_path, monkeypatch):
+    # Ray refuses, e.g., a snapshot of another Ray version: not a half-written file.
+    (tmp_path / SNAPSHOT).write_text('{"ray_version": "0.0.1", "checkpoint_results": []}')
+    waits: list[float] = []
+    monkeypatch.setattr(runs.time, "sleep", waits.append)
+    with pytest.raises(snapshot_read_error()):
+        runs.registered(str(tmp_path))
+    assert waits == []
+
+
 def test_a_snapshot_caught_half_written_is_read_again(tmp_path, monkeypatch):
     from ray.train import Result
 
@@ -37,7 +48,10 @@ def test_a_snapshot_caught_half_written_is_read_again(tmp_path, monkeypatch):
     def from_path(path: str):
         reads.append(path)
         if len(reads) == 1:
-            raise snapshot_read_error()("Expecting ',' delimiter")
+            try:
+                json.loads('{"a": 1 "b"}')
+            except json.JSONDecodeError as e:
+                raise snapshot_read_error()("Expecting ',' delimiter") from e
         return types.SimpleNamespace(best_checkpoints=[], checkpoint=None)
 
     monkeypatch.setattr(Result, "from_path", staticmethod(from_path))
