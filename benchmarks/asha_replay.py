@@ -108,8 +108,7 @@ def replay(
             stopped: dict[str, int | None] = dict.fromkeys(curves)
         else:
             by = selected(policy.stop_by)
-            mode = "min" if by.lower_is_better else "max"
-            stopped = stops(curves, by.metric, mode, grace, rf, steps)
+            stopped = stops(curves, by.metric, by.mode, grace, rf, steps)
         spent = sum(at if at is not None else _last_step(curves[t]) for t, at in stopped.items())
         finished = [t for t, at in stopped.items() if at is None]
         best = winner(rows, finished, policy.select_by)

@@ -52,6 +52,11 @@ class LabelFree:
         """``lower`` or ``higher``: which way is better."""
         return "lower" if self.lower_is_better else "higher"
 
+    @property
+    def mode(self) -> str:
+        """``min`` or ``max``: the mode Ray Tune's schedulers and searchers take for it."""
+        return "min" if self.lower_is_better else "max"
+
 
 LABEL_FREE = (
     LabelFree(column="selection_score", metric=METRIC, lower_is_better=True, label="loss / λ^α"),

@@ -270,7 +270,7 @@ def _tune_config(
     by = selected(opts.select_by)
     return tune.TuneConfig(
         metric=by.metric,
-        mode="min" if by.lower_is_better else "max",
+        mode=by.mode,
         num_samples=opts.samples,
         scheduler=_scheduler(opts, base, space),
         search_alg=_searcher(opts),
