@@ -186,6 +186,37 @@ def test_asha_never_stops_a_trial_on_its_last_step(tmp_path):
     assert asha.on_trial_result(None, worse, {"step": 2, METRIC: 9.0}) == TrialScheduler.STOP
 
 
+def test_asha_never_stops_a_shorter_trial_on_its_own_last_step():
+    from types import SimpleNamespace as Trial
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from lejepa_ray.config import load_config
+    from lejepa_ray.tune.sweep import _scheduler
+
+    # optim.steps sampled in [4, 8]: max_t 8, grace 2, rungs at 2, 4 and 8. A 4-step trial
+    # worse than the others at the rung on step 4 ends there anyway: recorded, not stopped.
+    base = load_config(QUICKSTART, TINY)
+    space = [Dimension("optim.steps", "choice", (4, 8))]
+    asha = _scheduler(SweepOptions(space="x", grace_steps=2), base, space)
+    asha.set_search_properties(METRIC, "min")
+    long, short = (
+        Trial(trial_id="long", config={"optim.steps": 8}),
+        Trial(trial_id="short", config={"optim.steps": 4}),
+    )
+    for trial in (long, short):
+        asha.on_trial_add(None, trial)
+    for step in (2, 4):
+        assert asha.on_trial_result(None, long, {"step": step, METRIC: 1.0}) == "CONTINUE"
+    assert asha.on_trial_result(None, short, {"step": 2, METRIC: 1.0}) == "CONTINUE"
+    assert asha.on_trial_result(None, short, {"step": 4, METRIC: 5.0}) == TrialScheduler.CONTINUE
+    # The same report from an 8-step trial is stopped: step 4 is not its last.
+    mid = Trial(trial_id="mid", config={"optim.steps": 8})
+    asha.on_trial_add(None, mid)
+    assert asha.on_trial_result(None, mid, {"step": 2, METRIC: 1.0}) == "CONTINUE"
+    assert asha.on_trial_result(None, mid, {"step": 4, METRIC: 9.0}) == TrialScheduler.STOP
+
+
 def _result(trial, step, score, loss, lam, error=None, probes=None, history=None, **extra):
     metrics = {
         "trial_id": trial,

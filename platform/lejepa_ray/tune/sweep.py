@@ -316,11 +316,14 @@ class _FinishingASHA(ASHAScheduler):
     ``grace · r^k`` lands on ``max_t`` (a quarter of the steps, r = 2: rungs at 1/4, 1/2 and
     all of them) there is a rung there too, and the worse trials would be stopped on their
     final report, before their trial function probes the last checkpoint. The rung still
-    records the trial's value."""
+    records the trial's value. The last step is the trial's own ``optim.steps`` when the space
+    samples it (a shorter trial ends before ``max_t``), else ``max_t``."""
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if result.get(self._time_attr, 0) >= self._max_t:
+        config = getattr(trial, "config", None) or {}
+        last = min(int(config.get("optim.steps", self._max_t)), self._max_t)
+        if result.get(self._time_attr, 0) >= last:
             return TrialScheduler.CONTINUE
         return action
 
