@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
 import torch
 
 from lejepa_ray.config import ModelConfig, OptimConfig
+from lejepa_ray.errors import ConfigError
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
 from lejepa_ray.train.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -48,3 +50,32 @@ def test_weight_decay_skips_biases_norms_and_tokens():
     assert "backbone.cls_token" not in decayed_names
     assert not any(n.endswith(".bias") or "norm" in n for n in decayed_names)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+
+
+def test_every_adamw_implementation_takes_the_same_steps():
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16))
+    trained = {}
+    for name in ("fused", "foreach", "for-loop"):
+        model = copy.deepcopy(reference)
+        opt = build_optimizer(
+            model, OptimConfig(steps=10, warmup_steps=1, implementation=name), 1e-2
+        )
+        assert opt.defaults["fused"] is (True if name == "fused" else None)
+        assert opt.defaults["foreach"] is (True if name == "foreach" else None)
+        for step in range(3):
+            opt.zero_grad()
+            model(
+                torch.randn(4, 8, generator=torch.Generator().manual_seed(step))
+            ).square().sum().backward()
+            opt.step()
+        trained[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    moved = (trained["for-loop"] - torch.cat([p.flatten() for p in reference.parameters()])).abs()
+    assert moved.max() > 1e-3  # the steps did move the weights
+    torch.testing.assert_close(trained["fused"], trained["for-loop"])
+    torch.testing.assert_close(trained["foreach"], trained["for-loop"])
+
+
+def test_an_unknown_adamw_implementation_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match=r"optim\.implementation.*fused, foreach, for-loop"):
+        OptimConfig(implementation="apex")

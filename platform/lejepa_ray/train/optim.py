@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lejepa_ray.config import OptimConfig
+from lejepa_ray.config import ADAMW_IMPLEMENTATIONS, OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
@@ -25,7 +25,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
             skip.update(f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay())
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
     beta1, beta2 = cfg.betas
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2))
+    kernels = ADAMW_IMPLEMENTATIONS[cfg.implementation]
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), **kernels)
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
