@@ -182,3 +182,23 @@ def test_asha_replay_stops_by_each_metric_as_tunes_asha_would():
     cost = replay.rankme_cost(timed)
     assert cost["report_every_steps"] == 2 and cost["rankme_share_of_step"] == 0.3 / 2 / 0.5
     assert replay.rankme_cost(curves) == {}
+
+
+def test_leave_one_out_knn_never_counts_an_image_as_its_own_neighbour():
+    import torch
+
+    loo = _load("knn_loo")
+    # Two tight clusters of 25, labels 0 and 1, and one point of label 1 inside cluster 0.
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(25, 4, generator=g) * 0.01 + torch.tensor([5.0, 0, 0, 0])
+    b = torch.randn(25, 4, generator=g) * 0.01 + torch.tensor([0, 5.0, 0, 0])
+    stray = a[:1] + 0.001
+    features = torch.cat([a, b, stray])
+    labels = torch.tensor([0] * 25 + [1] * 25 + [1])
+    # Its 20 neighbours are all cluster 0's. With k = 1 the stray and a[0] (whose nearest is
+    # the stray) are both wrong; counting each image as its own neighbour would give 0.
+    assert loo.loo_errors(features, labels) == 1
+    assert loo.loo_errors(features, labels, k=1) == 2
+    assert loo.loo_errors(features[:50], labels[:50]) == 0
+    # k larger than the set: every other image votes.
+    assert loo.loo_errors(features[:50], labels[:50], k=500) == 0
