@@ -74,7 +74,9 @@ def stops(
     asha.set_search_properties(metric, mode)
     stopped: dict[str, int | None] = {}
     for trial_id, by_metric in curves.items():
-        trial = SimpleNamespace(trial_id=trial_id)
+        # Its own last step: ASHA lets a trial finish there (sweep._FinishingASHA).
+        last = max(step for step, _ in by_metric[metric])
+        trial = SimpleNamespace(trial_id=trial_id, config={"optim.steps": last})
         asha.on_trial_add(None, trial)
         stopped[trial_id] = None
         for step, value in by_metric[metric]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
@@ -56,13 +55,14 @@ def main(argv: list[str] | None = None) -> dict:
         if data is not None and data.images.shape[-1] != size:
             raise SystemExit(f"{run} was trained at {size} px, the runs before it at another size")
         if data is None:
-            data = load_labelled(data_from_arg(args.data), size, args.max_images)
+            # Generated sources (digits) render at the run's size, as the probes draw them.
+            data = load_labelled(data_from_arg(args.data, size), size, args.max_images)
             out["queries"] = n = len(data.labels)
             out["errors"]["raw pixels"] = loo_errors(raw_pixels(data), data.labels)
         with torch.no_grad():
-            out["errors"][Path(run).name] = loo_errors(embed(encoder, data.images), data.labels)
+            out["errors"][run] = loo_errors(embed(encoder, data.images), data.labels)
     for name, errors in out["errors"].items():
-        print(f"{name:28s} {errors:4d} errors of {n}: top-1 {1 - errors / n:.4f}")
+        print(f"{name:40s} {errors:4d} errors of {n}: top-1 {1 - errors / n:.4f}")
     print(json.dumps(out))
     return out
 

@@ -89,8 +89,9 @@ def memory_gb(g: Geometry, n: int, batch: int, fsdp: bool) -> dict[str, float]:
     (2 bytes × 9 d), and the MLP's hidden layer before and after GELU (2 bytes × 2 × ratio ×
     d); flash attention keeps no t × t scores. Checkpointing keeps each block's input (2 d
     bytes a token) and recomputes one block at a time. The optimizer step comes after the
-    activations are freed, and AdamW's foreach kernels take one more fp32 copy of the local
-    parameters while it runs: the peak is the larger of the two."""
+    activations are freed; it is counted as one more fp32 copy of the local parameters, what
+    AdamW's ``foreach`` kernels allocate while they run (the default ``fused`` updates in place,
+    so for it this is an upper bound): the peak is the larger of the two."""
     states = 16 * g.params / (n if fsdp else 1)
     gathered = g.block_params * (2 * 2 + 4) if fsdp else 0
     per_token_block = (18 + 4 * g.mlp_ratio) * g.d
@@ -220,7 +221,7 @@ def _print_memory(gb: dict[str, float], n: int, fsdp: bool) -> None:
         f"  activations, block checkpointing: {gb['activations_checkpointed']:7.2f}  -> total "
         f"{gb['total_checkpointed']:6.1f}"
     )
-    print(f"  AdamW's step, after backward (one fp32 copy):  {gb['optimizer_step']:7.2f}")
+    print(f"  AdamW's step after backward (at most, foreach's copy): {gb['optimizer_step']:7.2f}")
     print("  (plus the CUDA context, cuBLAS/NCCL workspaces and allocator slack: a few GB)")
 
 

@@ -184,21 +184,22 @@ def test_asha_replay_stops_by_each_metric_as_tunes_asha_would():
     assert replay.rankme_cost(curves) == {}
 
 
-def test_leave_one_out_knn_never_counts_an_image_as_its_own_neighbour():
+def test_leave_one_out_knn_is_the_kNN_probe_with_each_image_once_the_query():
     import torch
 
+    from lejepa_ray.evaluation.probe import knn_accuracy, standardize
+
     loo = _load("knn_loo")
-    # Two tight clusters of 25, labels 0 and 1, and one point of label 1 inside cluster 0.
+    # Three overlapping classes in 5-D, so that some images are misclassified.
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(25, 4, generator=g) * 0.01 + torch.tensor([5.0, 0, 0, 0])
-    b = torch.randn(25, 4, generator=g) * 0.01 + torch.tensor([0, 5.0, 0, 0])
-    stray = a[:1] + 0.001
-    features = torch.cat([a, b, stray])
-    labels = torch.tensor([0] * 25 + [1] * 25 + [1])
-    # Its 20 neighbours are all cluster 0's. With k = 1 the stray and a[0] (whose nearest is
-    # the stray) are both wrong; counting each image as its own neighbour would give 0.
-    assert loo.loo_errors(features, labels) == 1
-    assert loo.loo_errors(features, labels, k=1) == 2
-    assert loo.loo_errors(features[:50], labels[:50]) == 0
-    # k larger than the set: every other image votes.
-    assert loo.loo_errors(features[:50], labels[:50], k=500) == 0
+    labels = torch.arange(60) % 3
+    features = torch.randn(60, 5, generator=g) + 1.5 * torch.nn.functional.one_hot(labels, 5)
+    everyone = torch.zeros(60, dtype=torch.bool)
+    x = standardize(features, everyone)
+    for k in (1, 20, 500):
+        # The probe itself, 60 times: image i the only query, the 59 others the bank.
+        wrong = [1 - knn_accuracy(x, labels, torch.arange(60) == i, k) for i in range(60)]
+        assert loo.loo_errors(features, labels, k=k) == round(sum(wrong))
+    assert 0 < loo.loo_errors(features, labels) < 30
+    # An image is never its own neighbour: with k = 1 it would always be right.
+    assert loo.loo_errors(features, labels, k=1) > 0
