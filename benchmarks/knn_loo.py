@@ -21,19 +21,20 @@ import json
 import torch
 
 
-def loo_errors(features: torch.Tensor, labels: torch.Tensor, k: int = 20, t: float = 0.07) -> int:
+def loo_errors(features: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> int:
     """Misclassified images when each row of ``features`` (N, D) votes among its ``k`` nearest
-    other rows, by the kNN probe's protocol; ``labels`` (N,) int64."""
-    from lejepa_ray.evaluation.probe import standardize
+    other rows (default: the probe's), by the kNN probe's protocol; ``labels`` (N,) int64."""
+    from lejepa_ray.config import ProbeConfig
+    from lejepa_ray.evaluation.probe import knn_vote, standardize
 
+    probe = ProbeConfig()
     everyone = torch.zeros(len(features), dtype=torch.bool)  # no query: all rows are the bank
     x = torch.nn.functional.normalize(standardize(features, everyone), dim=1)
     sims = x @ x.T
     sims.fill_diagonal_(-2.0)  # below any cosine: an image is never its own neighbour
-    top, idx = sims.topk(min(k, len(x) - 1), dim=1)
-    votes = torch.zeros(len(x), int(labels.max()) + 1)
-    votes.scatter_add_(1, labels[idx], (top / t).exp())
-    return int((votes.argmax(1) != labels).sum())
+    k = min(k or probe.k, len(x) - 1)  # the diagonal is never among the k
+    predicted = knn_vote(sims, labels, int(labels.max()) + 1, k, probe.temperature)
+    return int((predicted != labels).sum())
 
 
 def main(argv: list[str] | None = None) -> dict:

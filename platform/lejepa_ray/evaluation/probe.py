@@ -119,6 +119,18 @@ def standardize(features: torch.Tensor, is_query: torch.Tensor) -> torch.Tensor:
     return (features.float() - mean.float()) / std.float()
 
 
+def knn_vote(
+    sims: torch.Tensor, bank_labels: torch.Tensor, classes: int, k: int, temperature: float
+) -> torch.Tensor:
+    """Predicted classes (Q,) of queries whose cosine similarities to the bank are ``sims``
+    (Q, B): the ``k`` most similar bank images vote for their ``bank_labels`` (B,), each with
+    weight exp(sim / ``temperature``)."""
+    top, idx = sims.topk(min(k, sims.shape[1]), dim=1)
+    votes = torch.zeros(len(sims), classes)
+    votes.scatter_add_(1, bank_labels[idx], (top / temperature).exp())
+    return votes.argmax(1)
+
+
 def knn_accuracy(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -131,11 +143,8 @@ def knn_accuracy(
     features = torch.nn.functional.normalize(features, dim=1)
     bank, bank_labels = features[~is_query], labels[~is_query]
     queries, truth = features[is_query], labels[is_query]
-    k = min(k, len(bank))
-    sims, idx = (queries @ bank.T).topk(k, dim=1)
-    votes = torch.zeros(len(queries), int(labels.max()) + 1)
-    votes.scatter_add_(1, bank_labels[idx], (sims / temperature).exp())
-    return float((votes.argmax(1) == truth).float().mean())
+    predicted = knn_vote(queries @ bank.T, bank_labels, int(labels.max()) + 1, k, temperature)
+    return float((predicted == truth).float().mean())
 
 
 def linear_accuracy(
