@@ -75,8 +75,7 @@ def stops(
     stopped: dict[str, int | None] = {}
     for trial_id, by_metric in curves.items():
         # Its own last step: ASHA lets a trial finish there (sweep._FinishingASHA).
-        last = max(step for step, _ in by_metric[metric])
-        trial = SimpleNamespace(trial_id=trial_id, config={"optim.steps": last})
+        trial = SimpleNamespace(trial_id=trial_id, config={"optim.steps": _last_step(by_metric)})
         asha.on_trial_add(None, trial)
         stopped[trial_id] = None
         for step, value in by_metric[metric]:

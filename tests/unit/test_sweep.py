@@ -171,7 +171,7 @@ def test_asha_never_stops_a_trial_on_its_last_step(tmp_path):
     asha = _scheduler(SweepOptions(space="x", grace_steps=2), base, [])
     asha.set_search_properties(METRIC, "min")
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [8, 4, 2]
-    good, bad = Trial(trial_id="good"), Trial(trial_id="bad")
+    good, bad = Trial(trial_id="good", config={}), Trial(trial_id="bad", config={})
     for trial in (good, bad):
         asha.on_trial_add(None, trial)
     for step in (2, 4, 8):
@@ -181,7 +181,7 @@ def test_asha_never_stops_a_trial_on_its_last_step(tmp_path):
         assert asha.on_trial_result(None, bad, {"step": step, METRIC: 1.0}) == "CONTINUE"
     assert asha.on_trial_result(None, bad, {"step": 8, METRIC: 5.0}) == TrialScheduler.CONTINUE
     assert asha._brackets[0]._rungs[0][1] == {"good": -1.0, "bad": -5.0}
-    worse = Trial(trial_id="worse")
+    worse = Trial(trial_id="worse", config={})
     asha.on_trial_add(None, worse)
     assert asha.on_trial_result(None, worse, {"step": 2, METRIC: 9.0}) == TrialScheduler.STOP
 

@@ -321,8 +321,8 @@ class _FinishingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        config = getattr(trial, "config", None) or {}
-        last = min(int(config.get("optim.steps", self._max_t)), self._max_t)
+        # max_t is the largest optim.steps the space can draw (_max_steps).
+        last = int(trial.config.get("optim.steps", self._max_t))
         if result.get(self._time_attr, 0) >= last:
             return TrialScheduler.CONTINUE
         return action
