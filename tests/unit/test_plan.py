@@ -192,6 +192,30 @@ def test_a_pass_holds_whole_epochs_and_enough_tasks_for_every_slot():
     assert epochs_per_pass(large, cfg, slots=32) == 2 and epochs_per_pass(large, cfg, 2) == 1
 
 
+def test_a_pass_is_no_longer_than_the_run_needs_and_one_spare_epoch():
+    from lejepa_ray.config import OptimConfig, PretrainConfig, ScalingConfig
+    from lejepa_ray.data.stream import epochs_per_pass
+    from lejepa_ray.launch.driver import run_rows
+
+    cfg = DataConfig(task_units=64)
+    small = Plan(np.ones(600, np.int64), unit_rows=32, seed=0)  # 216 epochs uncapped
+    run = PretrainConfig(optim=OptimConfig(steps=400), scaling=ScalingConfig(batch_size=32))
+    assert run_rows(run) == 400 * 64  # the quickstart: 2 workers of 32
+    assert epochs_per_pass(small, cfg, 2, run_rows(run)) == -(-25_600 // 600) + 1 == 44
+    assert epochs_per_pass(small, cfg, 2, 600) == 2 and epochs_per_pass(small, cfg, 2, 1) == 2
+    assert epochs_per_pass(small, cfg, 2, 10**9) == 216  # a long run keeps the usual pass
+    # Accumulated micro-batches draw rows too; an elastic group draws its largest rounding.
+    accum = PretrainConfig(optim=OptimConfig(steps=10, warmup_steps=0, accum_steps=3))
+    assert run_rows(accum) == 3 * run_rows(
+        PretrainConfig(optim=OptimConfig(steps=10, warmup_steps=0))
+    )
+    elastic = PretrainConfig(
+        optim=OptimConfig(steps=10, warmup_steps=0),
+        scaling=ScalingConfig(batch_size=5, num_workers=[2, 3]),
+    )
+    assert run_rows(elastic) == 10 * 16  # 15 a step split 8/8 over 2 ranks: 16 drawn
+
+
 def test_a_source_smaller_than_a_step_s_rows_is_refused_before_ray():
     from lejepa_ray.config import PretrainConfig, ScalingConfig
     from lejepa_ray.errors import SourceError

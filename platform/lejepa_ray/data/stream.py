@@ -224,11 +224,23 @@ class ViewStream:
         return ds
 
 
-def epochs_per_pass(plan: Plan, cfg: DataConfig, slots: int) -> int:
+def epochs_per_pass(plan: Plan, cfg: DataConfig, slots: int, run_rows: int | None = None) -> int:
     """The fewest whole epochs of ``plan`` that make at least ``MIN_PASS_UNITS`` units and
-    ``PASS_WAVES`` tasks of ``cfg.task_units`` units for each of ``slots`` views tasks."""
+    ``PASS_WAVES`` tasks of ``cfg.task_units`` units for each of ``slots`` views tasks, but no
+    more than a run drawing ``run_rows`` rows in all needs, and one spare epoch.
+
+    Ray Data makes a pass's views as fast as it can, whatever the trainer has consumed, and
+    finishes the pass after training stops: a pass longer than the run is views made for
+    nothing, on CPUs the trainer may share (the quickstart's pass of 4,096 units was 131,072
+    samples for a run that draws 25,600, and its views task took as much CPU as a training
+    rank). The spare epoch covers what a pass does not deliver (each pass ends on whole
+    batches; bad images are dropped); should a run still need more, another pass starts.
+    """
     units = max(MIN_PASS_UNITS, PASS_WAVES * slots * cfg.task_units)
-    return max(1, math.ceil(units / plan.units_per_epoch))
+    epochs = max(1, math.ceil(units / plan.units_per_epoch))
+    if run_rows is not None:
+        epochs = min(epochs, math.ceil(run_rows / plan.rows_per_epoch) + 1)
+    return epochs
 
 
 def views_slots(cfg: DataConfig) -> int:
@@ -250,6 +262,7 @@ def build_view_stream(
     start_samples: int = 0,
     pass_epochs: int | None = None,
     listed: SourcePlan | None = None,
+    run_rows: int | None = None,
 ) -> ViewStream:
     """Build the views pipeline of ``cfg`` on the connected Ray cluster.
 
@@ -260,6 +273,8 @@ def build_view_stream(
         pass_epochs: epochs per execution (default: :func:`epochs_per_pass`); one execution
             per epoch lets a caller iterate the dataset epoch by epoch.
         listed: the source's plan when the caller has listed it already (``source_plan``).
+        run_rows: rows the run draws from start to end, all ranks and steps; a pass is never
+            much longer (:func:`epochs_per_pass`). None: no bound.
 
     Raises:
         SourceError: the path is missing or holds no images.
@@ -270,7 +285,7 @@ def build_view_stream(
     # driver's node lives as long as the run does.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     counter = SkipCounter.options(scheduling_strategy=here).remote()
-    per_pass = pass_epochs or epochs_per_pass(listed.plan, cfg, views_slots(cfg))
+    per_pass = pass_epochs or epochs_per_pass(listed.plan, cfg, views_slots(cfg), run_rows)
     stream = ViewStream(
         cfg,
         listed.plan,

@@ -205,7 +205,19 @@ def _start_ray(cfg: PretrainConfig, listed: SourcePlan) -> ViewStream:
     # Per-operator progress bars from every epoch would bury the training's own progress line,
     # which already reports throughput and the time spent waiting for data.
     DataContext.get_current().enable_progress_bars = False
-    return build_view_stream(cfg.data, listed=listed)
+    return build_view_stream(cfg.data, listed=listed, run_rows=run_rows(cfg))
+
+
+def drawn_per_micro_batch(cfg: PretrainConfig) -> int:
+    """Rows all ranks draw from the views stream per micro-batch, at the group size that draws
+    the most (an elastic group's ranks round their shares up)."""
+    s = cfg.scaling
+    return max(s.drawn_per_worker(w) * w for w in range(s.min_workers, s.max_workers + 1))
+
+
+def run_rows(cfg: PretrainConfig) -> int:
+    """Rows the run draws from the views stream from step 0 to its last step, at most."""
+    return cfg.optim.steps * cfg.optim.accum_steps * drawn_per_micro_batch(cfg)
 
 
 def check_epoch_holds_a_batch(plan: DataPlan, cfg: PretrainConfig) -> None:
@@ -214,7 +226,7 @@ def check_epoch_holds_a_batch(plan: DataPlan, cfg: PretrainConfig) -> None:
     the objective does not expect."""
     s = cfg.scaling
     rows = plan.rows_per_epoch
-    batch = max(s.drawn_per_worker(w) * w for w in range(s.min_workers, s.max_workers + 1))
+    batch = drawn_per_micro_batch(cfg)
     if rows < batch:
         where = f"data.source={cfg.data.source}" + (
             f", data.path={cfg.data.path!r}" if cfg.data.path else ""
