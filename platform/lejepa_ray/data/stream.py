@@ -231,7 +231,7 @@ def epochs_per_pass(plan: Plan, cfg: DataConfig, slots: int, run_rows: int | Non
 
     Ray Data makes a pass's views as fast as it can, whatever the trainer has consumed, and
     finishes the pass after training stops: a pass longer than the run is views made for
-    nothing, on CPUs the trainer may share (the quickstart's pass of 4,096 units was 131,072
+    nothing, on CPUs the trainer may share (the quickstart's pass of 90 epochs was 131,580
     samples for a run that draws 25,600, and its views task took as much CPU as a training
     rank). The spare epoch covers what a pass does not deliver (each pass ends on whole
     batches; bad images are dropped); should a run still need more, another pass starts.
