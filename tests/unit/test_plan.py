@@ -193,27 +193,48 @@ def test_a_pass_holds_whole_epochs_and_enough_tasks_for_every_slot():
 
 
 def test_a_pass_is_no_longer_than_the_run_needs_and_one_spare_epoch():
-    from lejepa_ray.config import OptimConfig, PretrainConfig, ScalingConfig
     from lejepa_ray.data.stream import epochs_per_pass
-    from lejepa_ray.launch.driver import run_rows
 
-    cfg = DataConfig(task_units=64)
     small = Plan(np.ones(600, np.int64), unit_rows=32, seed=0)  # 216 epochs uncapped
-    run = PretrainConfig(optim=OptimConfig(steps=400), scaling=ScalingConfig(batch_size=32))
-    assert run_rows(run) == 400 * 64  # the quickstart: 2 workers of 32
-    assert epochs_per_pass(small, cfg, 2, run_rows(run)) == -(-25_600 // 600) + 1 == 44
-    assert epochs_per_pass(small, cfg, 2, 600) == 2 and epochs_per_pass(small, cfg, 2, 1) == 2
-    assert epochs_per_pass(small, cfg, 2, 10**9) == 216  # a long run keeps the usual pass
-    # Accumulated micro-batches draw rows too; an elastic group draws its largest rounding.
-    accum = PretrainConfig(optim=OptimConfig(steps=10, warmup_steps=0, accum_steps=3))
-    assert run_rows(accum) == 3 * run_rows(
-        PretrainConfig(optim=OptimConfig(steps=10, warmup_steps=0))
-    )
-    elastic = PretrainConfig(
-        optim=OptimConfig(steps=10, warmup_steps=0),
-        scaling=ScalingConfig(batch_size=5, num_workers=[2, 3]),
-    )
-    assert run_rows(elastic) == 10 * 16  # 15 a step split 8/8 over 2 ranks: 16 drawn
+    exact = DataConfig(task_units=64, max_skip_rate=0.0)
+    assert epochs_per_pass(small, exact, 2, 26_304) == -(-26_304 // 600) + 1 == 45
+    assert epochs_per_pass(small, exact, 2, 600) == 2 and epochs_per_pass(small, exact, 2, 1) == 2
+    assert epochs_per_pass(small, exact, 2, 10**9) == 216  # a long run keeps the usual pass
+    # Epochs are counted at their worst tolerated yield: 5% bad images deliver 570 of 600 rows.
+    lossy = DataConfig(task_units=64, max_skip_rate=0.05)
+    assert epochs_per_pass(small, lossy, 2, 26_304) == -(-26_304 // 570) + 1 == 48
+    assert epochs_per_pass(small, DataConfig(max_skip_rate=1.0), 2, 600) == 216  # no bound
+
+
+def test_a_run_takes_its_steps_and_its_read_ahead_from_the_stream():
+    from lejepa_ray.config import OptimConfig, PretrainConfig, ScalingConfig
+    from lejepa_ray.launch.driver import READ_AHEAD_EXTRA, run_rows
+
+    def cfg(steps=400, accum=1, batch=32, workers=2, prefetch=8):
+        return PretrainConfig(
+            optim=OptimConfig(steps=steps, warmup_steps=0, accum_steps=accum),
+            scaling=ScalingConfig(batch_size=batch, num_workers=workers),
+            data=DataConfig(prefetch_batches=prefetch),
+        )
+
+    assert READ_AHEAD_EXTRA == 3
+    assert run_rows(cfg()) == (400 + 8 + 3) * 64  # 2 workers of 32, 8 batches prefetched
+    assert run_rows(cfg(prefetch=0)) == (400 + 3) * 64
+    assert run_rows(cfg(steps=10, accum=3)) == (30 + 11) * 64  # every micro-batch draws
+    # An elastic group of 2 or 3 with a global batch of 15 draws 8 + 8 on 2 ranks, 5 × 3 on 3.
+    assert run_rows(cfg(steps=10, batch=5, workers=[2, 3])) == (10 + 11) * 16
+
+
+def test_the_driver_bounds_the_stream_by_the_run(monkeypatch):
+    from lejepa_ray.config import OptimConfig, PretrainConfig
+    from lejepa_ray.launch import driver
+
+    built = {}
+    monkeypatch.setattr(driver.runtime, "connect", lambda **kwargs: None)
+    monkeypatch.setattr(driver, "build_view_stream", lambda data, **kw: built.update(kw))
+    cfg = PretrainConfig(optim=OptimConfig(steps=50, warmup_steps=0))
+    driver._start_ray(cfg, listed=None)
+    assert built == {"listed": None, "run_rows": driver.run_rows(cfg)}
 
 
 def test_a_source_smaller_than_a_step_s_rows_is_refused_before_ray():

@@ -8,11 +8,12 @@ one small ``SkipCounter`` actor, which the training loop reads to report skips a
 run when too many samples are bad.
 
 One execution of the pipeline (a *pass*) streams many epochs: enough whole epochs to make at
-least ``MIN_PASS_UNITS`` units. Every execution of Ray Data starts with a few seconds in which
-it runs one task at a time (docs/data.md, "Where Ray Data's time goes"); a pass pays it once
-for many small epochs, and a large epoch pays it once. Ray Data numbers executions; a task
-takes its pass from that number and its epoch from the unit, and the crops are seeded by
-(``data.seed``, epoch, sample), so epoch ``e`` is the same on every run.
+least ``MIN_PASS_UNITS`` units, unless the run takes fewer (:func:`epochs_per_pass`). Every
+execution of Ray Data starts with a few seconds in which it runs one task at a time
+(docs/data.md, "Where Ray Data's time goes"); a pass pays it once for many small epochs, and a
+large epoch pays it once. Ray Data numbers executions; a task takes its pass from that number
+and its epoch from the unit, and the crops are seeded by (``data.seed``, epoch, sample), so
+epoch ``e`` is the same on every run.
 
 A run resumes where it stopped: :meth:`ViewStream.at` starts the pipeline at an (epoch,
 samples) position, and the tasks skip the units and rows before it without reading them.
@@ -227,19 +228,21 @@ class ViewStream:
 def epochs_per_pass(plan: Plan, cfg: DataConfig, slots: int, run_rows: int | None = None) -> int:
     """The fewest whole epochs of ``plan`` that make at least ``MIN_PASS_UNITS`` units and
     ``PASS_WAVES`` tasks of ``cfg.task_units`` units for each of ``slots`` views tasks, but no
-    more than a run drawing ``run_rows`` rows in all needs, and one spare epoch.
+    more than a run that needs ``run_rows`` rows of the stream in all takes, and one spare epoch.
 
     Ray Data makes a pass's views as fast as it can, whatever the trainer has consumed, and
     finishes the pass after training stops: a pass longer than the run is views made for
     nothing, on CPUs the trainer may share (the quickstart's pass of 90 epochs was 131,580
-    samples for a run that draws 25,600, and its views task took as much CPU as a training
-    rank). The spare epoch covers what a pass does not deliver (each pass ends on whole
-    batches; bad images are dropped); should a run still need more, another pass starts.
+    samples for a 400-step run that drew 25,600, and its views task took as much CPU as a
+    training rank). Epochs are counted as if ``cfg.max_skip_rate`` of every epoch were bad
+    images (dropped, and a run with more stops), and the spare epoch covers the end of each
+    pass, cut to whole batches. A run that still needs more starts another pass.
     """
     units = max(MIN_PASS_UNITS, PASS_WAVES * slots * cfg.task_units)
     epochs = max(1, math.ceil(units / plan.units_per_epoch))
-    if run_rows is not None:
-        epochs = min(epochs, math.ceil(run_rows / plan.rows_per_epoch) + 1)
+    usable = plan.rows_per_epoch * (1 - cfg.max_skip_rate)  # rows an epoch delivers, at least
+    if run_rows is not None and usable > 0:
+        epochs = min(epochs, math.ceil(run_rows / usable) + 1)
     return epochs
 
 
@@ -273,8 +276,9 @@ def build_view_stream(
         pass_epochs: epochs per execution (default: :func:`epochs_per_pass`); one execution
             per epoch lets a caller iterate the dataset epoch by epoch.
         listed: the source's plan when the caller has listed it already (``source_plan``).
-        run_rows: rows the run draws from start to end, all ranks and steps; a pass is never
-            much longer (:func:`epochs_per_pass`). None: no bound.
+        run_rows: rows the run takes from the stream from start to end, all ranks and steps,
+            read-ahead included; a pass is never much longer (:func:`epochs_per_pass`). None:
+            no bound.
 
     Raises:
         SourceError: the path is missing or holds no images.

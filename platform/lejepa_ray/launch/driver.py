@@ -215,9 +215,18 @@ def drawn_per_micro_batch(cfg: PretrainConfig) -> int:
     return max(s.drawn_per_worker(w) * w for w in range(s.min_workers, s.max_workers + 1))
 
 
+READ_AHEAD_EXTRA = 3
+"""Micro-batches a rank holds beyond ``data.prefetch_batches`` at most: the one the prefetch
+thread waits to queue, and Ray Data's own two (``iter_views``)."""
+
+
 def run_rows(cfg: PretrainConfig) -> int:
-    """Rows the run draws from the views stream from step 0 to its last step, at most."""
-    return cfg.optim.steps * cfg.optim.accum_steps * drawn_per_micro_batch(cfg)
+    """Rows the run takes from the views stream from step 0 to its last step, at most: the
+    micro-batches it trains on, and those its ranks' prefetch has read ahead when it stops (a
+    pass that ends before them would start the next pass, views for nothing)."""
+    batches = cfg.optim.steps * cfg.optim.accum_steps
+    batches += cfg.data.prefetch_batches + READ_AHEAD_EXTRA
+    return batches * drawn_per_micro_batch(cfg)
 
 
 def check_epoch_holds_a_batch(plan: DataPlan, cfg: PretrainConfig) -> None:
