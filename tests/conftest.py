@@ -13,10 +13,18 @@ folder being on ``sys.path``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Ray Train's controller takes one report from each worker per health-check poll (every 2 s by
+# default) and a worker's next report waits for it (docs/training.md, "Metrics"). The suite's
+# runs report every step or two, a fraction of a second apart, so each report would stall
+# training until the next poll. A shorter poll for every Ray instance the tests start (this
+# process's and, through the environment, those of its child processes and their workers).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 sys.path.insert(0, str(Path(__file__).parent))
 # The benchmarks' own helpers (chaos.py: fault injection) are test tools too, not product code.
