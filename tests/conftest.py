@@ -22,8 +22,10 @@ import pytest
 # Ray Train's controller takes one report from each worker per health-check poll (every 2 s by
 # default) and a worker's next report waits for it (docs/training.md, "Metrics"). The suite's
 # runs report every step or two, a fraction of a second apart, so each report would stall
-# training until the next poll. A shorter poll for every Ray instance the tests start (this
-# process's and, through the environment, those of its child processes and their workers).
+# training until the next poll. The controller reads the interval from the environment of the
+# process that calls `fit` (Ray passes it on in the controller's runtime_env): this process's
+# runs, and the child processes that inherit the environment (procs.clean_env). Tests whose
+# timing was calibrated at the default poll set it back to 2 s.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 sys.path.insert(0, str(Path(__file__).parent))

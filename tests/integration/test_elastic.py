@@ -34,7 +34,9 @@ def scenarios() -> dict:
         ],
         capture_output=True,
         text=True,
-        env=clean_env(),
+        # STEPS was calibrated at Ray Train's default poll, which holds a run that reports
+        # every step to a step per 2 s (tests/conftest.py shortens it for the other tests).
+        env=clean_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="2"),
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]

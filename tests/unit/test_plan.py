@@ -217,18 +217,22 @@ def test_a_run_takes_its_steps_and_its_read_ahead_from_the_stream():
             data=DataConfig(prefetch_batches=prefetch),
         )
 
-    assert READ_AHEAD_EXTRA == 3
-    assert run_rows(cfg()) == (400 + 8 + 3) * 64  # 2 workers of 32, 8 batches prefetched
-    assert run_rows(cfg(prefetch=0)) == (400 + 3) * 64
-    assert run_rows(cfg(steps=10, accum=3)) == (30 + 11) * 64  # every micro-batch draws
+    ahead = 8 + READ_AHEAD_EXTRA  # batches prefetched, and the one waiting to be queued
+    assert run_rows(cfg()) == (400 + ahead) * 64  # 2 workers of 32
+    assert run_rows(cfg(prefetch=0)) == (400 + READ_AHEAD_EXTRA) * 64
+    assert run_rows(cfg(steps=10, accum=3)) == (30 + ahead) * 64  # every micro-batch draws
     # An elastic group of 2 or 3 with a global batch of 15 draws 8 + 8 on 2 ranks, 5 × 3 on 3.
-    assert run_rows(cfg(steps=10, batch=5, workers=[2, 3])) == (10 + 11) * 16
+    assert run_rows(cfg(steps=10, batch=5, workers=[2, 3])) == (10 + ahead) * 16
 
 
 def test_the_driver_bounds_the_stream_by_the_run(monkeypatch):
+    from ray.data import DataContext
+
     from lejepa_ray.config import OptimConfig, PretrainConfig
     from lejepa_ray.launch import driver
 
+    context = DataContext.get_current()  # _start_ray turns its progress bars off: restore them
+    monkeypatch.setattr(context, "enable_progress_bars", context.enable_progress_bars)
     built = {}
     monkeypatch.setattr(driver.runtime, "connect", lambda **kwargs: None)
     monkeypatch.setattr(driver, "build_view_stream", lambda data, **kw: built.update(kw))

@@ -215,9 +215,10 @@ def drawn_per_micro_batch(cfg: PretrainConfig) -> int:
     return max(s.drawn_per_worker(w) * w for w in range(s.min_workers, s.max_workers + 1))
 
 
-READ_AHEAD_EXTRA = 3
-"""Micro-batches a rank holds beyond ``data.prefetch_batches`` at most: the one the prefetch
-thread waits to queue, and Ray Data's own two (``iter_views``)."""
+READ_AHEAD_EXTRA = 1
+"""Micro-batches a rank has pulled beyond the trainer's steps and ``data.prefetch_batches``
+queued ones, at most: the one the prefetch thread holds while it waits to queue it. (Blocks
+Ray Data buffers for ``iter_views`` are inside the pass and start nothing.)"""
 
 
 def run_rows(cfg: PretrainConfig) -> int:
