@@ -98,7 +98,10 @@ def _train(
         "scaling.num_workers=1",
         f"scaling.resources={{{TRAINER_SLOT}: 1}}",
         "data.workers=2",
-        "data.num_samples=1024",  # four blocks an epoch: several views tasks
+        "data.num_samples=1024",
+        # Units of 32 rows, 8 a task: the run's short pass (2 epochs of 1,024 samples, 64
+        # units) is 8 views tasks, enough to see where each was placed.
+        "data.task_units=8",
         "probe.knn=false",
         "logging.rankme_samples=0",
     ]
