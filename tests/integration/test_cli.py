@@ -89,7 +89,8 @@ def test_a_killed_driver_leaves_no_ray_processes_and_the_same_command_resumes(tm
     assert lines[0].startswith("run driver: ")
     match = re.search(r"resuming from step (\d+)", lines[0])
     assert match and int(match.group(1)) >= 4, lines[0]
-    assert any(line.startswith("step 12/12 | loss ") for line in lines), "\n".join(lines)
+    last = r"step 12/12 \([\d.]+ steps/s, ETA (0s|\?)\) \| loss "  # the pace, none left
+    assert any(re.match(last, line) for line in lines), "\n".join(lines)
     # The console of a whole run: our progress and probes, none of Ray's own lines.
     assert [line for line in lines if RAY_LINE.search(line)] == [], "\n".join(lines)
     assert any(line.strip().startswith("raw pixels ") for line in lines)

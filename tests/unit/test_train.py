@@ -171,3 +171,29 @@ def test_device_augmentation_is_applied_to_every_batch_and_timed(monkeypatch):
     cpu = _trainer("logging.every_steps=3")
     fit(cpu, _batches(), report=lambda s, m, save: logged.append(m))
     assert "time/augment" not in logged[-1]
+
+
+def test_the_progress_line_gives_the_pace_and_the_time_left():
+    from lejepa_ray.train.metrics import Progress, format_duration
+
+    now = [100.0]
+    progress = Progress(600, clock=lambda: now[0])
+    assert progress.update(20, step_s=0.5) == (2.0, 290.0)  # first line: the window's mean
+    now[0] += 10.0  # 40 steps in 10 s since the first line, checkpoints and waits included
+    assert progress.update(60, step_s=0.2) == (4.0, 135.0)
+    now[0] += 10.0
+    assert progress.update(100, step_s=0.2) == (4.0, 125.0)
+    assert Progress(600).update(20, step_s=0.0) == (0.0, float("inf"))  # no pace known yet
+    assert [format_duration(s) for s in (0, 42.4, 187, 7500, float("inf"))] == [
+        "0s",
+        "42s",
+        "3m07s",
+        "2h05m",
+        "?",
+    ]
+    names = ("loss", "loss/prediction", "loss/sigreg", "selection_score", "lr", "grad_norm")
+    names += ("throughput/images_per_s", "throughput/views_per_s", "time/data_wait_fraction")
+    metrics = dict.fromkeys((*names, "memory/peak_gib"), 1.0)
+    assert format_line(60, 600, metrics).startswith("step 60/600 | loss ")  # no pace yet
+    metrics |= {"progress/steps_per_s": 4.0, "progress/eta_s": 135.0}
+    assert format_line(60, 600, metrics).startswith("step 60/600 (4.00 steps/s, ETA 2m15s) | ")

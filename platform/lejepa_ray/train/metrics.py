@@ -7,8 +7,10 @@ written to a local folder and copied next to the checkpoints whenever one is sav
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyarrow import fs
@@ -30,6 +32,7 @@ class MetricsWriter:
         """``resumed_step``: the checkpoint's step when the run resumes; TensorBoard then
         drops the events a failed attempt logged after it, so every step appears once."""
         self.run_dir, self.total_steps = run_dir, total_steps
+        self.progress = Progress(total_steps)
         if is_local(run_dir):
             self.local_dir = str(Path(run_dir.removeprefix("file://"), TENSORBOARD_DIR))
         else:
@@ -38,6 +41,10 @@ class MetricsWriter:
         self.writer = SummaryWriter(self.local_dir, purge_step=purge)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Write ``metrics`` of ``step``, with the run's pace (``progress/steps_per_s``) and
+        the time left (``progress/eta_s``) added, and log the progress line."""
+        rate, eta = self.progress.update(step, metrics.get("time/step_s", 0.0))
+        metrics = {**metrics, "progress/steps_per_s": rate, "progress/eta_s": eta}
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
@@ -71,10 +78,52 @@ class MetricsWriter:
         self.writer.close()
 
 
+class Progress:
+    """The run's pace and the time left, from the wall clock between progress lines.
+
+    The pace is averaged from this attempt's first progress line on, so the start (workers,
+    the pipeline's first batches) does not weigh on it, and the reports, checkpoints and data
+    waits since do; at the first line it is the window's mean step time. Each attempt's
+    writer (a resumed one too) starts its own average.
+    """
+
+    def __init__(self, total_steps: int, clock: Callable[[], float] = time.monotonic):
+        self.total_steps, self.clock = total_steps, clock
+        self.first: tuple[int, float] | None = None
+
+    def update(self, step: int, step_s: float) -> tuple[float, float]:
+        """(steps per second, seconds left) at ``step``; ``step_s`` is the window's mean step
+        time, used at the first line. Seconds left are inf while the pace is unknown."""
+        now = self.clock()
+        if self.first is None:
+            self.first = (step, now)
+            rate = 1 / step_s if step_s > 0 else 0.0
+        else:
+            rate = (step - self.first[0]) / max(now - self.first[1], 1e-9)
+        left = (self.total_steps - step) / rate if rate > 0 else math.inf
+        return rate, left
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``2h05m``, or ``?`` when unknown (inf or nan)."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(max(seconds, 0.0))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
+
+
 def format_line(step: int, total_steps: int, m: dict[str, float]) -> str:
     """One console progress line."""
+    pace = ""
+    if "progress/steps_per_s" in m:
+        eta = format_duration(m["progress/eta_s"])
+        pace = f" ({m['progress/steps_per_s']:.2f} steps/s, ETA {eta})"
     parts = [
-        f"step {step}/{total_steps}",
+        f"step {step}/{total_steps}{pace}",
         f"loss {m['loss']:.4f} (pred {m['loss/prediction']:.4f}, sigreg {m['loss/sigreg']:.3f})",
         f"score {m['selection_score']:.3f}",
         f"lr {m['lr']:.2e}",
