@@ -81,9 +81,10 @@ class MetricsWriter:
 class Progress:
     """The run's pace and the time left, from the wall clock between progress lines.
 
-    The pace is averaged from this attempt's first progress line on, so the start (workers,
-    the pipeline's first batches) does not weigh on it, and the reports, checkpoints and data
-    waits since do; at the first line it is the window's mean step time. Each attempt's
+    From the second progress line on, the pace is averaged since this attempt's first line, so
+    the start (workers, the pipeline's first batches) does not weigh on it, and the reports,
+    checkpoints and data waits since do. At the first line it is that window's mean step time,
+    start included, so the first ETA runs long. Each attempt's
     writer (a resumed one too) starts its own average.
     """
 
