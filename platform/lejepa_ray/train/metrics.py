@@ -84,8 +84,8 @@ class Progress:
     From the second progress line on, the pace is averaged since this attempt's first line, so
     the start (workers, the pipeline's first batches) does not weigh on it, and the reports,
     checkpoints and data waits since do. At the first line it is that window's mean step time,
-    start included, so the first ETA runs long. Each attempt's
-    writer (a resumed one too) starts its own average.
+    start included, so the first ETA runs long. Each attempt's writer (a resumed one too)
+    starts its own average.
     """
 
     def __init__(self, total_steps: int, clock: Callable[[], float] = time.monotonic):
