@@ -369,9 +369,30 @@ class FaultConfig:
         )
 
 
+WANDB_MODES = ("online", "offline")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases: one W&B run per pretraining run (needs
+    ``pip install 'lejepa-ray[tracking]'``)."""
+
+    project: str | None = None
+    """W&B project to log to; None: W&B is off."""
+    mode: str = "online"
+    """``online`` (needs ``WANDB_API_KEY`` or ``wandb login`` on every node) or ``offline``
+    (files under the run directory's ``wandb/``, uploaded later with ``wandb sync``)."""
+
+    def __post_init__(self) -> None:
+        check_field(
+            self.mode in WANDB_MODES, "logging.wandb.mode", self.mode, " or ".join(WANDB_MODES)
+        )
+
+
 @dataclass
 class LoggingConfig:
-    """Metrics to TensorBoard (rank 0) and a console progress line."""
+    """Metrics to TensorBoard and ``metrics.jsonl`` (rank 0), a console progress line, and
+    optionally MLflow and W&B (``lejepa_ray.train.tracking``)."""
 
     every_steps: int = 10
     """Log metrics every this many optimizer steps."""
@@ -387,6 +408,15 @@ class LoggingConfig:
     embeddings; higher is better) of the backbone features and the projector outputs of this
     many fixed images the run does not train on (``data.split=val`` when it trains on
     ``train``); logged as ``rankme/backbone`` and ``rankme/projector``. 0: off."""
+    mlflow: str | None = None
+    """MLflow tracking URI (``http://host:5000``, ``sqlite:///mlflow.db``, ``file:./mlruns``):
+    one MLflow run per pretraining run, with the same metrics as TensorBoard, the config as
+    parameters and the probes (``pip install 'lejepa-ray[tracking]'``). None: off."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    group: str | None = None
+    """Where the tracking run is filed: the MLflow experiment and the W&B group. None: the
+    ``lejepa-ray`` experiment and no group; a sweep sets its own name, so that its trials sit
+    together."""
     rankme_every_report: bool = False
     """RankMe at every report (each ``every_steps``), not only at checkpoints: what ASHA reads
     when a sweep stops trials by RankMe (the sweep turns it on then). Costs one forward pass of

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import ray
 import ray.data
 import torch
+import yaml
 from ray.data import DataContext
 from ray.train import (
     CheckpointConfig,
@@ -50,7 +51,7 @@ from lejepa_ray.launch.events import FailureRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.model.flops import train_flops_per_image
-from lejepa_ray.train import checkpoint
+from lejepa_ray.train import checkpoint, tracking
 from lejepa_ray.train.rankme import heldout_data
 
 
@@ -155,7 +156,12 @@ def run(
     if resumed_from is not None and metrics.get(RESUMED_FROM) is not None:
         resumed_from = int(metrics[RESUMED_FROM])
     labelled = stream.classes is not None
-    return _finish(plan, final, metrics, seconds, resumed_from, labelled, print_fn)
+    result = _finish(plan, final, metrics, seconds, resumed_from, labelled, print_fn)
+    _track_probes(plan, result)
+    tracked = tracking.describe(cfg.logging, plan.run_dir)
+    if tracked:
+        print_fn(tracked)
+    return result
 
 
 def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Plan:
@@ -165,6 +171,7 @@ def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Pl
         ConfigError, SourceError: what is wrong and what to do.
     """
     check_run(cfg)
+    tracking.check(cfg.logging)
     runtime.check_local_gpus(cfg.scaling)
     check_path(cfg.data)
     probes.check_data(cfg)
@@ -359,6 +366,32 @@ def _finish(
         report = probe_final(plan.cfg, plan.spec, ckpt)
     during = probes.read_probes(plan.run_dir) if plan.cfg.probe.every_steps else {}
     return PretrainResult(plan.run_dir, ckpt, metrics, report, seconds, resumed_from, during)
+
+
+def _track_probes(plan: Plan, result: PretrainResult) -> None:
+    """The probes during training and after it, into the run's tracking (``metrics.jsonl``,
+    MLflow, W&B) at their steps."""
+    probed: dict[int, dict[str, float]] = {}
+    for step, record in result.probes_during.items():
+        probed[step] = {k: float(v) for k, v in record.items() if k.startswith("probe/")}
+    if result.probe is not None and "step" in result.metrics:
+        final = probed.setdefault(int(result.metrics["step"]), {})
+        for name, scores in (
+            ("", result.probe.trained),
+            ("init/", result.probe.init),
+            ("raw/", result.probe.raw),
+        ):
+            if scores is None:
+                continue
+            for probe, value in (
+                ("knn_top1", scores.knn_top1),
+                ("linear_top1", scores.linear_top1),
+            ):
+                if value is not None:
+                    final[f"probe/final/{name}{probe}"] = value
+    config_yaml = to_yaml(plan.cfg)
+    run = tracking.RunInfo(plan.run_dir, plan.name, yaml.safe_load(config_yaml), config_yaml)
+    tracking.log_probes(plan.cfg.logging, run, probed)
 
 
 def probe_final(cfg: PretrainConfig, spec: BackboneSpec, ckpt: str) -> ProbeReport:

@@ -22,6 +22,7 @@ import ray.actor
 import ray.train
 import ray.train.torch
 import torch
+import yaml
 
 from lejepa_ray import runs, storage
 from lejepa_ray.compat import ray_train_report_logger
@@ -31,7 +32,7 @@ from lejepa_ray.errors import CheckpointError
 from lejepa_ray.launch import events, probes
 from lejepa_ray.model.encoder import BackboneSpec
 from lejepa_ray.model.flops import peak_tflops
-from lejepa_ray.train import checkpoint
+from lejepa_ray.train import checkpoint, tracking
 from lejepa_ray.train.checkpoint import TrainState
 from lejepa_ray.train.faults import inject_nonfinite
 from lejepa_ray.train.metrics import MetricsWriter
@@ -115,6 +116,7 @@ def train_worker(config: dict) -> None:
     if rank == 0 and elastic and resumed is not None and resumed.state.world_size != world:
         _record_resize(job, resumed.state, world)
     reporter = Reporter(job, trainer, cursor, writer, resumed, taken, world)
+    failed = True  # until fit returns: the tracking runs of a failed attempt say so
     try:
         fit(
             trainer,
@@ -124,6 +126,7 @@ def train_worker(config: dict) -> None:
             peak_tflops=peak_tflops(device, job.cfg.logging.peak_tflops),
             world_size=world,
         )
+        failed = False
     except NonFiniteLossError as e:
         # Every rank raises at the same step (the finiteness flag is all-reduced). Ending the
         # attempt normally, rather than failing it, keeps Ray from restarting into the same
@@ -136,7 +139,7 @@ def train_worker(config: dict) -> None:
             log.error("%s", e)
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(failed)
 
 
 def resume(trainer: Trainer, run_dir: str, rank: int) -> tuple[Resumed | None, set[str]]:
@@ -176,9 +179,17 @@ def resume(trainer: Trainer, run_dir: str, rank: int) -> tuple[Resumed | None, s
 
 
 def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter:
-    """Rank 0's TensorBoard writer and progress line; a resume is logged with its figures."""
+    """Rank 0's TensorBoard writer, tracking and progress line; a resume is logged with its
+    figures. The tracking runs are the checkpoint's, else those an attempt that failed before
+    its first checkpoint opened (``tracking.json``), else new ones."""
     step = resumed.state.step if resumed else None
-    writer = MetricsWriter(job.run_dir, job.cfg.optim.steps, resumed_step=step)
+    ids = resumed.state.tracking if resumed else tracking.read_ids(job.run_dir)
+    config_yaml = to_yaml(job.cfg)
+    run = tracking.RunInfo(
+        job.run_dir, _run_name(job.run_dir), yaml.safe_load(config_yaml), config_yaml
+    )
+    tracked = tracking.Tracking(job.cfg.logging, run, ids, resumed_step=step)
+    writer = MetricsWriter(job.run_dir, job.cfg.optim.steps, resumed_step=step, tracking=tracked)
     if resumed is not None:
         state = resumed.state
         writer.resumed(state.step, resumed.seconds, resumed.bytes_read, resumed.bytes_total)
@@ -195,6 +206,11 @@ def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter
             resumed.bytes_total / 1e6,
         )
     return writer
+
+
+def _run_name(run_dir: str) -> str:
+    """The run's name: the last part of its directory (``storage_path/name``)."""
+    return run_dir.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _record_resize(job: WorkerConfig, state: TrainState, world: int) -> None:
@@ -291,6 +307,8 @@ class Reporter:
             data_samples=self.cursor.samples,
             scheduler=self.trainer.scheduler.state_dict(),
             model=self.job.cfg.model.name,
+            # state.json is rank 0's, the one rank with a writer
+            tracking=self.writer.tracking.ids if self.writer and self.writer.tracking else {},
         )
 
     def _name(self, step: int) -> str:

@@ -94,6 +94,9 @@ class TrainState:
     """The LR scheduler's ``state_dict()``."""
     model: str = ""
     """timm name of the backbone, for error messages."""
+    tracking: dict[str, str] = field(default_factory=dict)
+    """Tracking run ids by tracker (``lejepa_ray.train.tracking``): a resumed run continues
+    them. Missing in checkpoints written before tracking: none then."""
     format: int = FORMAT
 
 

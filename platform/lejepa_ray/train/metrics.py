@@ -1,4 +1,5 @@
-"""Training metrics: a TensorBoard event file and a console progress line, from rank 0.
+"""Training metrics from rank 0: a TensorBoard event file, the tracking of
+:mod:`lejepa_ray.train.tracking` (``metrics.jsonl``, MLflow, W&B) and a console progress line.
 
 TensorBoard writes locally; for a run stored at a URI (``s3://...``) the event files are
 written to a local folder and copied next to the checkpoints whenever one is saved.
@@ -17,6 +18,7 @@ from pyarrow import fs
 from torch.utils.tensorboard import SummaryWriter
 
 from lejepa_ray.storage import is_local
+from lejepa_ray.train.tracking import Tracking
 
 TENSORBOARD_DIR = "tensorboard"
 # In a Ray Train worker the root logger goes to the driver's console and the worker's log file;
@@ -28,10 +30,17 @@ class MetricsWriter:
     """Rank 0's metrics sink: scalars to TensorBoard under ``run_dir/tensorboard``, and one
     progress line per log step to the log (which Ray shows on the driver's console)."""
 
-    def __init__(self, run_dir: str, total_steps: int, resumed_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: str,
+        total_steps: int,
+        resumed_step: int | None = None,
+        tracking: Tracking | None = None,
+    ):
         """``resumed_step``: the checkpoint's step when the run resumes; TensorBoard then
-        drops the events a failed attempt logged after it, so every step appears once."""
-        self.run_dir, self.total_steps = run_dir, total_steps
+        drops the events a failed attempt logged after it, so every step appears once.
+        ``tracking``: where else the metrics go (opened with the same ``resumed_step``)."""
+        self.run_dir, self.total_steps, self.tracking = run_dir, total_steps, tracking
         self.progress = Progress(total_steps)
         if is_local(run_dir):
             self.local_dir = str(Path(run_dir.removeprefix("file://"), TENSORBOARD_DIR))
@@ -48,6 +57,8 @@ class MetricsWriter:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
+        if self.tracking is not None:
+            self.tracking.log(step, metrics)
         log.info(format_line(step, self.total_steps, metrics))
 
     def resumed(
@@ -60,22 +71,31 @@ class MetricsWriter:
         """Mark in TensorBoard that this attempt resumed from the checkpoint of ``step`` (at
         this wall time, after ``load_seconds`` of loading), with the bytes each rank fetched
         (``resume/bytes_read/rank_<r>``) against the checkpoint's size (``resume/bytes_total``)."""
-        self.writer.add_scalar("resume/load_s", load_seconds, step)
+        figures = {"resume/load_s": load_seconds}
         for rank, count in enumerate(bytes_read):
-            self.writer.add_scalar(f"resume/bytes_read/rank_{rank}", count, step)
+            figures[f"resume/bytes_read/rank_{rank}"] = count
         if bytes_total:
-            self.writer.add_scalar("resume/bytes_total", bytes_total, step)
+            figures["resume/bytes_total"] = bytes_total
+        for name, value in figures.items():
+            self.writer.add_scalar(name, value, step)
         self.writer.flush()
+        if self.tracking is not None:
+            self.tracking.log(step, figures)
 
     def sync(self) -> None:
-        """Copy the event files to the run directory when it is remote."""
+        """Copy the event files (and ``metrics.jsonl``) to the run directory when it is remote."""
         self.writer.flush()
+        if self.tracking is not None:
+            self.tracking.sync()
         if not is_local(self.run_dir):
             fs.copy_files(self.local_dir, f"{self.run_dir.rstrip('/')}/{TENSORBOARD_DIR}")
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Flush and close; ``failed``: the attempt ends on an error (its tracking runs say so)."""
         self.sync()
         self.writer.close()
+        if self.tracking is not None:
+            self.tracking.close(failed)
 
 
 class Progress:
