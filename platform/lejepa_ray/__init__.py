@@ -25,13 +25,14 @@ if TYPE_CHECKING:
     from lejepa_ray.api import export as export
     from lejepa_ray.api import pretrain as pretrain
     from lejepa_ray.api import sweep as sweep
+    from lejepa_ray.api import visualize as visualize
     from lejepa_ray.config import PretrainConfig as PretrainConfig
     from lejepa_ray.config import load_config as load_config
 
 # The option and result classes are in lejepa_ray.api (lejepa_ray.api.EvalOptions): importing
 # them here would need the API's imports, and tools that look a class up by its name in the
 # package (jsonargparse does, to build the command line) would pay for them.
-_API = ("embed", "evaluate", "export", "pretrain", "sweep")
+_API = ("embed", "evaluate", "export", "pretrain", "sweep", "visualize")
 _CONFIG = ("PretrainConfig", "load_config")
 __all__ = ["__version__", *_CONFIG, *_API]
 

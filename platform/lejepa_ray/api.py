@@ -1,11 +1,12 @@
-"""The Python API: ``lejepa_ray.pretrain``, ``evaluate``, ``export``, ``embed`` and ``sweep``.
+"""The Python API: ``lejepa_ray.pretrain``, ``evaluate``, ``export``, ``embed`` and ``sweep``
+(and ``lejepa_ray.api.visualize``).
 
 Each ``lejepa-ray`` command is one of these functions (``cli.py`` calls them), and each
 returns a result dataclass. Their options are dataclasses with a docstring per field, beside
 the code that uses them (:class:`~lejepa_ray.config.PretrainConfig`, :class:`EvalOptions`,
-:class:`ExportOptions`, :class:`EmbedOptions`, :class:`SweepOptions`); the command line's
-flags, help and defaults are generated from the same classes. Each function takes its options
-in any of three forms::
+:class:`ExportOptions`, :class:`EmbedOptions`, :class:`SweepOptions`,
+:class:`VisualizeOptions`); the command line's flags, help and defaults are generated from the
+same classes. Each function takes its options in any of three forms::
 
     lejepa_ray.evaluate(source="runs/r", data="digits:train", val_data="digits:val")
     lejepa_ray.evaluate("eval.yaml", k=10)            # a YAML file of options, then keywords
@@ -40,8 +41,10 @@ from lejepa_ray.data.sources import source_from_arg, split_suffix
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluation import export as _export
 from lejepa_ray.evaluation import frozen
+from lejepa_ray.evaluation import visualize as _visualize
 from lejepa_ray.evaluation.export import ExportOptions, ExportResult
 from lejepa_ray.evaluation.frozen import EvalOptions, EvalResult
+from lejepa_ray.evaluation.visualize import VisualizeOptions, VisualizeResult
 from lejepa_ray.launch import driver
 from lejepa_ray.launch import embed as _embed
 from lejepa_ray.launch.driver import PretrainResult
@@ -60,12 +63,15 @@ __all__ = [
     "PretrainResult",
     "SweepOptions",
     "SweepResult",
+    "VisualizeOptions",
+    "VisualizeResult",
     "embed",
     "evaluate",
     "export",
     "load_config",
     "pretrain",
     "sweep",
+    "visualize",
 ]
 
 T = TypeVar("T")
@@ -182,6 +188,23 @@ def embed(
         ConfigError, SourceError, CheckpointError: invalid options, before Ray starts.
     """
     return _embed.embed(options_of(EmbedOptions, options, kwargs), progress=progress)
+
+
+def visualize(
+    options: VisualizeOptions | str | Path | None = None, /, **kwargs: Any
+) -> VisualizeResult:
+    """Label-free segmentation maps of a frozen backbone, drawn as PNGs into ``out``: a ViT's
+    last-block CLS attention and DINO's mask of it, and a PCA of its patch features (any
+    backbone with a spatial map); with ``iou=True`` on the synthetic source, the masks' mean
+    IoU against the true shapes.
+
+    ``kwargs`` are :class:`VisualizeOptions` fields (``source``, ``data`` and ``out`` are
+    required).
+
+    Raises:
+        ConfigError, SourceError, CheckpointError: invalid options, data or source.
+    """
+    return _visualize.visualize(options_of(VisualizeOptions, options, kwargs))
 
 
 def sweep(options: SweepOptions | str | Path | None = None, /, **kwargs: Any) -> SweepResult:

@@ -158,6 +158,15 @@ def _data_bench(parsed: Parsed) -> int:
     return 0
 
 
+def _data_preview(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; the command list and --version stay fast.
+    from lejepa_ray.data.preview import preview
+
+    assert parsed.config is not None
+    print(preview(parsed.options, parsed.config.data).describe())
+    return 0
+
+
 def _pretrain(parsed: Parsed) -> int:
     """Pretrain on Ray, probe, and say where everything is."""
     # lazy: each command imports its own needs; the command list and --version stay fast.
@@ -261,6 +270,25 @@ def _embed(parsed: Parsed) -> int:
     return 0
 
 
+def _visualize(parsed: Parsed) -> int:
+    # lazy: each command imports its own needs; the command list and --version stay fast.
+    from lejepa_ray import api
+
+    result = api.visualize(parsed.options)
+    h, w = result.grid
+    print(
+        f"{result.architecture} ({result.weights}), {result.images} images of {result.data} at "
+        f"{result.image_size} px, {h}x{w} patch grid"
+    )
+    if result.attention_png is None:
+        print("no CLS attention (not a ViT with a class token): PCA map only")
+    if result.iou is not None:
+        print("\n".join(result.iou.lines()))
+    for path in result.files:
+        print(path)
+    return 0
+
+
 def _sweep(parsed: Parsed) -> int:
     # lazy: each command imports its own needs; the command list and --version stay fast.
     from lejepa_ray import api
@@ -308,6 +336,17 @@ COMMANDS: dict[str, Command] = {
         _data_bench,
         "data.bench:BenchOptions",
     ),
+    "data preview": Command(
+        "a PNG of a few samples' global and local views, made as the training pipeline makes them",
+        _data_preview,
+        "data.preview:PreviewOptions",
+        positional=("src",),
+        # The data section of a pretrain config (the quickstart's, a --config file's, the
+        # --data.* flags) makes the views; the run's name, seed and storage mean nothing here,
+        # and the preview's own --seed is the crops'.
+        config="quickstart",
+        config_skip=frozenset({"name", "seed", "storage_path"}),
+    ),
     "pretrain": Command(
         "LeJEPA pretraining of a timm backbone on Ray Train (default: the CPU quickstart)",
         _pretrain,
@@ -329,6 +368,12 @@ COMMANDS: dict[str, Command] = {
         "a frozen backbone's features of every image, as parquet (Ray Data batch inference)",
         _embed,
         "launch.embed:EmbedOptions",
+        positional=("source",),
+    ),
+    "visualize": Command(
+        "label-free segmentation maps of a frozen backbone (ViT attention, PCA), as PNGs",
+        _visualize,
+        "evaluation.visualize:VisualizeOptions",
         positional=("source",),
     ),
     "sweep": Command(
@@ -379,7 +424,7 @@ def build_parser(name: str) -> Any:
     usage = None
     if command.config:
         positional = " ".join(p.upper() for p in command.positional)
-        usage = f"{PROG} {name} {positional}[--config FILE] [--KEY VALUE ...]".replace("  ", " ")
+        usage = f"{PROG} {name} {positional} [--config FILE] [--KEY VALUE ...]".replace("  ", " ")
     parser = ArgumentParser(
         prog=f"{PROG} {name}",
         description=" ".join(doc.split()),

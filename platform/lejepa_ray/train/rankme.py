@@ -44,12 +44,25 @@ def effective_rank(z: torch.Tensor, eps: float = EPS) -> float:
         raise ValueError(f"effective_rank needs a non-empty (N, D) matrix, got {tuple(z.shape)}.")
     if not torch.isfinite(z).all():
         return math.nan
+    return spectrum_rank(singular_spectrum(z), eps)
+
+
+def spectrum_rank(p: torch.Tensor, eps: float = EPS) -> float:
+    """RankMe of normalized singular values ``p`` (m,) (:func:`singular_spectrum`): the exp of
+    the entropy of ``p + eps``; 1 when ``p`` is all zeros."""
+    if p.sum() <= 0:  # all zeros: no direction at all
+        return 1.0
+    p = p + eps
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+def singular_spectrum(z: torch.Tensor) -> torch.Tensor:
+    """The normalized singular values ``p_k = σ_k / Σ_j σ_j`` of ``z`` (N, D) that RankMe takes
+    the entropy of (without its ε): float64 (min(N, D),), descending, summing to 1; all zeros
+    when ``z`` is zero. ``z`` must be finite (the SVD fails to converge otherwise)."""
     sigma = torch.linalg.svdvals(z.detach().double())
     total = sigma.sum()
-    if total <= 0:  # all zeros: no direction at all
-        return 1.0
-    p = sigma / total + eps
-    return math.exp(float(-(p * p.log()).sum()))
+    return sigma / total if total > 0 else sigma
 
 
 def heldout_data(data: DataConfig) -> tuple[DataConfig, bool]:
@@ -86,6 +99,25 @@ def rankme_metrics(
     sharded by FSDP2, called on every rank at once) on uint8 ``images`` (N, 3, S, S), in eval
     mode (BatchNorm on its running statistics; the mode it had is restored), under bf16
     autocast when ``bf16`` (as training computes)."""
+    feats, projs = heldout_embeddings(encoder, images, bf16=bf16, batch_size=batch_size)
+    return {
+        "rankme/backbone": effective_rank(feats),
+        "rankme/projector": effective_rank(projs),
+    }
+
+
+@torch.no_grad()
+def heldout_embeddings(
+    encoder: LeJEPAEncoder,
+    images: torch.Tensor,
+    *,
+    bf16: bool = False,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embeddings :func:`rankme_metrics` measures, computed as it computes them: the
+    backbone's pooled features (N, D) and the projector's outputs (N, K) of uint8 ``images``
+    (N, 3, S, S), float32 on the CPU. For callers that want more than RankMe of them (the
+    pictures of ``train.diagnostics``) without a second forward."""
     was_training = encoder.training
     encoder.eval()
     try:
@@ -98,7 +130,4 @@ def rankme_metrics(
             projs.append(p.float().cpu())
     finally:
         encoder.train(was_training)
-    return {
-        "rankme/backbone": effective_rank(torch.cat(feats)),
-        "rankme/projector": effective_rank(torch.cat(projs)),
-    }
+    return torch.cat(feats), torch.cat(projs)
