@@ -408,6 +408,9 @@ class LoggingConfig:
     embeddings; higher is better) of the backbone features and the projector outputs of this
     many fixed images the run does not train on (``data.split=val`` when it trains on
     ``train``); logged as ``rankme/backbone`` and ``rankme/projector``. 0: off."""
+    progress_bar: bool = True
+    """On a terminal, with a local run directory, a live progress bar (steps, pace, ETA, loss)
+    in place of the progress lines. Into a file or a pipe the lines stay, whatever this says."""
     mlflow: str | None = None
     """MLflow tracking URI (``http://host:5000``, ``sqlite:///mlflow.db``, ``file:./mlruns``):
     one MLflow run per pretraining run, with the same metrics as TensorBoard, the config as

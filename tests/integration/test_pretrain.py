@@ -4,6 +4,7 @@ The one-process tests are in ``tests/unit/test_pretrain.py``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,18 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     ):
         assert tag in scalars, tag
     assert [s for s, _ in scalars["loss"]] == list(range(2, 41, 2))
+    # The same scalars in metrics.jsonl, and SIGReg's pictures at each checkpoint.
+    jsonl = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in jsonl if "loss" in x] == list(range(2, 41, 2))
+    for step in (20, 40):
+        pictures = run_dir / "diagnostics" / f"step_{step:08d}"
+        names = {"projections_backbone.png", "projections_projector.png", "spectrum.png"}
+        assert {p.name for p in pictures.iterdir()} == names
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = EventAccumulator(f"{run_dir}/tensorboard", size_guidance={"images": 0})
+    images.Reload()
+    assert [e.step for e in images.Images("sigreg/spectrum")] == [20, 40]
     loss = [v for _, v in scalars["loss"]]
     sigreg = [v for _, v in scalars["loss/sigreg"]]
     # Logged losses are means over each 2-step window; the last 5 windows against the first 3
@@ -106,7 +119,6 @@ def test_ddp_run_on_digits_learns_without_collapse(ray_cluster, tmp_path):
     assert sorted(during) == [20, 40], during
     assert during[40]["probe/knn_top1"] == pytest.approx(trained.knn_top1)
     assert during[40]["probe/linear_top1"] == pytest.approx(trained.linear_top1, abs=0.01)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(f"{result.run_dir}/tensorboard/probes")
     events.Reload()

@@ -128,3 +128,17 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
         assert (sweep / f"validation_{metric}.png").stat().st_size > 5000, metric
     assert "label-free metrics against probe accuracy over" in second.stdout
     assert "convergence:" in second.stdout
+
+    # The quiet console, into a file or a pipe: a line per trial start and end, the tables;
+    # no Tune status boxes, no (pid=...) prefixes, no colour codes.
+    for console in (first_log.read_text(), second.stdout):
+        assert "\x1b[" not in console and "pid=" not in console
+        assert not re.search("[╭│╰+]-{3}|Trial status", console), console
+    assert re.search(r"^trial 1/3 \S+ started: loss.lam=", first_log.read_text(), re.M)
+    ends = re.findall(
+        r"^trial [123]/3 \S+ (finished at step 8/8|stopped early by ASHA at step 4/8)",
+        second.stdout,
+        re.M,
+    )
+    assert len(ends) == 2, second.stdout  # the two trials the resumed sweep ran
+    assert len(second.stdout.splitlines()) < 60, second.stdout

@@ -27,6 +27,7 @@ def test_a_resumed_attempt_continues_the_same_runs_and_drops_the_failed_attempts
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)  # MLflow's SQLite store keeps artifacts in ./mlruns
     cfg = LoggingConfig(
         mlflow=f"sqlite:///{tmp_path}/mlflow.db",
         wandb=WandbConfig(project="p", mode="offline"),

@@ -46,7 +46,7 @@ from lejepa_ray.errors import (
     TrainingStopped,
 )
 from lejepa_ray.evaluation.probe import ProbeReport, load_labelled, probe_report
-from lejepa_ray.launch import probes, runtime
+from lejepa_ray.launch import probes, progress, runtime
 from lejepa_ray.launch.events import FailureRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
@@ -139,14 +139,19 @@ def run(
             f"autoscaler, start a node with `ray start --resources='{{\"{resource}\": 1}}'`, or "
             "unset data.node_resource."
         )
-    trainer = _torch_trainer(plan, stream, callbacks)
+    bar = progress.wanted(cfg.logging, plan.run_dir)
+    trainer = _torch_trainer(plan, stream, callbacks, bar)
     where = "" if latest is None else f"; resuming from step {latest.step} ({latest.uri})"
     print_fn(
         f"run {plan.name}: {cfg.model.name} on {_workers(cfg)} "
         f"{'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s), {cfg.scaling.strategy}, "
         f"{cfg.optim.steps} steps; outputs in {plan.run_dir}{where}"
     )
-    result, seconds = _fit(trainer)
+    if bar:  # on a terminal: a live bar in place of the workers' progress lines
+        with progress.LiveBar(plan.run_dir, cfg.optim.steps, latest.step if latest else 0):
+            result, seconds = _fit(trainer)
+    else:
+        result, seconds = _fit(trainer)
     final = _final_checkpoint(plan, result)
     metrics = dict(result.metrics or {})
     resumed_from = None if latest is None else latest.step
@@ -255,7 +260,10 @@ def check_epoch_holds_a_batch(plan: DataPlan, cfg: PretrainConfig) -> None:
         )
 
 
-def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> TorchTrainer:
+def _torch_trainer(
+    plan: Plan, stream: ViewStream, callbacks: Sequence, bar: bool = False
+) -> TorchTrainer:
+    """``bar``: the driver draws a live bar, so the workers log no progress lines."""
     cfg = plan.cfg
     job = WorkerConfig(
         cfg=cfg,
@@ -265,6 +273,7 @@ def _torch_trainer(plan: Plan, stream: ViewStream, callbacks: Sequence) -> Torch
         epochs_per_pass=stream.epochs_per_pass,
         run_dir=plan.run_dir,
         flops_per_image=train_flops_per_image(plan.spec, cfg.model, cfg.data.views),
+        progress_lines=not bar,
     )
     return TorchTrainer(
         train_worker,

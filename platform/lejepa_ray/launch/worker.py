@@ -34,9 +34,10 @@ from lejepa_ray.model.encoder import BackboneSpec
 from lejepa_ray.model.flops import peak_tflops
 from lejepa_ray.train import checkpoint, tracking
 from lejepa_ray.train.checkpoint import TrainState
+from lejepa_ray.train.diagnostics import diagnostics_images
 from lejepa_ray.train.faults import inject_nonfinite
 from lejepa_ray.train.metrics import MetricsWriter
-from lejepa_ray.train.rankme import heldout_batch, rankme_metrics
+from lejepa_ray.train.rankme import effective_rank, heldout_batch, heldout_embeddings
 from lejepa_ray.train.trainer import NonFiniteLossError, Trainer, fit
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class WorkerConfig:
     """The run directory (local path or URI): checkpoints, TensorBoard, markers."""
     flops_per_image: float
     """Training FLOPs per image (forward and backward, all views), for MFU."""
+    progress_lines: bool = True
+    """Log the progress line at INFO (the console's level); False when the driver draws a
+    live bar instead (``launch.progress``): then at DEBUG, in the worker's log file only."""
 
 
 @dataclass
@@ -189,7 +193,13 @@ def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter
         job.run_dir, _run_name(job.run_dir), yaml.safe_load(config_yaml), config_yaml
     )
     tracked = tracking.Tracking(job.cfg.logging, run, ids, resumed_step=step)
-    writer = MetricsWriter(job.run_dir, job.cfg.optim.steps, resumed_step=step, tracking=tracked)
+    writer = MetricsWriter(
+        job.run_dir,
+        job.cfg.optim.steps,
+        resumed_step=step,
+        tracking=tracked,
+        line_level=logging.INFO if job.progress_lines else logging.DEBUG,
+    )
     if resumed is not None:
         state = resumed.state
         writer.resumed(state.step, resumed.seconds, resumed.bytes_read, resumed.bytes_total)
@@ -288,8 +298,14 @@ class Reporter:
         if rankme and self.rankme_images is not None:  # every rank: FSDP2 gathers for it
             encoder, bf16 = self.trainer.encoder, self.trainer.autocast
             started = time.perf_counter()
-            metrics.update(rankme_metrics(encoder, self.rankme_images, bf16=bf16))
+            feats, projs = heldout_embeddings(encoder, self.rankme_images, bf16=bf16)
+            metrics["rankme/backbone"] = effective_rank(feats)
+            metrics["rankme/projector"] = effective_rank(projs)
             metrics["time/rankme_s"] = time.perf_counter() - started
+            if save and self.writer is not None:  # the pictures of SIGReg's target, rank 0
+                started = time.perf_counter()
+                self.writer.images(step, diagnostics_images(feats, projs, seed=step))
+                metrics["time/diagnostics_s"] = time.perf_counter() - started
         if self.writer is not None:
             metrics.update(skip_metrics(self.job.counter))
             self.writer.log(step, metrics)

@@ -14,13 +14,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from pyarrow import fs
 from torch.utils.tensorboard import SummaryWriter
 
 from lejepa_ray.storage import is_local
+from lejepa_ray.train.diagnostics import write_png
 from lejepa_ray.train.tracking import Tracking
 
 TENSORBOARD_DIR = "tensorboard"
+DIAGNOSTICS_DIR = "diagnostics"
+"""In the run directory: the SIGReg pictures of each checkpoint (``train.diagnostics``)."""
 # In a Ray Train worker the root logger goes to the driver's console and the worker's log file;
 # print() would be captured twice.
 log = logging.getLogger(__name__)
@@ -36,11 +40,14 @@ class MetricsWriter:
         total_steps: int,
         resumed_step: int | None = None,
         tracking: Tracking | None = None,
+        line_level: int = logging.INFO,
     ):
         """``resumed_step``: the checkpoint's step when the run resumes; TensorBoard then
         drops the events a failed attempt logged after it, so every step appears once.
-        ``tracking``: where else the metrics go (opened with the same ``resumed_step``)."""
+        ``tracking``: where else the metrics go (opened with the same ``resumed_step``).
+        ``line_level``: the progress line's log level (DEBUG when the driver draws a bar)."""
         self.run_dir, self.total_steps, self.tracking = run_dir, total_steps, tracking
+        self.line_level = line_level
         self.progress = Progress(total_steps)
         if is_local(run_dir):
             self.local_dir = str(Path(run_dir.removeprefix("file://"), TENSORBOARD_DIR))
@@ -59,7 +66,18 @@ class MetricsWriter:
         self.writer.flush()
         if self.tracking is not None:
             self.tracking.log(step, metrics)
-        log.info(format_line(step, self.total_steps, metrics))
+        log.log(self.line_level, format_line(step, self.total_steps, metrics))
+
+    def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """Pictures of ``step`` (uint8 (H, W, 3) by tag, e.g. ``sigreg/spectrum``): TensorBoard
+        images, and PNGs at ``diagnostics/step_<step>/<name>.png`` in the run directory."""
+        for tag, image in images.items():
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+            name = tag.rsplit("/", 1)[-1]
+            write_png(
+                image, f"{self.run_dir.rstrip('/')}/{DIAGNOSTICS_DIR}/step_{step:08d}/{name}.png"
+            )
+        self.writer.flush()
 
     def resumed(
         self,

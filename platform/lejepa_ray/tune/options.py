@@ -69,6 +69,11 @@ class SweepOptions:
     80/20 split of ``validate_with_labels``."""
     export_winner: bool = True
     """Export the best trial's backbone to ``<sweep>/winner`` (local or object storage)."""
+    verbose: bool = False
+    """Ray Tune's own console: its status table every 30 s, every trial's output with Ray's
+    ``(pid=...)`` prefixes, Ray's logs. Off: a line per trial start, end, early stop and
+    failure, then the ranked table; each trial's output stays in its run directory's logs
+    and Ray's session logs."""
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

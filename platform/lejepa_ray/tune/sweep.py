@@ -42,6 +42,7 @@ from lejepa_ray.data.stream import data_node_resources
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.evaluation.export import export
 from lejepa_ray.launch import driver, runtime
+from lejepa_ray.tune.console import TrialLines
 from lejepa_ray.tune.options import SweepOptions, check, sweep_name
 from lejepa_ray.tune.ranking import TrialRow, rank, selected
 from lejepa_ray.tune.report import cell, format_convergence, format_table, plot_png, results_csv
@@ -84,6 +85,8 @@ class _TrialSetup:
     runs_dir: str
     validate_data: str | None
     val_data: str | None = None
+    group: str | None = None
+    """The sweep's name: the tracking group of its trials, unless the config sets one."""
 
 
 def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
@@ -94,6 +97,8 @@ def _trial(params: dict[str, Any], setup: _TrialSetup) -> None:
     # Set, not parsed as an override: an all-digit id such as 28172_00000 would be read as
     # the integer 2817200000.
     cfg = replace(cfg, name=trial_id, storage_path=setup.runs_dir)
+    if cfg.logging.group is None:  # MLflow and W&B file the trials together
+        cfg = replace(cfg, logging=replace(cfg.logging, group=setup.group))
     if setup.validate_data:
         # The driver's own probes after training are off: the sweep probes on its
         # --validate_with_labels, with evaluate's protocol (ProbeConfig's defaults). Probes during
@@ -132,6 +137,7 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
         runs_dir=f"{sweep_dir}/{RUNS_DIR}",
         validate_data=opts.validate_with_labels,
         val_data=opts.val_data,
+        group=name,
     )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"CPU": 1})
     resumed = started and tune.Tuner.can_restore(sweep_dir)
@@ -149,14 +155,12 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
         print_fn(
             f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
             f"{opts.search} search, {opts.concurrent} at a time; outputs in "
-            f"{sweep_dir}"
+            f"{sweep_dir} (TensorBoard: tensorboard --logdir {sweep_dir}/{RUNS_DIR})"
         )
     start = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - start
-    unfinished = _unfinished(
-        sweep_dir, opts.samples * math.prod(len(d.values) for d in space if d.sampler == "grid")
-    )
+    unfinished = _unfinished(sweep_dir, _trials(opts, space))
     if unfinished:  # Ctrl+C: Tune saved its state and returned
         print_fn(
             f"\nsweep {name} interrupted with {unfinished} unfinished trial(s); rerun the "
@@ -240,9 +244,17 @@ def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
         train_cpus=opts.concurrent * trial_cpus,
         local_resources=data_node_resources(base.data),
         dashboard=True,
-        verbose=base.logging.verbose,
+        verbose=opts.verbose or base.logging.verbose,
         prefixes=True,
+        # Quiet: the trials' own output (their runs' lines, Ray Train's) stays in the logs;
+        # console.TrialLines says what a person follows.
+        log_to_driver=opts.verbose,
     )
+
+
+def _trials(opts: SweepOptions, space: list[Dimension]) -> int:
+    """How many trials the sweep runs: the samples times the combinations of ``grid`` keys."""
+    return opts.samples * math.prod(len(d.values) for d in space if d.sampler == "grid")
 
 
 def _new_tuner(
@@ -258,8 +270,18 @@ def _new_tuner(
         trainable,
         param_space=to_tune(space),
         tune_config=_tune_config(opts, base, space),
-        run_config=tune.RunConfig(name=name, storage_path=root),
+        run_config=tune.RunConfig(name=name, storage_path=root, **_console(opts, base, space)),
     )
+
+
+def _console(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]) -> dict:
+    """Tune's console settings: its own output with ``--verbose``, else silent, with a line
+    per trial from :class:`~lejepa_ray.tune.console.TrialLines`."""
+    if opts.verbose:
+        return {}
+    keys = [d.key for d in space if d.sampler != "fixed"]
+    lines = TrialLines(_trials(opts, space), base.optim.steps, opts.select_by, keys)
+    return {"verbose": 0, "callbacks": [lines]}
 
 
 def _tune_config(
