@@ -95,20 +95,23 @@ def _actor_name(data: dict) -> str | None:
     return data.get("actor_name") or data.get("task_name") or None
 
 
-def quiet_worker_logs(prefixes: bool = False) -> bool:
+def quiet_worker_logs(prefixes: bool = False, raylet_only: bool = False) -> bool:
     """Filter what the connected driver prints of its workers' output through
     :func:`noise_filter`, with Ray's ``(Actor pid=…)`` prefixes only if ``prefixes`` (a sweep
     needs them to tell trials apart). Returns False when Ray's handler is not where we expect
-    (then nothing changes)."""
+    (then nothing changes). ``raylet_only``: the workers' output is not forwarded
+    (``log_to_driver=False``); filter the raylet's warnings, which still are."""
     # lazy: Ray's private logging API; compat imports no Ray at module level.
     from ray._private import ray_logging, worker
 
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
-    if not any(name == _HANDLER for name, _ in dispatcher.handlers):
+    forwarded = any(name == _HANDLER for name, _ in dispatcher.handlers)
+    if not forwarded and not raylet_only:
         return False
     original = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
-    dispatcher.remove_handler(_HANDLER)
-    dispatcher.add_handler(_HANDLER, functools.partial(_print_kept, original, not prefixes))
+    if forwarded:
+        dispatcher.remove_handler(_HANDLER)
+        dispatcher.add_handler(_HANDLER, functools.partial(_print_kept, original, not prefixes))
     # The raylet's warnings: printed by a thread that looks the function up at every call.
     raylet = functools.partial(_print_kept, original, None)
     raylet.__wrapped__ = original

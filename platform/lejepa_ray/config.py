@@ -426,6 +426,8 @@ class LoggingConfig:
     the ``rankme_samples`` images per report, logged as ``time/rankme_s``."""
 
     def __post_init__(self) -> None:
+        if self.mlflow is not None:  # workers and trials run in other working directories
+            self.mlflow = _absolute_uri(self.mlflow)
         check_field(self.every_steps >= 1, "logging.every_steps", self.every_steps, ">= 1")
         check_field(self.rankme_samples >= 0, "logging.rankme_samples", self.rankme_samples, ">= 0")
         check_field(
@@ -440,6 +442,18 @@ class LoggingConfig:
             self.peak_tflops,
             "None or > 0",
         )
+
+
+def _absolute_uri(uri: str) -> str:
+    """A tracking URI every process reads the same: a relative SQLite file or folder made
+    absolute; a server's URI as it is."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return "file://" + str(Path(uri.removeprefix("file://").removeprefix("file:")).absolute())
+    if ":" not in uri and not uri.startswith("databricks"):  # a bare folder
+        return str(Path(uri).absolute())
+    return uri
 
 
 @dataclass

@@ -133,7 +133,8 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
     # no Tune status boxes, no (pid=...) prefixes, no colour codes.
     for console in (first_log.read_text(), second.stdout):
         assert "\x1b[" not in console and "pid=" not in console
-        assert not re.search("[╭│╰+]-{3}|Trial status", console), console
+        noise = "[╭╰├│]|Trial status|Configuration for experiment|View detailed|WARNING"
+        assert not re.search(noise, console), console
     assert re.search(r"^trial 1/3 \S+ started: loss.lam=", first_log.read_text(), re.M)
     ends = re.findall(
         r"^trial [123]/3 \S+ (finished at step 8/8|stopped early by ASHA at step 4/8)",

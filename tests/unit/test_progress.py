@@ -42,11 +42,30 @@ def test_the_bar_follows_metrics_jsonl_and_a_resumed_attempt_rewriting_it(tmp_pa
 
 
 def test_the_bar_runs_in_a_thread_between_with_and_its_end(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(_line(5))
+    import time
+
     out = _Terminal()
     with progress.LiveBar(str(tmp_path), total=5, stream=out, interval_s=0.01) as bar:
-        pass
+        (tmp_path / "metrics.jsonl").write_text(_line(3))
+        deadline = time.monotonic() + 10
+        while bar.bar.n != 3 and time.monotonic() < deadline:  # the thread, not __exit__
+            time.sleep(0.01)
+        assert bar.bar.n == 3
+        with (tmp_path / "metrics.jsonl").open("a") as f:
+            f.write(_line(5))
     assert bar.bar.n == 5 and "5/5" in out.getvalue()
+
+
+def test_a_resumed_run_s_bar_starts_at_its_checkpoint_and_skips_the_earlier_lines(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(_line(10) + _line(20))
+    bar = progress.LiveBar(str(tmp_path), total=100, start=20, stream=_Terminal())
+    bar.poll()
+    assert bar.bar.n == 20
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write(_line(30))
+    bar.poll()
+    assert bar.bar.n == 30
+    bar.bar.close()
 
 
 def test_a_bar_only_on_a_terminal_with_a_local_run_directory(tmp_path):

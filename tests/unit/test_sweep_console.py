@@ -61,6 +61,9 @@ def test_a_trial_with_its_own_step_count_ends_at_it():
     console.on_trial_complete(0, [], short)
     assert lines[0] == "trial 1/1 b_00000 started: optim.steps=20"
     assert lines[1].startswith("trial 1/1 b_00000 finished at step 20/20")
+    fifo = TrialLines(1, 40, "score", [], lines.append, stopper="fifo")
+    fifo.on_trial_complete(0, [], _trial("b_00001", 10))
+    assert "ended early at step 10/40" in lines[-1]
 
 
 def test_a_resumed_sweep_numbers_its_trials_as_before():

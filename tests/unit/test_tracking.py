@@ -109,3 +109,39 @@ def test_a_tracker_that_is_not_installed_is_a_config_error(monkeypatch):
 def test_wandb_mode_is_checked():
     with pytest.raises(ConfigError, match=r"logging\.wandb\.mode"):
         WandbConfig(project="p", mode="cloud")
+
+
+def test_a_run_id_the_server_does_not_have_starts_a_new_run(tmp_path, caplog):
+    cfg = LoggingConfig(mlflow=f"sqlite:///{tmp_path}/mlflow.db")
+    tracked = tracking.Tracking(cfg, _run(tmp_path), ids={"mlflow": "0" * 32})
+    assert tracked.ids["mlflow"] != "0" * 32
+    tracked.close()
+    assert "is not at" in caplog.text
+    # its artifacts (config.yaml) beside the database, not in the working directory
+    assert list((tmp_path / "mlartifacts").rglob("config.yaml"))
+
+
+def test_an_unreachable_mlflow_server_or_a_missing_wandb_key_stop_the_run_first(
+    tmp_path, monkeypatch
+):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match="the tracking server did not answer"):
+        tracking.check(LoggingConfig(mlflow=f"http://127.0.0.1:{port}"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    with pytest.raises(ConfigError, match="needs a W&B API key"):
+        tracking.check(LoggingConfig(wandb=WandbConfig(project="p")))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    tracking.check(LoggingConfig(wandb=WandbConfig(project="p")))
+
+
+def test_relative_local_stores_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert LoggingConfig(mlflow="sqlite:///m.db").mlflow == f"sqlite:///{tmp_path}/m.db"
+    assert LoggingConfig(mlflow="mlruns").mlflow == str(tmp_path / "mlruns")
+    for uri in ("http://mlflow:5000", "databricks", f"sqlite:///{tmp_path}/x.db"):
+        assert LoggingConfig(mlflow=uri).mlflow == uri

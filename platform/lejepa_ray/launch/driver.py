@@ -381,9 +381,13 @@ def _track_probes(plan: Plan, result: PretrainResult) -> None:
     """The probes during training and after it, into the run's tracking (``metrics.jsonl``,
     MLflow, W&B) at their steps."""
     probed: dict[int, dict[str, float]] = {}
+    # A resumed run's tracking has the probes up to the checkpoint it resumed from already.
+    after = -1 if result.resumed_from is None else result.resumed_from
     for step, record in result.probes_during.items():
+        if step <= after:
+            continue
         probed[step] = {k: float(v) for k, v in record.items() if k.startswith("probe/")}
-    if result.probe is not None and "step" in result.metrics:
+    if result.probe is not None and int(result.metrics.get("step", -1)) > after:
         final = probed.setdefault(int(result.metrics["step"]), {})
         for name, scores in (
             ("", result.probe.trained),

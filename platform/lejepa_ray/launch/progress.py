@@ -45,6 +45,7 @@ class LiveBar:
         from tqdm import tqdm
 
         self.path = Path(run_dir.removeprefix("file://"), JSONL_FILE)
+        self.start = start
         self.interval_s = interval_s
         self.offset = 0
         self.bar = tqdm(
@@ -98,6 +99,8 @@ class LiveBar:
 
     def _show(self, m: dict[str, Any]) -> None:
         step = int(m["step"])
+        if step <= self.start:  # a resumed run's earlier lines: the bar starts past them
+            return
         if step > self.bar.n:
             self.bar.update(step - self.bar.n)
         else:  # a restarted attempt goes back to its checkpoint

@@ -110,7 +110,7 @@ def connect(
         started = True
         reaper.start()  # so that a killed driver leaves none of the instance's processes
     if not verbose:
-        quiet_worker_logs(prefixes)
+        quiet_worker_logs(prefixes, raylet_only=init_kwargs.get("log_to_driver") is False)
     return started
 
 

@@ -119,9 +119,9 @@ def train_worker(config: dict) -> None:
     elastic = job.cfg.scaling.elastic
     if rank == 0 and elastic and resumed is not None and resumed.state.world_size != world:
         _record_resize(job, resumed.state, world)
-    reporter = Reporter(job, trainer, cursor, writer, resumed, taken, world)
     failed = True  # until fit returns: the tracking runs of a failed attempt say so
     try:
+        reporter = Reporter(job, trainer, cursor, writer, resumed, taken, world)
         fit(
             trainer,
             iter(cursor),
@@ -304,7 +304,10 @@ class Reporter:
             metrics["time/rankme_s"] = time.perf_counter() - started
             if save and self.writer is not None:  # the pictures of SIGReg's target, rank 0
                 started = time.perf_counter()
-                self.writer.images(step, diagnostics_images(feats, projs, seed=step))
+                try:
+                    self.writer.images(step, diagnostics_images(feats, projs, seed=step))
+                except Exception as e:  # optional pictures never fail a report
+                    log.warning("the SIGReg pictures of step %d failed: %s", step, e)
                 metrics["time/diagnostics_s"] = time.perf_counter() - started
         if self.writer is not None:
             metrics.update(skip_metrics(self.job.counter))

@@ -110,10 +110,12 @@ class MetricsWriter:
 
     def close(self, failed: bool = False) -> None:
         """Flush and close; ``failed``: the attempt ends on an error (its tracking runs say so)."""
-        self.sync()
-        self.writer.close()
-        if self.tracking is not None:
-            self.tracking.close(failed)
+        try:
+            self.sync()
+            self.writer.close()
+        finally:
+            if self.tracking is not None:
+                self.tracking.close(failed)
 
 
 class Progress:

@@ -101,43 +101,91 @@ class MlflowTracker:
     a worker in one process cannot mix their runs)."""
 
     def __init__(self, cfg: LoggingConfig, run: RunInfo, run_id: str | None):
-        # Quiet: MLflow prints a "View run" URL to stdout at every run end, and logs its
-        # database migrations at INFO; the driver names the run once (:func:`describe`).
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        if logging.getLogger("mlflow").level == logging.NOTSET:
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-        # lazy: an optional dependency (the tracking extra), imported only when turned on
-        from mlflow import MlflowClient
-
+        client = mlflow_client(cfg)
         assert cfg.mlflow is not None
-        self.client = MlflowClient(cfg.mlflow)
-        if run_id is None:
-            experiment = cfg.group or DEFAULT_EXPERIMENT
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
-            )
-            created = self.client.create_run(experiment_id, run_name=run.name)
-            run_id = created.info.run_id
-            # The config: flat parameters to filter and compare runs by, and the YAML itself.
-            self.client.log_batch(run_id, params=_params(flatten(run.config)))
-            self.client.log_text(run_id, run.config_yaml, "config.yaml")
-            self.client.set_tag(run_id, "run_dir", run.run_dir)
+        if run_id is not None and _run_exists(client, run_id):
+            client.update_run(run_id, status="RUNNING")
         else:
-            self.client.update_run(run_id, status="RUNNING")
-        self.run_id = run_id
+            if run_id is not None:  # another tracking server, or the run was deleted there
+                log.warning("MLflow run %s is not at %s; starting a new one", run_id, cfg.mlflow)
+            experiment_id = _experiment(client, cfg.group or DEFAULT_EXPERIMENT, cfg.mlflow)
+            run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
+            # The config: flat parameters to filter and compare runs by, and the YAML itself
+            # (the client splits the parameters into batches of MLflow's limits).
+            client.log_batch(run_id, params=_params(flatten(run.config)))
+            client.log_text(run_id, run.config_yaml, "config.yaml")
+            client.set_tag(run_id, "run_dir", run.run_dir)
+        self.client, self.run_id = client, run_id
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        # lazy: optional dependency (see __init__)
+        # lazy: optional dependency (see mlflow_client)
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for start in range(0, len(points), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=points[start : start + 1000])
+        # Asynchronous: MLflow's own thread sends them, so a slow or restarting server never
+        # holds rank 0 (and with it, at the next report, every rank).
+        self.client.log_batch(self.run_id, metrics=points, synchronous=False)
 
     def close(self, failed: bool = False) -> None:
+        # lazy: optional dependency (see mlflow_client)
+        import mlflow
+
+        mlflow.flush_async_logging()
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+
+
+def mlflow_client(cfg: LoggingConfig) -> Any:
+    """A quiet ``MlflowClient`` for ``logging.mlflow``."""
+    # MLflow prints a "View run" URL at every run end and logs its database migrations at
+    # INFO on a handler of its own; the driver names the run once (:func:`describe`).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # lazy: an optional dependency (the tracking extra), imported only when turned on
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return MlflowClient(cfg.mlflow)
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    # lazy: optional dependency (see mlflow_client)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def _experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created when missing. Concurrent trials of a sweep
+    create it at once: the loser of that race looks it up again. A local store (SQLite or a
+    folder) keeps the artifacts beside itself, not in each process's working directory."""
+    # lazy: optional dependency (see mlflow_client)
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = _local_artifacts(uri)
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def _local_artifacts(uri: str) -> str | None:
+    """``<the database's folder>/mlartifacts`` for a SQLite or file store; None for a server."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    if uri.startswith(("file:", "/")):  # a folder (LoggingConfig made it absolute)
+        return str(Path(uri.removeprefix("file://").removeprefix("file:")) / "artifacts")
+    return None
 
 
 def _params(flat: dict[str, str]) -> list[Any]:
@@ -174,7 +222,11 @@ class WandbTracker:
             dir=self.local_dir,
             config=run.config if run_id is None else None,
             # Quiet: no banner, no console capture of the worker's output, no system sampling.
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            # symlink=False: no latest-run/ links, which an upload to object storage would copy
+            # as a second copy of the run for `wandb sync`.
+            settings=wandb.Settings(
+                silent=True, console="off", x_disable_stats=True, symlink=False
+            ),
             reinit="create_new",
         )
         self.run.define_metric("step")
@@ -211,6 +263,44 @@ def check(cfg: LoggingConfig) -> None:
                 f"{backend.setting} is set, but {backend.module} is not installed: {INSTALL}, "
                 f"or unset {backend.setting}."
             )
+    if cfg.mlflow is not None:
+        _check_mlflow(cfg)
+    if cfg.wandb.project is not None and cfg.wandb.mode == "online" and not _wandb_key():
+        raise ConfigError(
+            "logging.wandb.mode=online needs a W&B API key: set WANDB_API_KEY (on every node "
+            "of a cluster) or run `wandb login`; or log offline with --logging.wandb.mode "
+            "offline and upload later with `wandb sync`."
+        )
+
+
+def _check_mlflow(cfg: LoggingConfig) -> None:
+    """Reach the tracking server once, quickly (MLflow's own retries take minutes)."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {k: os.environ.get(k) for k in limits}
+    os.environ.update(limits)
+    try:
+        mlflow_client(cfg).search_experiments(max_results=1)
+    except Exception as e:
+        raise ConfigError(
+            f"logging.mlflow={cfg.mlflow!r}: the tracking server did not answer "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Start it, fix the "
+            "URI (http://host:5000, sqlite:///path/mlflow.db), or unset logging.mlflow."
+        ) from None
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _wandb_key() -> bool:
+    """Whether this machine has a W&B API key: ``WANDB_API_KEY``, or ``wandb login``'s entry in
+    the netrc file."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
 class JsonlLog:
@@ -274,8 +364,13 @@ class Tracking:
         self.jsonl = JsonlLog(run.run_dir, resumed_step)
         self.trackers: dict[str, Tracker] = {}
         for name, backend in TRACKERS.items():
-            if backend.enabled(cfg):
+            if not backend.enabled(cfg):
+                continue
+            try:
                 self.trackers[name] = backend.open(cfg, run, ids.get(name))
+            except Exception as e:  # checked before Ray started; a later outage costs the
+                # tracker, not the run
+                log.warning("%s could not start (%s); training goes on without it", name, e)
         if self.trackers:
             storage.write_text(f"{run.run_dir.rstrip('/')}/{IDS_FILE}", json.dumps(self.ids))
         self._warned: set[str] = set()
@@ -317,11 +412,14 @@ def describe(cfg: LoggingConfig, run_dir: str) -> str | None:
     """One console line naming the run's tracking runs, or None when no tracker is on."""
     ids = read_ids(run_dir)
     parts = []
-    if "mlflow" in ids:
+    if "mlflow" in ids and TRACKERS["mlflow"].enabled(cfg):
         parts.append(f"MLflow run {ids['mlflow']} at {cfg.mlflow}")
-    if "wandb" in ids:
-        where = "" if cfg.wandb.mode == "online" else f" (offline: `wandb sync {run_dir}/wandb`)"
-        parts.append(f"W&B run {ids['wandb']} in project {cfg.wandb.project}{where}")
+    if "wandb" in ids and TRACKERS["wandb"].enabled(cfg):
+        where = (
+            f"{run_dir}/wandb" if storage.is_local(run_dir) else "its wandb/ folder, copied here"
+        )
+        offline = "" if cfg.wandb.mode == "online" else f" (offline: `wandb sync {where}`)"
+        parts.append(f"W&B run {ids['wandb']} in project {cfg.wandb.project}{offline}")
     return f"tracking: {'; '.join(parts)}" if parts else None
 
 
@@ -336,7 +434,10 @@ def log_probes(cfg: LoggingConfig, run: RunInfo, probes: Mapping[int, Mapping[st
         json.dumps({"step": step, "time": round(time.time(), 3), **dict(m)}) + "\n"
         for step, m in sorted(probes.items())
     )
-    storage.write_text(uri, (storage.read_text(uri) or "") + lines)
+    try:
+        storage.write_text(uri, (storage.read_text(uri) or "") + lines)
+    except OSError as e:  # the run trained and was probed: say so, do not fail it
+        log.warning("could not add the probes to %s: %s", uri, e)
     ids = read_ids(run.run_dir)
     for name, backend in TRACKERS.items():
         if not backend.enabled(cfg) or name not in ids:

@@ -30,7 +30,8 @@ class TrialLines(Callback):
     ``total``: the trials the sweep will run (for ``trial 3/12``); ``steps``: a trial's
     ``optim.steps`` when the space does not sample it (a trial that reports fewer was
     stopped early); ``select_by``: the ranking option, whose metric each end line shows;
-    ``keys``: the swept keys, whose values each start line shows."""
+    ``keys``: the swept keys, whose values each start line shows; ``stopper``: the
+    scheduler that stops trials early (``--scheduler``)."""
 
     def __init__(
         self,
@@ -39,10 +40,12 @@ class TrialLines(Callback):
         select_by: str,
         keys: list[str],
         print_fn: Callable[[str], None] = print,
+        stopper: str = "asha",
         clock: Callable[[], float] = time.monotonic,
     ):
         self.total, self.steps, self.keys = total, steps, keys
         self.print_fn, self.clock = print_fn, clock
+        self.early = "stopped early by ASHA" if stopper == "asha" else "ended early"
         self.by = selected(select_by)
         self.started: dict[str, tuple[int, float]] = {}  # trial id -> (number, start time)
 
@@ -57,7 +60,7 @@ class TrialLines(Callback):
         result = trial.last_result or {}
         step = int(result.get("step", 0))
         last = int(trial.config.get("optim.steps", self.steps))
-        how = "finished" if step >= last else "stopped early by ASHA"
+        how = "finished" if step >= last else self.early
         figure = result.get(self.by.metric)
         shown = "" if figure is None else f", {self.by.metric} {float(figure):.4g}"
         self.print_fn(f"{self._head(trial)} {how} at step {step}/{last}{shown}{self._took(trial)}")

@@ -20,11 +20,13 @@ plot per label-free metric.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,6 +58,8 @@ from lejepa_ray.tune.validation import (
 )
 
 SPEC_FILE, RESULTS_FILE, PLOT_FILE = "sweep.json", "results.csv", "plot.png"
+NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+"""Ray Tune's switch between its console engines ("0": the legacy one)."""
 WINNER_DIR, VALIDATION_FILE, RUNS_DIR = "winner", "validation.json", "runs"
 
 
@@ -158,7 +162,8 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
             f"{sweep_dir} (TensorBoard: tensorboard --logdir {sweep_dir}/{RUNS_DIR})"
         )
     start = time.perf_counter()
-    grid = tuner.fit()
+    with _tune_output(opts.verbose):
+        grid = tuner.fit()
     seconds = time.perf_counter() - start
     unfinished = _unfinished(sweep_dir, _trials(opts, space))
     if unfinished:  # Ctrl+C: Tune saved its state and returned
@@ -248,8 +253,27 @@ def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
         prefixes=True,
         # Quiet: the trials' own output (their runs' lines, Ray Train's) stays in the logs;
         # console.TrialLines says what a person follows.
-        log_to_driver=opts.verbose,
+        log_to_driver=opts.verbose or base.logging.verbose,
     )
+
+
+@contextlib.contextmanager
+def _tune_output(verbose: bool) -> Iterator[None]:
+    """Tune's console engine for ``fit``: its own unless ``verbose``, else the legacy one,
+    which ``verbose=0`` silences wholly (the new one prints its configuration box, a results
+    path and a TensorBoard command into Ray's session folder at every start regardless)."""
+    if verbose:
+        yield
+        return
+    before = os.environ.get(NEW_OUTPUT)
+    os.environ[NEW_OUTPUT] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(NEW_OUTPUT, None)
+        else:
+            os.environ[NEW_OUTPUT] = before
 
 
 def _trials(opts: SweepOptions, space: list[Dimension]) -> int:
@@ -280,7 +304,9 @@ def _console(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]) -
     if opts.verbose:
         return {}
     keys = [d.key for d in space if d.sampler != "fixed"]
-    lines = TrialLines(_trials(opts, space), base.optim.steps, opts.select_by, keys)
+    lines = TrialLines(
+        _trials(opts, space), base.optim.steps, opts.select_by, keys, stopper=opts.scheduler
+    )
     return {"verbose": 0, "callbacks": [lines]}
 
 
