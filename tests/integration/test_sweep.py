@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from procs import TINY, clean_env, console_script, flags, tail
 from sweep_helpers import _space
+from tracking_helpers import wandb_run
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml")
@@ -47,7 +48,9 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
         "4",
         "--validate_with_labels",
         "digits",
-        *flags([*TINY, f"storage_path={tmp_path}"]),
+        # Each trial one W&B run (offline), filed under the sweep's name.
+        *flags([*TINY, f"storage_path={tmp_path}", "logging.wandb.project=sweeps"]),
+        *flags(["logging.wandb.mode=offline"]),
     ]
     sweep = tmp_path / "asha"
 
@@ -128,6 +131,11 @@ def test_sweep_interrupted_with_ctrl_c_resumes_ranks_validates_and_exports(tmp_p
         assert (sweep / f"validation_{metric}.png").stat().st_size > 5000, metric
     assert "label-free metrics against probe accuracy over" in second.stdout
     assert "convergence:" in second.stdout
+
+    # Tracking: one W&B run per trial, grouped by the sweep.
+    for r in rows:
+        runs = wandb_run(sweep / "runs" / r["trial"] / "wandb")
+        assert [run["group"] for run in runs.values()] == ["asha"], r["trial"]
 
     # The quiet console, into a file or a pipe: a line per trial start and end, the tables;
     # no Tune status boxes, no (pid=...) prefixes, no colour codes.
