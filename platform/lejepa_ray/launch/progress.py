@@ -10,7 +10,9 @@ at checkpoints, too seldom for a bar, so such runs keep the lines.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -27,6 +29,14 @@ def wanted(cfg: LoggingConfig, run_dir: str, stream: IO[str] | None = None) -> b
     stream = stream or sys.stdout
     tty = bool(getattr(stream, "isatty", lambda: False)())
     return cfg.progress_bar and tty and storage.is_local(run_dir) and not cfg.verbose
+
+
+def _columns(stream: IO[str]) -> int:
+    """The terminal's width in columns, 0 when unknown."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0
 
 
 class LiveBar:
@@ -48,12 +58,18 @@ class LiveBar:
         self.start = start
         self.interval_s = interval_s
         self.offset = 0
+        stream = stream or sys.stdout
+        # A pseudo-terminal that reports a 0 × 0 screen (some CI runners, `script`) would get
+        # no bar at all: give it a fixed size instead.
+        wide = _columns(stream) > 0
         self.bar = tqdm(
             total=total,
             initial=start,
             unit="step",
-            file=stream or sys.stdout,
-            dynamic_ncols=True,
+            file=stream,
+            dynamic_ncols=wide,
+            ncols=None if wide else 100,
+            nrows=None if wide else 20,  # tqdm draws nothing on a screen 0 rows high
             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
             "{rate_fmt}]{postfix}",
             # The first steps wait for workers and the pipeline: the smoothed rate forgets them.
