@@ -55,12 +55,14 @@ def _finished(file: Path, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"{file} has no exit record after {timeout_s} s")
 
 
-def wandb_run(root: Path) -> dict:
+def wandb_run(root: Path, finished: bool = True) -> dict:
     """Every offline run under ``root`` (``wandb/offline-run-*``), merged by run id: its
-    history rows, config keys and group."""
+    history rows, config keys and group. ``finished``: wait for each file's exit record (a
+    run whose process was killed, as Tune kills a stopped trial's, has none)."""
     runs: dict[str, dict] = {}
     for file in sorted(root.glob("offline-run-*/run-*.wandb")):
-        _finished(file)
+        if finished:
+            _finished(file)
         for record in wandb_records(file):
             kind = record.WhichOneof("record_type")
             if kind == "run":

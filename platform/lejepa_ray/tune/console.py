@@ -39,11 +39,13 @@ class TrialLines(Callback):
         steps: int,
         select_by: str,
         keys: list[str],
-        print_fn: Callable[[str], None] = print,
+        print_fn: Callable[[str], None] | None = None,
         stopper: str = "asha",
         clock: Callable[[], float] = time.monotonic,
     ):
         self.total, self.steps, self.keys = total, steps, keys
+        # None: the builtin print, looked up at each call. Tune pickles its callbacks with
+        # the experiment's state, and a test runner's patched print would not pickle.
         self.print_fn, self.clock = print_fn, clock
         self.early = "stopped early by ASHA" if stopper == "asha" else "ended early"
         self.by = selected(select_by)
@@ -54,7 +56,7 @@ class TrialLines(Callback):
         number = known[0] if known else len(self.started) + 1
         self.started[trial.trial_id] = (number, self.clock())
         values = ", ".join(f"{k}={_value(trial.config[k])}" for k in self.keys if k in trial.config)
-        self.print_fn(f"trial {number}/{self.total} {trial.trial_id} started: {values}")
+        self._print(f"trial {number}/{self.total} {trial.trial_id} started: {values}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
@@ -63,11 +65,14 @@ class TrialLines(Callback):
         how = "finished" if step >= last else self.early
         figure = result.get(self.by.metric)
         shown = "" if figure is None else f", {self.by.metric} {float(figure):.4g}"
-        self.print_fn(f"{self._head(trial)} {how} at step {step}/{last}{shown}{self._took(trial)}")
+        self._print(f"{self._head(trial)} {how} at step {step}/{last}{shown}{self._took(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         where = trial.error_file or trial.path
-        self.print_fn(f"{self._head(trial)} failed{self._took(trial)}: {_error(trial)} ({where})")
+        self._print(f"{self._head(trial)} failed{self._took(trial)}: {_error(trial)} ({where})")
+
+    def _print(self, line: str) -> None:
+        (self.print_fn or print)(line)
 
     def get_state(self) -> dict:
         """Kept in Tune's experiment state: a resumed sweep numbers its trials as before."""
