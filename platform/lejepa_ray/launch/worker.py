@@ -37,7 +37,7 @@ from lejepa_ray.train.checkpoint import TrainState
 from lejepa_ray.train.diagnostics import diagnostics_images
 from lejepa_ray.train.faults import inject_nonfinite
 from lejepa_ray.train.metrics import MetricsWriter
-from lejepa_ray.train.rankme import effective_rank, heldout_batch, heldout_embeddings
+from lejepa_ray.train.rankme import heldout_batch, heldout_embeddings, rankme_of
 from lejepa_ray.train.trainer import NonFiniteLossError, Trainer, fit
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,7 @@ class Reporter:
             encoder, bf16 = self.trainer.encoder, self.trainer.autocast
             started = time.perf_counter()
             feats, projs = heldout_embeddings(encoder, self.rankme_images, bf16=bf16)
-            metrics["rankme/backbone"] = effective_rank(feats)
-            metrics["rankme/projector"] = effective_rank(projs)
+            metrics.update(rankme_of(feats, projs))
             metrics["time/rankme_s"] = time.perf_counter() - started
             if save and self.writer is not None:  # the pictures of SIGReg's target, rank 0
                 started = time.perf_counter()

@@ -99,11 +99,13 @@ def rankme_metrics(
     sharded by FSDP2, called on every rank at once) on uint8 ``images`` (N, 3, S, S), in eval
     mode (BatchNorm on its running statistics; the mode it had is restored), under bf16
     autocast when ``bf16`` (as training computes)."""
-    feats, projs = heldout_embeddings(encoder, images, bf16=bf16, batch_size=batch_size)
-    return {
-        "rankme/backbone": effective_rank(feats),
-        "rankme/projector": effective_rank(projs),
-    }
+    return rankme_of(*heldout_embeddings(encoder, images, bf16=bf16, batch_size=batch_size))
+
+
+def rankme_of(feats: torch.Tensor, projs: torch.Tensor) -> dict[str, float]:
+    """``rankme/backbone`` and ``rankme/projector`` of embeddings :func:`heldout_embeddings`
+    computed: backbone features (N, D) and projector outputs (N, K)."""
+    return {"rankme/backbone": effective_rank(feats), "rankme/projector": effective_rank(projs)}
 
 
 @torch.no_grad()

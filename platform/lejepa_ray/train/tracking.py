@@ -314,7 +314,7 @@ class JsonlLog:
         else:
             self.path = Path(run_dir.removeprefix("file://"), JSONL_FILE)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        previous = storage.read_text(self.uri) if self.remote else _read(self.path)
+        previous = storage.read_text(self.uri)  # a local path or a URI alike
         # A fresh run starts a fresh file; a resumed one keeps the lines up to its checkpoint.
         kept = "" if resumed_step is None else keep_until(previous or "", resumed_step)
         self.path.write_text(kept)
@@ -330,10 +330,6 @@ class JsonlLog:
     def sync(self) -> None:
         if self.remote:
             storage.write_text(self.uri, self.path.read_text())
-
-
-def _read(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
 
 
 def keep_until(text: str, step: int) -> str:
