@@ -32,6 +32,16 @@ Run snapshots: Ray Train rewrites a run's ``checkpoint_manager_snapshot.json`` i
 written aside and renamed), so a reader beside a live run can catch it half-written; Ray then
 raises its private ``CheckpointManagerInitializationError`` (:func:`snapshot_read_error`).
 
+Spot preemptions and checkpoint uploads (Ray Train's alpha and developer APIs):
+:func:`preemption_notice` asks Ray Train whether a node of the group is being reclaimed;
+:func:`is_preempted` tells a worker death caused by a reclaimed node (a health-check failure
+wrapping a ``RayActorError`` whose ``preempted`` flag is set) from other failures;
+:func:`upload_mode` picks ``CheckpointUploadMode``; :func:`train_storage` is the run's storage
+filesystem and directory, which an uploaded checkpoint must lie in for Ray to manage it;
+:func:`preemption_error` is what ``fit`` raises once the preemption restarts run out.
+:func:`controller_callback_bases` and :func:`preempting` let a callback in the controller see a
+preemption start, notice or not, and the checkpoint that follows it (``launch.events``).
+
 Checkpoints: ``checkpoint._VerifyingReader`` overrides ``FileSystemReader._slice_file(file,
 storage_info)`` of ``torch.distributed.checkpoint``, the one place where DCP's ``read_data``
 turns a storage item into bytes, to fetch each item as one verified byte range.
@@ -207,3 +217,69 @@ def task_timeline() -> list[dict]:
 
     with quiet_logger(RAY_STATE_LOGGER, logging.ERROR):
         return ray.timeline()
+
+
+def preemption_notice() -> Any:
+    """``ray.train.get_preemption_info()``: a ``PreemptionInfo`` (``deadline_ms``, Unix ms or
+    None; ``preempted_node_to_ranks``) once a node of the group is being drained for
+    preemption, else None. A barrier: every rank calls it at the same steps."""
+    # lazy: Ray Train's alpha API; compat imports no Ray at module level.
+    import ray.train
+
+    return ray.train.get_preemption_info()
+
+
+def is_preempted(error: BaseException) -> bool:
+    """Whether a worker error reported to a Ray Train callback is the death of a worker whose
+    node was preempted (drained for preemption, then gone)."""
+    # lazy: as in preemption_notice.
+    from ray.exceptions import RayActorError
+
+    inner = getattr(error, "health_check_failure", error)  # WorkerHealthCheckFailedError
+    return isinstance(inner, RayActorError) and bool(getattr(inner, "preempted", False))
+
+
+def upload_mode(asynchronous: bool) -> Any:
+    """``ray.train.CheckpointUploadMode.ASYNC`` or ``SYNC``."""
+    # lazy: as in preemption_notice.
+    from ray.train import CheckpointUploadMode
+
+    return CheckpointUploadMode.ASYNC if asynchronous else CheckpointUploadMode.SYNC
+
+
+def train_storage() -> tuple[Any, str]:
+    """The run's storage as Ray Train holds it in a worker: ``(pyarrow filesystem, run
+    directory path on it)``. A checkpoint Ray is to manage must lie under that directory, on
+    that very filesystem object's equal."""
+    # lazy: as in preemption_notice.
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    return storage.storage_filesystem, storage.experiment_fs_path
+
+
+def preemption_error() -> type[Exception]:
+    """What ``TorchTrainer.fit`` raises when preemptions exhaust ``max_preemption_failures``."""
+    # lazy: as in preemption_notice.
+    from ray.train import PreemptionError
+
+    return PreemptionError
+
+
+def controller_callback_bases() -> tuple[type, ...]:
+    """Ray Train's internal ``ControllerCallback`` and ``ReportCallback``: a callback of both,
+    passed in ``RunConfig.callbacks``, sees the controller's state changes (a preemption
+    starts) and every report with its checkpoint, in the controller."""
+    # lazy: Ray Train's private module; compat imports no Ray at module level.
+    from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
+
+    return ControllerCallback, ReportCallback
+
+
+def preempting(state: Any) -> Any:
+    """The ``PreemptionInfo`` of a Ray Train controller state that waits out a preemption (its
+    ``PreemptingState``), else None."""
+    # lazy: as in controller_callback_bases.
+    from ray.train.v2._internal.execution.controller.state import PreemptingState
+
+    return state.preemption_info if isinstance(state, PreemptingState) else None

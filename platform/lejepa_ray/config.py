@@ -333,10 +333,21 @@ class CheckpointConfig:
     keep: int = 2
     """Keep the latest this many checkpoints (older ones are deleted once a newer one is
     completely written)."""
+    upload: str = "async"
+    """``async``: training goes on while a checkpoint uploads to the run directory (at most one
+    upload in flight; the next checkpoint first waits for it). ``sync``: training waits for
+    each upload. Either way a checkpoint counts only once every file is stored and its manifest,
+    written last, is (``lejepa_ray.train.upload``)."""
 
     def __post_init__(self) -> None:
         check_field(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, ">= 1")
         check_field(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
+        check_field(
+            self.upload in UPLOAD_MODES, "checkpoint.upload", self.upload, " or ".join(UPLOAD_MODES)
+        )
+
+
+UPLOAD_MODES = ("async", "sync")
 
 
 @dataclass
@@ -352,9 +363,49 @@ class FaultConfig:
     inject_nonfinite_steps: list[int] = field(default_factory=list)
     """Testing hook: make the loss of these optimizer steps (1-based) NaN, to exercise the
     guard."""
+    preemption_check_steps: int = 10
+    """Ask Ray Train every this many steps whether a node of the group is being preempted (a
+    spot reclaim notice; a collective, at the same steps on every rank). On a notice the run
+    checkpoints at once and waits for Ray Train to restart it on the capacity left. 0: never
+    ask (a preemption then costs up to ``checkpoint.every_steps`` steps)."""
+    max_preemptions: int = -1
+    """Restarts after preempted nodes, counted apart from ``max_failures``; -1: unlimited
+    (Ray Train's ``FailureConfig.max_preemption_failures``)."""
+    relax_collectives_on_preemption: bool = False
+    """Let the ranks that survive a preemption pass Ray Train's report and notice barriers
+    without the preempted ranks (Ray's ``FailureConfig.relax_collectives_on_preemption``;
+    ignored when rank 0 is among them). Only with ``preemption_check_steps=0``: a checkpoint
+    needs every rank's shards, so the one at a notice cannot be taken without them (see
+    docs/scaling.md, "Spot preemptions")."""
+    preemption_grace_s: float = 0.0
+    """Seconds the surviving workers may run past the preemption deadline, for a checkpoint
+    upload that outlasts the drain window (Ray's ``FailureConfig.preemption_grace_s``)."""
 
     def __post_init__(self) -> None:
         check_field(self.max_failures >= -1, "fault.max_failures", self.max_failures, ">= -1")
+        check_field(
+            self.preemption_check_steps >= 0,
+            "fault.preemption_check_steps",
+            self.preemption_check_steps,
+            ">= 0 (0: never ask)",
+        )
+        check_field(
+            self.max_preemptions >= -1, "fault.max_preemptions", self.max_preemptions, ">= -1"
+        )
+        check_field(
+            not (self.relax_collectives_on_preemption and self.preemption_check_steps),
+            "fault.relax_collectives_on_preemption",
+            self.relax_collectives_on_preemption,
+            "false while fault.preemption_check_steps > 0: the checkpoint at a notice needs "
+            "every rank, and a relaxed barrier lets the others go on without the preempted "
+            "ones (docs/scaling.md, 'Spot preemptions')",
+        )
+        check_field(
+            self.preemption_grace_s >= 0,
+            "fault.preemption_grace_s",
+            self.preemption_grace_s,
+            ">= 0 seconds",
+        )
         check_field(
             self.max_nonfinite_steps >= 1,
             "fault.max_nonfinite_steps",

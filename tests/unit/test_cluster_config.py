@@ -64,6 +64,19 @@ def test_nodes_run_the_pinned_stack_with_token_auth_and_s3_storage(config):
     assert "security_group" not in config["provider"]
 
 
+def test_every_worker_node_turns_spot_notices_into_preemption_drains(config):
+    # After its raylet starts, in the background, with the token the cluster uses, pointed at
+    # the head; the module it runs exists and has the entry point.
+    start = config["worker_start_ray_commands"]
+    watcher = [c for c in start if "lejepa_ray.launch.spot" in c]
+    assert len(watcher) == 1 and start.index(watcher[0]) > 1, start
+    assert "RAY_AUTH_MODE=token" in watcher[0] and "--address=$RAY_HEAD_IP:6379" in watcher[0]
+    assert watcher[0].rstrip().endswith("&"), "the watcher must not block the node's start"
+    from lejepa_ray.launch import spot
+
+    assert callable(spot.main)
+
+
 @pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.stem)
 def test_every_job_config_fits_the_cluster(config, path):
     cfg = load_config(path)

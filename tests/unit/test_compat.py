@@ -191,3 +191,217 @@ def test_ray_timeline_warns_on_the_logger_task_timeline_quiets():
     # The advice is a logger.warning inside ray.timeline itself, not a warnings.warn or print.
     source = inspect.getsource(state.timeline)
     assert "logger.warning(" in source and "In the near future" in source
+
+
+def test_upload_mode_is_ray_trains_enum():
+    from ray.train import CheckpointUploadMode
+
+    from lejepa_ray.compat import upload_mode
+
+    assert upload_mode(True) is CheckpointUploadMode.ASYNC
+    assert upload_mode(False) is CheckpointUploadMode.SYNC
+
+
+def test_preemption_error_is_what_ray_train_raises_when_preemptions_run_out():
+    from ray.train.v2._internal.execution.failure_handling import default
+
+    from lejepa_ray.compat import preemption_error
+
+    error = preemption_error()
+    assert isinstance(error, type) and issubclass(error, Exception)
+    assert error.__name__ == "PreemptionError"
+    assert error is default.PreemptionError  # the class Ray's failure policy raises
+
+
+def test_is_preempted_tells_a_reclaimed_nodes_worker_death_from_other_errors():
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext, NodeDeathInfo
+    from ray.exceptions import ActorDiedError, RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2._internal.execution.worker_group.poll import _is_preempted_actor
+
+    from lejepa_ray.compat import is_preempted
+
+    def died(reason) -> ActorDiedError:
+        info = NodeDeathInfo(reason=reason)
+        return ActorDiedError(ActorDiedErrorContext(actor_id=b"\x02" * 16, node_death_info=info))
+
+    def health(e: Exception) -> WorkerHealthCheckFailedError:
+        return WorkerHealthCheckFailedError("Worker health check failed.", e)
+
+    preempted = [
+        RayActorError(preempted=True),
+        health(RayActorError(preempted=True)),
+        died(NodeDeathInfo.AUTOSCALER_DRAIN_PREEMPTED),
+        health(died(NodeDeathInfo.AUTOSCALER_DRAIN_PREEMPTED)),
+    ]
+    others = [
+        RayActorError(),
+        health(RayActorError()),
+        died(NodeDeathInfo.UNEXPECTED_TERMINATION),
+        health(died(NodeDeathInfo.AUTOSCALER_DRAIN_IDLE)),
+        health(RuntimeError("preempted")),  # says so, but is not an actor's death
+        RuntimeError("node preempted"),
+        types.SimpleNamespace(health_check_failure=None),
+    ]
+    for e in preempted:
+        assert is_preempted(e), e
+        assert _is_preempted_actor(e)  # what Ray Train counts against max_preemption_failures
+    for e in others:
+        assert not is_preempted(e), e
+    for e in others[:-1]:
+        assert not _is_preempted_actor(e)
+
+
+def test_ray_train_has_the_preemption_apis_the_worker_and_driver_use():
+    import dataclasses
+    import inspect
+
+    import ray.train
+    from ray.train.v2.api.config import FailureConfig
+
+    assert callable(ray.train.get_preemption_info)
+    assert not inspect.signature(ray.train.get_preemption_info).parameters
+    assert ray.train.FailureConfig is FailureConfig
+    config = FailureConfig(
+        max_failures=2,
+        max_preemption_failures=3,
+        relax_collectives_on_preemption=True,
+        preemption_grace_s=30.0,
+    )
+    assert (
+        config.max_preemption_failures,
+        config.relax_collectives_on_preemption,
+        config.preemption_grace_s,
+    ) == (3, True, 30.0)
+    defaults = {f.name: f.default for f in dataclasses.fields(FailureConfig)}
+    assert defaults["max_preemption_failures"] == -1  # our fault.max_preemptions default
+    assert defaults["relax_collectives_on_preemption"] is False
+    assert defaults["preemption_grace_s"] == 0.0
+    # A PreemptionInfo: what compat.preemption_notice returns once a node is being drained.
+    fields = {f.name for f in dataclasses.fields(ray.train.PreemptionInfo)}
+    assert {"deadline_ms", "preempted_node_to_ranks"} <= fields
+
+
+def test_train_storage_is_the_filesystem_and_run_directory_of_ray_trains_storage(
+    tmp_path, monkeypatch
+):
+    import ray.train
+    from pyarrow import fs as pafs
+    from ray.train.v2._internal.execution.context import TrainContext
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    from lejepa_ray import compat
+
+    assert callable(TrainContext.get_storage)
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="run")
+    context = types.SimpleNamespace(get_storage=lambda: storage)
+    monkeypatch.setattr(ray.train, "get_context", lambda: context)
+    filesystem, run_dir = compat.train_storage()
+    assert filesystem is storage.storage_filesystem
+    assert isinstance(filesystem, pafs.LocalFileSystem)
+    assert run_dir == f"{tmp_path}/run"
+
+
+def test_preemption_notice_asks_ray_train(monkeypatch):
+    import ray.train
+
+    from lejepa_ray.compat import preemption_notice
+
+    info = ray.train.PreemptionInfo(deadline_ms=1_700_000_000_000, preempted_node_to_ranks={})
+    notices = iter([None, info])
+    monkeypatch.setattr(ray.train, "get_preemption_info", lambda: next(notices))
+    assert preemption_notice() is None
+    assert preemption_notice() is info
+
+
+def test_preempting_is_the_preemption_info_of_ray_trains_preempting_state():
+    import ray.train
+    from ray.train.v2._internal.execution import preemption
+    from ray.train.v2._internal.execution.controller import state
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    from lejepa_ray.compat import preempting
+
+    # The info the controller's preempting state holds is the PreemptionInfo workers get.
+    assert preemption.PreemptionInfo is ray.train.PreemptionInfo
+    info = ray.train.PreemptionInfo(deadline_ms=1_700_000_000_000, preempted_node_to_ranks={})
+    assert preempting(state.PreemptingState(preemption_info=info, detected_at_s=1.0)) is info
+    error = TrainingFailedError("failed")
+    others = [
+        state.InitializingState(),
+        state.RunningState(),
+        state.RestartingState(training_failed_error=error),
+        state.ShuttingDownState(next_state=state.FinishedState()),
+        state.FinishedState(),
+        # Not Ray's state, though it has the attribute.
+        types.SimpleNamespace(preemption_info=info),
+    ]
+    for other in others:
+        assert preempting(other) is None, other
+
+
+def test_run_config_callbacks_of_the_controller_bases_see_state_updates_and_reports(
+    tmp_path, monkeypatch
+):
+    """Ray's trainer hands a run-config callback that is no UserCallback to its controller as
+    it is, which calls it on each state update and with each consolidated report. The
+    controller is built, not started: its `_start` schedules a worker group."""
+    import inspect
+
+    from ray.train import RunConfig, UserCallback
+    from ray.train.v2._internal.execution.callback import ControllerCallback, ReportCallback
+    from ray.train.v2._internal.execution.checkpoint import report_handler
+    from ray.train.v2._internal.execution.controller import state
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+    from ray.train.v2._internal.execution.failure_handling import create_failure_policy
+    from ray.train.v2._internal.execution.scaling_policy import create_scaling_policy
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from lejepa_ray.compat import controller_callback_bases
+
+    assert controller_callback_bases() == (ControllerCallback, ReportCallback)
+
+    class Seen(*controller_callback_bases()):
+        def __init__(self):
+            self.updates = []
+
+        def after_controller_state_update(self, previous_state, current_state):
+            self.updates.append((previous_state, current_state))
+
+    seen = Seen()
+    assert not isinstance(seen, UserCallback)  # not wrapped in Ray's UserCallbackHandler
+
+    # The hooks launch.events.PreemptionRecorder overrides, with the arguments Ray passes.
+    def arguments(hook) -> list[str]:
+        return list(inspect.signature(hook).parameters)[1:]
+
+    assert arguments(ControllerCallback.after_controller_state_update) == [
+        "previous_state",
+        "current_state",
+    ]
+    assert arguments(ReportCallback.after_report) == ["training_report", "metrics"]
+    # The report handler calls after_report with these keywords.
+    source = inspect.getsource(report_handler.ReportCallbackHandler.after_worker_group_poll_status)
+    assert "callback.after_report(" in source and "training_report=" in source
+
+    # Ray's own callbacks that would need a started controller (metrics, logging) stay out.
+    monkeypatch.setenv("RAY_TRAIN_METRICS_ENABLED", "0")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
+    monkeypatch.setattr(TrainController, "_start", lambda self: None)
+    trainer = DataParallelTrainer(
+        lambda: None, run_config=RunConfig(name="run", storage_path=str(tmp_path), callbacks=[seen])
+    )
+    callbacks = trainer._create_default_callbacks()
+    assert seen in callbacks
+    controller = TrainController(
+        train_fn_ref=None,
+        train_run_context=trainer.train_run_context,
+        scaling_policy=create_scaling_policy(trainer.scaling_config),
+        failure_policy=create_failure_policy(trainer.run_config.failure_config),
+        callbacks=callbacks,
+    )
+    assert seen in controller._report_handler._report_callbacks
+    initial = controller.get_state()
+    running = state.RunningState()
+    controller._set_state(running)
+    assert seen.updates == [(initial, running)]

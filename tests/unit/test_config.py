@@ -202,3 +202,57 @@ def test_a_size_that_does_not_divide_the_global_batch_splits_it_within_one_image
     assert s.batch_share(0, 24) == pytest.approx(22 * 24 / 512)
     with pytest.raises(ValueError, match=r"world size 33 outside \[16, 32\]"):
         s.batch_split(33)
+
+
+def test_spot_preemption_and_upload_defaults():
+    cfg = load_config(None)
+    assert cfg.checkpoint.upload == "async"
+    f = cfg.fault
+    assert (
+        f.preemption_check_steps,
+        f.max_preemptions,
+        f.relax_collectives_on_preemption,
+        f.preemption_grace_s,
+    ) == (10, -1, False, 0.0)
+    assert isinstance(f.preemption_grace_s, float)
+    set_ = load_config(
+        None,
+        [
+            "checkpoint.upload=sync",
+            "fault.preemption_check_steps=0",
+            "fault.max_preemptions=0",
+            "fault.relax_collectives_on_preemption=true",
+            "fault.preemption_grace_s=45",
+        ],
+    )
+    assert set_.checkpoint.upload == "sync"
+    f = set_.fault
+    assert (
+        f.preemption_check_steps,
+        f.max_preemptions,
+        f.relax_collectives_on_preemption,
+        f.preemption_grace_s,
+    ) == (0, 0, True, 45.0)
+    # The YAML written into the run directory keeps them.
+    assert load_config_text(to_yaml(set_), tmp=CONFIGS.parent) == set_
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["checkpoint.upload=later"],
+            "checkpoint.upload='later' is invalid: expected async or sync",
+        ),
+        (["checkpoint.upload=ASYNC"], "checkpoint.upload='ASYNC' is invalid"),
+        (["fault.preemption_check_steps=-1"], "fault.preemption_check_steps=-1 is invalid"),
+        (["fault.max_preemptions=-2"], "fault.max_preemptions=-2 is invalid: expected >= -1"),
+        (["fault.preemption_grace_s=-1"], "fault.preemption_grace_s=-1.0 is invalid"),
+        (["fault.preemption_grace_s=soon"], "fault.preemption_grace_s"),
+        (["fault.preemption_check_steps=1.5"], "fault.preemption_check_steps"),
+        (["fault.relax_collectives_on_preemption=maybe"], "fault.relax_collectives_on_preemption"),
+    ],
+)
+def test_bad_preemption_and_upload_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=_literal(message)):
+        load_config(None, overrides)

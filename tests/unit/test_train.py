@@ -62,6 +62,43 @@ def test_fit_reports_at_log_and_checkpoint_steps():
     assert "step 6/6" in format_line(6, 6, last)
 
 
+def test_checkpoint_now_checkpoints_out_of_turn_at_the_step_it_says_so():
+    trainer = _trainer("logging.every_steps=100", "checkpoint.every_steps=100")
+    asked, calls = [], []
+
+    def checkpoint_now(step: int) -> bool:
+        asked.append(step)
+        assert trainer.step == step  # asked after the step, before its report
+        return step == 3
+
+    fit(
+        trainer,
+        _batches(),
+        report=lambda s, m, save: calls.append((s, save, m)),
+        checkpoint_now=checkpoint_now,
+    )
+    assert asked == [1, 2, 3, 4, 5, 6]  # after every step
+    # Out of turn at 3, with fresh metrics (the steps since the start), and at the end.
+    assert [(s, save) for s, save, _ in calls] == [(3, True), (6, True)]
+    assert all("loss" in m and math.isfinite(m["loss"]) for _, _, m in calls)
+
+
+def test_without_checkpoint_now_only_the_cadence_and_the_end_checkpoint():
+    trainer = _trainer("logging.every_steps=100", "checkpoint.every_steps=4")
+    calls = []
+    fit(trainer, _batches(), report=lambda s, m, save: calls.append((s, save)))
+    assert calls == [(4, True), (6, True)]
+    never = _trainer("logging.every_steps=2", "checkpoint.every_steps=100")
+    calls = []
+    fit(
+        never,
+        _batches(),
+        report=lambda s, m, save: calls.append((s, save)),
+        checkpoint_now=lambda step: False,
+    )
+    assert calls == [(2, False), (4, False), (6, True)]
+
+
 def test_learning_rate_follows_the_schedule_per_optimizer_step():
     trainer = _trainer("optim.accum_steps=2", "optim.lr=5e-4", "optim.lr_reference_batch=16")
     lrs = []

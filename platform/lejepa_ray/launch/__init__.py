@@ -1,7 +1,8 @@
 """Running on Ray: connecting to a cluster or starting one (``runtime``), the watchdog that
 cleans up after a killed driver (``reaper``), the pretraining driver with its Ray Train
-worker loop (``driver``, ``worker``), the worker group's failure and resize records
-(``events``) and the probes of checkpoints during training (``probes``).
+worker loop (``driver``, ``worker``), the worker group's failure, preemption and resize records
+(``events``), the probes of checkpoints during training (``probes``) and a node's spot-notice
+watcher (``spot``).
 
 May import: base, objective, data, config, model, train, runs, evaluation.
 """

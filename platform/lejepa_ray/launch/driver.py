@@ -32,7 +32,7 @@ from ray.train import (
 from ray.train import ScalingConfig as RayScaling
 from ray.train.torch import TorchTrainer
 
-from lejepa_ray import runs, storage
+from lejepa_ray import compat, runs, storage
 from lejepa_ray.config import PretrainConfig, check_run, to_yaml
 from lejepa_ray.data.plan import Plan as DataPlan
 from lejepa_ray.data.readers import SourcePlan, source_plan
@@ -46,8 +46,8 @@ from lejepa_ray.errors import (
     TrainingStopped,
 )
 from lejepa_ray.evaluation.probe import ProbeReport, load_labelled, probe_report
-from lejepa_ray.launch import probes, progress, runtime
-from lejepa_ray.launch.events import FailureRecorder
+from lejepa_ray.launch import events, probes, progress, runtime
+from lejepa_ray.launch.events import FailureRecorder, PreemptionRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.model.flops import train_flops_per_image
@@ -152,6 +152,9 @@ def run(
             result, seconds = _fit(trainer)
     else:
         result, seconds = _fit(trainer)
+    happened = events.summary(plan.run_dir)
+    if happened:
+        print_fn(happened)
     final = _final_checkpoint(plan, result)
     metrics = dict(result.metrics or {})
     resumed_from = None if latest is None else latest.step
@@ -283,10 +286,19 @@ def _torch_trainer(
             name=plan.name,
             storage_path=plan.root,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=cfg.fault.max_failures),
+            failure_config=FailureConfig(
+                max_failures=cfg.fault.max_failures,
+                max_preemption_failures=cfg.fault.max_preemptions,
+                relax_collectives_on_preemption=cfg.fault.relax_collectives_on_preemption,
+                preemption_grace_s=cfg.fault.preemption_grace_s,
+            ),
             # Ray Train's per-report INFO lines would interleave with our progress line.
             logging_config=LoggingConfig(log_level="WARNING"),
-            callbacks=[FailureRecorder(plan.run_dir), *callbacks],
+            callbacks=[
+                FailureRecorder(plan.run_dir),
+                PreemptionRecorder(plan.run_dir),
+                *callbacks,
+            ],
         ),
         # A factory, called at the start of every attempt (the first, and each restart after
         # a worker failure): the pipeline starts at the latest checkpoint's data position.
@@ -334,6 +346,13 @@ def _fit(trainer: TorchTrainer) -> tuple[Result, float]:
         result = trainer.fit()
     except WorkerGroupError as e:
         raise _user_error(e) from None
+    except compat.preemption_error() as e:
+        limit = trainer.run_config.failure_config.max_preemption_failures
+        raise TrainingStopped(
+            f"the run was preempted more often than fault.max_preemptions={limit} allows "
+            f"({e}). Rerun the same command to resume from its latest checkpoint, or raise "
+            "fault.max_preemptions (-1: unlimited)."
+        ) from None
     return result, time.perf_counter() - start
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +57,7 @@ class MetricsWriter:
             self.local_dir = tempfile.mkdtemp(prefix="lejepa-tb-")
         purge = None if resumed_step is None else resumed_step + 1
         self.writer = SummaryWriter(self.local_dir, purge_step=purge)
+        self._syncing: threading.Thread | None = None  # a background sync (sync(wait=False))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Write ``metrics`` of ``step``, with the run's pace (``progress/steps_per_s``) and
@@ -100,13 +103,48 @@ class MetricsWriter:
         if self.tracking is not None:
             self.tracking.log(step, figures)
 
-    def sync(self) -> None:
-        """Copy the event files (and ``metrics.jsonl``) to the run directory when it is remote."""
+    def sync(self, wait: bool = True) -> None:
+        """Copy the event files (and ``metrics.jsonl``) to the run directory when it is remote.
+        ``wait=False``: copy them as they are now, in a background thread, while training goes
+        on (one copy at a time: the next sync first waits for the previous one)."""
         self.writer.flush()
-        if self.tracking is not None:
-            self.tracking.sync()
+        self._join()
+        jobs = [self.tracking.snapshot()] if self.tracking is not None else []
         if not is_local(self.run_dir):
-            fs.copy_files(self.local_dir, f"{self.run_dir.rstrip('/')}/{TENSORBOARD_DIR}")
+            staged = tempfile.mkdtemp(prefix="lejepa-tb-sync-")  # the files as they are now
+            shutil.copytree(self.local_dir, staged, dirs_exist_ok=True)
+            dest = f"{self.run_dir.rstrip('/')}/{TENSORBOARD_DIR}"
+
+            def copy() -> None:
+                try:
+                    fs.copy_files(staged, dest)
+                finally:
+                    shutil.rmtree(staged, ignore_errors=True)
+
+            jobs.append(copy)
+        if wait:
+            for job in jobs:
+                job()
+            return
+
+        def run() -> None:
+            for job in jobs:
+                try:
+                    job()
+                except Exception as e:  # a copy of logs never fails training; the next retries
+                    log.warning("copying the metrics to %s failed: %s", self.run_dir, e)
+
+        self._syncing = threading.Thread(target=run, name="metrics-sync", daemon=True)
+        self._syncing.start()
+
+    def wait_synced(self) -> None:
+        """Wait for the copy :meth:`sync` started in the background, if any."""
+        self._join()
+
+    def _join(self) -> None:
+        if self._syncing is not None:
+            self._syncing.join()
+            self._syncing = None
 
     def close(self, failed: bool = False) -> None:
         """Flush and close; ``failed``: the attempt ends on an error (its tracking runs say so)."""

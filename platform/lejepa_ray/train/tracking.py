@@ -328,8 +328,15 @@ class JsonlLog:
             f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
 
     def sync(self) -> None:
-        if self.remote:
-            storage.write_text(self.uri, self.path.read_text())
+        self.snapshot()()
+
+    def snapshot(self) -> Callable[[], None]:
+        """The copy of the file as it is now to the URI run directory, to run later (in a
+        background thread); a no-op for a local run directory."""
+        if not self.remote:
+            return lambda: None
+        text = self.path.read_text()
+        return lambda: storage.write_text(self.uri, text)
 
 
 def keep_until(text: str, step: int) -> str:
@@ -388,6 +395,10 @@ class Tracking:
 
     def sync(self) -> None:
         self.jsonl.sync()
+
+    def snapshot(self) -> Callable[[], None]:
+        """:meth:`JsonlLog.snapshot` of ``metrics.jsonl``."""
+        return self.jsonl.snapshot()
 
     def close(self, failed: bool = False) -> None:
         self.jsonl.sync()

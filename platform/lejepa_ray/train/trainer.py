@@ -287,9 +287,13 @@ def fit(
     flops_per_image: float | None = None,
     peak_tflops: float | None = None,
     world_size: int = 1,
+    checkpoint_now: Callable[[int], bool] | None = None,
 ) -> dict[str, float]:
     """Run optimizer steps from ``trainer.step`` until ``cfg.optim.steps``; returns the last
     metrics.
+
+    ``checkpoint_now(step)``, when given, is called on every rank after every step: True
+    checkpoints at this step, out of turn (a preemption notice).
 
     ``report(step, metrics, checkpoint)`` is called on every rank at the same steps (Ray's
     report is a barrier): with fresh ``metrics`` every ``logging.every_steps`` steps and at each
@@ -327,6 +331,8 @@ def fit(
         meter.images += sum(len(b["global"]) for b in micro)
         step, final = trainer.step, trainer.step == cfg.optim.steps
         save = step % cfg.checkpoint.every_steps == 0 or final
+        if checkpoint_now is not None and checkpoint_now(step):
+            save = True
         # A checkpoint always comes with fresh metrics: what Ray keeps with it (and a sweep
         # ranks by) is then that step's, not an older window's.
         log = step % cfg.logging.every_steps == 0 or save

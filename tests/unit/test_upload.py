@@ -1,0 +1,235 @@
+"""train/upload.py: every rank's files first, rank 0's manifest last, one upload at a time.
+
+A local pyarrow filesystem stands in for the run's storage; each rank's part of a checkpoint is
+a local directory as ``checkpoint.save`` leaves it (rank 0's with the manifest of all ranks)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pyarrow import fs as pafs
+
+from lejepa_ray.errors import CheckpointError
+from lejepa_ray.train import manifest as mf
+from lejepa_ray.train import upload
+
+RANK0 = {"state.json": b'{"step": 8}', "__0_0.distcp": b"rank zero shard" * 100}
+RANK1 = {"__1_0.distcp": b"rank one shard" * 300, "rng/rank_1.bin": b"\x01\x02\x03"}
+
+
+def _part(directory: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def _ranks(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """Rank 0's and rank 1's local parts, and the manifest (in rank 0's) naming both."""
+    rank0 = _part(tmp_path / "local0", RANK0)
+    rank1 = _part(tmp_path / "local1", RANK1)
+    parts = [mf.describe(rank0, sorted(RANK0), {}), mf.describe(rank1, sorted(RANK1), {})]
+    data = json.dumps(mf.merge(parts)).encode()
+    (rank0 / mf.MANIFEST_FILE).write_bytes(data)
+    return rank0, rank1, data
+
+
+def _listing(directory: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_a_part_without_a_manifest_uploads_all_its_files(tmp_path):
+    _, rank1, _ = _ranks(tmp_path)
+    dest = tmp_path / "run" / "checkpoint_00000008"
+    upload.upload(rank1, pafs.LocalFileSystem(), str(dest), timeout_s=0.0)
+    assert _listing(dest) == RANK1  # nested files too; no manifest, and no wait for one
+
+
+def test_rank_0_writes_the_manifest_only_once_every_ranks_files_are_stored(tmp_path):
+    rank0, rank1, manifest = _ranks(tmp_path)
+    dest = tmp_path / "run" / "checkpoint_00000008"
+    filesystem = pafs.LocalFileSystem()
+    errors: list[BaseException] = []
+
+    def rank0_upload():
+        try:
+            upload.upload(rank0, filesystem, str(dest), timeout_s=30.0, poll_s=0.01)
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+
+    thread = threading.Thread(target=rank0_upload)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while set(_listing(dest)) != set(RANK0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _listing(dest) == RANK0  # its own files, the manifest held back
+        time.sleep(0.2)  # many polls of the listing: still waiting for rank 1
+        assert thread.is_alive() and not (dest / mf.MANIFEST_FILE).exists()
+        # Rank 1's files arrive, the big one first truncated (a copy in progress): no manifest.
+        (dest / "__1_0.distcp").write_bytes(RANK1["__1_0.distcp"][:10])
+        (dest / "rng").mkdir()
+        (dest / "rng" / "rank_1.bin").write_bytes(RANK1["rng/rank_1.bin"])
+        time.sleep(0.2)
+        assert thread.is_alive() and not (dest / mf.MANIFEST_FILE).exists()
+        upload.upload(rank1, filesystem, str(dest), timeout_s=0.0)  # rank 1's whole upload
+    finally:
+        thread.join(timeout=10)
+    assert not thread.is_alive() and errors == []
+    assert (dest / mf.MANIFEST_FILE).read_bytes() == manifest
+    assert _listing(dest) == {**RANK0, **RANK1, mf.MANIFEST_FILE: manifest}
+
+
+def test_a_rank_that_never_arrives_times_out_naming_its_file_and_leaves_no_manifest(tmp_path):
+    rank0, _, _ = _ranks(tmp_path)
+    dest = tmp_path / "run" / "checkpoint_00000008"
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"__1_0\.distcp is missing") as caught:
+        upload.upload(rank0, pafs.LocalFileSystem(), str(dest), timeout_s=0.3, poll_s=0.05)
+    assert time.monotonic() - started >= 0.3  # it waited out the timeout, not less
+    assert "incomplete" in str(caught.value)
+    assert _listing(dest) == RANK0  # rank 0's own files, and no manifest
+
+
+def test_a_truncated_file_at_the_timeout_is_named_with_its_sizes(tmp_path):
+    rank0, _, _ = _ranks(tmp_path)
+    dest = tmp_path / "run" / "checkpoint_00000008"
+    _part(dest, {**RANK1, "__1_0.distcp": b"short"})
+    with pytest.raises(CheckpointError, match=r"__1_0\.distcp has 5 bytes.*truncated"):
+        upload.upload(rank0, pafs.LocalFileSystem(), str(dest), timeout_s=0.1, poll_s=0.02)
+    assert not (dest / mf.MANIFEST_FILE).exists()
+
+
+def test_one_in_flight_makes_the_next_upload_wait_for_the_previous_one(tmp_path):
+    uploads = upload.OneInFlight()
+    assert not uploads.busy
+    assert uploads.start() < 0.1 and uploads.busy
+    local = _part(tmp_path / "local", RANK1)
+    may_finish, ran = threading.Event(), []
+
+    def slow_upload(name):
+        may_finish.wait(timeout=10)
+        ran.append(name)
+        return "uploaded"
+
+    wrapped = uploads.wrap(slow_upload, local)
+    results = []
+    first = threading.Thread(target=lambda: results.append(wrapped("ckpt_1")))
+    first.start()
+    waited = []
+    second = threading.Thread(target=lambda: waited.append(uploads.start()))
+    second.start()
+    time.sleep(0.3)
+    assert second.is_alive() and waited == [] and uploads.busy  # the next one waits
+    assert local.exists()  # the upload still needs its local files
+    may_finish.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert results == ["uploaded"] and ran == ["ckpt_1"]
+    assert waited and waited[0] >= 0.25  # it waited for the first upload to end
+    assert not local.exists()  # the wrapper removed the local part once uploaded
+    assert uploads.busy  # the second upload now holds the slot
+    other = _part(tmp_path / "other", RANK0)
+    uploads.release(other)  # its report failed: the upload never ran
+    assert not uploads.busy and not other.exists()
+    assert uploads.wait() < 0.1
+
+
+def test_a_failed_upload_is_tried_again_then_removes_its_local_part_and_frees_the_slot(
+    tmp_path,
+):
+    uploads = upload.OneInFlight()
+    uploads.start()
+    local = _part(tmp_path / "local", RANK1)
+    calls = []
+
+    def failing(*args, **kwargs):
+        assert local.exists()  # kept for every try, removed after the last
+        calls.append((args, kwargs))
+        raise OSError("AWS Error NETWORK_CONNECTION during PutObject")
+
+    with pytest.raises(CheckpointError, match="failed 3 times") as raised:
+        uploads.wrap(failing, local, backoff_s=0.0)("a", key="b")
+    assert calls == [(("a",), {"key": "b"})] * 3
+    # Worded so that Ray Train's own retry (on "AWS Error <code>") does not call it again.
+    assert "AWS Error" not in str(raised.value) and "NETWORK_CONNECTION" in str(raised.value)
+    assert uploads.error is raised.value
+    assert not local.exists() and not uploads.busy
+    assert uploads.start() < 0.1  # the next one does not wait
+
+
+def test_ray_trains_retry_does_not_call_a_failed_upload_again(tmp_path):
+    from ray._common.retry import call_with_retry
+    from ray.train.v2._internal.constants import AWS_RETRYABLE_TOKENS
+
+    uploads = upload.OneInFlight()
+    uploads.start()
+    local = _part(tmp_path / "local", RANK1)
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise OSError("AWS Error SLOW_DOWN: reduce your request rate")
+
+    wrapped = uploads.wrap(failing, local, backoff_s=0.0)
+    with pytest.raises(CheckpointError):  # as Ray Train's _upload_checkpoint calls it
+        call_with_retry(wrapped, "upload checkpoint", max_attempts=3, match=AWS_RETRYABLE_TOKENS)
+    assert len(calls) == 3  # our three tries, and no second round from Ray
+
+
+def test_a_part_that_is_gone_is_an_error_not_an_empty_upload(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint files"):
+        upload.upload(tmp_path / "gone", pafs.LocalFileSystem(), str(tmp_path / "dest"))
+
+
+def test_a_checkpoint_error_is_not_tried_again(tmp_path):
+    uploads = upload.OneInFlight()
+    uploads.start()
+    local = _part(tmp_path / "local", RANK1)
+    calls = []
+
+    def incomplete() -> None:
+        calls.append(1)
+        raise CheckpointError("the checkpoint is incomplete")
+
+    with pytest.raises(CheckpointError, match="incomplete"):
+        uploads.wrap(incomplete, local, backoff_s=0.0)()
+    assert calls == [1] and not uploads.busy
+
+
+def test_wait_returns_once_the_upload_in_flight_ends(tmp_path):
+    uploads = upload.OneInFlight()
+    uploads.start()
+    local = _part(tmp_path / "local", RANK1)
+    wrapped = uploads.wrap(lambda: time.sleep(0.3), local)
+    thread = threading.Thread(target=wrapped)
+    thread.start()
+    try:
+        assert uploads.wait() >= 0.2
+        assert not uploads.busy  # wait leaves the slot free; start takes it
+    finally:
+        thread.join(timeout=10)
+
+
+def test_a_saved_checkpoint_uploads_whole_and_loads_back(tmp_path):
+    from checkpoint_helpers import _batch, _load, _save, _trainer
+
+    a = _trainer()
+    a.train_step([_batch(0)])
+    local = tmp_path / "local"
+    _save(a, local)
+    saved = _listing(local)
+    assert mf.MANIFEST_FILE in saved and len(saved) > 2
+    dest = tmp_path / "run" / "checkpoint_00000001"
+    upload.upload(local, pafs.LocalFileSystem(), str(dest), timeout_s=5.0, poll_s=0.01)
+    assert _listing(dest) == saved
+    state = _load(dest, _trainer())
+    assert state.step == 1
