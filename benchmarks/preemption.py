@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--delay", type=float, default=2.0, help="seconds between that checkpoint and the drain"
     )
     parser.add_argument(
-        "--deadline", type=int, default=8, help="seconds from the drain to the node's removal"
+        "--deadline",
+        type=int,
+        default=8,
+        help="seconds from the drain to its deadline (the node is removed 1.5 s later)",
     )
     parser.add_argument(
         "--return",

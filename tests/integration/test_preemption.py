@@ -1,6 +1,6 @@
 """Spot preemptions on a local multi-node cluster (``benchmarks/preemption.py``): one of two
 slot nodes is drained with the preemption reason and a deadline, as a spot cloud's notice
-reaches Ray, and removed at the deadline.
+reaches Ray, and removed just after the deadline.
 
 - ``notice``: the run asks for notices every step, checkpoints at the notice, resumes on the
   node left from that checkpoint (0 steps recomputed), and grows back when a node returns.
@@ -21,7 +21,7 @@ import pytest
 from procs import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, EVERY = 64, 8
+STEPS, EVERY = 80, 8
 """The notice lands some steps after the checkpoint of step 8 (2 s after it is registered); the
 group of one must then log a step before a slot returns, and still be training when the grown
 group of two starts (some 20 s later)."""

@@ -96,7 +96,7 @@ def watch(
     *,
     every_s: float = 5.0,
     fetch: Callable[[], float | None] = notice,
-    run: Callable[[list[str]], object] = lambda cmd: subprocess.run(cmd, check=True),
+    run: Callable[[list[str]], object] = lambda cmd: subprocess.run(cmd, check=True, timeout=20),
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], object] = time.sleep,
 ) -> float:
@@ -111,7 +111,7 @@ def watch(
         try:
             run(drain_command(address, node_id, deadline - clock()))
             return deadline
-        except (subprocess.CalledProcessError, OSError) as e:
+        except (subprocess.SubprocessError, OSError) as e:
             if attempt == DRAIN_TRIES:
                 raise
             log.warning("draining the node failed (%s); trying again", e)

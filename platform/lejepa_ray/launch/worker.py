@@ -11,11 +11,14 @@ Ray is imported at the top: this module only ever runs inside a Ray Train worker
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import logging
+import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +53,10 @@ RAY_DEFAULT_NOTICE_S = 120.0
 RESTART_SLACK_S = 300.0
 """How long past the preemption deadline (and grace) workers that checkpointed at a notice
 wait for Ray Train to restart them before failing."""
+UPLOAD_NICENESS = 19
+"""The niceness of the thread that uploads checkpoints in the background: it gets the CPU time
+training leaves (on this CPU-bound test machine, training's steps would otherwise slow down
+while an upload runs)."""
 QUEUED_REPORTS = 4
 """Reports that may queue behind a checkpoint upload in Ray's report thread (see
 ``Reporter.__call__``); the next one waits for them."""
@@ -231,14 +238,21 @@ def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter
 
 
 def _upload_to_run(
-    writer: MetricsWriter | None, ckpt: ray.train.Checkpoint, dir_name: str
+    synced: threading.Thread | None,
+    background: bool,
+    ckpt: ray.train.Checkpoint,
+    dir_name: str,
 ) -> ray.train.Checkpoint:
     """Ray Train's ``checkpoint_upload_fn``: this rank's part of the checkpoint, from the local
     directory ``ckpt.path`` into the run's ``dir_name``, manifest last (``train.upload``). Rank
-    0 (the one with a ``writer``) first lets the metrics copied in the background land, so that
-    a registered checkpoint always has the metrics up to its step beside it."""
-    if writer is not None:
-        writer.wait_synced()
+    0 first lets the metrics' copy started with this checkpoint (``synced``) land, so that a
+    registered checkpoint always has the metrics up to its step beside it. ``background``: the
+    upload runs in Ray's upload thread, at a low CPU priority."""
+    if synced is not None:
+        synced.join()
+    if background:  # use the CPU time training leaves (Linux: a thread has a niceness of its own)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
     filesystem, run_path = compat.train_storage()
     dest = f"{run_path}/{dir_name}"
     upload.upload(ckpt.path, filesystem, dest)
@@ -323,14 +337,16 @@ class Reporter:
             return
         started = time.perf_counter()
         asynchronous = self.job.cfg.checkpoint.upload == "async"
-        if self.writer is not None:  # metrics and TensorBoard files, stored before the manifest
-            self.writer.sync(wait=not asynchronous)
+        synced = None  # rank 0: the metrics' copy, stored before the manifest
+        if self.writer is not None:
+            synced = self.writer.sync(wait=not asynchronous)
         metrics["data/samples"] = self.cursor.samples
         self.trainer.sync_buffers()  # every rank, before the save reads rank 0's buffers
         self.uploads.start()  # at most one upload in flight: wait for the previous one
         self.queued = 0
         local = tempfile.mkdtemp(prefix="lejepa-ckpt-")  # removed once uploaded
-        upload_fn = self.uploads.wrap(functools.partial(_upload_to_run, self.writer), local)
+        to_run = functools.partial(_upload_to_run, synced, asynchronous)
+        upload_fn = self.uploads.wrap(to_run, local)
         try:
             checkpoint.save(local, self.trainer.tensors, self._state(step), self.config_yaml)
             ray.train.report(
@@ -445,6 +461,15 @@ class Reporter:
             tracking=self.writer.tracking.ids if self.writer and self.writer.tracking else {},
         )
 
+    def _stored(self, name: str) -> bool:
+        """Whether files lie in the run directory's ``name`` already (False when the listing
+        fails: Ray's registration still guards resumes)."""
+        try:
+            return bool(Folder.at(f"{self.job.run_dir}/{name}").files())
+        except OSError as e:
+            log.warning("could not list %s/%s: %s", self.job.run_dir, name, e)
+            return False
+
     def _name(self, step: int) -> str:
         """``checkpoint_<step>``, or with a suffix when that name is registered already (a run
         that fell back past a refused checkpoint saves that step again, and Ray, retiring the
@@ -454,9 +479,7 @@ class Reporter:
             # Rank 0's name is the one Ray uses (it broadcasts it). A directory of that name
             # left by an upload a restart cut short is not reused either: its files could pass
             # for the new ones while rank 0 waits for every rank's files.
-            if name not in self.taken and (
-                self.writer is None or not Folder.at(f"{self.job.run_dir}/{name}").files()
-            ):
+            if name not in self.taken and (self.writer is None or not self._stored(name)):
                 return name
             name = f"checkpoint_{step:08d}_{n}"
         raise AssertionError("unreachable")

@@ -103,10 +103,11 @@ class MetricsWriter:
         if self.tracking is not None:
             self.tracking.log(step, figures)
 
-    def sync(self, wait: bool = True) -> None:
+    def sync(self, wait: bool = True) -> threading.Thread | None:
         """Copy the event files (and ``metrics.jsonl``) to the run directory when it is remote.
         ``wait=False``: copy them as they are now, in a background thread, while training goes
-        on (one copy at a time: the next sync first waits for the previous one)."""
+        on, and return the thread (one copy at a time: the next sync first waits for the
+        previous one). Call from one thread (the training thread)."""
         self.writer.flush()
         self._join()
         jobs = [self.tracking.snapshot()] if self.tracking is not None else []
@@ -125,7 +126,7 @@ class MetricsWriter:
         if wait:
             for job in jobs:
                 job()
-            return
+            return None
 
         def run() -> None:
             for job in jobs:
@@ -134,17 +135,15 @@ class MetricsWriter:
                 except Exception as e:  # a copy of logs never fails training; the next retries
                     log.warning("copying the metrics to %s failed: %s", self.run_dir, e)
 
-        self._syncing = threading.Thread(target=run, name="metrics-sync", daemon=True)
-        self._syncing.start()
-
-    def wait_synced(self) -> None:
-        """Wait for the copy :meth:`sync` started in the background, if any."""
-        self._join()
+        thread = threading.Thread(target=run, name="metrics-sync", daemon=True)
+        thread.start()
+        self._syncing = thread  # written by the calling thread only, never cleared
+        return thread
 
     def _join(self) -> None:
-        if self._syncing is not None:
-            self._syncing.join()
-            self._syncing = None
+        thread = self._syncing  # read once: joining a finished thread returns at once
+        if thread is not None:
+            thread.join()
 
     def close(self, failed: bool = False) -> None:
         """Flush and close; ``failed``: the attempt ends on an error (its tracking runs say so)."""
