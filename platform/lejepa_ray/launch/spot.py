@@ -39,28 +39,40 @@ ACTIONS = ("terminate", "stop", "hibernate")
 MARGIN_S = 5.0
 """The drain's deadline is this long before the time AWS gives."""
 DRAIN_TRIES = 5
+UNANSWERED = (urllib.error.URLError, OSError, http.client.HTTPException)
+"""What a request to the metadata service raises when it gets no usable answer."""
 
 
 def notice(base: str = IMDS, timeout_s: float = 2.0) -> float | None:
     """The Unix time at which AWS takes this instance back, or None: no notice yet, or no
     metadata service (not on EC2), or an answer that is not a notice."""
+    token = _token(base, timeout_s)
+    if token is None:
+        return None
+    request = urllib.request.Request(
+        f"{base}/latest/meta-data/spot/instance-action",
+        headers={"X-aws-ec2-metadata-token": token},
+    )
     try:
-        request = urllib.request.Request(
-            f"{base}/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        )
-        with urllib.request.urlopen(request, timeout=timeout_s) as r:
-            token = r.read().decode()
-        request = urllib.request.Request(
-            f"{base}/latest/meta-data/spot/instance-action",
-            headers={"X-aws-ec2-metadata-token": token},
-        )
         with urllib.request.urlopen(request, timeout=timeout_s) as r:
             body = r.read().decode()
-    except (urllib.error.URLError, OSError, http.client.HTTPException):
+    except UNANSWERED:
         return None  # 404 (no notice yet) is an HTTPError, a URLError
     return parse_notice(body)
+
+
+def _token(base: str = IMDS, timeout_s: float = 2.0) -> str | None:
+    """An IMDSv2 session token, or None when the metadata service does not answer."""
+    request = urllib.request.Request(
+        f"{base}/latest/api/token",
+        method="PUT",
+        headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            return r.read().decode()
+    except UNANSWERED:
+        return None
 
 
 def parse_notice(body: str) -> float | None:
@@ -139,20 +151,6 @@ def local_node_id(address: str, attempts: int = 30) -> str:
     raise AssertionError("unreachable")
 
 
-def _reachable(base: str = IMDS, timeout_s: float = 2.0) -> bool:
-    """Whether the metadata service answers at all (it gives a session token)."""
-    request = urllib.request.Request(
-        f"{base}/latest/api/token",
-        method="PUT",
-        headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return True
-    except (urllib.error.URLError, OSError, http.client.HTTPException):
-        return False
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="auto", help="the cluster's GCS address")
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     node_id = local_node_id(args.address)
-    reachable = _reachable()
+    reachable = _token() is not None
     log.info(
         "watching for spot interruption notices for node %s%s",
         node_id,

@@ -393,9 +393,6 @@ class Tracking:
                     self._warned.add(name)
                     log.warning("%s could not log step %d (%s); training goes on", name, step, e)
 
-    def sync(self) -> None:
-        self.jsonl.sync()
-
     def snapshot(self) -> Callable[[], None]:
         """:meth:`JsonlLog.snapshot` of ``metrics.jsonl``."""
         return self.jsonl.snapshot()
