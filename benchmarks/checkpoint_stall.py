@@ -26,7 +26,7 @@ stall training by itself. Last line: one JSON object.
 
     python benchmarks/checkpoint_stall.py [--model vit_small_patch16_224] [--size 224]
         [--steps 25] [--every 5] [--batch-size 4] [--modes sync async] [--repeats 1]
-        [--storage s3://bucket/prefix] [--poll-s 0.1] [--server-nice 0]
+        [--storage s3://bucket/prefix] [--poll-s 0.1] [--server-nice 0] [--server-idle]
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="niceness of the local moto server (19: it takes only CPU time training leaves, "
         "as a storage service on other machines would); not with --storage",
     )
+    parser.add_argument(
+        "--server-idle",
+        action="store_true",
+        help="schedule the local moto server SCHED_IDLE (Linux): it runs only on CPU time "
+        "nothing else wants, closer than any niceness to a storage service that uses none of "
+        "the training node's CPUs; not with --storage",
+    )
     args = parser.parse_args(argv)
     if args.every < 2:
         parser.error("--every must be at least 2: a checkpoint needs steps after it")
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
             server = s3.start(Path(logs))
             if args.server_nice:
                 os.setpriority(os.PRIO_PROCESS, server.process.pid, args.server_nice)
+            if args.server_idle:
+                os.sched_setscheduler(server.process.pid, os.SCHED_IDLE, os.sched_param(0))
             env_before = s3.apply_env(server)  # the Ray workers inherit it
             base = server.uri("checkpoint-stall")
         else:
@@ -268,7 +277,8 @@ def _summary(args: argparse.Namespace, base: str, runs: list[dict]) -> dict:
     print(
         f"\n{args.model}, batch {args.batch_size} at {args.size} px, {args.steps} steps, "
         f"checkpoint every {args.every}, {args.repeats} run(s) per mode, report poll "
-        f"{args.poll_s} s, storage {base} (server niceness {args.server_nice}):"
+        f"{args.poll_s} s, storage {base} (server niceness {args.server_nice}"
+        f"{', SCHED_IDLE' if args.server_idle else ''}):"
     )
     for mode, m in modes.items():
         ckpt = m["checkpoint_s_mean"]
@@ -289,6 +299,7 @@ def _summary(args: argparse.Namespace, base: str, runs: list[dict]) -> dict:
         "repeats": args.repeats,
         "poll_s": args.poll_s,
         "server_nice": args.server_nice,
+        "server_idle": args.server_idle,
         "storage": base,
         "modes": modes,
         "async_over_sync_stall": ratio,

@@ -229,6 +229,14 @@ def preemption_notice() -> Any:
     return ray.train.get_preemption_info()
 
 
+def preemption_default_deadline_s() -> float:
+    """How long after a notice without a deadline Ray Train stops the group (seconds)."""
+    # lazy: as in preemption_notice.
+    from ray.train.v2._internal.constants import DEFAULT_PREEMPTION_DEADLINE_S
+
+    return float(DEFAULT_PREEMPTION_DEADLINE_S)
+
+
 def is_preempted(error: BaseException) -> bool:
     """Whether a worker error reported to a Ray Train callback is the death of a worker whose
     node was preempted (drained for preemption, then gone)."""

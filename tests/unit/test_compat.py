@@ -280,6 +280,10 @@ def test_ray_train_has_the_preemption_apis_the_worker_and_driver_use():
     # A PreemptionInfo: what compat.preemption_notice returns once a node is being drained.
     fields = {f.name for f in dataclasses.fields(ray.train.PreemptionInfo)}
     assert {"deadline_ms", "preempted_node_to_ranks"} <= fields
+    # Where the workers that checkpointed at a notice without a deadline stop waiting from.
+    from lejepa_ray import compat
+
+    assert 0 < compat.preemption_default_deadline_s() < 3600
 
 
 def test_train_storage_is_the_filesystem_and_run_directory_of_ray_trains_storage(

@@ -1,7 +1,7 @@
 """train/upload.py: every rank's files first, rank 0's manifest last, one upload at a time.
 
 A local pyarrow filesystem stands in for the run's storage; each rank's part of a checkpoint is
-a local directory as ``checkpoint.save`` leaves it (rank 0's with the manifest of all ranks)."""
+a local directory as ``checkpoint.write`` leaves it (``manifest.Part``), without a manifest."""
 
 from __future__ import annotations
 
@@ -28,14 +28,18 @@ def _part(directory: Path, files: dict[str, bytes]) -> Path:
     return directory
 
 
-def _ranks(tmp_path: Path) -> tuple[Path, Path, bytes]:
-    """Rank 0's and rank 1's local parts, and the manifest (in rank 0's) naming both."""
-    rank0 = _part(tmp_path / "local0", RANK0)
-    rank1 = _part(tmp_path / "local1", RANK1)
-    parts = [mf.describe(rank0, sorted(RANK0), {}), mf.describe(rank1, sorted(RANK1), {})]
-    data = json.dumps(mf.merge(parts)).encode()
-    (rank0 / mf.MANIFEST_FILE).write_bytes(data)
-    return rank0, rank1, data
+def _ranks(tmp_path: Path) -> tuple[mf.Part, mf.Part, bytes]:
+    """Rank 0's and rank 1's local parts of a two-rank checkpoint, and the manifest naming
+    both that rank 0 must write."""
+    rank0 = mf.Part(str(_part(tmp_path / "local0", RANK0)), rank=0, world=2, chunks={})
+    rank1 = mf.Part(str(_part(tmp_path / "local1", RANK1)), rank=1, world=2, chunks={})
+    manifest = json.dumps(mf.merge([rank0.describe(), rank1.describe()])).encode()
+    return rank0, rank1, manifest
+
+
+def _entries(part: mf.Part) -> dict[str, bytes]:
+    """What a rank other than 0 stores beside its files: its manifest entries."""
+    return {mf.part_file(part.rank): json.dumps(part.describe()).encode()}
 
 
 def _listing(directory: Path) -> dict[str, bytes]:
@@ -50,7 +54,10 @@ def test_a_part_without_a_manifest_uploads_all_its_files(tmp_path):
     _, rank1, _ = _ranks(tmp_path)
     dest = tmp_path / "run" / "checkpoint_00000008"
     upload.upload(rank1, pafs.LocalFileSystem(), str(dest), timeout_s=0.0)
-    assert _listing(dest) == RANK1  # nested files too; no manifest, and no wait for one
+    # nested files too, then its checksums for rank 0; no manifest, and no wait for one
+    assert _listing(dest) == {**RANK1, **_entries(rank1)}
+    entries = json.loads(_listing(dest)[mf.part_file(1)])
+    assert entries["files"]["__1_0.distcp"]["size"] == len(RANK1["__1_0.distcp"])
 
 
 def test_rank_0_writes_the_manifest_only_once_every_ranks_files_are_stored(tmp_path):
@@ -74,10 +81,8 @@ def test_rank_0_writes_the_manifest_only_once_every_ranks_files_are_stored(tmp_p
         assert _listing(dest) == RANK0  # its own files, the manifest held back
         time.sleep(0.2)  # many polls of the listing: still waiting for rank 1
         assert thread.is_alive() and not (dest / mf.MANIFEST_FILE).exists()
-        # Rank 1's files arrive, the big one first truncated (a copy in progress): no manifest.
-        (dest / "__1_0.distcp").write_bytes(RANK1["__1_0.distcp"][:10])
-        (dest / "rng").mkdir()
-        (dest / "rng" / "rank_1.bin").write_bytes(RANK1["rng/rank_1.bin"])
+        # Rank 1's entries are there but the storage shows its big file truncated: no manifest.
+        _part(dest, {**RANK1, "__1_0.distcp": RANK1["__1_0.distcp"][:10], **_entries(rank1)})
         time.sleep(0.2)
         assert thread.is_alive() and not (dest / mf.MANIFEST_FILE).exists()
         upload.upload(rank1, filesystem, str(dest), timeout_s=0.0)  # rank 1's whole upload
@@ -85,14 +90,14 @@ def test_rank_0_writes_the_manifest_only_once_every_ranks_files_are_stored(tmp_p
         thread.join(timeout=10)
     assert not thread.is_alive() and errors == []
     assert (dest / mf.MANIFEST_FILE).read_bytes() == manifest
-    assert _listing(dest) == {**RANK0, **RANK1, mf.MANIFEST_FILE: manifest}
+    assert _listing(dest) == {**RANK0, **RANK1, **_entries(rank1), mf.MANIFEST_FILE: manifest}
 
 
-def test_a_rank_that_never_arrives_times_out_naming_its_file_and_leaves_no_manifest(tmp_path):
+def test_a_rank_that_never_arrives_times_out_naming_it_and_leaves_no_manifest(tmp_path):
     rank0, _, _ = _ranks(tmp_path)
     dest = tmp_path / "run" / "checkpoint_00000008"
     started = time.monotonic()
-    with pytest.raises(CheckpointError, match=r"__1_0\.distcp is missing") as caught:
+    with pytest.raises(CheckpointError, match=r"entries of rank\(s\) \[1\] are missing") as caught:
         upload.upload(rank0, pafs.LocalFileSystem(), str(dest), timeout_s=0.3, poll_s=0.05)
     assert time.monotonic() - started >= 0.3  # it waited out the timeout, not less
     assert "incomplete" in str(caught.value)
@@ -100,9 +105,9 @@ def test_a_rank_that_never_arrives_times_out_naming_its_file_and_leaves_no_manif
 
 
 def test_a_truncated_file_at_the_timeout_is_named_with_its_sizes(tmp_path):
-    rank0, _, _ = _ranks(tmp_path)
+    rank0, rank1, _ = _ranks(tmp_path)
     dest = tmp_path / "run" / "checkpoint_00000008"
-    _part(dest, {**RANK1, "__1_0.distcp": b"short"})
+    _part(dest, {**RANK1, "__1_0.distcp": b"short", **_entries(rank1)})
     with pytest.raises(CheckpointError, match=r"__1_0\.distcp has 5 bytes.*truncated"):
         upload.upload(rank0, pafs.LocalFileSystem(), str(dest), timeout_s=0.1, poll_s=0.02)
     assert not (dest / mf.MANIFEST_FILE).exists()
@@ -187,7 +192,8 @@ def test_ray_trains_retry_does_not_call_a_failed_upload_again(tmp_path):
 
 def test_a_part_that_is_gone_is_an_error_not_an_empty_upload(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint files"):
-        upload.upload(tmp_path / "gone", pafs.LocalFileSystem(), str(tmp_path / "dest"))
+        gone = mf.Part(str(tmp_path / "gone"), rank=0, world=1, chunks={})
+        upload.upload(gone, pafs.LocalFileSystem(), str(tmp_path / "dest"))
 
 
 def test_a_checkpoint_error_is_not_tried_again(tmp_path):
@@ -219,17 +225,25 @@ def test_wait_returns_once_the_upload_in_flight_ends(tmp_path):
         thread.join(timeout=10)
 
 
-def test_a_saved_checkpoint_uploads_whole_and_loads_back(tmp_path):
-    from checkpoint_helpers import _batch, _load, _save, _trainer
+def test_a_written_checkpoint_uploads_whole_with_its_checksums_and_loads_back(tmp_path):
+    from checkpoint_helpers import _batch, _load, _state, _trainer
+
+    from lejepa_ray.config import to_yaml
+    from lejepa_ray.train import checkpoint
 
     a = _trainer()
     a.train_step([_batch(0)])
     local = tmp_path / "local"
-    _save(a, local)
-    saved = _listing(local)
-    assert mf.MANIFEST_FILE in saved and len(saved) > 2
+    a.sync_buffers()
+    part = checkpoint.write(local, a.tensors, _state(a), to_yaml(a.cfg))
+    written = _listing(local)
+    assert mf.MANIFEST_FILE not in written and len(written) > 2
+    assert part.chunks  # the shard files' storage items, checksummed by the upload
     dest = tmp_path / "run" / "checkpoint_00000001"
-    upload.upload(local, pafs.LocalFileSystem(), str(dest), timeout_s=5.0, poll_s=0.01)
-    assert _listing(dest) == saved
+    upload.upload(part, pafs.LocalFileSystem(), str(dest), timeout_s=5.0, poll_s=0.01)
+    stored = _listing(dest)
+    assert stored.keys() == written.keys() | {mf.MANIFEST_FILE}
+    manifest = mf.Manifest.parse(stored[mf.MANIFEST_FILE])
+    assert {name for name, _, _ in manifest.chunks} == set(part.chunks)
     state = _load(dest, _trainer())
     assert state.step == 1

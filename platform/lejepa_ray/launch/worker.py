@@ -42,14 +42,13 @@ from lejepa_ray.train import checkpoint, tracking, upload
 from lejepa_ray.train.checkpoint import TrainState
 from lejepa_ray.train.diagnostics import diagnostics_images
 from lejepa_ray.train.faults import inject_nonfinite
+from lejepa_ray.train.manifest import Part
 from lejepa_ray.train.metrics import MetricsWriter
 from lejepa_ray.train.rankme import heldout_batch, heldout_embeddings, rankme_of
 from lejepa_ray.train.trainer import NonFiniteLossError, Trainer, fit
 
 log = logging.getLogger(__name__)
 
-RAY_DEFAULT_NOTICE_S = 120.0
-"""Ray Train restarts a group this long after a preemption notice that has no deadline."""
 RESTART_SLACK_S = 300.0
 """How long past the preemption deadline (and grace) workers that checkpointed at a notice
 wait for Ray Train to restart them before failing."""
@@ -240,12 +239,13 @@ def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter
 def _upload_to_run(
     synced: threading.Thread | None,
     background: bool,
+    part: Part,
     ckpt: ray.train.Checkpoint,
     dir_name: str,
 ) -> ray.train.Checkpoint:
-    """Ray Train's ``checkpoint_upload_fn``: this rank's part of the checkpoint, from the local
-    directory ``ckpt.path`` into the run's ``dir_name``, manifest last (``train.upload``). Rank
-    0 first lets the metrics' copy started with this checkpoint (``synced``) land, so that a
+    """Ray Train's ``checkpoint_upload_fn``: this rank's ``part`` of the checkpoint, from the
+    local directory ``ckpt.path`` into the run's ``dir_name``, manifest last (``train.upload``).
+    Rank 0 first lets the metrics' copy started with this checkpoint (``synced``) land, so that a
     registered checkpoint always has the metrics up to its step beside it. ``background``: the
     upload runs in Ray's upload thread, at a low CPU priority."""
     if synced is not None:
@@ -255,7 +255,7 @@ def _upload_to_run(
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
     filesystem, run_path = compat.train_storage()
     dest = f"{run_path}/{dir_name}"
-    upload.upload(ckpt.path, filesystem, dest)
+    upload.upload(part, filesystem, dest)
     return ray.train.Checkpoint(path=dest, filesystem=filesystem)
 
 
@@ -345,10 +345,12 @@ class Reporter:
         self.uploads.start()  # at most one upload in flight: wait for the previous one
         self.queued = 0
         local = tempfile.mkdtemp(prefix="lejepa-ckpt-")  # removed once uploaded
-        to_run = functools.partial(_upload_to_run, synced, asynchronous)
-        upload_fn = self.uploads.wrap(to_run, local)
         try:
-            checkpoint.save(local, self.trainer.tensors, self._state(step), self.config_yaml)
+            part = checkpoint.write(
+                local, self.trainer.tensors, self._state(step), self.config_yaml
+            )
+            to_run = functools.partial(_upload_to_run, synced, asynchronous, part)
+            upload_fn = self.uploads.wrap(to_run, local)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(local),
@@ -405,7 +407,9 @@ class Reporter:
                 step,
                 time.time() - self.noticed_at,
             )
-        until = (deadline or self.noticed_at + RAY_DEFAULT_NOTICE_S) + fault.preemption_grace_s
+        until = (
+            deadline or self.noticed_at + compat.preemption_default_deadline_s()
+        ) + fault.preemption_grace_s
         while time.time() < until + RESTART_SLACK_S:
             time.sleep(1.0)
         raise RuntimeError(

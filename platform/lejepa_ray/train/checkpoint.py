@@ -49,7 +49,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from pyarrow import fs as pafs
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemBase
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
@@ -134,34 +134,46 @@ class ModelAndOptimizer:
         )
 
 
-def save(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: str) -> None:
+def write(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: str) -> mf.Part:
     """Write this rank's shards of ``tensors`` and its RNG states to the local directory
-    ``path``; rank 0 adds ``state.json``, ``config.yaml`` and, last, the manifest of every
-    rank's files. Call on every rank at the same step (DCP's save and the manifest's gather
-    are collective). Replicated buffers must already agree across ranks (the trainer's
+    ``path``; rank 0 adds ``state.json`` and ``config.yaml``. No manifest: :func:`save` adds
+    it, or each rank's upload (``train.upload``). Call on every rank at the same step (DCP's
+    save is collective). Replicated buffers must already agree across ranks (the trainer's
     ``sync_buffers``): DCP saves one rank's copy."""
+    # No fsync: the files are durable once uploaded, or once save's manifest is written; the
+    # upload reads them back from the page cache.
+    writer = FileSystemWriter(str(path), sync_files=False)
     with warnings.catch_warnings():  # DCP warns when it saves in one process: we mean to
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
         metadata = dcp.save(
-            tensors.state_dict(), checkpoint_id=str(path), no_dist=not dist.is_initialized()
+            tensors.state_dict(), storage_writer=writer, no_dist=not dist.is_initialized()
         )
     rng = Path(path, _rng_name())
     rng.parent.mkdir(exist_ok=True)
     rng.write_text(json.dumps(_rng_state()))
-    # This rank's entries of the manifest: its own files (each rank saves into a directory of
-    # its own, merged by Ray), with a checksum per storage item of its shard files.
-    items: dict[str, list] = {}
-    for info in (metadata.storage_data or {}).values():
-        items.setdefault(info.relative_path, []).append((info.offset, info.length))
-    mine = sorted(str(f.relative_to(path)) for f in Path(path).rglob("*") if f.is_file())
-    parts: list = [mf.describe(path, mine, items)]
-    if dist.is_initialized():
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mf.describe(path, mine, items))
     if _rank() == 0:
         Path(path, CONFIG_FILE).write_text(config_yaml)
         Path(path, STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
-        parts.append(mf.describe(path, [CONFIG_FILE, STATE_FILE], {}))
+    # Each shard file's storage items, checksummed one by one (see train.manifest).
+    chunks: dict[str, list[tuple[int, int]]] = {}
+    for info in (metadata.storage_data or {}).values():
+        chunks.setdefault(info.relative_path, []).append((info.offset, info.length))
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return mf.Part(str(path), _rank(), world, chunks)
+
+
+def save(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: str) -> None:
+    """:func:`write`, then rank 0 writes, last, the manifest of every rank's files. Call on
+    every rank at the same step; the ranks may share ``path`` (the manifest's gather is
+    collective)."""
+    part = write(path, tensors, state, config_yaml)
+    parts: list = [None] * part.world
+    if dist.is_initialized():
+        dist.barrier()  # a shared directory: every rank's files are whole before any reads them
+        dist.all_gather_object(parts, part.describe())
+    else:
+        parts = [part.describe()]
+    if part.rank == 0:
         # Written last: a checkpoint with a manifest had all its files written first.
         Path(path, mf.MANIFEST_FILE).write_text(json.dumps(mf.merge(parts)))
 

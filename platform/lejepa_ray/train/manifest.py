@@ -13,7 +13,11 @@ Small files (``state.json``, ``.metadata``, RNG and config files) carry a whole-
      "files": {"state.json": {"size": 812, "crc32": 1234}, "__0_0.distcp": {"size": 9000}, ...},
      "chunks": {"__0_0.distcp": [[offset, length, crc32], ...], ...}}
 
-It is the last file of a checkpoint that rank 0 writes, after gathering every rank's entries.
+It is the last file of a checkpoint that rank 0 writes, after gathering every rank's entries:
+through a collective when the ranks share a directory (``checkpoint.save``), or through each
+rank's part file ``manifest.parts/<rank>.json``, stored after that rank's files, when each rank
+uploads its own directory (``train.upload``, which computes the checksums off the training
+thread).
 CRC-32 (zlib) detects every burst error of up to 32 bits and runs at memory speed; this guards
 against accidents, not against someone forging a checkpoint.
 """
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
+PARTS_DIR = "manifest.parts"
+"""Each rank's manifest entries, stored by its upload for rank 0 to merge."""
 FORMAT = 1
 WHOLE_FILE_LIMIT = 16 * 2**20
 """Files up to this size (bytes) get a whole-file checksum; larger ones only per-item ones."""
@@ -59,6 +65,32 @@ def describe(directory: str | Path, names: list[str], chunks: dict[str, list]) -
                 for offset, length in sorted(set(map(tuple, chunks[name])))
             ]
     return {"files": files, "chunks": out_chunks}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One rank's share of a checkpoint, written to a local ``directory`` of its own.
+
+    ``chunks``: for each of its shard files, its DCP storage items as ``(offset, length)``."""
+
+    directory: str
+    rank: int
+    world: int
+    chunks: dict[str, list[tuple[int, int]]]
+
+    def names(self) -> list[str]:
+        """Its files, relative to ``directory``, sorted."""
+        root = Path(self.directory)
+        return sorted(f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file())
+
+    def describe(self) -> dict:
+        """Its manifest entries (:func:`describe`): reads every byte of its files."""
+        return describe(self.directory, self.names(), self.chunks)
+
+
+def part_file(rank: int) -> str:
+    """Where rank ``rank``'s entries lie in the checkpoint directory."""
+    return f"{PARTS_DIR}/{rank:05d}.json"
 
 
 def merge(parts: list[dict]) -> dict:

@@ -1,19 +1,22 @@
 """Checkpoint uploads that count only once complete: every shard first, the manifest last.
 
 Each rank writes its part of a checkpoint to a local temporary directory
-(:func:`lejepa_ray.train.checkpoint.save`), and Ray Train hands that directory to an upload
+(:func:`lejepa_ray.train.checkpoint.write`), and Ray Train hands that directory to an upload
 function, in the training thread (``checkpoint.upload=sync``) or in a background thread while
 training goes on (``async``). Every rank uploads into the same checkpoint directory of the run.
 Ray's own copy sends the files in any order, so a reader could find rank 0's manifest in
 storage before another rank's shards. :func:`upload` keeps the order that makes a manifest
 mean "complete":
 
-1. the rank's own files, the manifest aside;
-2. on rank 0 (the one rank whose directory holds ``manifest.json``): wait until the storage
-   listing holds every file the manifest names, with its size, that is every rank's upload;
-3. then the manifest.
+1. the rank's checksums (:class:`~lejepa_ray.train.manifest.Part`): reading its files back
+   here keeps that work off the training thread too;
+2. the rank's files, then, on every rank but 0, its manifest entries
+   (``manifest.parts/<rank>.json``);
+3. on rank 0: wait until the storage holds every other rank's entries, merge them with its own,
+   and wait until the listing holds every file they name, with its size;
+4. then the manifest.
 
-A kill at any point before step 3 leaves a directory without a manifest, and Ray Train has not
+A kill at any point before step 4 leaves a directory without a manifest, and Ray Train has not
 registered it (it registers a checkpoint once every rank's upload returned), so no resume takes
 it. A checkpoint directory is never reused: a step saved again after a restart gets a new name
 (``launch.worker.Reporter``), so files left by an interrupted upload cannot pass for new ones.
@@ -23,6 +26,7 @@ the previous one.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -45,30 +49,29 @@ CHUNK_BYTES = 64 * 2**20
 
 
 def upload(
-    local: str | Path,
+    part: mf.Part,
     filesystem: pafs.FileSystem,
     dest: str,
     *,
     timeout_s: float = 3600.0,
     poll_s: float = 0.2,
 ) -> None:
-    """Copy the checkpoint part in the local directory ``local`` to ``dest`` on
-    ``filesystem``: its files, then, if it holds the manifest (rank 0), the manifest once the
-    listing of ``dest`` shows every file the manifest names.
+    """Copy the checkpoint ``part`` (one rank's local directory) to ``dest`` on
+    ``filesystem`` with its manifest entries; rank 0 then writes the manifest, once ``dest``
+    holds every rank's entries and every file they name.
 
     Raises:
         CheckpointError: the other ranks' files did not all arrive within ``timeout_s``.
     """
-    local = Path(local)
-    names = sorted(str(f.relative_to(local)) for f in local.rglob("*") if f.is_file())
+    local = Path(part.directory)
+    names = part.names()
     if not names:  # never an empty part: every rank writes its shards and RNG states
         raise CheckpointError(f"no checkpoint files to upload in {local}")
+    entries = part.describe()
     filesystem.create_dir(dest)
     # pyarrow's threaded upload to S3 is unsafe (apache/arrow#32372), as Ray Train notes.
     threads = not isinstance(filesystem, pafs.S3FileSystem)
     for name in names:
-        if name == mf.MANIFEST_FILE:
-            continue
         if "/" in name:
             filesystem.create_dir(f"{dest}/{name.rsplit('/', 1)[0]}")
         pafs.copy_files(
@@ -78,11 +81,26 @@ def upload(
             chunk_size=CHUNK_BYTES,
             use_threads=threads,
         )
-    if mf.MANIFEST_FILE not in names:
+    folder = Folder(filesystem, dest)
+    if part.rank != 0:
+        filesystem.create_dir(f"{dest}/{mf.PARTS_DIR}")
+        _write(filesystem, f"{dest}/{mf.part_file(part.rank)}", json.dumps(entries).encode())
         return
-    data = (local / mf.MANIFEST_FILE).read_bytes()
-    wait_for_files(Folder(filesystem, dest), mf.Manifest.parse(data), timeout_s, poll_s)
-    with filesystem.open_output_stream(f"{dest}/{mf.MANIFEST_FILE}") as out:
+    others = [mf.part_file(r) for r in range(1, part.world)]
+
+    def entries_missing(listing: dict[str, int]) -> str | None:
+        late = [r for r, name in enumerate(others, start=1) if name not in listing]
+        return f"the manifest entries of rank(s) {late} are missing" if late else None
+
+    _wait(folder, entries_missing, timeout_s, poll_s)
+    parts = [entries] + [json.loads(folder.read(p) or b"") for p in others]
+    manifest = mf.merge(parts)
+    wait_for_files(folder, mf.Manifest.parse(json.dumps(manifest).encode()), timeout_s, poll_s)
+    _write(filesystem, f"{dest}/{mf.MANIFEST_FILE}", json.dumps(manifest).encode())
+
+
+def _write(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
+    with filesystem.open_output_stream(path) as out:
         out.write(data)
 
 
@@ -94,18 +112,38 @@ def wait_for_files(
     Raises:
         CheckpointError: not within ``timeout_s`` seconds (the message says what is missing).
     """
+
+    def files_missing(listing: dict[str, int]) -> str | None:
+        try:
+            manifest.check_listing(listing)
+        except mf.ManifestMismatch as e:
+            return str(e)
+        return None
+
+    _wait(folder, files_missing, timeout_s, poll_s)
+
+
+def _wait(
+    folder: Folder,
+    missing: Callable[[dict[str, int]], str | None],
+    timeout_s: float,
+    poll_s: float,
+) -> None:
+    """Poll ``folder``'s listing until ``missing`` finds nothing missing in it.
+
+    Raises:
+        CheckpointError: not within ``timeout_s`` seconds (with what is still missing)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            manifest.check_listing(folder.files())
+        what = missing(folder.files())
+        if what is None:
             return
-        except mf.ManifestMismatch as e:
-            if time.monotonic() > deadline:
-                raise CheckpointError(
-                    f"the checkpoint at {folder} is incomplete after {timeout_s:.0f} s: {e}. "
-                    "A rank's upload did not finish; its manifest is not written, and Ray Train "
-                    "does not register it."
-                ) from None
+        if time.monotonic() > deadline:
+            raise CheckpointError(
+                f"the checkpoint at {folder} is incomplete after {timeout_s:.0f} s: {what}. "
+                "A rank's upload did not finish; its manifest is not written, and Ray Train "
+                "does not register it."
+            )
         time.sleep(poll_s)
 
 
