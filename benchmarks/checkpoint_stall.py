@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--steps must exceed --every + {WARMUP_STEPS}: a checkpoint before the end")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.storage and (args.server_nice or args.server_idle):
+        parser.error("--server-nice and --server-idle set the local server: not with --storage")
 
     poll_before = os.environ.get(POLL_ENV)
     os.environ[POLL_ENV] = str(args.poll_s)  # read by the controller that each run starts

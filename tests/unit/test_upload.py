@@ -31,8 +31,8 @@ def _part(directory: Path, files: dict[str, bytes]) -> Path:
 def _ranks(tmp_path: Path) -> tuple[mf.Part, mf.Part, bytes]:
     """Rank 0's and rank 1's local parts of a two-rank checkpoint, and the manifest naming
     both that rank 0 must write."""
-    rank0 = mf.Part(str(_part(tmp_path / "local0", RANK0)), rank=0, world=2, chunks={})
-    rank1 = mf.Part(str(_part(tmp_path / "local1", RANK1)), rank=1, world=2, chunks={})
+    rank0 = mf.Part(str(_part(tmp_path / "local0", RANK0)), 0, world=2, chunks={}, token="t8")
+    rank1 = mf.Part(str(_part(tmp_path / "local1", RANK1)), 1, world=2, chunks={}, token="t8")
     manifest = json.dumps(mf.merge([rank0.describe(), rank1.describe()])).encode()
     return rank0, rank1, manifest
 
@@ -111,6 +111,50 @@ def test_a_truncated_file_at_the_timeout_is_named_with_its_sizes(tmp_path):
     with pytest.raises(CheckpointError, match=r"__1_0\.distcp has 5 bytes.*truncated"):
         upload.upload(rank0, pafs.LocalFileSystem(), str(dest), timeout_s=0.1, poll_s=0.02)
     assert not (dest / mf.MANIFEST_FILE).exists()
+
+
+def test_entries_of_an_earlier_attempt_or_half_written_are_waited_past(tmp_path):
+    rank0, rank1, manifest = _ranks(tmp_path)
+    dest = tmp_path / "run" / "checkpoint_00000008"
+    filesystem = pafs.LocalFileSystem()
+    # An interrupted earlier upload into the same directory left rank 1's files and entries.
+    stale = mf.Part(rank1.directory, 1, world=2, chunks={}, token="an earlier attempt")
+    _part(dest, {**RANK1, **_entries(stale)})
+    for left in (_entries(stale), {mf.part_file(1): b""}):  # stale, then listed but unwritten
+        _part(dest, left)
+        with pytest.raises(CheckpointError, match=r"entries of rank\(s\) \[1\]"):
+            upload.upload(rank0, filesystem, str(dest), timeout_s=0.2, poll_s=0.02)
+        assert not (dest / mf.MANIFEST_FILE).exists()
+    upload.upload(rank1, filesystem, str(dest), timeout_s=0.0)  # this attempt's
+    upload.upload(rank0, filesystem, str(dest), timeout_s=5.0, poll_s=0.02)
+    assert (dest / mf.MANIFEST_FILE).read_bytes() == manifest
+
+
+def test_rank_0_merges_the_entries_of_every_rank(tmp_path):
+    files = [RANK0, RANK1, {"__2_0.distcp": b"rank two shard" * 50, "rng/rank_2.bin": b"\x02"}]
+    parts = [
+        mf.Part(str(_part(tmp_path / f"local{r}", f)), r, world=3, chunks={}, token="t")
+        for r, f in enumerate(files)
+    ]
+    dest = tmp_path / "run" / "checkpoint_00000008"
+    for part in reversed(parts):  # ranks 2 and 1, then rank 0, which waits for nothing
+        upload.upload(part, pafs.LocalFileSystem(), str(dest), timeout_s=0.0)
+    manifest = mf.Manifest.parse((dest / mf.MANIFEST_FILE).read_bytes())
+    assert set(manifest.files) == set(RANK0) | set(RANK1) | set(files[2])
+    for name, data in {**RANK0, **RANK1, **files[2]}.items():
+        manifest.check_file(name, data)
+
+
+def test_checksums_are_streamed_per_storage_item(tmp_path, monkeypatch):
+    data = bytes(range(256)) * 400  # 102,400 bytes: items read in blocks of 7
+    (tmp_path / "__0_0.distcp").write_bytes(data)
+    monkeypatch.setattr(mf, "READ_BYTES", 7)
+    items = [(0, 100), (100, 50_000), (50_100, 52_300), (102_000, 1_000)]  # the last ends early
+    entries = mf.describe(tmp_path, ["__0_0.distcp"], {"__0_0.distcp": items})
+    assert entries["files"]["__0_0.distcp"] == {"size": len(data), "crc32": mf.crc32(data)}
+    assert entries["chunks"]["__0_0.distcp"] == [
+        [o, n, mf.crc32(data[o : o + n])] for o, n in items
+    ]
 
 
 def test_one_in_flight_makes_the_next_upload_wait_for_the_previous_one(tmp_path):
@@ -192,7 +236,7 @@ def test_ray_trains_retry_does_not_call_a_failed_upload_again(tmp_path):
 
 def test_a_part_that_is_gone_is_an_error_not_an_empty_upload(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint files"):
-        gone = mf.Part(str(tmp_path / "gone"), rank=0, world=1, chunks={})
+        gone = mf.Part(str(tmp_path / "gone"), rank=0, world=1, chunks={}, token="t")
         upload.upload(gone, pafs.LocalFileSystem(), str(tmp_path / "dest"))
 
 

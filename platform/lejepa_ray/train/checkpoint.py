@@ -36,6 +36,7 @@ import logging
 import os
 import pickle
 import random
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,8 +141,8 @@ def write(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: s
     it, or each rank's upload (``train.upload``). Call on every rank at the same step (DCP's
     save is collective). Replicated buffers must already agree across ranks (the trainer's
     ``sync_buffers``): DCP saves one rank's copy."""
-    # No fsync: the files are durable once uploaded, or once save's manifest is written; the
-    # upload reads them back from the page cache.
+    # No fsync (nor in save): the upload, reading them back from the page cache, is what makes
+    # a run's checkpoint durable.
     writer = FileSystemWriter(str(path), sync_files=False)
     with warnings.catch_warnings():  # DCP warns when it saves in one process: we mean to
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
@@ -158,8 +159,11 @@ def write(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: s
     chunks: dict[str, list[tuple[int, int]]] = {}
     for info in (metadata.storage_data or {}).values():
         chunks.setdefault(info.relative_path, []).append((info.offset, info.length))
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return mf.Part(str(path), _rank(), world, chunks)
+    world, token = 1, [uuid.uuid4().hex]
+    if dist.is_initialized():
+        world = dist.get_world_size()
+        dist.broadcast_object_list(token, src=0)  # rank 0's, on every rank
+    return mf.Part(str(path), _rank(), world, chunks, token[0])
 
 
 def save(path: str | Path, tensors: Stateful, state: TrainState, config_yaml: str) -> None:

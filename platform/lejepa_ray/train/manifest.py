@@ -28,6 +28,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 MANIFEST_FILE = "manifest.json"
 PARTS_DIR = "manifest.parts"
@@ -35,6 +36,8 @@ PARTS_DIR = "manifest.parts"
 FORMAT = 1
 WHOLE_FILE_LIMIT = 16 * 2**20
 """Files up to this size (bytes) get a whole-file checksum; larger ones only per-item ones."""
+READ_BYTES = 64 * 2**20
+"""Bytes read at a time when checksumming a storage item."""
 
 
 class ManifestMismatch(Exception):
@@ -47,45 +50,67 @@ def crc32(data: bytes) -> int:
 
 def describe(directory: str | Path, names: list[str], chunks: dict[str, list]) -> dict:
     """This rank's manifest entries for the files ``names`` it wrote under the local
-    ``directory``: ``{"files": {...}, "chunks": {...}}``.
+    ``directory``: ``{"files": {...}, "chunks": {...}}``. Reads each file once, streaming (a
+    shard file is never held in memory whole).
 
     ``chunks``: for a shard file, its DCP storage items as ``(offset, length)`` pairs.
     """
     files, out_chunks = {}, {}
     for name in names:
-        data = Path(directory, name).read_bytes()
-        entry = {"size": len(data)}
-        if len(data) <= WHOLE_FILE_LIMIT:
-            entry["crc32"] = crc32(data)
+        path = Path(directory, name)
+        size = path.stat().st_size
+        entry = {"size": size}
+        with path.open("rb") as f:
+            if size <= WHOLE_FILE_LIMIT:
+                entry["crc32"] = crc32(f.read())
+            if name in chunks:
+                out_chunks[name] = [
+                    [offset, length, _range_crc32(f, offset, length)]
+                    for offset, length in sorted(set(map(tuple, chunks[name])))
+                ]
         files[name] = entry
-        if name in chunks:
-            view = memoryview(data)
-            out_chunks[name] = [
-                [offset, length, crc32(view[offset : offset + length].tobytes())]
-                for offset, length in sorted(set(map(tuple, chunks[name])))
-            ]
     return {"files": files, "chunks": out_chunks}
+
+
+def _range_crc32(f: BinaryIO, offset: int, length: int) -> int:
+    """The CRC-32 of bytes ``[offset, offset + length)`` of the open file ``f`` (of those
+    there are, if it ends inside the range: the size check names that), read in blocks."""
+    f.seek(offset)
+    value, left = 0, length
+    while left:
+        block = f.read(min(left, READ_BYTES))
+        if not block:
+            break
+        value = zlib.crc32(block, value)
+        left -= len(block)
+    return value & 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
 class Part:
     """One rank's share of a checkpoint, written to a local ``directory`` of its own.
 
-    ``chunks``: for each of its shard files, its DCP storage items as ``(offset, length)``."""
+    ``chunks``: for each of its shard files, its DCP storage items as ``(offset, length)``.
+    ``token``: the same on every rank's part of one checkpoint, and new for each; rank 0 merges
+    only entries that carry it, so that entries an interrupted earlier upload left in the same
+    directory cannot pass for this checkpoint's."""
 
     directory: str
     rank: int
     world: int
     chunks: dict[str, list[tuple[int, int]]]
+    token: str
 
     def names(self) -> list[str]:
         """Its files, relative to ``directory``, sorted."""
         root = Path(self.directory)
         return sorted(f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file())
 
-    def describe(self) -> dict:
-        """Its manifest entries (:func:`describe`): reads every byte of its files."""
-        return describe(self.directory, self.names(), self.chunks)
+    def describe(self, names: list[str] | None = None) -> dict:
+        """Its manifest entries (:func:`describe`) for ``names`` (default: :meth:`names`),
+        with its ``token``: reads every byte of those files."""
+        entries = describe(self.directory, self.names() if names is None else names, self.chunks)
+        return {"token": self.token, **entries}
 
 
 def part_file(rank: int) -> str:

@@ -12,14 +12,16 @@ mean "complete":
    here keeps that work off the training thread too;
 2. the rank's files, then, on every rank but 0, its manifest entries
    (``manifest.parts/<rank>.json``);
-3. on rank 0: wait until the storage holds every other rank's entries, merge them with its own,
-   and wait until the listing holds every file they name, with its size;
+3. on rank 0: wait until the storage holds every other rank's entries for this checkpoint
+   (they carry its token), merge them with its own, and wait until the listing holds every
+   file they name, with its size;
 4. then the manifest.
 
 A kill at any point before step 4 leaves a directory without a manifest, and Ray Train has not
 registered it (it registers a checkpoint once every rank's upload returned), so no resume takes
-it. A checkpoint directory is never reused: a step saved again after a restart gets a new name
-(``launch.worker.Reporter``), so files left by an interrupted upload cannot pass for new ones.
+it. A step saved again after a restart gets a new directory name (``launch.worker.Reporter``);
+should a directory be reused anyway (its listing failed), the token keeps an interrupted
+upload's entries from passing for new ones, and each rank stores its entries after its files.
 :class:`OneInFlight` keeps at most one upload running per rank: the next checkpoint waits for
 the previous one.
 """
@@ -67,7 +69,7 @@ def upload(
     names = part.names()
     if not names:  # never an empty part: every rank writes its shards and RNG states
         raise CheckpointError(f"no checkpoint files to upload in {local}")
-    entries = part.describe()
+    entries = part.describe(names)
     filesystem.create_dir(dest)
     # pyarrow's threaded upload to S3 is unsafe (apache/arrow#32372), as Ray Train notes.
     threads = not isinstance(filesystem, pafs.S3FileSystem)
@@ -86,17 +88,36 @@ def upload(
         filesystem.create_dir(f"{dest}/{mf.PARTS_DIR}")
         _write(filesystem, f"{dest}/{mf.part_file(part.rank)}", json.dumps(entries).encode())
         return
-    others = [mf.part_file(r) for r in range(1, part.world)]
-
-    def entries_missing(listing: dict[str, int]) -> str | None:
-        late = [r for r, name in enumerate(others, start=1) if name not in listing]
-        return f"the manifest entries of rank(s) {late} are missing" if late else None
-
-    _wait(folder, entries_missing, timeout_s, poll_s)
-    parts = [entries] + [json.loads(folder.read(p) or b"") for p in others]
-    manifest = mf.merge(parts)
-    wait_for_files(folder, mf.Manifest.parse(json.dumps(manifest).encode()), timeout_s, poll_s)
+    deadline = time.monotonic() + timeout_s
+    others = _OthersEntries(folder, part)
+    _wait(folder, others.missing, deadline, timeout_s, poll_s)
+    manifest = mf.merge([entries, *others.got.values()])
+    files = mf.Manifest.parse(json.dumps(manifest).encode())
+    _wait(folder, _files_missing(files), deadline, timeout_s, poll_s)
     _write(filesystem, f"{dest}/{mf.MANIFEST_FILE}", json.dumps(manifest).encode())
+
+
+class _OthersEntries:
+    """Rank 0's view of the other ranks' entries files in ``folder``: ``missing`` (for
+    :func:`_wait`) reads those that appeared, keeping the ones that carry ``part``'s token."""
+
+    def __init__(self, folder: Folder, part: mf.Part):
+        self.folder, self.part = folder, part
+        self.got: dict[int, dict] = {}
+
+    def missing(self, listing: dict[str, int]) -> str | None:
+        for rank in range(1, self.part.world):
+            name = mf.part_file(rank)
+            if rank in self.got or name not in listing:
+                continue
+            try:
+                entries = json.loads(self.folder.read(name) or b"")
+            except ValueError:  # a local or NFS file is listed before it is written: later
+                continue
+            if entries.get("token") == self.part.token:  # else an earlier attempt's: later
+                self.got[rank] = entries
+        late = [r for r in range(1, self.part.world) if r not in self.got]
+        return f"the manifest entries of rank(s) {late} are missing" if late else None
 
 
 def _write(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -104,36 +125,29 @@ def _write(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
         out.write(data)
 
 
-def wait_for_files(
-    folder: Folder, manifest: mf.Manifest, timeout_s: float, poll_s: float = 0.2
-) -> None:
-    """Return once ``folder`` lists every file of ``manifest`` with its size.
-
-    Raises:
-        CheckpointError: not within ``timeout_s`` seconds (the message says what is missing).
-    """
-
-    def files_missing(listing: dict[str, int]) -> str | None:
+def _files_missing(manifest: mf.Manifest) -> Callable[[dict[str, int]], str | None]:
+    def missing(listing: dict[str, int]) -> str | None:
         try:
             manifest.check_listing(listing)
         except mf.ManifestMismatch as e:
             return str(e)
         return None
 
-    _wait(folder, files_missing, timeout_s, poll_s)
+    return missing
 
 
 def _wait(
     folder: Folder,
     missing: Callable[[dict[str, int]], str | None],
+    deadline: float,
     timeout_s: float,
     poll_s: float,
 ) -> None:
     """Poll ``folder``'s listing until ``missing`` finds nothing missing in it.
 
     Raises:
-        CheckpointError: not within ``timeout_s`` seconds (with what is still missing)."""
-    deadline = time.monotonic() + timeout_s
+        CheckpointError: not by ``deadline`` (``time.monotonic``; ``timeout_s`` after the
+            wait began), with what is still missing."""
     while True:
         what = missing(folder.files())
         if what is None:
