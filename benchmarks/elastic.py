@@ -25,13 +25,16 @@ reached its last step. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 SLOT = "trainer_slot"
 
@@ -67,17 +70,55 @@ def main(argv: list[str] | None = None) -> dict:
 
 def scenario(name: str, steps: int, every: int, delay: float) -> dict:
     """Run one scenario on a fresh local cluster; print its figures and return them."""
-    import ray
     from chaos import checkpoint_registered
-    from ray.cluster_utils import Cluster
 
-    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch import events
-    from lejepa_ray.launch.driver import run
 
     storage = tempfile.mkdtemp(prefix=f"lejepa-elastic-{name}-")
     run_dir = f"{storage}/{name}"
-    cfg = load_config(
+    cfg = slot_run(
+        name,
+        storage,
+        steps,
+        every,
+        "scaling.num_workers=[1,3]",
+        "scaling.batch_size=11",  # 33 images a step: 33 on 1 worker, 17 + 16 on 2
+        "fault.max_failures=2",
+    )
+    changed_at = None
+    with slot_cluster(2 if name == "shrink" else 1) as (cluster, slots):
+        training = Training(cfg)
+        if training.wait_for(checkpoint_registered(run_dir, every)):
+            time.sleep(delay)
+            changed_at = time.time()
+            if name == "grow":
+                add_slot(cluster)
+            else:
+                cluster.remove_node(slots.pop(), allow_graceful=False)
+        result = training.result()
+    start = training.started
+    figures = _figures(Path(run_dir) / "tensorboard", steps)
+    resizes = events.read(f"{run_dir}/{events.RESIZES_FILE}")
+    failures = events.read(f"{run_dir}/{events.FAILURES_FILE}")
+    out = {
+        "changed_at_s": None if changed_at is None else round(changed_at - start, 1),
+        "final_step": int(result.metrics.get("step", 0)),
+        "wall_s": round(training.wall_s, 1),
+        "resizes": [{**r, "time": round(r["time"] - start, 1)} for r in resizes],
+        "worker_failures": len(failures),
+        **figures,
+    }
+    _print(name, out)
+    return out
+
+
+def slot_run(name: str, storage: str, steps: int, every: int, *overrides: str) -> Any:
+    """The CPU quickstart as these benchmarks run it on slot nodes: ``steps`` steps, a
+    checkpoint every ``every``, every step logged, workers placed by ``trainer_slot``, resizes
+    checked every 2 s; then ``overrides``."""
+    from lejepa_ray.config import QUICKSTART, load_config
+
+    return load_config(
         QUICKSTART,
         [
             f"name={name}",
@@ -86,70 +127,81 @@ def scenario(name: str, steps: int, every: int, delay: float) -> dict:
             "optim.warmup_steps=2",
             "logging.every_steps=1",
             f"checkpoint.every_steps={every}",
-            "scaling.num_workers=[1,3]",
-            "scaling.batch_size=11",  # 33 images a step: 33 on 1 worker, 17 + 16 on 2
             f"scaling.resources={{{SLOT}: 1}}",
             "scaling.resize_check_s=2",
-            "fault.max_failures=2",
             "data.num_samples=512",
             "probe.knn=false",
             "logging.rankme_samples=0",
+            *overrides,
         ],
     )
-    # Head: the driver, Ray Train's controller and Ray Data, no slot. Each slot node: 1 CPU.
+
+
+@contextlib.contextmanager
+def slot_cluster(slots: int) -> Iterator[tuple[Any, list]]:
+    """A local ``ray.cluster_utils.Cluster`` with ``slots`` slot nodes, this process connected
+    to it; shut down on exit. The head has CPUs for the driver, Ray Train's controller and Ray
+    Data, and no slot; each slot node has 1 CPU and 1 ``trainer_slot``."""
+    import ray
+    from ray.cluster_utils import Cluster
+
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False}
     )
-    slots = [cluster.add_node(num_cpus=1, resources={SLOT: 1})]
-    if name == "shrink":
-        slots.append(cluster.add_node(num_cpus=1, resources={SLOT: 1}))
+    nodes = [add_slot(cluster) for _ in range(slots)]
     cluster.wait_for_nodes()
-    # The workers' progress lines stay in the session's logs: this prints the figures.
+    # The workers' progress lines stay in the session's logs: the benchmarks print figures.
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    outcome: dict = {}
-
-    def train() -> None:  # in a thread: Ray's node processes start from the main thread only
-        try:
-            outcome["result"] = run(cfg, print_fn=lambda *_: None)
-        except BaseException as e:
-            outcome["error"] = e
-
-    start = time.time()
-    thread = threading.Thread(target=train, daemon=True)
-    thread.start()
-    changed_at = None
     try:
-        ready, deadline = checkpoint_registered(run_dir, every), time.monotonic() + 600
-        while not ready() and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if thread.is_alive():
-            time.sleep(delay)
-            changed_at = time.time()
-            if name == "grow":
-                cluster.add_node(num_cpus=1, resources={SLOT: 1})
-            else:
-                cluster.remove_node(slots.pop(), allow_graceful=False)
-        thread.join()
+        yield cluster, nodes
     finally:
         ray.shutdown()
         cluster.shutdown()
-    wall = time.time() - start
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
-    figures = _figures(Path(run_dir) / "tensorboard", steps)
-    resizes = events.read(f"{run_dir}/{events.RESIZES_FILE}")
-    failures = events.read(f"{run_dir}/{events.FAILURES_FILE}")
-    out = {
-        "changed_at_s": None if changed_at is None else round(changed_at - start, 1),
-        "final_step": int(result.metrics.get("step", 0)),
-        "wall_s": round(wall, 1),
-        "resizes": [{**r, "time": round(r["time"] - start, 1)} for r in resizes],
-        "worker_failures": len(failures),
-        **figures,
-    }
-    _print(name, out)
-    return out
+
+
+def add_slot(cluster: Any) -> Any:
+    """Add a slot node to ``cluster``; the node."""
+    return cluster.add_node(num_cpus=1, resources={SLOT: 1})
+
+
+class Training:
+    """A run of ``cfg`` started in a thread (Ray's node processes start from the main thread
+    only, so the cluster is changed from there while it trains)."""
+
+    def __init__(self, cfg: Any):
+        from lejepa_ray.launch.driver import run
+
+        self.outcome: dict = {}
+
+        def train() -> None:
+            try:
+                self.outcome["result"] = run(cfg, print_fn=lambda *_: None)
+            except BaseException as e:
+                self.outcome["error"] = e
+
+        self.started = time.time()
+        self.wall_s = 0.0
+        self.thread = threading.Thread(target=train, daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait_for(self, ready: Callable[[], bool], timeout_s: float = 600) -> bool:
+        """Wait until ``ready()`` while the run goes on; whether it is still going."""
+        deadline = time.monotonic() + timeout_s
+        while not ready() and self.alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.alive
+
+    def result(self) -> Any:
+        """Wait for the run to end; its result (or what it raised)."""
+        self.thread.join()
+        self.wall_s = time.time() - self.started
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["result"]
 
 
 def _figures(tensorboard: Path, steps: int) -> dict:

@@ -10,7 +10,8 @@ is removed (its processes killed). Scenarios:
 
 - ``notice``: the run asks for notices every step (``fault.preemption_check_steps=1``): it
   checkpoints at the notice, waits, and resumes on the node left from that checkpoint. With
-  ``--return``, a new slot node joins once the group has shrunk, and the group grows back.
+  ``--return``, a new slot node joins once the group of one has a registered checkpoint, and
+  the group grows back.
 - ``ignored``: the same drain and kill, with ``fault.preemption_check_steps=0``: the run trains
   on until the node goes and resumes from its latest periodic checkpoint.
 
@@ -31,11 +32,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-
-SLOT = "trainer_slot"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--return",
         dest="comes_back",
         action="store_true",
-        help="a new slot node joins once the shrunk group has logged a step (notice scenario)",
+        help="a new slot node joins once the shrunk group has a registered checkpoint (notice "
+        "scenario)",
     )
     parser.add_argument(
         "--start-timeout",
@@ -82,60 +81,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 def scenario(name: str, args: argparse.Namespace) -> dict:
     """Run one scenario on a fresh local cluster; print its figures and return them."""
-    import ray
     from chaos import checkpoint_registered, recoveries
-    from elastic import _figures
-    from ray.cluster_utils import Cluster
+    from elastic import Training, _figures, add_slot, slot_cluster, slot_run
 
-    from lejepa_ray.config import QUICKSTART, load_config
     from lejepa_ray.launch import events
-    from lejepa_ray.launch.driver import run
 
     storage = tempfile.mkdtemp(prefix=f"lejepa-preempt-{name}-")
     run_dir = f"{storage}/{name}"
-    cfg = load_config(
-        QUICKSTART,
-        [
-            f"name={name}",
-            f"storage_path={storage}",
-            f"optim.steps={args.steps}",
-            "optim.warmup_steps=2",
-            "logging.every_steps=1",
-            f"checkpoint.every_steps={args.every}",
-            "scaling.num_workers=[1,2]",
-            "scaling.batch_size=16",
-            f"scaling.resources={{{SLOT}: 1}}",
-            "scaling.resize_check_s=2",
-            f"fault.preemption_check_steps={1 if name == 'notice' else 0}",
-            "fault.max_failures=0",  # a preemption must not count as a failure
-            "data.num_samples=512",
-            "probe.knn=false",
-            "logging.rankme_samples=0",
-        ],
+    cfg = slot_run(
+        name,
+        storage,
+        args.steps,
+        args.every,
+        "scaling.num_workers=[1,2]",
+        "scaling.batch_size=16",
+        f"fault.preemption_check_steps={1 if name == 'notice' else 0}",
+        "fault.max_failures=0",  # a preemption must not count as a failure
     )
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False}
-    )
-    slots = [cluster.add_node(num_cpus=1, resources={SLOT: 1}) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    outcome: dict = {}
-
-    def train() -> None:  # in a thread: Ray's node processes start from the main thread only
-        try:
-            outcome["result"] = run(cfg, print_fn=lambda *_: None)
-        except BaseException as e:
-            outcome["error"] = e
-
-    start = time.time()
-    thread = threading.Thread(target=train, daemon=True)
-    thread.start()
     drained_at = killed_at = joined_at = None
-    try:
-        ready, deadline = checkpoint_registered(run_dir, args.every), time.monotonic() + 600
-        while not ready() and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if thread.is_alive():
+    with slot_cluster(2) as (cluster, slots):
+        training = Training(cfg)
+        if training.wait_for(checkpoint_registered(run_dir, args.every)):
             time.sleep(args.delay)
             node = slots.pop()
             drain(cluster.address, node.node_id, args.deadline)
@@ -146,25 +112,14 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
             time.sleep(max(0.0, drained_at + args.deadline + 1.5 - time.time()))
             cluster.remove_node(node, allow_graceful=False)
             killed_at = time.time()
-            if args.comes_back and name == "notice":
-                shrunk = time.monotonic() + 300
-                while (
-                    not _stepped_on_one(run_dir) and thread.is_alive() and time.monotonic() < shrunk
-                ):
-                    time.sleep(0.2)
-                if thread.is_alive():
-                    cluster.add_node(num_cpus=1, resources={SLOT: 1})
-                    joined_at = time.time()
-        thread.join()
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    wall = time.time() - start
-    if "error" in outcome:
-        raise outcome["error"]
+            comes_back = args.comes_back and name == "notice"
+            if comes_back and training.wait_for(lambda: _checkpointed_on_one(run_dir), 300):
+                add_slot(cluster)  # once the group of one has a checkpoint
+                joined_at = time.time()
+        result = training.result()
     if killed_at is None:
         raise RuntimeError(f"{name}: the run ended before the node was drained")
-    result = outcome["result"]
+    start = training.started
     tensorboard = Path(run_dir) / "tensorboard"
     (recovery,) = recoveries(tensorboard, [killed_at])
     notices = events.read(f"{run_dir}/{events.PREEMPTIONS_FILE}")
@@ -182,7 +137,7 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
         "steps_recomputed": recovery.steps_recomputed,
         "seconds_kill_to_next_step": round(recovery.seconds_to_next_step, 1),
         "final_step": int(result.metrics.get("step", 0)),
-        "wall_s": round(wall, 1),
+        "wall_s": round(training.wall_s, 1),
         "resizes": [
             {**r, "time": at(r["time"])} for r in events.read(f"{run_dir}/{events.RESIZES_FILE}")
         ],
@@ -194,13 +149,13 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def _stepped_on_one(run_dir: str) -> bool:
-    """Whether a group of one worker has logged a step (``metrics.jsonl``)."""
-    path = Path(run_dir, "metrics.jsonl")
-    if not path.exists():
-        return False
-    lines = path.read_text().splitlines()
-    return any(json.loads(line).get("world_size") == 1 for line in lines if line.endswith("}"))
+def _checkpointed_on_one(run_dir: str) -> bool:
+    """Whether Ray Train has registered a checkpoint of a group of one worker (a grow before
+    it would restart from the checkpoint before, taking the steps of the group of one back)."""
+    from lejepa_ray.runs import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    return latest is not None and latest.metrics.get("world_size") == 1
 
 
 def drain(address: str, node_id: str, deadline_s: int) -> None:

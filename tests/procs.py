@@ -3,10 +3,14 @@ and the short runs those tests ask for."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The quickstart cut to 8 steps (a checkpoint at 4 and 8) on 512 digits: for the tests that
 # run whole pretraining runs, sweeps and jobs.
@@ -49,3 +53,17 @@ def tail(path: Path, lines: int = 60) -> str:
     """The last lines of a log file, for an assertion message."""
     text = path.read_text(errors="replace") if path.exists() else "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def run_benchmark(name: str, *args: str, timeout_s: float = 900, **env: str) -> dict:
+    """Run ``benchmarks/<name>.py`` with ``args`` in a process of its own (with ``env`` added
+    to a :func:`clean_env`); the JSON object of its last line. Fails with its output's tail."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,47 +12,37 @@ Both count a preemption, not a worker failure. Each scenario runs on its own
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from procs import clean_env
+from procs import run_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
-STEPS, EVERY = 80, 8
-"""The notice lands some steps after the checkpoint of step 8 (2 s after it is registered); the
-group of one must then log a step before a slot returns, and still be training when the grown
-group of two starts (some 20 s later)."""
+STEPS = {"notice": 80, "ignored": 40}
+"""Planned steps. ``notice``: the notice lands some steps after the checkpoint of step 8 (2 s
+after it is registered); the group of one must then register a checkpoint before a slot
+returns (a grow before would take its steps back), and still be training when the grown group
+of two starts (some 20 s later). ``ignored`` only needs steps after its resume."""
+EVERY = 8
 
 
 @pytest.fixture(scope="module")
 def scenarios() -> dict:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "preemption.py"),
-            *("notice", "ignored", "--return"),
-            *("--steps", str(STEPS), "--every", str(EVERY)),
+    def run(name: str, *more: str) -> dict:
+        return run_benchmark(
+            "preemption",
+            *(name, *more),
+            *("--steps", str(STEPS[name]), "--every", str(EVERY)),
             # Ray Train retries the old size while the removed node's resources are still
             # counted (its default: 60 s); the benchmark's 15 s, shortened again.
             *("--start-timeout", "8"),
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        )
+
+    return {**run("notice", "--return"), **run("ignored")}
 
 
-def _check_counted_as_a_preemption(run: dict) -> dict:
+def _check_counted_as_a_preemption(run: dict, steps: int) -> dict:
     """What holds with or without the notice: the planned last step, each step logged once,
     the same global batch, one preemption and no worker failure, and a shrink whose cause is
     the preemption."""
-    assert run["final_step"] == STEPS and run["steps_logged_once"], run
+    assert run["final_step"] == steps and run["steps_logged_once"], run
     assert run["images_per_step"] == [32], run  # 16 + 16 on two workers, 32 on one
     assert run["counts"]["preemptions"] == 1 and run["counts"]["failures"] == 0, run
     (notice,) = run["notices"]
@@ -67,7 +57,7 @@ def _check_counted_as_a_preemption(run: dict) -> dict:
 @pytest.mark.slow
 def test_a_run_that_asks_checkpoints_at_the_notice_and_recomputes_nothing(scenarios):
     run = scenarios["notice"]
-    notice = _check_counted_as_a_preemption(run)
+    notice = _check_counted_as_a_preemption(run, STEPS["notice"])
     # Saved at the notice, before the deadline, and resumed from exactly there: the old group
     # stopped stepping at that checkpoint, so no step is trained twice.
     assert notice["checkpoint_step"] == run["resumed_from"], run
@@ -93,7 +83,7 @@ def test_a_run_that_asks_checkpoints_at_the_notice_and_recomputes_nothing(scenar
 @pytest.mark.slow
 def test_a_run_that_ignores_the_notice_recomputes_up_to_a_checkpoint_interval(scenarios):
     run = scenarios["ignored"]
-    _check_counted_as_a_preemption(run)
+    _check_counted_as_a_preemption(run, STEPS["ignored"])
     assert run["resumed_from"] % EVERY == 0, run  # its latest periodic checkpoint
     assert 0 < run["steps_recomputed"] <= EVERY, run
     assert [t["world_size"] for t in run["timeline"]] == [2, 1], run
