@@ -148,14 +148,15 @@ def slot_cluster(slots: int) -> Iterator[tuple[Any, list]]:
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False}
     )
-    nodes = [add_slot(cluster) for _ in range(slots)]
-    cluster.wait_for_nodes()
-    # The workers' progress lines stay in the session's logs: the benchmarks print figures.
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     try:
+        nodes = [add_slot(cluster) for _ in range(slots)]
+        cluster.wait_for_nodes()
+        # The workers' progress lines stay in the session's logs: the benchmarks print figures.
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         yield cluster, nodes
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
         cluster.shutdown()
 
 
@@ -188,11 +189,13 @@ class Training:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    def wait_for(self, ready: Callable[[], bool], timeout_s: float = 600) -> bool:
+    def wait_for(
+        self, ready: Callable[[], bool], timeout_s: float = 600, poll_s: float = 0.2
+    ) -> bool:
         """Wait until ``ready()`` while the run goes on; whether it is still going."""
         deadline = time.monotonic() + timeout_s
         while not ready() and self.alive and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(poll_s)
         return self.alive
 
     def result(self) -> Any:

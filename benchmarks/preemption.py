@@ -27,6 +27,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -113,7 +114,8 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
             cluster.remove_node(node, allow_graceful=False)
             killed_at = time.time()
             comes_back = args.comes_back and name == "notice"
-            if comes_back and training.wait_for(lambda: _checkpointed_on_one(run_dir), 300):
+            on_one = functools.partial(_checkpointed_on_one, run_dir)
+            if comes_back and training.wait_for(on_one, timeout_s=300, poll_s=1.0):
                 add_slot(cluster)  # once the group of one has a checkpoint
                 joined_at = time.time()
         result = training.result()
@@ -151,10 +153,17 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
 
 def _checkpointed_on_one(run_dir: str) -> bool:
     """Whether Ray Train has registered a checkpoint of a group of one worker (a grow before
-    it would restart from the checkpoint before, taking the steps of the group of one back)."""
+    it would restart from the checkpoint before, taking the steps of the group of one back).
+    False while Ray's checkpoint list cannot be read (it is rewritten as checkpoints are
+    registered and old ones deleted)."""
+    from lejepa_ray import compat
+    from lejepa_ray.errors import CheckpointError
     from lejepa_ray.runs import latest_checkpoint
 
-    latest = latest_checkpoint(run_dir)
+    try:
+        latest = latest_checkpoint(run_dir)
+    except (CheckpointError, compat.snapshot_read_error(), OSError):
+        return False
     return latest is not None and latest.metrics.get("world_size") == 1
 
 

@@ -329,7 +329,8 @@ class CheckpointConfig:
 
     every_steps: int = 500
     """Write a checkpoint every this many optimizer steps (and always at the end). A killed
-    worker costs at most this many steps of recomputation."""
+    worker costs at most this many steps of recomputation, plus, with ``upload=async``, the
+    steps trained while the latest checkpoint was still being uploaded and registered."""
     keep: int = 2
     """Keep the latest this many checkpoints (older ones are deleted once a newer one is
     completely written)."""

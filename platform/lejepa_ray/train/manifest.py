@@ -50,8 +50,8 @@ def crc32(data: bytes) -> int:
 
 def describe(directory: str | Path, names: list[str], chunks: dict[str, list]) -> dict:
     """This rank's manifest entries for the files ``names`` it wrote under the local
-    ``directory``: ``{"files": {...}, "chunks": {...}}``. Reads each file once, streaming (a
-    shard file is never held in memory whole).
+    ``directory``: ``{"files": {...}, "chunks": {...}}``. Streams each storage item (a shard
+    file is never held in memory whole; only files up to ``WHOLE_FILE_LIMIT`` are read whole).
 
     ``chunks``: for a shard file, its DCP storage items as ``(offset, length)`` pairs.
     """

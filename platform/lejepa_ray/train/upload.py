@@ -91,7 +91,7 @@ def upload(
     deadline = time.monotonic() + timeout_s
     others = _OthersEntries(folder, part)
     _wait(folder, others.missing, deadline, timeout_s, poll_s)
-    manifest = mf.merge([entries, *others.got.values()])
+    manifest = mf.merge([entries, *(others.got[r] for r in sorted(others.got))])  # rank order
     files = mf.Manifest.parse(json.dumps(manifest).encode())
     _wait(folder, _files_missing(files), deadline, timeout_s, poll_s)
     _write(filesystem, f"{dest}/{mf.MANIFEST_FILE}", json.dumps(manifest).encode())
@@ -146,8 +146,8 @@ def _wait(
     """Poll ``folder``'s listing until ``missing`` finds nothing missing in it.
 
     Raises:
-        CheckpointError: not by ``deadline`` (``time.monotonic``; ``timeout_s`` after the
-            wait began), with what is still missing."""
+        CheckpointError: not by ``deadline`` (``time.monotonic``; ``timeout_s`` after rank
+            0's first wait began), with what is still missing."""
     while True:
         what = missing(folder.files())
         if what is None:
