@@ -85,16 +85,15 @@ def upload(
         )
     folder = Folder(filesystem, dest)
     if part.rank != 0:
-        filesystem.create_dir(f"{dest}/{mf.PARTS_DIR}")
-        _write(filesystem, f"{dest}/{mf.part_file(part.rank)}", json.dumps(entries).encode())
+        folder.write(mf.part_file(part.rank), json.dumps(entries).encode())
         return
     deadline = time.monotonic() + timeout_s
     others = _OthersEntries(folder, part)
     _wait(folder, others.missing, deadline, timeout_s, poll_s)
-    manifest = mf.merge([entries, *(others.got[r] for r in sorted(others.got))])  # rank order
-    files = mf.Manifest.parse(json.dumps(manifest).encode())
-    _wait(folder, _files_missing(files), deadline, timeout_s, poll_s)
-    _write(filesystem, f"{dest}/{mf.MANIFEST_FILE}", json.dumps(manifest).encode())
+    merged = mf.merge([entries, *(others.got[r] for r in sorted(others.got))])  # rank order
+    data = json.dumps(merged).encode()
+    _wait(folder, _files_missing(mf.Manifest.parse(data)), deadline, timeout_s, poll_s)
+    folder.write(mf.MANIFEST_FILE, data)
 
 
 class _OthersEntries:
@@ -118,11 +117,6 @@ class _OthersEntries:
                 self.got[rank] = entries
         late = [r for r in range(1, self.part.world) if r not in self.got]
         return f"the manifest entries of rank(s) {late} are missing" if late else None
-
-
-def _write(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
-    with filesystem.open_output_stream(path) as out:
-        out.write(data)
 
 
 def _files_missing(manifest: mf.Manifest) -> Callable[[dict[str, int]], str | None]:
