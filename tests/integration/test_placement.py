@@ -8,29 +8,15 @@ which the shared test cluster cannot give)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from procs import clean_env
+from procs import run_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 
 @pytest.mark.slow
 def test_every_views_task_runs_on_the_data_node_and_the_run_trains():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "placement.py"), "--steps", str(STEPS)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_benchmark("placement", "--steps", str(STEPS), timeout_s=600)
     control, placed = out["control"], out["placed"]
     for run in (control, placed):
         assert run["final_step"] == STEPS, out
