@@ -68,6 +68,7 @@ from lejepa_ray.config import (  # noqa: E402
     PretrainConfig,
     ScalingConfig,
 )
+from lejepa_ray.data.batch_split import batch_share, batch_split  # noqa: E402
 from lejepa_ray.data.config import DataConfig, ViewConfig  # noqa: E402
 from lejepa_ray.model.encoder import resolve_backbone  # noqa: E402
 from lejepa_ray.model.flops import peak_tflops, train_flops_per_image  # noqa: E402
@@ -555,9 +556,9 @@ def _pair_worker(rank: int, kind: str, port: int, out_dir: str) -> None:
             # A global batch of 5 (1 × up to 5 workers) on 2: 3 and 2 images, loss weighted.
             overrides = {**DRY.vit_l, "scaling": {"batch_size": 1, "strategy": strategy}}
             cfg = _recipe("imagenet1k_vit_large.yaml", overrides, device, workers=[2, 5])
-            share = cfg.scaling.batch_share(rank, 2)
+            share = batch_share(cfg.scaling.global_batch, rank, 2)
             trainer = Trainer(cfg, resolve_backbone(cfg), device, batch_share=share)
-            b = cfg.scaling.batch_split(2)[rank]
+            b = batch_split(cfg.scaling.global_batch, 2)[rank]
             batch = _random_views(cfg.data.views, b, device, seed=rank)  # each rank its own
             result = trainer.train_step([batch])
             if not result.finite:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lejepa_ray.cluster import load_cluster, worker_types
 from lejepa_ray.config import PretrainConfig, load_config
+from lejepa_ray.data.batch_split import drawn_per_worker
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
 from lejepa_ray.model.flops import PEAK_BF16_TFLOPS, train_flops_per_image
 
@@ -162,7 +163,7 @@ def main() -> None:
     print(f"\nmemory per GPU (GB), {n} workers, {s.batch_size} images each:")
     _print_memory(memory_gb(g, n, s.batch_size, fsdp), n, fsdp)
     if s.elastic:  # the smallest group holds the most per GPU
-        least, batch = s.min_workers, s.drawn_per_worker(s.min_workers)
+        least, batch = s.min_workers, drawn_per_worker(s.global_batch, s.min_workers)
         print(f"\nthe elastic group at its smallest, {least} workers, {batch} images each:")
         _print_memory(memory_gb(g, least, batch, fsdp), least, fsdp)
 

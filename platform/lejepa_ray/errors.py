@@ -18,7 +18,23 @@ class LejepaRayError(Exception):
 
 
 class ConfigError(LejepaRayError, ValueError):
-    """A run configuration that cannot work; the message names the key and what to do."""
+    """A run configuration that cannot work; the message names the key and what to do.
+
+    Raised by :func:`check_field`, it also carries the offending setting as data: ``field``
+    (the dotted config key, ``loss.lam``), ``value`` and ``expected`` (a phrase: ``"> 0"``), so
+    that a front end can word it its own way (a flag, a keyword argument). They are None where
+    no single field is at fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        value: object = None,
+        expected: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field, self.value, self.expected = field, value, expected
 
 
 class SourceError(LejepaRayError, ValueError):
@@ -50,6 +66,18 @@ class DataQualityError(LejepaRayError, RuntimeError):
 class TrainingStopped(LejepaRayError, RuntimeError):
     """The run stopped before its planned steps (non-finite losses); the message says why and
     which checkpoint is the last good one."""
+
+
+def check_field(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` (dotted: ``loss.lam``), its ``value`` and what
+    was ``expected`` unless ``ok``: every component config's range check goes through here."""
+    if not ok:
+        raise ConfigError(
+            f"{key}={value!r} is invalid: expected {expected}.",
+            field=key,
+            value=value,
+            expected=expected,
+        )
 
 
 def first_line(error: BaseException) -> str:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lejepa_ray.config import ModelConfig, PretrainConfig, ScalingConfig, load_config
+from lejepa_ray.data.batch_split import batch_share, batch_split
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve
 from lejepa_ray.model.parallelize import (
     meta_parameters,
@@ -215,13 +216,13 @@ def _uneven_worker(rank: int, init_file: str, out_dir: str) -> None:
         out = {}
         for strategy in ("ddp", "fsdp"):
             cfg = _small_config(strategy, False, "fp32", NO_BATCHNORM, *UNEVEN)
-            split = cfg.scaling.batch_split(WORLD)
+            split = batch_split(cfg.scaling.global_batch, WORLD)
             images = _images(cfg.scaling.global_batch)
             start = sum(split[:rank])
             mine = {k: v[start : start + split[rank]] for k, v in images.items()}
             spec = resolve(cfg.model, 32, 16)
             for weighted in (True, False):
-                share = cfg.scaling.batch_share(rank, WORLD) if weighted else 1.0
+                share = batch_share(cfg.scaling.global_batch, rank, WORLD) if weighted else 1.0
                 trainer = Trainer(cfg, spec, torch.device("cpu"), batch_share=share)
                 out[strategy, weighted] = _gradients(trainer, mine)
         out["split"] = split

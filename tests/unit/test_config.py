@@ -15,6 +15,7 @@ from lejepa_ray.config import (
     scaled_lr,
     to_yaml,
 )
+from lejepa_ray.data.batch_split import batch_share, batch_split, drawn_per_worker
 
 CONFIGS = Path(__file__).parents[2] / "jobs" / "configs"
 # The default of `lejepa-ray pretrain`, package data (tests/integration/test_packaging.py checks
@@ -181,8 +182,8 @@ def test_an_elastic_group_keeps_the_global_batch_and_splits_it_over_any_size():
     assert s.global_batch == 192 and scaled_lr(cfg) == scaled_lr(
         load_config(None, ["scaling.num_workers=4", "scaling.batch_size=48"])
     )
-    assert [s.batch_split(w) for w in (2, 3, 4)] == [[96] * 2, [64] * 3, [48] * 4]
-    assert [s.batch_share(r, 3) for r in range(3)] == [1.0] * 3
+    assert [batch_split(s.global_batch, w) for w in (2, 3, 4)] == [[96] * 2, [64] * 3, [48] * 4]
+    assert [batch_share(s.global_batch, r, 3) for r in range(3)] == [1.0] * 3
     fixed = load_config(None, ["scaling.num_workers=[3,3]"]).scaling
     assert fixed.num_workers == 3 and not fixed.elastic
 
@@ -190,18 +191,20 @@ def test_an_elastic_group_keeps_the_global_batch_and_splits_it_over_any_size():
 def test_a_size_that_does_not_divide_the_global_batch_splits_it_within_one_image():
     # The gigantic recipe's range: 512 images over 16 to 32 workers.
     s = load_config(None, ["scaling.num_workers=[16,32]", "scaling.batch_size=16"]).scaling
+    assert s.global_batch == 512
     for w in range(16, 33):
-        split = s.batch_split(w)
+        split = batch_split(512, w)
         assert len(split) == w and sum(split) == 512, w
         assert max(split) - min(split) <= 1 and split == sorted(split, reverse=True), w
-        assert s.drawn_per_worker(w) == -(-512 // w), w
+        assert drawn_per_worker(512, w) == -(-512 // w), w
         # The shares weight each rank's mean loss so that the ranks' average is the global
         # batch's mean: their mean is 1.
-        assert sum(s.batch_share(r, w) for r in range(w)) / w == pytest.approx(1.0), w
-    assert s.batch_split(24) == [22] * 8 + [21] * 16
-    assert s.batch_share(0, 24) == pytest.approx(22 * 24 / 512)
-    with pytest.raises(ValueError, match=r"world size 33 outside \[16, 32\]"):
-        s.batch_split(33)
+        assert sum(batch_share(512, r, w) for r in range(w)) / w == pytest.approx(1.0), w
+    assert batch_split(512, 24) == [22] * 8 + [21] * 16
+    assert batch_share(512, 0, 24) == pytest.approx(22 * 24 / 512)
+    for bad in (0, 513):  # no rank, or a rank without an image
+        with pytest.raises(ValueError, match=f"world size {bad} cannot split a batch of 512"):
+            batch_split(512, bad)
 
 
 def test_spot_preemption_and_upload_defaults():
@@ -256,3 +259,12 @@ def test_spot_preemption_and_upload_defaults():
 def test_bad_preemption_and_upload_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=_literal(message)):
         load_config(None, overrides)
+
+
+def test_a_range_error_carries_its_field_value_and_expectation():
+    """Structured errors: a front end can word them as flags or keyword arguments."""
+    with pytest.raises(ConfigError, match=r"loss.lam=2.0 is invalid") as caught:
+        load_config(None, ["loss.lam=2"])
+    e = caught.value
+    assert (e.field, e.value) == ("loss.lam", 2.0)
+    assert e.expected is not None and "(0, 1)" in e.expected

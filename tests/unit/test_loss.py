@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lejepa_ray.objective.loss import LeJEPALoss, lejepa_loss, selection_score
+from lejepa_ray.objective.config import LossConfig
+from lejepa_ray.objective.loss import LeJEPALoss, build_loss, lejepa_loss, selection_score
 from lejepa_ray.objective.sigreg import sigreg
 
 
@@ -61,9 +62,29 @@ def test_selection_score_scaling_and_metrics():
     assert selection_score(2.0, 0.05, alpha=0.0) == 2.0
     out = lejepa_loss(views(2), views(5), step=0, alpha=0.5)
     metrics = out.as_metrics()
-    assert set(metrics) == {"loss", "prediction", "sigreg", "selection_score"}
+    assert set(metrics) == {"loss", "loss/prediction", "loss/sigreg", "selection_score"}
     assert metrics["selection_score"] == pytest.approx(metrics["loss"] / 0.05**0.5, rel=1e-6)
     assert isinstance(out, LeJEPALoss)
+
+
+def test_the_parts_travel_by_name():
+    """stack/unstack follow the fields, so a new part needs no count or index anywhere."""
+    out = lejepa_loss(views(2), views(5), step=0)
+    assert LeJEPALoss.names() == ("total", "prediction", "sigreg", "selection_score")
+    stacked = out.stack()
+    assert stacked.shape == (len(LeJEPALoss.names()),)
+    back = LeJEPALoss.unstack(stacked)
+    for name in LeJEPALoss.names():
+        assert torch.equal(getattr(back, name), getattr(out, name).detach().float()), name
+    assert list(out.as_metrics()) == list(LeJEPALoss.metric_names().values())
+
+
+def test_the_loss_is_built_from_its_config():
+    cfg = LossConfig(lam=0.1, num_slices=64, alpha=0.5)
+    g, a = views(2), views(5)
+    built = build_loss(cfg, prediction_weight=1.5)(g, a, 3)
+    direct = lejepa_loss(g, a, 3, lam=0.1, num_slices=64, alpha=0.5, prediction_weight=1.5)
+    torch.testing.assert_close(built.stack(), direct.stack())
 
 
 def test_bf16_autocast_gives_float32_loss():

@@ -4,5 +4,5 @@ Read in this order: ``config`` (what is configurable), ``decode`` (bytes to a sa
 ``views`` (one image to its global and local crops), ``sources`` (where images come from),
 ``stream`` (the Ray Data pipeline and the per-epoch iterator), ``convert`` (folder to parquet).
 
-May import: base.
+May import: base, configs.
 """

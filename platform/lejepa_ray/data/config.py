@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 from lejepa_ray.data.keys import SPLITS
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, check_field
 
 SOURCES = ("folder", "parquet", "synthetic", "digits")
 SHUFFLES = ("files", "full", "none")
@@ -256,9 +256,3 @@ class DataConfig:
             self.max_skip_rate,
             "a fraction in [0, 1]",
         )
-
-
-def check_field(ok: bool, key: str, value: object, expected: str) -> None:
-    """Raise ConfigError naming ``key``, its ``value`` and what was ``expected`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}.")

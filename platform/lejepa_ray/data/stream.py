@@ -377,7 +377,7 @@ class EpochCursor:
 
     Every rank draws ``batch_size`` rows per batch and yields the first ``keep`` (all of them
     by default). A group whose size does not divide the global batch trains some ranks on one
-    image fewer (``ScalingConfig.batch_split``); drawing the same count on every rank keeps
+    image fewer (``data.batch_split``); drawing the same count on every rank keeps
     their equal shards in step. ``samples`` counts the rows drawn, left-out ones included: it is
     the position in the epoch's stream, which a group of another size resumes at.
     """

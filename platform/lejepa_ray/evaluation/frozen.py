@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lejepa_ray.config import ProbeConfig
-from lejepa_ray.data.config import check_field
 from lejepa_ray.data.sources import data_from_arg
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, check_field
+from lejepa_ray.evaluation.config import ProbeConfig
 from lejepa_ray.evaluation.export import FrozenBackbone, load_encoder
 from lejepa_ray.evaluation.probe import load_labelled, probe_report
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lejepa_ray.config import ProbeConfig
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
 from lejepa_ray.data.keys import stable_hash
 from lejepa_ray.errors import ConfigError
+from lejepa_ray.evaluation.config import ProbeConfig
 
 PREPARATION = (
     "every feature dimension standardized with the bank's mean and std; kNN: then "

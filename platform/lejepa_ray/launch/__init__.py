@@ -4,5 +4,5 @@ worker loop (``driver``, ``worker``), the worker group's failure, preemption and
 (``events``), the probes of checkpoints during training (``probes``) and a node's spot-notice
 watcher (``spot``).
 
-May import: base, objective, data, config, model, train, runs, evaluation.
+May import: base, configs, objective, data, config, model, train, runs, evaluation.
 """

@@ -34,6 +34,7 @@ from ray.train.torch import TorchTrainer
 
 from lejepa_ray import compat, runs, storage
 from lejepa_ray.config import PretrainConfig, check_run, to_yaml
+from lejepa_ray.data.batch_split import drawn_per_worker
 from lejepa_ray.data.plan import Plan as DataPlan
 from lejepa_ray.data.readers import SourcePlan, source_plan
 from lejepa_ray.data.sources import check_path, class_names
@@ -227,7 +228,9 @@ def drawn_per_micro_batch(cfg: PretrainConfig) -> int:
     """Rows all ranks draw from the views stream per micro-batch, at the group size that draws
     the most (an elastic group's ranks round their shares up)."""
     s = cfg.scaling
-    return max(s.drawn_per_worker(w) * w for w in range(s.min_workers, s.max_workers + 1))
+    return max(
+        drawn_per_worker(s.global_batch, w) * w for w in range(s.min_workers, s.max_workers + 1)
+    )
 
 
 READ_AHEAD_EXTRA = 1

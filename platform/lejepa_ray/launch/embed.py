@@ -39,7 +39,6 @@ from ray.data import ActorPoolStrategy
 
 from lejepa_ray import storage
 from lejepa_ray.compat import quiet_logger
-from lejepa_ray.config import ScalingConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.eval_images import prepare_image
 from lejepa_ray.data.plan import Plan
@@ -48,6 +47,7 @@ from lejepa_ray.data.sources import check_path, data_from_arg
 from lejepa_ray.errors import ConfigError, SourceError, first_line
 from lejepa_ray.evaluation.frozen import FEATURES, load_frozen
 from lejepa_ray.launch import runtime
+from lejepa_ray.model.config import ScalingConfig
 
 SUCCESS_FILE = "_SUCCESS"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lejepa_ray import storage
-from lejepa_ray.config import LoggingConfig
+from lejepa_ray.train.config import LoggingConfig
 from lejepa_ray.train.tracking import JSONL_FILE
 
 

@@ -23,9 +23,9 @@ import ray
 
 import lejepa_ray
 from lejepa_ray.compat import quiet_worker_logs
-from lejepa_ray.config import ScalingConfig
 from lejepa_ray.errors import ConfigError
 from lejepa_ray.launch import reaper
+from lejepa_ray.model.config import ScalingConfig
 
 
 def local_num_cpus(train_cpus: float) -> int:

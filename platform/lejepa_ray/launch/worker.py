@@ -32,6 +32,7 @@ import yaml
 from lejepa_ray import compat, runs, storage
 from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import PretrainConfig, to_yaml
+from lejepa_ray.data.batch_split import batch_share, batch_split, drawn_per_worker
 from lejepa_ray.data.stream import EpochCursor, skip_metrics
 from lejepa_ray.errors import CheckpointError
 from lejepa_ray.launch import events, probes
@@ -114,22 +115,22 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cfg.scaling.cpus_per_worker)))
 
-    scaling = job.cfg.scaling
-    trainer = Trainer(job.cfg, job.spec, device, scaling.batch_share(rank, world))
+    batch = job.cfg.scaling.global_batch
+    trainer = Trainer(job.cfg, job.spec, device, batch_share(batch, rank, world))
     inject_nonfinite(trainer, job.cfg.fault.inject_nonfinite_steps)  # drills only
     resumed, taken = resume(trainer, job.run_dir, rank)
     state = resumed.state if resumed else TrainState(step=0)
     cursor = EpochCursor(
         job.counter,
         job.cfg.data,
-        scaling.drawn_per_worker(world),
+        drawn_per_worker(batch, world),
         world,
         job.rows_per_epoch,
         job.epochs_per_pass,
         state.data_epoch,
         state.data_samples,
         prefetch=job.cfg.data.prefetch_batches,
-        keep=scaling.batch_split(world)[rank],
+        keep=batch_split(batch, world)[rank],
     )
     writer = _metrics_writer(job, resumed) if rank == 0 else None
     # Only an elastic group resizes; a fixed one rerun on another size says so in the resume log.
@@ -268,7 +269,7 @@ def _record_resize(job: WorkerConfig, state: TrainState, world: int) -> None:
     """Log and keep (``resizes.jsonl``) that this group resumed on another number of workers
     than the checkpoint's; the global batch is the same, split ``global / world`` per worker."""
     record = events.record_resize(job.run_dir, state.step, state.world_size, world)
-    split = job.cfg.scaling.batch_split(world)
+    split = batch_split(job.cfg.scaling.global_batch, world)
     per_worker = str(split[0]) if split[0] == split[-1] else f"{split[-1]}-{split[0]}"
     log.warning(
         "worker group resized from %d to %d at step %d (%s); %s images per worker, global "

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP
 
-from lejepa_ray.config import PROJECTOR_NORMS, ConfigError, ModelConfig, PretrainConfig
+from lejepa_ray.config import PretrainConfig
+from lejepa_ray.errors import ConfigError
+from lejepa_ray.model.config import PROJECTOR_NORMS, ModelConfig
 
 # Options tried in order; the first that accepts the global size and the local size wins.
 _SIZE_OPTIONS: tuple[dict[str, Any], ...] = (

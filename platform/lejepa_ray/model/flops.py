@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lejepa_ray.config import ModelConfig
 from lejepa_ray.data.config import ViewConfig
+from lejepa_ray.model.config import ModelConfig
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 
 # Dense bf16 tensor-core peaks, TFLOP/s per device, by a substring of the device name.

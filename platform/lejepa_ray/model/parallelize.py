@@ -26,7 +26,8 @@ from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.nn.parallel import DistributedDataParallel
 
 from lejepa_ray import compat
-from lejepa_ray.config import ConfigError, ScalingConfig
+from lejepa_ray.errors import ConfigError
+from lejepa_ray.model.config import ScalingConfig
 from lejepa_ray.model.encoder import LeJEPAEncoder
 
 

@@ -1,52 +1,95 @@
-"""The LeJEPA objective: view-prediction loss plus SIGReg, traded off by one λ."""
+"""The LeJEPA objective: view-prediction loss plus SIGReg, traded off by one λ.
+
+:func:`lejepa_loss` computes one step's loss; :func:`build_loss` binds it to a run's
+:class:`~lejepa_ray.objective.config.LossConfig`. The parts of the loss are the fields of
+:class:`LeJEPALoss`, each with the name it is logged under: the trainer sums, averages and logs
+them by name, so a new term is a field here, its computation in :func:`lejepa_loss` and, if it
+has a weight, a key in ``LossConfig``.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from lejepa_ray.objective.config import LossConfig
 from lejepa_ray.objective.sigreg import compute_dtype, sigreg
 
-__all__ = ["LeJEPALoss", "lejepa_loss", "selection_score"]
+__all__ = ["LeJEPALoss", "LossFn", "build_loss", "lejepa_loss", "selection_score"]
 
 _Score = TypeVar("_Score", float, torch.Tensor)
 
 
+def _logged_as(metric: str) -> dict[str, str]:
+    return {"metric": metric}
+
+
 @dataclass(frozen=True)
 class LeJEPALoss:
-    """Scalar parts of the LeJEPA loss of one step (float32 tensors)."""
+    """Scalar parts of the LeJEPA loss of one step (float32 tensors), each logged under the
+    metric name in its field's metadata."""
 
-    total: torch.Tensor
+    total: torch.Tensor = field(metadata=_logged_as("loss"))
     """(1 − λ)·prediction + λ·sigreg: the tensor to call ``backward()`` on."""
-    prediction: torch.Tensor
+    prediction: torch.Tensor = field(metadata=_logged_as("loss/prediction"))
     """Mean squared distance of every view's embedding to the mean of the global views (on one
     rank of an uneven split, times its ``prediction_weight``: the mean over ranks is then the
     global batch's)."""
-    sigreg: torch.Tensor
+    sigreg: torch.Tensor = field(metadata=_logged_as("loss/sigreg"))
     """SIGReg averaged over views (each view scored with the same directions of this step)."""
-    selection_score: torch.Tensor
+    selection_score: torch.Tensor = field(metadata=_logged_as("selection_score"))
     """Label-free model-selection score ``total / λ^α`` (detached): lower is better."""
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The parts' names, in :meth:`stack` order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def metric_names(cls) -> dict[str, str]:
+        """Part name -> the metric it is logged as (``prediction`` -> ``loss/prediction``)."""
+        return {f.name: f.metadata["metric"] for f in fields(cls)}
+
     def stack(self) -> torch.Tensor:
-        """(4,) float32: total, prediction, sigreg, selection score, detached; for sums and
-        all-reduces that must not wait for the host."""
-        parts = [self.total, self.prediction, self.sigreg, self.selection_score]
-        return torch.stack([part.detach() for part in parts]).float()
+        """(P,) float32, P = ``len(names())``: the parts in :meth:`names` order, detached; for
+        sums and all-reduces that must not wait for the host."""
+        return torch.stack([getattr(self, name).detach() for name in self.names()]).float()
 
     @classmethod
     def unstack(cls, values: torch.Tensor) -> LeJEPALoss:
-        """The inverse of :meth:`stack`: (4,) values back to named parts."""
-        total, prediction, sigreg, score = values.unbind()
-        return cls(total, prediction, sigreg, score)
+        """The inverse of :meth:`stack`: (P,) values back to named parts."""
+        return cls(**dict(zip(cls.names(), values.unbind(), strict=True)))
 
     def as_metrics(self) -> dict[str, float]:
-        """The four parts as Python floats, for logging (one host sync)."""
-        names = ("loss", "prediction", "sigreg", "selection_score")
-        return dict(zip(names, self.stack().tolist(), strict=True))
+        """The parts as Python floats under their metric names, for logging (one host sync)."""
+        values = self.stack().tolist()
+        return dict(zip(self.metric_names().values(), values, strict=True))
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, int], LeJEPALoss]
+"""(global embeddings (V_g, B, K), all embeddings (V, B, K), step) -> the step's loss."""
+
+
+def build_loss(cfg: LossConfig, *, prediction_weight: float = 1.0) -> LossFn:
+    """The run's loss function: :func:`lejepa_loss` with ``cfg``'s λ, SIGReg quadrature and
+    selection-score exponent, without the per-call shape checks (the trainer's shapes are
+    fixed), and this rank's ``prediction_weight`` (see :func:`lejepa_loss`)."""
+    return functools.partial(
+        lejepa_loss,
+        lam=cfg.lam,
+        num_slices=cfg.num_slices,
+        t_max=cfg.t_max,
+        num_knots=cfg.num_knots,
+        alpha=cfg.alpha,
+        validate=False,
+        prediction_weight=prediction_weight,
+    )
 
 
 def selection_score(total: _Score, lam: float, alpha: float = 0.4) -> _Score:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lejepa_ray.config import ADAMW_IMPLEMENTATIONS, OptimConfig
+from lejepa_ray.train.config import ADAMW_IMPLEMENTATIONS, OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:

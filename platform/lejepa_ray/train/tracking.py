@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lejepa_ray import storage
-from lejepa_ray.config import LoggingConfig
 from lejepa_ray.errors import ConfigError
+from lejepa_ray.train.config import LoggingConfig
 
 JSONL_FILE = "metrics.jsonl"
 IDS_FILE = "tracking.json"

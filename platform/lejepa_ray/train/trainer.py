@@ -8,7 +8,6 @@ the same loop runs inside a Ray Train worker (``launch/worker.py``) and under pl
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 import warnings
@@ -26,7 +25,7 @@ from lejepa_ray.config import PretrainConfig, scaled_lr
 from lejepa_ray.data.device_views import augment_batch
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 from lejepa_ray.model.parallelize import compute_dtype, meta_parameters, parallelize
-from lejepa_ray.objective.loss import LeJEPALoss, lejepa_loss
+from lejepa_ray.objective.loss import LeJEPALoss, LossFn, build_loss
 from lejepa_ray.train.checkpoint import ModelAndOptimizer, TrainState
 from lejepa_ray.train.memory import peak_rss_bytes
 from lejepa_ray.train.optim import build_optimizer, build_scheduler
@@ -59,7 +58,7 @@ class Trainer:
         batch_share: float = 1.0,
     ):
         """``batch_share``: this rank's images per micro-batch × the number of ranks / the
-        global batch (``ScalingConfig.batch_share``); 1 unless the ranks' batches differ."""
+        global batch (``data.batch_split.batch_share``); 1 unless the ranks' batches differ."""
         self.cfg, self.spec, self.device = cfg, spec, device
         torch.manual_seed(cfg.seed)  # identical initialization on every rank (DDP, non-meta)
         meta = cfg.scaling.strategy == "fsdp" and cfg.model.meta_init
@@ -71,16 +70,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.tensors = ModelAndOptimizer(self.model, self.optimizer)
         """What a checkpoint saves of this rank's tensors (a DCP ``Stateful``)."""
-        self.loss_fn: Callable[[torch.Tensor, torch.Tensor, int], LeJEPALoss] = functools.partial(
-            lejepa_loss,
-            lam=cfg.loss.lam,
-            num_slices=cfg.loss.num_slices,
-            t_max=cfg.loss.t_max,
-            num_knots=cfg.loss.num_knots,
-            alpha=cfg.loss.alpha,
-            validate=False,
-            prediction_weight=batch_share,
-        )
+        self.loss_fn: LossFn = build_loss(cfg.loss, prediction_weight=batch_share)
         """(global embeddings (V_g, B, K), all embeddings (V, B, K), step) -> the loss."""
         self.step = 0
         self.skipped_steps = 0
@@ -134,7 +124,7 @@ class Trainer:
 
     def _forward_backward(self, micro_batches: list[dict[str, torch.Tensor]]) -> LeJEPALoss:
         """Accumulate the gradients of the step's micro-batches; the mean of their losses."""
-        parts = torch.zeros(4, device=self.device)
+        parts = torch.zeros(len(LeJEPALoss.names()), device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with (
@@ -243,8 +233,8 @@ class Meter:
     steps: int = 0
     good_steps: int = 0
     loss_sum: torch.Tensor | None = None
-    """Sum of the finite steps' (4,) stacked losses (``LeJEPALoss.stack``), on the device (no
-    host sync per step)."""
+    """Sum of the finite steps' (P,) stacked loss parts (``LeJEPALoss.stack``), on the device
+    (no host sync per step)."""
 
     def add(self, result: StepResult) -> None:
         self.steps += 1
@@ -255,15 +245,15 @@ class Meter:
 
 
 class RecentMean:
-    """Mean of the finite steps' (4,) losses over the last ``steps`` optimizer steps or a few
-    more: whole log windows are kept, so it costs no host sync of its own. It restarts empty
-    when a run resumes."""
+    """Mean of the finite steps' loss parts (by name) over the last ``steps`` optimizer steps
+    or a few more: whole log windows are kept, so it costs no host sync of its own. It restarts
+    empty when a run resumes."""
 
     def __init__(self, steps: int):
         self.steps = steps
-        self.windows: deque[tuple[list[float], int]] = deque()
+        self.windows: deque[tuple[dict[str, float], int]] = deque()
 
-    def add(self, means: list[float], count: int) -> None:
+    def add(self, means: dict[str, float], count: int) -> None:
         """One log window: the mean losses of its ``count`` finite steps."""
         if count == 0:
             return
@@ -271,12 +261,14 @@ class RecentMean:
         while sum(c for _, c in self.windows) - self.windows[0][1] >= self.steps:
             self.windows.popleft()
 
-    def value(self) -> list[float] | None:
-        """The (4,) step-weighted mean, or None before the first finite step."""
+    def value(self) -> dict[str, float] | None:
+        """The step-weighted mean of each part, or None before the first finite step."""
         total = sum(c for _, c in self.windows)
         if total == 0:
             return None
-        return [sum(m[i] * c for m, c in self.windows) / total for i in range(4)]
+        return {
+            name: sum(m[name] * c for m, c in self.windows) / total for name in self.windows[0][0]
+        }
 
 
 def fit(
@@ -375,7 +367,7 @@ def _metrics(
     world_size: int,
 ) -> dict[str, float]:
     if meter.loss_sum is None:  # every step since the last log was skipped
-        losses = torch.full((4,), float("nan"), device=trainer.device)
+        losses = torch.full((len(LeJEPALoss.names()),), float("nan"), device=trainer.device)
     else:
         losses = meter.loss_sum / meter.good_steps
     # Counted, not assumed: every rank's images, so an elastic group's constant global batch
@@ -389,18 +381,15 @@ def _metrics(
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     elapsed = max(time.perf_counter() - meter.start, 1e-9)
-    total, pred, reg, score = means = losses.tolist()
+    means = dict(zip(LeJEPALoss.names(), losses.tolist(), strict=True))
     recent.add(means, meter.good_steps)
-    smoothed = recent.value() or [float("nan")] * 4
+    smoothed = recent.value() or dict.fromkeys(means, float("nan"))
     global_images = images.item()
     images_per_s = global_images / elapsed
     out = {
-        "loss": total,
-        "loss/prediction": pred,
-        "loss/sigreg": reg,
-        "selection_score": score,
-        "loss/smoothed": smoothed[0],
-        "selection_score/smoothed": smoothed[3],
+        **{metric: means[name] for name, metric in LeJEPALoss.metric_names().items()},
+        "loss/smoothed": smoothed["total"],
+        "selection_score/smoothed": smoothed["selection_score"],
         "lr": trainer.scheduler.get_last_lr()[0],
         "grad_norm": float(result.grad_norm),
         "batch/images_per_step": global_images / max(1, meter.steps),

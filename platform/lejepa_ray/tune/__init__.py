@@ -3,5 +3,5 @@ takes and checks before Ray starts (``options``), the sweep driver and its trial
 (``sweep``), the label-free ranking (``ranking``) and its CSV, table and plot (``report``), and
 the validation of that ranking against probes (``validation``).
 
-May import: base, objective, data, config, model, train, runs, evaluation, launch.
+May import: base, configs, objective, data, config, model, train, runs, evaluation, launch.
 """
