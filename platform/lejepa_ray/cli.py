@@ -671,13 +671,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except TrainingStopped as e:
-        print(f"{PROG}: training stopped: {e}", file=sys.stderr)
+        print(f"{PROG}: training stopped: {e.worded(_as_flag(COMMANDS[name]))}", file=sys.stderr)
         return 1
     except LejepaRayError as e:
         # Configuration and input problems: the message says what to do, a traceback would
         # not. Anything else is a bug and keeps its traceback.
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e.worded(_as_flag(COMMANDS[name]))}", file=sys.stderr)
         return 2
+
+
+def _as_flag(command: Command) -> Callable[[str], str]:
+    """How this command's line names a setting an error mentions: its positional argument
+    (``SRC``) or its flag (``--shard_size_mb``, ``--loss.lam``)."""
+    return lambda name: name.upper() if name in command.positional else f"--{name}"
 
 
 if __name__ == "__main__":

@@ -283,8 +283,8 @@ def _merge(
         cfg = omegaconf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, path)) from None
-    except ConfigError as e:  # a component's own range check: keep its field and value
-        raise ConfigError(str(e), field=e.field, value=e.value, expected=e.expected) from None
+    except ConfigError as e:  # a component's own range check, as it is
+        raise e.with_traceback(None) from None
     except ValueError as e:  # a dataclass's own check that is not a ConfigError
         raise ConfigError(str(e)) from None
     assert isinstance(cfg, PretrainConfig)

@@ -12,22 +12,33 @@ and the command line can catch them without importing Ray, torch or the modules 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+_MARK = "\ue000"  # a private-use character: never in a path, a value or a message of ours
+_OPTION = re.compile(f"{_MARK}([^{_MARK}]+){_MARK}")
+
+
+def option(name: str) -> str:
+    """``name`` marked, inside an error message, as the name of a setting (``data``,
+    ``shard_size_mb``, ``loss.lam``): ``str(error)`` says it as the Python API and config files
+    do, and the command line as its flag (``--data``) through :meth:`LejepaRayError.worded`.
+    Library code names its settings this way and never as flags."""
+    return f"{_MARK}{name}{_MARK}"
+
 
 class LejepaRayError(Exception):
-    """A problem the user can fix; the message says how."""
+    """A problem the user can fix; the message says how.
 
-
-class ConfigError(LejepaRayError, ValueError):
-    """A run configuration that cannot work; the message names the key and what to do.
-
-    Raised by :func:`check_field`, it also carries the offending setting as data: ``field``
-    (the dotted config key, ``loss.lam``), ``value`` and ``expected`` (a phrase: ``"> 0"``), so
-    that a front end can word it its own way (a flag, a keyword argument). They are None where
-    no single field is at fault."""
+    The settings a message names are marked with :func:`option`, so that each front end words
+    them its own way: ``str()`` as keyword arguments and config keys, :meth:`worded` with any
+    other naming (the command line's ``--flag``). An error about one setting also carries it as
+    data: ``field`` (its name), ``value`` and ``expected`` (a phrase: ``"> 0"``); they are None
+    where no single setting is at fault."""
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         field: str | None = None,
         value: object = None,
@@ -35,6 +46,26 @@ class ConfigError(LejepaRayError, ValueError):
     ) -> None:
         super().__init__(message)
         self.field, self.value, self.expected = field, value, expected
+
+    def worded(self, name: Callable[[str], str] = str) -> str:
+        """The message with each setting it names said as ``name(setting)``."""
+        message = str(self.args[0]) if self.args else ""
+        return _OPTION.sub(lambda m: name(m.group(1)), message)
+
+    def __str__(self) -> str:
+        return self.worded()
+
+    def said_of(self, field: str) -> LejepaRayError:
+        """The same error said of another setting that took the same value (``probe.data``
+        for ``eval``'s ``data``): ``field``, and each mention of it in the message, renamed."""
+        message = str(self.args[0]) if self.args else ""
+        if self.field is not None:
+            message = message.replace(option(self.field), option(field))
+        return type(self)(message, field=field, value=self.value, expected=self.expected)
+
+
+class ConfigError(LejepaRayError, ValueError):
+    """A run configuration that cannot work; the message names the key and what to do."""
 
 
 class SourceError(LejepaRayError, ValueError):
@@ -73,7 +104,7 @@ def check_field(ok: bool, key: str, value: object, expected: str) -> None:
     was ``expected`` unless ``ok``: every component config's range check goes through here."""
     if not ok:
         raise ConfigError(
-            f"{key}={value!r} is invalid: expected {expected}.",
+            f"{option(key)}={value!r} is invalid: expected {expected}.",
             field=key,
             value=value,
             expected=expected,

@@ -21,8 +21,8 @@ def test_a_dataset_too_small_is_refused_with_what_it_needs(tmp_path, capsys):
     convert_image_folder(str(tmp_path / "src"), str(tmp_path / "shards"))
     assert main(["data", "bench", "--data", str(tmp_path / "shards"), "--seconds", "1"]) == 2
     err = capsys.readouterr().err
-    assert "needs at least 96 samples at --batch_size 32" in err and "has 32" in err, err
-    assert "--batch_size 10 or less" in err
+    assert "needs at least 96 samples at --batch_size=32" in err and "has 32" in err, err
+    assert "--batch_size=10 or less" in err
     with pytest.raises(bench.BenchError, match="needs at least 24 samples"):
         bench.run(DataConfig(source="synthetic", num_samples=20), batch_size=8)
 

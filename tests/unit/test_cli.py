@@ -72,7 +72,7 @@ def test_show_config_shows_the_resolved_config(capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--loss.lam", "1.5"], "loss.lam=1.5 is invalid: expected a value in (0, 1)"),
+        (["--loss.lam", "1.5"], "--loss.lam=1.5 is invalid: expected a value in (0, 1)"),
         (["--loss.lam", "much"], "key \"loss.lam\": Expected a <class 'float'>. Got value: much"),
         (["--model.nme", "resnet18"], "Did you mean --model.name"),
         (["loss.lam=0.02"], "config keys are flags, write --loss.lam 0.02"),

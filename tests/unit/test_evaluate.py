@@ -45,7 +45,7 @@ def test_projector_outputs_are_probed_from_a_checkpoint_not_from_an_export(tmp_p
     export(path, tmp_path / "out")
     with pytest.raises(ValueError, match="give the run or checkpoint directory"):
         evaluate(tmp_path / "out", "digits", features="projector")
-    with pytest.raises(ValueError, match="features must be one of backbone, projector"):
+    with pytest.raises(ValueError, match="features='neck' is invalid: expected one of backbone"):
         load_frozen(path, "neck")
 
 

@@ -100,13 +100,16 @@ def test_check_rejects_what_cannot_run(tmp_path, text, kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scheduler": "hyperband"}, "scheduler must be one of asha, fifo"),
-        ({"search": "bayes"}, "search must be one of random, optuna"),
-        ({"samples": 0}, "samples must be >= 1"),
-        ({"reduction_factor": 1}, "reduction_factor must be >= 2"),
-        ({"select_by": "probe"}, "select_by must be one of rankme, score"),
-        ({"plateau_tol": 0}, "plateau_tol must be > 0"),
-        ({"val_data": "digits:val"}, "val_data needs validate_with_labels"),
+        (
+            {"scheduler": "hyperband"},
+            "scheduler='hyperband' is invalid: expected one of asha",
+        ),
+        ({"search": "bayes"}, "search='bayes' is invalid: expected one of random, optuna"),
+        ({"samples": 0}, "samples=0 is invalid: expected >= 1"),
+        ({"reduction_factor": 1}, "reduction_factor=1 is invalid: expected >= 2"),
+        ({"select_by": "probe"}, "select_by='probe' is invalid: expected one of rankme, score"),
+        ({"plateau_tol": 0}, "plateau_tol=0 is invalid: expected > 0"),
+        ({"val_data": "digits:val"}, "expected unset unless validate_with_labels is set"),
     ],
 )
 def test_options_are_checked(kwargs, message):

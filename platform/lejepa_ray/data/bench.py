@@ -37,7 +37,7 @@ from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.sources import LocalSource, source_from_arg
 from lejepa_ray.data.stream import build_view_stream, iter_views
 from lejepa_ray.data.views import ViewMaker
-from lejepa_ray.errors import BenchError
+from lejepa_ray.errors import BenchError, option
 
 
 @dataclass
@@ -417,10 +417,10 @@ def run(
     workers = workers or os.cpu_count() or 1
     have, need = len(LocalSource(cfg)), required_samples(batch_size)
     if have < need:
-        smaller = f" or --batch_size {have // 3} or less" if have >= 3 else ""
+        smaller = f" or {option('batch_size')}={have // 3} or less" if have >= 3 else ""
         raise BenchError(
-            f"data bench needs at least {need} samples at --batch_size {batch_size} (each "
-            f"epoch's first batch is start-up, not measured, and two more are timed), but "
+            f"data bench needs at least {need} samples at {option('batch_size')}={batch_size} "
+            "(each epoch's first batch is start-up, not measured, and two more are timed), but "
             f"{cfg.path or cfg.source} has {have}: use a larger dataset{smaller}."
         )
     print_fn(f"Profiling one worker's work per sample ({cfg.source}) ...")

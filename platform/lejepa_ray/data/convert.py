@@ -37,7 +37,7 @@ from pyarrow import fs as pafs
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.sources import INCOMPLETE, MANIFEST, list_image_folder
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import check_field
 from lejepa_ray.storage import Folder, check_output, resolve_filesystem, uri_of
 
 FORMAT = "lejepa-ray/parquet-v1"
@@ -107,10 +107,8 @@ def convert_image_folder(
     Raises:
         SourceError: ``src`` does not exist or holds no images.
     """
-    if shard_size_mb <= 0:
-        raise ConfigError(f"--shard_size_mb={shard_size_mb} is invalid: expected a size > 0.")
-    if workers < 1:
-        raise ConfigError(f"--workers={workers} is invalid: expected at least 1.")
+    check_field(shard_size_mb > 0, "shard_size_mb", shard_size_mb, "a size > 0")
+    check_field(workers >= 1, "workers", workers, "at least 1")
     start = time.perf_counter()
     listing = list_image_folder(src, name=f"the image folder {str(src)!r}")
     check_output(str(dst), "output folder")

@@ -43,7 +43,7 @@ from lejepa_ray.data.sources import (
     split_suffix,
 )
 from lejepa_ray.data.views import ViewMaker
-from lejepa_ray.errors import SourceError
+from lejepa_ray.errors import SourceError, option
 
 MIN_GLOBAL_PX = 128
 """The automatic zoom draws a global view at least this many pixels wide."""
@@ -207,12 +207,12 @@ def preview_data(options: PreviewOptions, data: DataConfig | None = None) -> Dat
         ConfigError: an invalid option.
     """
     base = data if data is not None else DataConfig()
-    check_field(options.samples >= 1, "--samples", options.samples, "an integer >= 1")
-    check_field(options.epoch >= 0, "--epoch", options.epoch, "an integer >= 0")
-    check_field(options.zoom is None or options.zoom >= 1, "--zoom", options.zoom, "None or >= 1")
+    check_field(options.samples >= 1, "samples", options.samples, "an integer >= 1")
+    check_field(options.epoch >= 0, "epoch", options.epoch, "an integer >= 0")
+    check_field(options.zoom is None or options.zoom >= 1, "zoom", options.zoom, "None or >= 1")
     check_field(
         options.augment_on is None or options.augment_on in AUGMENT_ON,
-        "--augment_on",
+        "augment_on",
         options.augment_on,
         f"None or one of {', '.join(AUGMENT_ON)}",
     )
@@ -379,7 +379,7 @@ def preview(options: PreviewOptions, data: DataConfig | None = None) -> PreviewR
     cfg = preview_data(options, data)
     if storage.is_local(options.out):
         folder = os.path.dirname(os.path.abspath(options.out.removeprefix("file://")))
-        storage.check_output(folder, "folder of --out")
+        storage.check_output(folder, f"folder of {option('out')}")
     made = sample_views(cfg, options.samples, options.epoch)
     layout = layout_of(len(made), cfg, options.zoom)
     storage.write_bytes(options.out, png_bytes(draw_grid(made, layout)))

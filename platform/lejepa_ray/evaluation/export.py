@@ -37,7 +37,7 @@ from torch import nn
 
 from lejepa_ray import runs, storage
 from lejepa_ray.config import ConfigError, PretrainConfig, load_config
-from lejepa_ray.errors import ExportError, first_line
+from lejepa_ray.errors import ExportError, first_line, option
 from lejepa_ray.model.encoder import (
     BackboneSpec,
     LeJEPAEncoder,
@@ -258,7 +258,8 @@ def _check_onnx_installed() -> None:
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if not importlib.util.find_spec(m)]
     if missing:
         raise ConfigError(
-            f"export --format onnx needs {', '.join(missing)}: pip install 'lejepa-ray[onnx]'."
+            f"export {option('format')}=onnx needs {', '.join(missing)}: pip install "
+            "'lejepa-ray[onnx]'."
         )
 
 

@@ -125,7 +125,7 @@ def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Modu
         ValueError: ``features`` unknown, or ``projector`` asked of an export.
     """
     if features not in FEATURES:
-        raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}.")
+        check_field(False, "features", features, f"one of {', '.join(FEATURES)}")
     path = Path(source)
     hub_file = path / "config.json"
     if hub_file.is_file() and (path / "model.safetensors").is_file():

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lejepa_ray import storage
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, option
 from lejepa_ray.train.config import LoggingConfig
 
 JSONL_FILE = "metrics.jsonl"
@@ -268,8 +268,8 @@ def check(cfg: LoggingConfig) -> None:
     if cfg.wandb.project is not None and cfg.wandb.mode == "online" and not _wandb_key():
         raise ConfigError(
             "logging.wandb.mode=online needs a W&B API key: set WANDB_API_KEY (on every node "
-            "of a cluster) or run `wandb login`; or log offline with --logging.wandb.mode "
-            "offline and upload later with `wandb sync`."
+            "of a cluster) or run `wandb login`; or log offline with "
+            f"{option('logging.wandb.mode')}=offline and upload later with `wandb sync`."
         )
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lejepa_ray.config import PretrainConfig, check_run, dotlist, resolve_config, with_overrides
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, check_field, option
 from lejepa_ray.tune.ranking import DEFAULT_SELECT_BY, SELECT_BY
 from lejepa_ray.tune.space import Dimension, check_space, load_space, overrides
 
@@ -76,29 +76,31 @@ class SweepOptions:
     and Ray's session logs."""
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(
-                f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}."
-            )
-        if self.search not in SEARCHES:
-            raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}.")
-        for flag, value, low in (
+        for name, value, choices in (
+            ("scheduler", self.scheduler, SCHEDULERS),
+            ("search", self.search, SEARCHES),
+            ("select_by", self.select_by, SELECT_BY),
+        ):
+            check_field(value in choices, name, value, f"one of {', '.join(choices)}")
+        for name, value, low in (
             ("samples", self.samples, 1),
             ("concurrent", self.concurrent, 1),
             ("reduction_factor", self.reduction_factor, 2),
         ):
-            if value < low:
-                raise ConfigError(f"{flag} must be >= {low}, got {value}.")
-        if self.grace_steps is not None and self.grace_steps < 1:
-            raise ConfigError(f"grace_steps must be >= 1, got {self.grace_steps}.")
-        if self.select_by not in SELECT_BY:
-            raise ConfigError(
-                f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}."
-            )
-        if not self.plateau_tol > 0:
-            raise ConfigError(f"plateau_tol must be > 0, got {self.plateau_tol}.")
-        if self.val_data and not self.validate_with_labels:
-            raise ConfigError("val_data needs validate_with_labels (the data to fit on).")
+            check_field(value >= low, name, value, f">= {low}")
+        check_field(
+            self.grace_steps is None or self.grace_steps >= 1,
+            "grace_steps",
+            self.grace_steps,
+            "None or >= 1",
+        )
+        check_field(self.plateau_tol > 0, "plateau_tol", self.plateau_tol, "> 0")
+        check_field(
+            not self.val_data or bool(self.validate_with_labels),
+            "val_data",
+            self.val_data,
+            f"unset unless {option('validate_with_labels')} is set (the data to fit on)",
+        )
 
 
 def sweep_name(opts: SweepOptions) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from lejepa_ray.config import ConfigError, PretrainConfig, check_model_name, with_overrides
+from lejepa_ray.errors import option
 
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -97,8 +98,8 @@ def load_space(path: str | Path) -> list[Dimension]:
         raise ConfigError(
             f"{path} looks like a pretrain config, not a search space: its top-level keys "
             f"{', '.join(sections)} hold mappings, where a space maps dotted keys to samplers "
-            "(`loss.lam: {loguniform: [0.005, 0.5]}`). Give a pretrain config as --config and "
-            "a space from tune_spaces/ as --space."
+            "(`loss.lam: {loguniform: [0.005, 0.5]}`). Give a pretrain config as "
+            f"{option('config')} and a space from tune_spaces/ as {option('space')}."
         )
     space = [_dimension(path, str(key), spec) for key, spec in raw.items()]
     check_space(space, where=str(path))

@@ -41,7 +41,7 @@ from lejepa_ray import runs, storage
 from lejepa_ray.compat import quiet_logger
 from lejepa_ray.config import PretrainConfig, ProbeConfig, to_yaml, with_overrides
 from lejepa_ray.data.stream import data_node_resources
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, option
 from lejepa_ray.evaluation.export import export
 from lejepa_ray.launch import driver, runtime
 from lejepa_ray.tune.console import TrialLines
@@ -232,8 +232,9 @@ def _started(sweep_dir: str, name: str, spec: dict[str, Any]) -> bool:
         changed = sorted(k for k, v in json.loads(saved).items() if spec.get(k) != v)
         raise ConfigError(
             f"sweep {name!r} in {sweep_dir} was started with another "
-            f"{', '.join(changed)}; rerun it with the same --space, --config, "
-            "overrides and options to resume it, or give another --name."
+            f"{', '.join(changed)}; rerun it with the same {option('space')}, "
+            f"{option('config')}, overrides and options to resume it, or give another "
+            f"{option('name')}."
         )
     return saved is not None
 
