@@ -21,9 +21,10 @@ import ray
 from ray.data import DataContext
 
 from lejepa_ray import compat
+from lejepa_ray.data.feed import iter_views
 from lejepa_ray.data.readers import source_plan
 from lejepa_ray.data.sources import data_from_arg
-from lejepa_ray.data.stream import build_view_stream, iter_views
+from lejepa_ray.data.stream import build_view_stream
 
 
 def first_batch(cfg, samples: int, batch_size: int, at_source: bool) -> tuple[float, int]:

@@ -11,7 +11,8 @@ import torch
 from images import make_image_folder
 
 from lejepa_ray.data.config import DataConfig, ViewConfig
-from lejepa_ray.data.stream import DataQualityError, build_view_stream, iter_views
+from lejepa_ray.data.feed import iter_views
+from lejepa_ray.data.stream import DataQualityError, build_view_stream
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +152,8 @@ def test_two_training_workers_stream_their_shards_without_deadlock(ray_cluster, 
     def loop(config: dict) -> None:
         import ray.train
 
-        from lejepa_ray.data.stream import iter_epoch, skip_metrics
+        from lejepa_ray.data.feed import iter_epoch
+        from lejepa_ray.data.stream import skip_metrics
 
         rank = ray.train.get_context().get_world_rank()
         epochs = []
@@ -271,7 +273,7 @@ def test_device_augmentation_ships_crops_and_parameters_for_the_trainer(ray_clus
 def test_epoch_cursor_counts_on_from_the_saved_position_and_meets_each_new_pass(
     monkeypatch, prefetch
 ):
-    from lejepa_ray.data import stream
+    from lejepa_ray.data import feed
 
     def fake_passes():  # what the pipeline yields: 3 batches a pass (one epoch), from epoch 4
         epoch = 4
@@ -280,10 +282,10 @@ def test_epoch_cursor_counts_on_from_the_saved_position_and_meets_each_new_pass(
             epoch += 1
 
     passes = fake_passes()
-    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(next(passes)))
+    monkeypatch.setattr(feed, "iter_epoch", lambda *a, **k: iter(next(passes)))
     # Saved 8 samples into epoch 4 (of 24 rows) with 2 ranks of batch 2: the pipeline starts
     # there (it skips what came before), so the cursor drops nothing and counts on.
-    cursor = stream.EpochCursor(
+    cursor = feed.EpochCursor(
         None, None, 2, 2, rows_per_epoch=24, epoch=4, samples=8, prefetch=prefetch
     )
     it = iter(cursor)
@@ -298,18 +300,18 @@ def test_epoch_cursor_counts_on_from_the_saved_position_and_meets_each_new_pass(
 
 
 def test_the_position_crosses_epochs_inside_a_pass_the_same_on_every_rank(monkeypatch):
-    from lejepa_ray.data import stream
+    from lejepa_ray.data import feed
 
     drawn = [{"epoch": torch.zeros(3), "i": torch.arange(3) + 3 * b} for b in range(8)]
-    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
+    monkeypatch.setattr(feed, "iter_epoch", lambda *a, **k: iter(drawn))
     # A pass of 2 epochs of 15 rows; 2 ranks drawing 3 rows a step (6 rows).
-    cursor = stream.EpochCursor(None, None, 3, 2, rows_per_epoch=15, epochs_per_pass=2)
+    cursor = feed.EpochCursor(None, None, 3, 2, rows_per_epoch=15, epochs_per_pass=2)
     positions = [(cursor.epoch, cursor.samples) for _ in zip(range(5), cursor, strict=False)]
     assert positions == [(0, 6), (0, 12), (1, 3), (1, 9), (1, 15)]  # (1, 15): epoch 1 done
 
 
 def test_a_cursor_resumed_at_an_epoch_end_meets_the_passes_after_it(monkeypatch):
-    from lejepa_ray.data import stream
+    from lejepa_ray.data import feed
 
     asked = []
 
@@ -317,10 +319,10 @@ def test_a_cursor_resumed_at_an_epoch_end_meets_the_passes_after_it(monkeypatch)
         asked.append(resumed)
         return iter([{"epoch": torch.zeros(2)} for _ in range(2)])
 
-    monkeypatch.setattr(stream, "iter_epoch", fake_pass)
+    monkeypatch.setattr(feed, "iter_epoch", fake_pass)
     # Saved at the end of epoch 1 (6 of 6 rows), passes of 2 epochs: the pipeline resumes at
     # epoch 2, the start of pass 1, so the pass after it starts epoch 4.
-    cursor = stream.EpochCursor(
+    cursor = feed.EpochCursor(
         None, None, 2, 1, rows_per_epoch=6, epochs_per_pass=2, epoch=1, samples=6
     )
     it = iter(cursor)
@@ -328,20 +330,20 @@ def test_a_cursor_resumed_at_an_epoch_end_meets_the_passes_after_it(monkeypatch)
     assert positions == [(2, 2), (2, 4), (4, 2)]
     assert asked == [False, False]  # pass 1 starts whole: its end is checked as any pass's
     # A pass resumed mid-way may end before a batch; only the first one is told so.
-    resumed = stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, samples=4)
+    resumed = feed.EpochCursor(None, None, 2, 1, rows_per_epoch=6, samples=4)
     it = iter(resumed)
     next(it), next(it), next(it)
     assert asked[-2:] == [True, False]
 
 
 def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_own(monkeypatch):
-    from lejepa_ray.data import stream
+    from lejepa_ray.data import feed
 
     # A global batch of 5 over 2 ranks (3 and 2 images): both draw 3 rows, so their equal
     # shards end on the same step; this one (rank 1) trains on 2 of them.
     drawn = [{"epoch": torch.full((3,), 0), "i": torch.arange(3) + 3 * b} for b in range(4)]
-    monkeypatch.setattr(stream, "iter_epoch", lambda *a, **k: iter(drawn))
-    cursor = stream.EpochCursor(None, None, 3, 2, rows_per_epoch=100, samples=12, keep=2)
+    monkeypatch.setattr(feed, "iter_epoch", lambda *a, **k: iter(drawn))
+    cursor = feed.EpochCursor(None, None, 3, 2, rows_per_epoch=100, samples=12, keep=2)
     batch = next(iter(cursor))
     assert batch["i"].tolist() == [0, 1] and batch["epoch"].shape == (2,)
     assert cursor.samples == 18  # the position in the stream: rows drawn, the left-out too
@@ -350,7 +352,7 @@ def test_a_rank_with_the_smaller_share_draws_the_larger_one_and_trains_on_its_ow
 def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(monkeypatch):
     import threading
 
-    from lejepa_ray.data import stream
+    from lejepa_ray.data import feed
 
     asked = []  # batches the trainer had taken when each epoch was asked for
     taken = 0
@@ -363,8 +365,8 @@ def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(mo
         epoch = len(asked) - 1
         return iter([{"epoch": torch.full((2,), epoch)} for _ in range(3)])
 
-    monkeypatch.setattr(stream, "iter_epoch", fake_epoch)
-    cursor = stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, prefetch=4)
+    monkeypatch.setattr(feed, "iter_epoch", fake_epoch)
+    cursor = feed.EpochCursor(None, None, 2, 1, rows_per_epoch=6, prefetch=4)
     it = iter(cursor)
     next(it)
     taken = 1
@@ -376,14 +378,14 @@ def test_prefetching_asks_for_the_next_epoch_before_the_trainer_ends_this_one(mo
 
 
 def test_a_prefetched_error_reaches_the_trainer_where_it_happened(monkeypatch):
-    from lejepa_ray.data import stream
+    from lejepa_ray.data import feed, stream
 
     def failing_epoch(*args, **kwargs):
         yield {"epoch": torch.zeros(2)}
         raise stream.DataQualityError("too many bad samples")
 
-    monkeypatch.setattr(stream, "iter_epoch", failing_epoch)
-    it = iter(stream.EpochCursor(None, None, 2, 1, rows_per_epoch=6, prefetch=4))
+    monkeypatch.setattr(feed, "iter_epoch", failing_epoch)
+    it = iter(feed.EpochCursor(None, None, 2, 1, rows_per_epoch=6, prefetch=4))
     next(it)
     with pytest.raises(stream.DataQualityError, match="too many bad samples"):
         next(it)

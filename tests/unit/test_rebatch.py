@@ -1,4 +1,4 @@
-"""``stream.rebatch``: batches of exact size from the blocks the views tasks make, copying only
+"""``data.rebatch``: batches of exact size from the blocks the views tasks make, copying only
 the rows of blocks that do not hold whole batches."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lejepa_ray.data.stream import rebatch
+from lejepa_ray.data.rebatch import rebatch
 
 
 def blocks_of(sizes: list[int]) -> list[dict[str, torch.Tensor]]:

@@ -2,7 +2,9 @@
 
 Read in this order: ``config`` (what is configurable), ``decode`` (bytes to a safe RGB image),
 ``views`` (one image to its global and local crops), ``sources`` (where images come from),
-``stream`` (the Ray Data pipeline and the per-epoch iterator), ``convert`` (folder to parquet).
+``stream`` (the Ray Data pipeline), ``feed`` (a training worker's batches from it, pass after
+pass; ``rebatch`` cuts them), ``batch_split`` (a global batch over any number of ranks),
+``convert`` (folder to parquet).
 
 May import: base, configs.
 """

@@ -34,8 +34,9 @@ from lejepa_ray import compat
 from lejepa_ray.data import account
 from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
+from lejepa_ray.data.feed import iter_views
 from lejepa_ray.data.sources import LocalSource, source_from_arg
-from lejepa_ray.data.stream import build_view_stream, iter_views
+from lejepa_ray.data.stream import build_view_stream
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.errors import BenchError, option
 

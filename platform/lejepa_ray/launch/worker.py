@@ -33,7 +33,8 @@ from lejepa_ray import compat, runs, storage
 from lejepa_ray.compat import ray_train_report_logger
 from lejepa_ray.config import PretrainConfig, to_yaml
 from lejepa_ray.data.batch_split import batch_share, batch_split, drawn_per_worker
-from lejepa_ray.data.stream import EpochCursor, skip_metrics
+from lejepa_ray.data.feed import EpochCursor
+from lejepa_ray.data.stream import skip_metrics
 from lejepa_ray.errors import CheckpointError
 from lejepa_ray.launch import events, probes
 from lejepa_ray.model.encoder import BackboneSpec
