@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lejepa_ray.data.views import Jitter, OpClock, ViewParams, solarize_table
+from lejepa_ray.data.view_params import Jitter, OpClock, ViewParams, solarize_table
 
 # A view is made on one core: data tasks scale across cores, one sample at a time, and an
 # OpenCV thread pool per task would only oversubscribe them (torch is set to one thread too).

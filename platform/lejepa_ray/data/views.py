@@ -27,15 +27,16 @@ With ``photometric=False`` (``data.augment_on=device``) only the crops are made 
 parameters of every view are drawn all the same, from the same seeded generator, and shipped
 beside the uint8 crops as a float32 row (:meth:`ViewParams.encode`, layout ``PARAM_FIELDS``),
 for ``lejepa_ray.data.device_views`` to apply on the training device.
+
+The parameter types live in ``view_params`` (every kernel set imports them; they import none)
+and are re-exported here, where callers have known them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -46,64 +47,19 @@ from torchvision.transforms import v2
 from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
 from lejepa_ray.data.keys import stable_hash
+from lejepa_ray.data.view_params import PARAM_FIELDS, Jitter, OpClock, ViewParams, solarize_table
+
+__all__ = [
+    "PARAM_FIELDS",
+    "Jitter",
+    "ViewBatch",
+    "ViewMaker",
+    "ViewParams",
+    "color_jitter",
+    "render",
+]
 
 _RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))  # every 8-bit value once
-
-
-@dataclass(frozen=True)
-class Jitter:
-    """Colour jitter of one view, as torchvision's ``ColorJitter.make_params`` draws it."""
-
-    order: tuple[int, ...]
-    """The order of the four operations: 0 brightness, 1 contrast, 2 saturation, 3 hue."""
-    brightness: float | None
-    contrast: float | None
-    saturation: float | None
-    hue: float | None
-    """Hue shift in turns, in [-0.5, 0.5]."""
-
-
-@dataclass(frozen=True)
-class ViewParams:
-    """Every random choice of one view."""
-
-    box: tuple[int, int, int, int]
-    """The crop in source pixels: left, top, right, bottom."""
-    jitter: Jitter | None
-    grayscale: bool
-    blur_sigma: float | None
-    """Standard deviation of the Gaussian blur in view pixels; None: no blur."""
-    solarize: bool
-    flip: bool
-
-    def encode(self, out: np.ndarray) -> None:
-        """Write the photometric parameters into ``out`` (len(PARAM_FIELDS),) float32, laid
-        out as ``PARAM_FIELDS`` says (the crop box is not needed once the crop is made)."""
-        j = self.jitter
-        out[:] = 0.0
-        if j is not None:
-            out[COLUMN["jitter"]] = 1.0
-            out[COLUMN["order0"] : COLUMN["order0"] + 4] = j.order
-            for i, f in enumerate((j.brightness, j.contrast, j.saturation, j.hue)):
-                out[COLUMN["brightness"] + i] = np.nan if f is None else f
-        out[COLUMN["grayscale"]] = self.grayscale
-        out[COLUMN["blur_sigma"]] = self.blur_sigma or 0.0
-        out[COLUMN["solarize"]] = self.solarize
-        out[COLUMN["flip"]] = self.flip
-
-
-PARAM_FIELDS = (
-    "jitter",  # 1: colour jitter applies to this view
-    "order0", "order1", "order2", "order3",  # the jitter's op order, Jitter.order
-    "brightness", "contrast", "saturation", "hue",  # its factors; NaN: that op is off
-    "grayscale",  # 1: to grayscale
-    "blur_sigma",  # σ in view pixels; 0: no blur
-    "solarize",  # 1: solarize
-    "flip",  # 1: horizontal flip
-)  # fmt: skip
-"""The columns of an encoded view's parameters (float32), in order."""
-COLUMN = {name: i for i, name in enumerate(PARAM_FIELDS)}
-"""Index of each of ``PARAM_FIELDS`` in an encoded row."""
 
 
 class ViewBatch(NamedTuple):
@@ -241,20 +197,6 @@ def render(
     tick("flip_copy")
 
 
-class OpClock:
-    """Adds the time since the last call to ``clock[name]``; does nothing without a clock."""
-
-    def __init__(self, clock: dict[str, float] | None):
-        self.clock = clock
-        self.last = time.perf_counter() if clock is not None else 0.0
-
-    def __call__(self, name: str) -> None:
-        if self.clock is not None:
-            now = time.perf_counter()
-            self.clock[name] = self.clock.get(name, 0.0) + now - self.last
-            self.last = now
-
-
 def color_jitter(img: Image.Image, j: Jitter) -> Image.Image:
     """torchvision's ``ColorJitter`` on a PIL RGB image with the drawn parameters ``j``: the
     same arithmetic as its PIL kernels (``ImageEnhance``), in fewer passes."""
@@ -304,13 +246,6 @@ _IDENTITY2 = list(range(256)) * 2
 
 
 @functools.cache
-def solarize_table(threshold: int) -> np.ndarray:
-    """Solarization as a per-value map (256,) uint8: values at or above ``threshold`` inverted."""
-    values = np.arange(256, dtype=np.uint8)
-    return np.where(values < threshold, values, 255 - values).astype(np.uint8)
-
-
-@functools.cache
 def _solarize_lut(threshold: int) -> list[int]:
     return solarize_table(threshold).tolist() * 3
 
@@ -320,9 +255,8 @@ def _kernels(name: str) -> tuple[Callable, Callable]:
     what ``render`` crops, once per sample."""
     if name == "pil":
         return _as_is, render
-    # lazy: OpenCV is needed by the fast kernels only, and the parts of the package that
-    # import this module for its parameters (device-side views) run without it; view_kernels
-    # also imports this module (a cycle).
+    # lazy: OpenCV is needed by the fast kernels only, and the parts of the package that run
+    # without it (the pil kernels, the GPU check) import this module.
     from lejepa_ray.data import view_kernels
 
     return view_kernels.as_tensor, view_kernels.render
