@@ -23,6 +23,9 @@ The one deliberate difference from the CPU path is rounding: PIL rounds to uint8
 op, this path keeps float32 until the model normalizes (the result is float32 on the 0-255
 scale, which the encoder takes as it takes uint8). Per op, the two agree within a few levels
 (tests/unit/test_device_views.py states the tolerances).
+
+The trainer gets :func:`augment_batch`, bound to the view recipe, as its device step from
+``kernel_sets.device_augment`` (the ``device`` entry of ``kernel_sets.DEVICE_STEPS``).
 """
 
 from __future__ import annotations
