@@ -1,5 +1,6 @@
 """lejepa_ray.data.kernel_sets: the view-kernel interface, its registries, and the module
-structure behind it (no import cycle among the view modules, OpenCV in the fast kernels only)."""
+structure behind it (no import cycle among the view modules, OpenCV in the fast kernels only,
+the trainer blind to ``data.augment_on``)."""
 
 from __future__ import annotations
 
@@ -144,3 +145,13 @@ def test_opencv_is_imported_by_the_fast_kernels_alone_and_lazily():
     tree = ast.parse((PACKAGE / "data" / "kernel_sets.py").read_text())
     top = {a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names}
     assert "view_kernels" not in top
+
+
+def test_the_trainer_does_not_read_augment_on():
+    tree = ast.parse((PACKAGE / "train" / "trainer.py").read_text())
+    reads = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "augment_on"
+    ]
+    assert not reads, f"train/trainer.py reads data.augment_on at lines {reads}"

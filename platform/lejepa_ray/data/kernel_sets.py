@@ -10,8 +10,8 @@ Views are made in two places, each looked up by name in a registry here:
   ``data.augment_on``, from :data:`DEVICE_STEPS`: none for ``cpu``; for ``device``, the
   batched ops of ``device_views`` on the parameters the crops carry.
 
-``data preview`` asks :func:`device_augment` for the device step and applies it when there
-is one. To add a kernel set, add its loader to :data:`KERNELS` (and
+The trainer asks :func:`device_augment` for its step and applies it when there is one; it
+never reads ``data.augment_on``. To add a kernel set, add its loader to :data:`KERNELS` (and
 its name to ``data.views.kernels``' check in ``data.config``).
 """
 
