@@ -181,8 +181,8 @@ def test_relative_change_compares_with_the_log_one_window_earlier():
 
 
 def test_device_augmentation_is_applied_to_every_batch_and_timed(monkeypatch):
+    from lejepa_ray.data import device_views
     from lejepa_ray.data.views import PARAM_FIELDS
-    from lejepa_ray.train import trainer as trainer_module
 
     trainer = _trainer("data.augment_on=device", "logging.every_steps=3")
     base = next(_batches())
@@ -190,14 +190,15 @@ def test_device_augmentation_is_applied_to_every_batch_and_timed(monkeypatch):
     params[..., PARAM_FIELDS.index("flip")] = 1.0
     batch = {**base, "global_params": params, "local_params": params.clone()}
     seen = []
-    real = trainer_module.augment_batch
+    real = device_views.augment_batch
 
     def spy(b, cfg):
         out = real(b, cfg)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(trainer_module, "augment_batch", spy)
+    # The trainer gets the step from kernel_sets.device_augment, which looks it up when fit starts.
+    monkeypatch.setattr(device_views, "augment_batch", spy)
     logged = []
     fit(trainer, itertools.repeat(batch), report=lambda s, m, save: logged.append(m))
     assert len(seen) == 6  # one call per micro-batch

@@ -1,11 +1,11 @@
 """The photometric half of the views, as batched tensor ops on the training device.
 
 With ``data.augment_on=device`` the data actors decode and crop only (uint8), and every view's
-random parameters travel beside it as a float32 row (``views.PARAM_FIELDS``). They are drawn in
-the actors by the same code and the same per-sample seeded generator as on the CPU path, so a
-run is as reproducible, and the parameter distributions are the CPU path's by construction.
-Here, on the trainer's device (CPU tensors in the tests, CUDA in production), the ops run on a
-whole batch of views at once, in the CPU path's order:
+random parameters travel beside it as a float32 row (``view_params.PARAM_FIELDS``). They are
+drawn in the actors by the same code and the same per-sample seeded generator as on the CPU
+path, so a run is as reproducible, and the parameter distributions are the CPU path's by
+construction. Here, on the trainer's device (CPU tensors in the tests, CUDA in production),
+the ops run on a whole batch of views at once, in the CPU path's order:
 
     colour jitter (brightness, contrast, saturation, hue, in each view's own drawn order)
     -> grayscale -> Gaussian blur -> solarize -> horizontal flip
@@ -23,6 +23,9 @@ The one deliberate difference from the CPU path is rounding: PIL rounds to uint8
 op, this path keeps float32 until the model normalizes (the result is float32 on the 0-255
 scale, which the encoder takes as it takes uint8). Per op, the two agree within a few levels
 (tests/unit/test_device_views.py states the tolerances).
+
+The trainer gets :func:`augment_batch`, bound to the view recipe, as its device step from
+``kernel_sets.device_augment`` (the ``device`` entry of ``kernel_sets.DEVICE_STEPS``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from lejepa_ray.data.config import ViewConfig
-from lejepa_ray.data.views import COLUMN, PARAM_FIELDS
+from lejepa_ray.data.view_params import COLUMN, PARAM_FIELDS
 
 _LUMA = (0.299, 0.587, 0.114)
 

@@ -3,10 +3,10 @@
 A few samples of a source are read in this process (:class:`~.sources.LocalSource`, the probes'
 reading; no Ray), and their views are made by the pipeline's own code: the data task's
 :meth:`.views.ViewMaker.batch` (what ``stream.unit_views`` calls), seeded by (``data.seed``,
-epoch, key) as in training, then, with ``data.augment_on=device``, the trainer's
-:func:`.device_views.augment_batch`, on this machine's CPU. Nothing is re-implemented, so the
-picture is what the model is fed, pixel for pixel (on a GPU the device ops may round a level
-differently).
+epoch, key) as in training, then, with ``data.augment_on=device``, the trainer's device step
+(:func:`.kernel_sets.device_augment`: ``device_views.augment_batch``), on this machine's CPU.
+Nothing is re-implemented, so the picture is what the model is fed, pixel for pixel (on a GPU
+the device ops may round a level differently).
 
 The views are never normalized before the model (the encoder divides by the backbone's mean
 and std itself): they are already RGB on the 0-255 scale, uint8 from the CPU path, float32 from
@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lejepa_ray import storage
 from lejepa_ray.data.config import AUGMENT_ON, DataConfig, check_field
 from lejepa_ray.data.decode import BadImage, decode_rgb
-from lejepa_ray.data.device_views import augment_batch
+from lejepa_ray.data.kernel_sets import device_augment
 from lejepa_ray.data.sources import (
     LocalSource,
     _parquet_files,
@@ -260,7 +260,9 @@ def sample_views(data: DataConfig, samples: int = 4, epoch: int = 0) -> list[Sam
     maker = ViewMaker.of(data)
     made = maker.batch([r["image"] for r in rows], [r["key"] for r in rows], epoch)
     glob, loc = made.global_views, made.local_views
-    if made.global_params is not None:  # data.augment_on=device: the trainer's step, here
+    augment = device_augment(data)
+    if augment is not None:  # data.augment_on=device: the trainer's step, here
+        assert made.global_params is not None
         batch = {
             "global": torch.from_numpy(glob),
             "global_params": torch.from_numpy(made.global_params),
@@ -269,7 +271,7 @@ def sample_views(data: DataConfig, samples: int = 4, epoch: int = 0) -> list[Sam
             assert made.local_params is not None
             batch["local"] = torch.from_numpy(loc)
             batch["local_params"] = torch.from_numpy(made.local_params)
-        done = augment_batch(batch, data.views)
+        done = augment(batch)
         glob = to_uint8(done["global"])
         loc = to_uint8(done["local"]) if "local" in done else loc
     return [

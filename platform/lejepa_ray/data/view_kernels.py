@@ -21,8 +21,10 @@ table:
 
 Views are made in HWC (OpenCV's layout) and transposed once, into the output.
 
-OpenCV is imported by this module alone, and ``views`` imports it only for ``kernels=fast``:
-the Ray-free parts of the package (device-side views, the GPU check) do not need it.
+A kernel set (``kernel_sets.ViewKernels``): :func:`prepare` once per sample, :func:`render`
+once per view. OpenCV is imported by this module alone, and ``kernel_sets`` loads it only for
+``kernels=fast``: the Ray-free parts of the package (device-side views, the GPU check) do not
+need it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lejepa_ray.data.views import Jitter, OpClock, ViewParams, solarize_table
+from lejepa_ray.data.view_params import Jitter, OpClock, ViewParams, solarize_table
 
 # A view is made on one core: data tasks scale across cores, one sample at a time, and an
 # OpenCV thread pool per task would only oversubscribe them (torch is set to one thread too).
@@ -46,6 +48,10 @@ def as_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
 
 
+prepare = as_tensor
+"""The kernel-set interface's name for :func:`as_tensor`."""
+
+
 def render(
     image: torch.Tensor,
     p: ViewParams,
@@ -56,7 +62,7 @@ def render(
     photometric: bool = True,
 ) -> None:
     """Write the view of ``image`` (from :func:`as_tensor`) with parameters ``p`` into ``out``,
-    uint8 (3, size, size); arguments as ``views.render``'s."""
+    uint8 (3, size, size); arguments as ``pil_kernels.render``'s."""
     tick = OpClock(clock)
     left, top, right, bottom = p.box
     # Channels-last in and out: the fast uint8 path of the resize, and an HWC result.

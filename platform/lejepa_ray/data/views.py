@@ -10,100 +10,51 @@ with probability ``jitter_p``, grayscale, Gaussian blur, solarize, horizontal fl
 parameters are drawn as torchvision's own ``make_params`` draws them, call for call on torch's
 generator, in the order ``v2.Compose`` draws them, so they are torchvision's (tested).
 
-The pixels are made by one of two sets of kernels (``data.views.kernels``), from the same
-parameters:
+The pixels are made from those parameters by the kernel set ``data.views.kernels`` names
+(``kernel_sets.KERNELS``):
 
 - ``fast`` (the default), ``lejepa_ray.data.view_kernels``: torch's uint8 resize and OpenCV,
   3.3–3.9× cheaper than torchvision per sample, a mean 0.65 levels from the
   reference on whole views (99th percentile 4; tolerances per op in ``docs/data.md``);
-- ``pil``, :func:`render` here, the reference: PIL's kernels, the bytes of torchvision's
-  pipeline for the same seed (tested), in fewer passes than its per-transform dispatch makes.
-  Brightness and contrast are per-value maps, applied as lookup tables that PIL's own blend
-  computes on a 256-value ramp (a brightness next to a contrast joins its table); saturation is
-  ``ImageEnhance.Color``'s blend without its wrapper; hue is torchvision's HSV round trip with
-  the shift as one LUT; solarize is a LUT and the flip a reversed copy into the output.
+- ``pil``, ``lejepa_ray.data.pil_kernels``, the reference: PIL's kernels, the bytes of
+  torchvision's pipeline for the same seed (tested).
 
 With ``photometric=False`` (``data.augment_on=device``) only the crops are made here: the
 parameters of every view are drawn all the same, from the same seeded generator, and shipped
 beside the uint8 crops as a float32 row (:meth:`ViewParams.encode`, layout ``PARAM_FIELDS``),
 for ``lejepa_ray.data.device_views`` to apply on the training device.
+
+The parameter types (``view_params``) and the reference kernels :func:`render` and
+:func:`color_jitter` (``pil_kernels``) are re-exported here, where callers have known them.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageStat
+from PIL import Image
 from torchvision.transforms import v2
 
 from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS, BadImage, SkipCounts, decode_rgb
+from lejepa_ray.data.kernel_sets import kernels, photometric_in_data
 from lejepa_ray.data.keys import stable_hash
+from lejepa_ray.data.pil_kernels import color_jitter, render
+from lejepa_ray.data.view_params import PARAM_FIELDS, Jitter, OpClock, ViewParams
 
-_RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))  # every 8-bit value once
-
-
-@dataclass(frozen=True)
-class Jitter:
-    """Colour jitter of one view, as torchvision's ``ColorJitter.make_params`` draws it."""
-
-    order: tuple[int, ...]
-    """The order of the four operations: 0 brightness, 1 contrast, 2 saturation, 3 hue."""
-    brightness: float | None
-    contrast: float | None
-    saturation: float | None
-    hue: float | None
-    """Hue shift in turns, in [-0.5, 0.5]."""
-
-
-@dataclass(frozen=True)
-class ViewParams:
-    """Every random choice of one view."""
-
-    box: tuple[int, int, int, int]
-    """The crop in source pixels: left, top, right, bottom."""
-    jitter: Jitter | None
-    grayscale: bool
-    blur_sigma: float | None
-    """Standard deviation of the Gaussian blur in view pixels; None: no blur."""
-    solarize: bool
-    flip: bool
-
-    def encode(self, out: np.ndarray) -> None:
-        """Write the photometric parameters into ``out`` (len(PARAM_FIELDS),) float32, laid
-        out as ``PARAM_FIELDS`` says (the crop box is not needed once the crop is made)."""
-        j = self.jitter
-        out[:] = 0.0
-        if j is not None:
-            out[COLUMN["jitter"]] = 1.0
-            out[COLUMN["order0"] : COLUMN["order0"] + 4] = j.order
-            for i, f in enumerate((j.brightness, j.contrast, j.saturation, j.hue)):
-                out[COLUMN["brightness"] + i] = np.nan if f is None else f
-        out[COLUMN["grayscale"]] = self.grayscale
-        out[COLUMN["blur_sigma"]] = self.blur_sigma or 0.0
-        out[COLUMN["solarize"]] = self.solarize
-        out[COLUMN["flip"]] = self.flip
-
-
-PARAM_FIELDS = (
-    "jitter",  # 1: colour jitter applies to this view
-    "order0", "order1", "order2", "order3",  # the jitter's op order, Jitter.order
-    "brightness", "contrast", "saturation", "hue",  # its factors; NaN: that op is off
-    "grayscale",  # 1: to grayscale
-    "blur_sigma",  # σ in view pixels; 0: no blur
-    "solarize",  # 1: solarize
-    "flip",  # 1: horizontal flip
-)  # fmt: skip
-"""The columns of an encoded view's parameters (float32), in order."""
-COLUMN = {name: i for i, name in enumerate(PARAM_FIELDS)}
-"""Index of each of ``PARAM_FIELDS`` in an encoded row."""
+__all__ = [
+    "PARAM_FIELDS",
+    "Jitter",
+    "ViewBatch",
+    "ViewMaker",
+    "ViewParams",
+    "color_jitter",
+    "render",
+]
 
 
 class ViewBatch(NamedTuple):
@@ -122,10 +73,6 @@ class ViewBatch(NamedTuple):
     the maker applied them (``photometric=True``)."""
     local_params: np.ndarray | None = None
     """float32 (K, V_l, len(PARAM_FIELDS)), as ``global_params``."""
-
-
-def _as_is(img: Image.Image) -> Image.Image:
-    return img
 
 
 class _Recipe:
@@ -204,130 +151,6 @@ class _Recipe:
         return left, top, left + w, top + h
 
 
-def render(
-    img: Image.Image,
-    p: ViewParams,
-    size: int,
-    solarize_threshold: int,
-    out: np.ndarray,
-    clock: dict[str, float] | None = None,
-    photometric: bool = True,
-) -> None:
-    """Write the view of ``img`` with parameters ``p`` into ``out``, uint8 (3, size, size).
-    ``clock``, when given, accumulates the seconds of each operation under its name. With
-    ``photometric=False`` only the crop is made (no jitter, grayscale, blur, solarize or
-    flip: those are left to the training device)."""
-    tick = OpClock(clock)
-    view = img.crop(p.box).resize((size, size), Image.Resampling.BILINEAR)
-    tick("crop_resize")
-    if not photometric:
-        out[...] = np.asarray(view).transpose(2, 0, 1)
-        tick("copy")
-        return
-    if p.jitter is not None:
-        view = color_jitter(view, p.jitter)
-        tick("jitter")
-    if p.grayscale:
-        view = view.convert("L").convert("RGB")
-        tick("grayscale")
-    if p.blur_sigma is not None:
-        view = view.filter(ImageFilter.GaussianBlur(radius=p.blur_sigma))
-        tick("blur")
-    if p.solarize:
-        view = view.point(_solarize_lut(solarize_threshold))
-        tick("solarize")
-    pixels = np.asarray(view)
-    out[...] = (pixels[:, ::-1] if p.flip else pixels).transpose(2, 0, 1)
-    tick("flip_copy")
-
-
-class OpClock:
-    """Adds the time since the last call to ``clock[name]``; does nothing without a clock."""
-
-    def __init__(self, clock: dict[str, float] | None):
-        self.clock = clock
-        self.last = time.perf_counter() if clock is not None else 0.0
-
-    def __call__(self, name: str) -> None:
-        if self.clock is not None:
-            now = time.perf_counter()
-            self.clock[name] = self.clock.get(name, 0.0) + now - self.last
-            self.last = now
-
-
-def color_jitter(img: Image.Image, j: Jitter) -> Image.Image:
-    """torchvision's ``ColorJitter`` on a PIL RGB image with the drawn parameters ``j``: the
-    same arithmetic as its PIL kernels (``ImageEnhance``), in fewer passes."""
-    lut = None  # (3, 256) uint8: per-value maps not applied yet
-    for op in j.order:
-        if op == 0 and j.brightness is not None:
-            lut = _then(lut, _blend(0, j.brightness))
-        elif op == 1 and j.contrast is not None:
-            # ImageEnhance.Contrast blends with the image's mean grey, rounded to an integer.
-            img, lut = _apply(img, lut), None
-            mean = int(ImageStat.Stat(img.convert("L")).mean[0] + 0.5)
-            lut = _then(None, _blend(mean, j.contrast))
-        elif op == 2 and j.saturation is not None:
-            img, lut = _apply(img, lut), None
-            img = Image.blend(img.convert("L").convert("RGB"), img, j.saturation)
-        elif op == 3 and j.hue is not None:
-            img, lut = _apply(img, lut), None
-            img = _shift_hue(img, j.hue)
-    return _apply(img, lut)
-
-
-def _blend(base: int, alpha: float) -> np.ndarray:
-    """PIL's ``Image.blend(base, v, alpha)`` for every value v (256,) uint8, computed by PIL's
-    own blend on a 256-pixel ramp, so its float rounding is the kernel's, on any machine."""
-    flat = Image.new("L", (256, 1), base)
-    return np.asarray(Image.blend(flat, _RAMP, alpha))[0]
-
-
-def _then(lut: np.ndarray | None, values: np.ndarray) -> np.ndarray:
-    """The LUT (3, 256) that applies ``lut`` and then the per-value map ``values`` (256,)."""
-    return np.tile(values, (3, 1)) if lut is None else values[lut]
-
-
-def _apply(img: Image.Image, lut: np.ndarray | None) -> Image.Image:
-    return img if lut is None else img.point(lut.ravel().tolist())
-
-
-def _shift_hue(img: Image.Image, hue: float) -> Image.Image:
-    """torchvision's ``adjust_hue`` on PIL: the hue channel, in HSV, shifted by ``hue`` turns
-    as an 8-bit wraparound (one LUT pass on the HSV image, where torchvision splits it)."""
-    shift = int(np.int32(hue * 255).astype(np.uint8))
-    lut = [(i + shift) % 256 for i in range(256)] + _IDENTITY2
-    return img.convert("HSV").point(lut).convert("RGB")
-
-
-_IDENTITY2 = list(range(256)) * 2
-
-
-@functools.cache
-def solarize_table(threshold: int) -> np.ndarray:
-    """Solarization as a per-value map (256,) uint8: values at or above ``threshold`` inverted."""
-    values = np.arange(256, dtype=np.uint8)
-    return np.where(values < threshold, values, 255 - values).astype(np.uint8)
-
-
-@functools.cache
-def _solarize_lut(threshold: int) -> list[int]:
-    return solarize_table(threshold).tolist() * 3
-
-
-def _kernels(name: str) -> tuple[Callable, Callable]:
-    """(prepare, render) for ``data.views.kernels``: ``prepare`` turns the decoded picture into
-    what ``render`` crops, once per sample."""
-    if name == "pil":
-        return _as_is, render
-    # lazy: OpenCV is needed by the fast kernels only, and the parts of the package that
-    # import this module for its parameters (device-side views) run without it; view_kernels
-    # also imports this module (a cycle).
-    from lejepa_ray.data import view_kernels
-
-    return view_kernels.as_tensor, view_kernels.render
-
-
 class ViewMaker:
     """Makes the views of encoded images; the same object serves Ray Data actors and DataLoaders.
 
@@ -352,13 +175,16 @@ class ViewMaker:
         self.photometric = photometric
         self._global = _Recipe(cfg, cfg.global_size, cfg.global_scale)
         self._local = _Recipe(cfg, cfg.local_size, cfg.local_scale)
-        self._prepare, self._render = _kernels(cfg.kernels)
+        # The set's functions, not the set (a module does not pickle): DataLoader workers
+        # started by spawn receive the maker pickled.
+        k = kernels(cfg.kernels)
+        self._prepare, self._render = k.prepare, k.render
 
     @classmethod
     def of(cls, cfg: DataConfig) -> ViewMaker:
         """The maker a data worker of ``cfg`` uses (its views, seed, size limit and
         ``augment_on``)."""
-        return cls(cfg.views, cfg.seed, cfg.max_pixels, photometric=cfg.augment_on == "cpu")
+        return cls(cfg.views, cfg.seed, cfg.max_pixels, photometric=photometric_in_data(cfg))
 
     def views_of(self, img: Image.Image, key: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Views of a decoded RGB image.

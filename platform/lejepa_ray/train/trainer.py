@@ -22,13 +22,14 @@ from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from lejepa_ray.config import PretrainConfig, scaled_lr
-from lejepa_ray.data.device_views import augment_batch
+from lejepa_ray.data.kernel_sets import device_augment
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder
 from lejepa_ray.model.parallelize import compute_dtype, meta_parameters, parallelize
 from lejepa_ray.objective.loss import LeJEPALoss, LossFn, build_loss
 from lejepa_ray.train.checkpoint import ModelAndOptimizer, TrainState
 from lejepa_ray.train.memory import peak_rss_bytes
 from lejepa_ray.train.optim import build_optimizer, build_scheduler
+from lejepa_ray.train.timing import DeviceClock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -190,36 +191,6 @@ class Trainer:
         )
 
 
-class DeviceClock:
-    """Seconds spent in ``with`` blocks on ``device``'s timeline: CUDA events on a GPU (no
-    host sync until :meth:`seconds`), the host clock on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.host = 0.0
-        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-
-    def __enter__(self) -> None:
-        if self.cuda:
-            pair = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.events.append(pair)
-            pair[0].record()
-        else:
-            self._t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            self.events[-1][1].record()
-        else:
-            self.host += time.perf_counter() - self._t0
-
-    def seconds(self) -> float:
-        """The total so far (waits for the device's recorded work to finish)."""
-        if self.cuda and self.events:
-            self.events[-1][1].synchronize()
-        return self.host + sum(a.elapsed_time(b) for a, b in self.events) / 1e3
-
-
 @dataclass
 class Meter:
     """Counters between two log lines."""
@@ -306,17 +277,17 @@ def fit(
     smoothed_at: dict[int, float] = {}  # step -> loss/smoothed logged then
     metrics: dict[str, float] = {}
     views = cfg.data.views.global_views + cfg.data.views.local_views
-    on_device = cfg.data.augment_on == "device"
+    augment = device_augment(cfg.data)  # None: the views arrive finished
     while trainer.step < cfg.optim.steps:
         micro = []
         for _ in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
             meter.data_wait += time.perf_counter() - t0
-            if on_device:
+            if augment is not None:
                 meter.augment = meter.augment or DeviceClock(trainer.device)
                 with meter.augment:
-                    batch = augment_batch(batch, cfg.data.views)
+                    batch = augment(batch)
             micro.append(batch)
         result = trainer.train_step(micro)
         meter.add(result)
