@@ -19,14 +19,13 @@ from PIL import Image, ImageDraw
 import lejepa_ray
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import in_split
-from lejepa_ray.data.source import IndexedSource, Row, register_source
+from lejepa_ray.data.source import SOURCES, IndexedSource, Row, register_source
 
 pytestmark = pytest.mark.slow
 
 COLOURS = [(220, 30, 30), (30, 160, 30), (30, 30, 220), (200, 160, 0)]
 
 
-@register_source("toy_discs")
 class ToyDiscs(IndexedSource):
     """A disc of one of four colours (its label) on grey, placed by the sample's number:
     ``data.num_samples`` (default 200) made, then split, at ``data.image_size`` px."""
@@ -55,17 +54,19 @@ class ToyDiscs(IndexedSource):
 
 
 @pytest.fixture
-def shipped_by_value():
-    """Ray pickles this module's classes and functions by value while the test runs."""
+def toy_discs():
+    """``toy_discs`` registered (as ``@register_source("toy_discs")`` on the class would at
+    import; here for this test alone, so that other tests' messages list the built-ins only),
+    and this module's classes and functions pickled by value by Ray while the test runs."""
+    register_source("toy_discs")(ToyDiscs)
     module = sys.modules[__name__]
     ray.cloudpickle.register_pickle_by_value(module)
     yield
     ray.cloudpickle.unregister_pickle_by_value(module)
+    SOURCES.pop("toy_discs")
 
 
-def test_a_source_registered_in_the_driver_pretrains_and_probes(
-    ray_cluster, shipped_by_value, tmp_path
-):
+def test_a_source_registered_in_the_driver_pretrains_and_probes(ray_cluster, toy_discs, tmp_path):
     result = lejepa_ray.pretrain(
         data="toy_discs:train",
         out=str(tmp_path / "toy"),

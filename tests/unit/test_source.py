@@ -46,7 +46,6 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@register_source("toy_squares")
 class ToySquares(IndexedSource):
     """A square of one of three colours on white, at a place that depends on the sample:
     ``data.num_samples`` (default 60) made, then split."""
@@ -72,7 +71,6 @@ class ToySquares(IndexedSource):
         return ["red", "green", "blue"]
 
 
-@register_source("toy_colours")
 class ToyColours(IndexedSource):
     """A source with a path: a folder holding ``colours.txt``, one ``r g b`` line per image
     (a plain colour, unlabelled)."""
@@ -98,6 +96,18 @@ class ToyColours(IndexedSource):
 
     def class_names(self, cfg: DataConfig) -> None:
         return None
+
+
+@pytest.fixture(autouse=True)
+def toys():
+    """The toys registered for each test here, and gone after it: the other tests see the
+    built-ins alone (their messages list the names)."""
+    before = {name: get_source(name) for name in source_names()}
+    register_source("toy_squares")(ToySquares)  # what @register_source("toy_squares") does
+    register_source("toy_colours")(ToyColours)
+    yield
+    registry.SOURCES.clear()
+    registry.SOURCES.update(before)
 
 
 def test_the_built_ins_come_first_and_the_registered_follow():
