@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lejepa_ray.data.batch_split import drawn_per_worker
 from lejepa_ray.data.config import DataConfig, ViewConfig
+from lejepa_ray.data.source import get_source
 from lejepa_ray.errors import ConfigError, check_field
 from lejepa_ray.evaluation.config import ProbeConfig
 from lejepa_ray.model.config import ModelConfig, ScalingConfig
@@ -344,7 +345,7 @@ def check_run(cfg: PretrainConfig) -> None:
             f"data.views.local_size={views.local_size} is larger than data.views.global_size="
             f"{views.global_size}; local views are the small crops."
         )
-    if cfg.data.source in ("synthetic", "digits") and cfg.data.num_samples is not None:
+    if get_source(cfg.data.source).generated and cfg.data.num_samples is not None:
         for workers in range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1):
             per_worker = cfg.data.num_samples // workers
             batch = drawn_per_worker(cfg.scaling.global_batch, workers)

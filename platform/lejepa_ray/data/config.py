@@ -7,12 +7,13 @@ field is validated on construction so a bad value fails in the driver, before Ra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 from lejepa_ray.data.keys import SPLITS
-from lejepa_ray.errors import ConfigError, check_field
+from lejepa_ray.data.source import adopt, get_source, travelling
+from lejepa_ray.errors import check_field
 
-SOURCES = ("folder", "parquet", "synthetic", "digits")
 SHUFFLES = ("files", "full", "none")
 AUGMENT_ON = ("cpu", "device")
 RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
@@ -113,8 +114,9 @@ class DataConfig:
     """Where the images come from, how they are shuffled, and how bad ones are handled."""
 
     source: str = "synthetic"
-    """One of ``folder`` (recursive image folder), ``parquet`` (shards with an ``image`` column),
-    ``synthetic`` (generated shapes) or ``digits`` (scikit-learn's bundled 8×8 digits)."""
+    """A registered source (``data.source`` module): ``folder`` (recursive image folder),
+    ``parquet`` (shards with an ``image`` column), ``synthetic`` (generated shapes), ``digits``
+    (scikit-learn's bundled 8×8 digits), or one registered with ``register_source``."""
     path: str | None = None
     """Folder or parquet path/URI (s3://, gs://...) for ``folder`` and ``parquet``; unused else."""
     seed: int = 0
@@ -190,17 +192,26 @@ class DataConfig:
             return {}
         return {"resources": {self.node_resource: NODE_RESOURCE_SHARE}}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, and the source ``data.source`` names unless it is a built-in: a source
+        registered in the driver alone is then known in each process the config is pickled to
+        (Ray Train workers, probe and views tasks)."""
+        state = dict(self.__dict__)
+        carried = travelling(self.source)
+        if carried is not None:
+            state[_CARRIED] = carried
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        carried = state.pop(_CARRIED, None)
+        if carried is not None:
+            adopt(carried)
+        self.__dict__.update(state)
+
     def __post_init__(self) -> None:
         if isinstance(self.views, dict):
             self.views = ViewConfig(**self.views)
-        check_field(
-            self.source in SOURCES, "data.source", self.source, f"one of {', '.join(SOURCES)}"
-        )
-        if self.source in ("folder", "parquet") and not self.path:
-            raise ConfigError(
-                f"data.source={self.source} needs data.path: set data.path to the "
-                f"{'image folder' if self.source == 'folder' else 'parquet file or folder'}."
-            )
+        get_source(self.source).check_config(self)  # an unknown name lists the known ones
         check_field(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
         check_field(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
         check_field(
@@ -256,3 +267,7 @@ class DataConfig:
             self.max_skip_rate,
             "a fraction in [0, 1]",
         )
+
+
+_CARRIED = "_registered_source"
+"""The key of the carried source in a pickled ``DataConfig``'s state."""

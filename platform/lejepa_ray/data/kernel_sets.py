@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from lejepa_ray.data import device_views, pil_kernels
-from lejepa_ray.data.config import DataConfig, ViewConfig, check_field
+from lejepa_ray.data.config import DataConfig, ViewConfig
 from lejepa_ray.data.view_params import ViewParams
+from lejepa_ray.errors import check_field
 
 
 @runtime_checkable

@@ -32,18 +32,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from lejepa_ray import storage
-from lejepa_ray.data.config import AUGMENT_ON, DataConfig, check_field
+from lejepa_ray.data.config import AUGMENT_ON, DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.kernel_sets import device_augment
-from lejepa_ray.data.sources import (
-    LocalSource,
-    _parquet_files,
-    _parquet_head,
-    data_from_arg,
-    split_suffix,
-)
+from lejepa_ray.data.source import LocalRows, get_source
+from lejepa_ray.data.sources import data_from_arg, split_suffix
 from lejepa_ray.data.views import ViewMaker
-from lejepa_ray.errors import SourceError, option
+from lejepa_ray.errors import SourceError, check_field, option
 
 MIN_GLOBAL_PX = 128
 """The automatic zoom draws a global view at least this many pixels wide."""
@@ -286,20 +281,10 @@ def sample_views(data: DataConfig, samples: int = 4, epoch: int = 0) -> list[Sam
     ]
 
 
-def _first_rows(data: DataConfig, pool: int) -> Sequence[dict[str, Any]]:
+def _first_rows(data: DataConfig, pool: int) -> LocalRows:
     """Up to ``pool`` rows (image, label, key) of ``data``'s split, from its start, with the
-    keys the pipeline gives them."""
-    capped = dataclasses.replace(data, num_samples=min(data.num_samples or pool, pool))
-    if data.source != "parquet" or data.split == "all":
-        return LocalSource(capped)
-    # LocalSource reads every shard under a split (its rows are spread over all of them): the
-    # leading shards that hold a few times the pool, filtered, are enough for a picture.
-    assert data.path is not None
-    table = _parquet_head(_parquet_files(data.path, limit=8 * pool), pool, data.split)
-    return [
-        {c: table.column(c)[i].as_py() for c in ("image", "label", "key")}
-        for i in range(table.num_rows)
-    ]
+    keys the pipeline gives them (``Source.first_rows``)."""
+    return get_source(data.source).first_rows(data, pool)
 
 
 def to_uint8(views: torch.Tensor) -> np.ndarray:

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from lejepa_ray import storage
-from lejepa_ray.data.config import DataConfig, check_field
+from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
+from lejepa_ray.data.source import get_source, source_names
 from lejepa_ray.data.sources import check_path, data_from_arg
-from lejepa_ray.data.synthetic import synthetic_mask
-from lejepa_ray.errors import ConfigError
+from lejepa_ray.errors import ConfigError, check_field
 from lejepa_ray.evaluation.export import load_encoder
 from lejepa_ray.evaluation.frozen import load_frozen
 from lejepa_ray.evaluation.segmentation import (
@@ -181,25 +181,19 @@ def load_backbone(source: str, random_init: bool = False) -> tuple[nn.Module, in
 
 def _read(cfg: DataConfig, size: int, count: int) -> tuple[torch.Tensor, list[str]]:
     """Up to ``count`` decodable images of ``cfg`` as uint8 (N, 3, size, size), and their keys.
-    The synthetic source generates ``num_samples`` ids before its split keeps some: ask for
-    more until the split holds ``count`` (or the source's 10,000 are all read), from 100 ids,
-    whose ``val`` share is not empty."""
-    want = max(count, 100) if cfg.source == "synthetic" else count
+    A source that makes ``num_samples`` samples before its split keeps some (synthetic): ask
+    for more until the split holds ``count`` (or 10,000 are all read), from 100 samples, whose
+    ``val`` share is not empty."""
+    before_split = get_source(cfg.source).num_samples_before_split
+    want = max(count, 100) if before_split else count
     while True:
         images, _, keys = read_images(cfg, size, want, labelled=False)
-        if len(images) >= count or cfg.source != "synthetic" or want >= 10_000:
+        if len(images) >= count or not before_split or want >= 10_000:
             break
         want = min(10_000, 2 * want)
     if not images:
         raise ConfigError(f"--data {cfg.source} gave no image that decodes: nothing to draw.")
     return torch.stack(images[:count]), keys[:count]
-
-
-def true_masks(cfg: DataConfig, keys: list[str]) -> np.ndarray:
-    """bool (N, S, S): the synthetic source's foreground of each image named in ``keys``
-    (``synthetic/<i>``), at the size it renders at."""
-    ids = [int(k.rsplit("/", 1)[1]) for k in keys]
-    return np.stack([synthetic_mask(i, cfg.seed, cfg.image_size, cfg.num_classes) for i in ids])
 
 
 @torch.no_grad()
@@ -253,10 +247,12 @@ def visualize(options: VisualizeOptions) -> VisualizeResult:
     if not storage.is_local(o.out):
         raise ConfigError(f"--out {o.out!r}: visualize writes to a local folder; give one.")
     check_path(data_from_arg(o.data))  # a typo costs no model load
-    if o.iou and data_from_arg(o.data).source != "synthetic":
+    if o.iou and not get_source(data_from_arg(o.data).source).has_true_masks:
+        masked = [n for n in source_names() if get_source(n).has_true_masks]
         raise ConfigError(
-            f"--iou needs true masks, which only the synthetic source has (--data {o.data!r}): "
-            "use --data synthetic:val, or leave --iou out."
+            f"--iou needs true masks, which only the {' and '.join(masked)} source"
+            f"{'s have' if len(masked) > 1 else ' has'} (--data {o.data!r}): "
+            f"use --data {masked[0]}:val, or leave --iou out."
         )
     storage.check_output(o.out, "output folder")
     backbone, trained_size = load_backbone(o.source, o.random_init)
@@ -270,7 +266,8 @@ def visualize(options: VisualizeOptions) -> VisualizeResult:
             "VisionTransformer with a class token has): leave --iou out for its PCA map."
         )
     attn, feats = _maps(backbone, images, has_attention)
-    truth = true_masks(cfg, keys) if cfg.source == "synthetic" else None
+    source = get_source(cfg.source)
+    truth = source.true_masks(cfg, keys) if source.has_true_masks else None
     out = Path(o.out.removeprefix("file://"))
     out.mkdir(parents=True, exist_ok=True)
     for name in (PCA_FILE, ATTENTION_FILE, IOU_FILE):  # a previous run's: none may look current
