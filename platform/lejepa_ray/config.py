@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lejepa_ray.data.batch_split import drawn_per_worker
 from lejepa_ray.data.config import DataConfig, ViewConfig
-from lejepa_ray.data.source import get_source
+from lejepa_ray.data.registry import get_source
 from lejepa_ray.errors import ConfigError, check_field
 from lejepa_ray.evaluation.config import ProbeConfig
 from lejepa_ray.model.config import ModelConfig, ScalingConfig

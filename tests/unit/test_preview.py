@@ -166,7 +166,7 @@ def test_parquet_shards_under_a_split_show_the_pipeline_s_rows(tmp_path):
 @pytest.mark.parametrize(
     ("options", "error", "fragment"),
     [
-        ({"src": "/no/such/folder"}, SourceError, "SRC '/no/such/folder' is neither a source"),
+        ({"src": "/no/such/folder"}, SourceError, "^src='/no/such/folder' is neither a source"),
         ({"src": "digits", "samples": 0}, ConfigError, "^samples=0 is invalid"),
         ({"src": "digits", "augment_on": "gpu"}, ConfigError, "^augment_on='gpu' is invalid"),
         ({"src": "digits", "zoom": 0}, ConfigError, "^zoom=0 is invalid"),
@@ -197,7 +197,7 @@ def test_the_command_writes_the_picture_of_the_quickstart_views(tmp_path, capsys
 @pytest.mark.parametrize(
     ("src", "fragment"),
     [
-        ("/no/such/folder", "SRC '/no/such/folder' is neither a source (synthetic, digits) nor"),
+        ("/no/such/folder", "SRC='/no/such/folder' is neither a source (synthetic, digits) nor"),
         ("EMPTY", "holds no images"),
     ],
     ids=["missing", "empty-folder"],

@@ -13,20 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lejepa_ray.data import source as registry
+from lejepa_ray.data import registry, source
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.decode import decode_rgb
 from lejepa_ray.data.keys import in_split
 from lejepa_ray.data.plan import Span
 from lejepa_ray.data.readers import source_plan
-from lejepa_ray.data.source import (
-    BUILT_IN,
-    IndexedSource,
-    Row,
-    get_source,
-    register_source,
-    source_names,
-)
+from lejepa_ray.data.registry import get_source, source_names
+from lejepa_ray.data.source import BUILT_IN, IndexedSource, Row, register_source
 from lejepa_ray.data.sources import (
     LocalSource,
     check_path,
@@ -106,8 +100,8 @@ def toys():
     register_source("toy_squares")(ToySquares)  # what @register_source("toy_squares") does
     register_source("toy_colours")(ToyColours)
     yield
-    registry.SOURCES.clear()
-    registry.SOURCES.update(before)
+    source.SOURCES.clear()
+    source.SOURCES.update(before)
 
 
 def test_the_built_ins_come_first_and_the_registered_follow():
@@ -207,7 +201,7 @@ def test_a_pickled_config_carries_a_registered_source_but_not_a_built_in(monkeyp
     )
     payload = pickle.dumps(toy)
     # A process that never registered the toy (a Ray worker importing lejepa_ray afresh):
-    monkeypatch.delitem(registry.SOURCES, "toy_squares")
+    monkeypatch.delitem(source.SOURCES, "toy_squares")
     with pytest.raises(ConfigError):
         DataConfig(source="toy_squares")
     arrived = pickle.loads(payload)

@@ -11,7 +11,7 @@ from typing import Any
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 from lejepa_ray.data.keys import SPLITS
-from lejepa_ray.data.source import adopt, get_source, travelling
+from lejepa_ray.data.registry import adopt, get_source, travelling
 from lejepa_ray.errors import check_field
 
 SHUFFLES = ("files", "full", "none")

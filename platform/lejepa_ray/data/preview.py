@@ -35,7 +35,8 @@ from lejepa_ray import storage
 from lejepa_ray.data.config import AUGMENT_ON, DataConfig
 from lejepa_ray.data.decode import BadImage, decode_rgb
 from lejepa_ray.data.kernel_sets import device_augment
-from lejepa_ray.data.source import LocalRows, get_source
+from lejepa_ray.data.registry import get_source
+from lejepa_ray.data.source import LocalRows
 from lejepa_ray.data.sources import data_from_arg, split_suffix
 from lejepa_ray.data.views import ViewMaker
 from lejepa_ray.errors import SourceError, check_field, option
@@ -213,11 +214,8 @@ def preview_data(options: PreviewOptions, data: DataConfig | None = None) -> Dat
     )
     try:
         given = data_from_arg(options.src)
-    except SourceError as e:  # its message names the flag --data; here the argument is SRC
-        raise SourceError(
-            str(e).replace("--data", "SRC", 1) + " Give digits, synthetic, an image folder or "
-            "parquet shards."
-        ) from None
+    except SourceError as e:  # said of `data`, the name other commands give the argument
+        raise e.said_of("src") from None
     # Without a :split suffix the config's split stays, as for pretrain's data= argument.
     split = split_suffix(options.src)[1] or base.split
     changes: dict[str, Any] = {"source": given.source, "path": given.path, "split": split}

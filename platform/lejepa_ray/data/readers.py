@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.plan import Plan
-from lejepa_ray.data.source import Reader, Rows, get_source
+from lejepa_ray.data.registry import get_source
+from lejepa_ray.data.source import Reader, Rows
 from lejepa_ray.data.source_folder import FolderReader
 from lejepa_ray.data.source_parquet import ParquetReader, TableReader
 from lejepa_ray.errors import SourceError

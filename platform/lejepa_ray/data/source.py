@@ -7,11 +7,12 @@ runs and machines: it seeds the sample's crops and places it in ``data.split``).
 sources live one per module (``source_folder``, ``source_parquet``, ``source_generated``); a new
 one is a subclass of :class:`Source` (or of :class:`IndexedSource`, for samples made one by
 one) decorated with ``@register_source("name")`` (docs/architecture.md, "Adding a source").
+Sources are looked up by name in ``data.registry``, which registers the built-ins on import.
 
 Across processes: the driver lists a source (:meth:`Source.pieces`) and ships the reader it
 returns to the views tasks, pickled. A ``DataConfig`` pickled to another process (a Ray Train
-worker, a probe task) carries the source it names unless it is a built-in (:func:`travelling`,
-:func:`adopt`), so a source registered in the driver alone is known wherever the config goes.
+worker, a probe task) carries the source it names unless it is a built-in (``registry.travelling``,
+``registry.adopt``), so a source registered in the driver alone is known wherever the config goes.
 Its class travels as cloudpickle sends it: by value when it is defined in the driver's
 ``__main__`` or in a module passed to ``ray.cloudpickle.register_pickle_by_value``, else by
 reference, the other processes importing its module (installed, or shipped with the runtime
@@ -249,46 +250,6 @@ def register_source(name: str) -> Callable[[type[S]], type[S]]:
         return cls
 
     return register
-
-
-def get_source(name: str) -> Source:
-    """The source registered as ``name``.
-
-    Raises:
-        ConfigError: no source of that name; the message lists the registered ones.
-    """
-    source = _registry().get(name)
-    if source is None:
-        raise ConfigError(
-            f"data.source={name!r} is invalid: expected one of {', '.join(source_names())}."
-        )
-    return source
-
-
-def source_names() -> list[str]:
-    """The registered names: the built-ins (:data:`BUILT_IN` order), then the others in the
-    order they were registered."""
-    registry = _registry()
-    return [n for n in BUILT_IN if n in registry] + [n for n in registry if n not in BUILT_IN]
-
-
-def travelling(name: str) -> Source | None:
-    """The source to pickle with a config that names ``name``: the registered one, or None
-    for a built-in (every process registers those) or an unknown name."""
-    return None if name in BUILT_IN else SOURCES.get(name)
-
-
-def adopt(source: Source) -> None:
-    """Register ``source``, which came with a pickled config, unless this process has a source
-    of its name already."""
-    SOURCES.setdefault(source.name, source)
-
-
-def _registry() -> dict[str, Source]:
-    # lazy: the built-in sources' modules import this one to register themselves (a cycle).
-    from lejepa_ray.data import source_folder, source_generated, source_parquet  # noqa: F401
-
-    return SOURCES
 
 
 def _qualified(cls: type) -> str:

@@ -19,10 +19,11 @@ import pyarrow.fs as pafs
 
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.keys import SPLITS
-from lejepa_ray.data.source import Row, get_source, source_names
+from lejepa_ray.data.registry import get_source, source_names
+from lejepa_ray.data.source import Row
 from lejepa_ray.data.source_folder import IMAGE_EXTENSIONS, list_image_folder
 from lejepa_ray.data.source_parquet import INCOMPLETE, MANIFEST
-from lejepa_ray.errors import SourceError, first_line
+from lejepa_ray.errors import SourceError, first_line, option
 from lejepa_ray.storage import resolve_filesystem
 
 __all__ = [
@@ -60,7 +61,11 @@ def source_from_arg(value: str) -> tuple[str, str | None]:
             if source.needs_path and source.claims(fs, root, info):
                 return name, value
     raise SourceError(
-        f"--data {value!r} is neither a source ({', '.join(pathless)}) nor an existing path."
+        f"{option('data')}={value!r} is neither a source ({', '.join(pathless)}) nor an "
+        "existing path.",
+        field="data",
+        value=value,
+        expected=f"one of {', '.join(pathless)}, or an existing path",
     )
 
 

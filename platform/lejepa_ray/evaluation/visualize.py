@@ -32,9 +32,9 @@ from torch import nn
 from lejepa_ray import storage
 from lejepa_ray.data.config import DataConfig
 from lejepa_ray.data.eval_images import read_images
-from lejepa_ray.data.source import get_source, source_names
+from lejepa_ray.data.registry import get_source, source_names
 from lejepa_ray.data.sources import check_path, data_from_arg
-from lejepa_ray.errors import ConfigError, check_field
+from lejepa_ray.errors import ConfigError, check_field, option
 from lejepa_ray.evaluation.export import load_encoder
 from lejepa_ray.evaluation.frozen import load_frozen
 from lejepa_ray.evaluation.segmentation import (
@@ -171,7 +171,7 @@ def load_backbone(source: str, random_init: bool = False) -> tuple[nn.Module, in
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         raise ConfigError(
             f"{source} is an export, which keeps neither the run's config nor its seed: for "
-            "--random_init, give the run or checkpoint directory it was exported from."
+            f"{option('random_init')}, give the run or checkpoint directory it was exported from."
         )
     trained = load_encoder(source)
     torch.manual_seed(trained.cfg.seed)
@@ -192,7 +192,10 @@ def _read(cfg: DataConfig, size: int, count: int) -> tuple[torch.Tensor, list[st
             break
         want = min(10_000, 2 * want)
     if not images:
-        raise ConfigError(f"--data {cfg.source} gave no image that decodes: nothing to draw.")
+        raise ConfigError(
+            f"{option('data')}={cfg.path or cfg.source!r} gave no image that decodes: nothing "
+            "to draw."
+        )
     return torch.stack(images[:count]), keys[:count]
 
 
@@ -245,14 +248,16 @@ def visualize(options: VisualizeOptions) -> VisualizeResult:
     """
     o = options
     if not storage.is_local(o.out):
-        raise ConfigError(f"--out {o.out!r}: visualize writes to a local folder; give one.")
+        raise ConfigError(
+            f"{option('out')}={o.out!r}: visualize writes to a local folder; give one."
+        )
     check_path(data_from_arg(o.data))  # a typo costs no model load
     if o.iou and not get_source(data_from_arg(o.data).source).has_true_masks:
         masked = [n for n in source_names() if get_source(n).has_true_masks]
         raise ConfigError(
-            f"--iou needs true masks, which only the {' and '.join(masked)} source"
-            f"{'s have' if len(masked) > 1 else ' has'} (--data {o.data!r}): "
-            f"use --data {masked[0]}:val, or leave --iou out."
+            f"{option('iou')} needs true masks, which only the {' and '.join(masked)} source"
+            f"{'s have' if len(masked) > 1 else ' has'} ({option('data')}={o.data!r}): "
+            f"use {option('data')}={masked[0]}:val, or leave {option('iou')} out."
         )
     storage.check_output(o.out, "output folder")
     backbone, trained_size = load_backbone(o.source, o.random_init)
@@ -262,8 +267,9 @@ def visualize(options: VisualizeOptions) -> VisualizeResult:
     has_attention = attention_module(backbone) is not None
     if o.iou and not has_attention:
         raise ConfigError(
-            f"--iou scores CLS-attention masks, and {type(backbone).__name__} has none (a timm "
-            "VisionTransformer with a class token has): leave --iou out for its PCA map."
+            f"{option('iou')} scores CLS-attention masks, and {type(backbone).__name__} has none "
+            "(a timm VisionTransformer with a class token has): leave "
+            f"{option('iou')} out for its PCA map."
         )
     attn, feats = _maps(backbone, images, has_attention)
     source = get_source(cfg.source)

@@ -148,8 +148,8 @@ def check_data(cfg: PretrainConfig) -> None:
             continue
         try:
             check_path(data_from_arg(arg))
-        except SourceError as e:  # said of --data, as the eval command takes it
-            raise SourceError(str(e).replace(f"--data {arg!r}", f"{key}={arg!r}")) from None
+        except SourceError as e:  # said of `data`, as the eval command takes it
+            raise e.said_of(key) from None
     if cfg.probe.data is None and class_names(cfg.data) is None:
         raise ConfigError(
             f"probe.every_steps={cfg.probe.every_steps} probes with labels, and "
