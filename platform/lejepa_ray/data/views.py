@@ -137,7 +137,7 @@ class _Recipe:
             w = round(math.sqrt(target * aspect))
             h = round(math.sqrt(target / aspect))
             if 0 < w <= width and 0 < h <= height:
-                top = int(self._k.random_(0, height - h + 1).item())  # int64: an int already
+                top = int(self._k.random_(0, height - h + 1).item())  # .item() of int64: an int
                 left = int(self._k.random_(0, width - w + 1).item())
                 return left, top, left + w, top + h
         ratio = width / height
