@@ -54,7 +54,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 VERIFIED_RAY = "2.60.0"
@@ -124,13 +124,16 @@ def quiet_worker_logs(prefixes: bool = False, raylet_only: bool = False) -> bool
         dispatcher.add_handler(_HANDLER, functools.partial(_print_kept, original, not prefixes))
     # The raylet's warnings: printed by a thread that looks the function up at every call.
     raylet = functools.partial(_print_kept, original, None)
-    raylet.__wrapped__ = original
+    raylet.__wrapped__ = original  # type: ignore[attr-defined]  # a partial takes attributes
     worker.print_to_stdstream = raylet
     return True
 
 
 def _print_kept(
-    print_to_stdstream, strip: bool | None, data: dict, ignore_prefix: bool = False
+    print_to_stdstream: Callable[..., None],
+    strip: bool | None,
+    data: dict,
+    ignore_prefix: bool = False,
 ) -> None:
     """Print the lines of ``data`` that :func:`noise_filter` keeps; without Ray's prefix if
     ``strip``, else as the caller asked (``ignore_prefix``)."""

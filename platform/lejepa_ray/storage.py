@@ -172,11 +172,11 @@ class Folder:
         self.bytes_read += len(data)
         return data
 
-    def open(self, name: str):
+    def open(self, name: str) -> pa.NativeFile:
         """A random-access pyarrow file for :meth:`read_at`."""
         return self.filesystem.open_input_file(f"{self.path}/{name}")
 
-    def read_at(self, file, offset: int, length: int) -> bytes:
+    def read_at(self, file: pa.NativeFile, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of an :meth:`open` file (one range request on
         object storage)."""
         data = file.read_at(length, offset)

@@ -1,4 +1,4 @@
-"""lejepa_ray.launch.runtime: the logical CPUs a local instance declares."""
+"""lejepa_ray.launch.runtime: the logical CPUs a local instance declares; its reaper."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def test_connect_ships_the_package_to_a_joined_cluster_and_never_joins_a_stray_o
     # Outside a job: a new local instance, even if `ray start` left one on this machine.
     assert runtime.connect(train_cpus=2) is True
     assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == local_num_cpus(2)
+
+
+def test_reaper_ends_its_watch_when_the_driver_exits_between_two_rounds(monkeypatch):
+    from lejepa_ray.launch import reaper
+
+    # The driver runs at the first look and is gone at the second: each round looks once, so
+    # an exit between "is it there" and "is it a zombie" cannot crash the watcher.
+    looks = iter([(1, "S", 5), None])
+    monkeypatch.setattr(reaper, "_stat", lambda pid: next(looks))
+    monkeypatch.setattr(reaper, "tree", lambda root: {})
+    reaper.watch(123, interval_s=0)

@@ -87,7 +87,7 @@ def slot_account(
         worker's consecutive tasks (a Ray worker may run another operator's task, a read, in
         it). Means are None when there is nothing to average.
     """
-    occupancy: collections.Counter = collections.Counter()
+    occupancy: dict[int, float] = collections.defaultdict(int)  # seconds per k, from 0
     durations: list[float] = []
     gaps: list[float] = []
     for start, end in windows:

@@ -25,10 +25,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,7 @@ from lejepa_ray.storage import Folder, check_output, resolve_filesystem, uri_of
 FORMAT = "lejepa-ray/parquet-v1"
 _META_KEY = b"lejepa_ray.shard"
 _EXAMPLES_PER_REASON = 20
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -135,7 +137,7 @@ def convert_image_folder(
         )
         used += listing.sizes[i]
 
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for index, plan in enumerate(plans):
         fingerprint = _fingerprint(plan, listing.classes, max_pixels)
         jobs.append(
@@ -235,10 +237,10 @@ class _InProcess:
     def __enter__(self) -> _InProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         pass
 
-    def map(self, fn, items):
+    def map(self, fn: Callable[[dict], _R], items: Iterable[dict]) -> Iterator[_R]:
         return map(fn, items)
 
 
@@ -271,7 +273,7 @@ def _convert_shard(job: dict) -> tuple[dict, bool, int]:
     src_fs, _ = resolve_filesystem(job["src"])
     rows: dict[str, list] = {"image": [], "label": [], "path": [], "width": [], "height": []}
     skipped = SkipCounts()
-    examples = []
+    examples: list[dict[str, str]] = []
     for record in job["plan"]:
         try:
             with src_fs.open_input_stream(record["file"]) as f:

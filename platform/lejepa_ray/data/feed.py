@@ -211,7 +211,7 @@ class Prefetcher:
 
 
 def iter_views(
-    iterable,
+    iterable: ray.data.Dataset | ray.data.DataIterator,
     counter: ray.actor.ActorHandle,
     cfg: DataConfig,
     batch_size: int,

@@ -129,7 +129,7 @@ class LocalSource(Sequence):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def __getitem__(self, i: int) -> Row:
+    def __getitem__(self, i: int) -> Row:  # type: ignore[override]  # by index, no slices
         if not 0 <= i < len(self._rows):
             raise IndexError(i)
         return self._rows[i]

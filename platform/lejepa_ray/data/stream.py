@@ -98,7 +98,7 @@ def make_views(
     cfg: DataConfig,
     units_per_pass: int,
     start: Start,
-    counter=None,
+    counter: ray.actor.ActorHandle | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """``map_batches`` function: unit numbers within this pass, int64 ``id`` (U,), to blocks of
     views of exactly ``data.transform_batch_size`` rows (the task's last may be short), skipping
@@ -140,7 +140,11 @@ def make_views(
 
 
 def unit_views(
-    rows: Rows, epoch: int, maker: ViewMaker, cfg: DataConfig, counter=None
+    rows: Rows,
+    epoch: int,
+    maker: ViewMaker,
+    cfg: DataConfig,
+    counter: ray.actor.ActorHandle | None = None,
 ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
     """The views of one unit's rows (see :func:`make_views` for the columns), and the
     pipeline's (seen, skipped) totals of ``epoch`` after them ((0, 0) without a counter)."""
@@ -200,7 +204,7 @@ class ViewStream:
             override_num_blocks=math.ceil(per_pass / self.cfg.task_units),
         )
         ds = ids.map_batches(
-            make_views,
+            make_views,  # type: ignore[arg-type]  # Ray's stubs: a 1-argument fn, no fn_kwargs
             fn_kwargs={
                 "plan": self.plan,
                 "reader": self.reader,
@@ -287,7 +291,8 @@ def build_view_stream(
     # actor on one of them would die with it and take every transform task with it; the
     # driver's node lives as long as the run does.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    counter = SkipCounter.options(scheduling_strategy=here).remote()
+    # Ray's stubs keep @ray.remote's class as it was; the actor class it makes has .options.
+    counter = SkipCounter.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
     per_pass = pass_epochs or epochs_per_pass(listed.plan, cfg, views_slots(cfg), run_rows)
     stream = ViewStream(
         cfg,

@@ -64,7 +64,7 @@ def _scene(index: int, seed: int, size: int, num_classes: int) -> _Scene:
     radius = size * rng.uniform(0.18, 0.32)
     cx, cy = rng.uniform(radius, size - radius, 2)
     rotation = rng.uniform(0, 2 * math.pi)
-    colour = tuple(int(v) for v in rng.permutation([rng.integers(200, 256), 0, 255])[:3])
+    colour = tuple(int(v) for v in rng.permutation([int(rng.integers(200, 256)), 0, 255])[:3])
     return _Scene(size, SHAPES[shape], stripes, dark, light, radius, cx, cy, rotation, colour)
 
 

@@ -124,7 +124,7 @@ def shift_hue(view: np.ndarray, hue: float) -> np.ndarray:
     """The hue of an RGB view (H, W, 3) uint8 turned by ``hue`` turns, rounded toward zero to
     whole 255ths of a turn, as torchvision's PIL kernel shifts its 8-bit hue."""
     steps = int(np.int32(hue * 255)) % 255  # PIL's H has 255 steps per turn
-    hsv = cv2.cvtColor(view.astype(np.float32), cv2.COLOR_RGB2HSV)  # H in degrees
+    hsv: np.ndarray = cv2.cvtColor(view.astype(np.float32), cv2.COLOR_RGB2HSV)  # H in degrees
     h = hsv[..., 0]
     h += steps * (360.0 / 255.0)
     h[h >= 360.0] -= 360.0

@@ -137,8 +137,8 @@ class _Recipe:
             w = round(math.sqrt(target * aspect))
             h = round(math.sqrt(target / aspect))
             if 0 < w <= width and 0 < h <= height:
-                top = self._k.random_(0, height - h + 1).item()
-                left = self._k.random_(0, width - w + 1).item()
+                top = int(self._k.random_(0, height - h + 1).item())  # .item() of int64: an int
+                left = int(self._k.random_(0, width - w + 1).item())
                 return left, top, left + w, top + h
         ratio = width / height
         if ratio < min(self.ratio):

@@ -268,6 +268,10 @@ class FrozenBackbone(nn.Module):
     ``features((N, 3, S, S) uint8) -> (N, D)``; ``forward`` is the same (what ``model.onnx``
     computes)."""
 
+    # Buffers registered in __init__, declared for the type checker (as in LeJEPAEncoder).
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone

@@ -24,6 +24,7 @@ from lejepa_ray.errors import ConfigError, check_field
 from lejepa_ray.evaluation.config import ProbeConfig
 from lejepa_ray.evaluation.export import FrozenBackbone, load_encoder
 from lejepa_ray.evaluation.probe import load_labelled, probe_report
+from lejepa_ray.model.encoder import LeJEPAEncoder
 
 PROBES = ("knn", "linear", "both")
 FEATURES = ("backbone", "projector")
@@ -33,7 +34,7 @@ class ProjectorOutputs(nn.Module):
     """A trained ``LeJEPAEncoder`` whose ``features`` are its projector's outputs
     ``(N, projector_dim)`` for uint8 images ``(N, 3, S, S)`` (BatchNorm on running statistics)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: LeJEPAEncoder):
         super().__init__()
         self.encoder = encoder
 
@@ -114,7 +115,9 @@ class EvalResult:
         return json.dumps(asdict(self))
 
 
-def load_frozen(source: str | Path, features: str = "backbone") -> tuple[nn.Module, int]:
+def load_frozen(
+    source: str | Path, features: str = "backbone"
+) -> tuple[FrozenBackbone | LeJEPAEncoder | ProjectorOutputs, int]:
     """The backbone of an export folder (``config.json`` + ``model.safetensors``) or of a
     checkpoint or run directory, with ``features(uint8 images)``, and the image size it was
     trained at. ``features="projector"`` (checkpoints only) makes ``features`` the projector's
@@ -184,7 +187,8 @@ def evaluate(
     )
     cfg = ProbeConfig(k=k, temperature=temperature, linear=probe != "knn", baseline=baseline)
     report = probe_report(model, images, cfg)
-    knn, linear = report.trained.knn_top1, report.trained.linear_top1
+    knn: float | None = report.trained.knn_top1
+    linear = report.trained.linear_top1
     raw_knn, raw_linear = (
         (report.raw.knn_top1, report.raw.linear_top1) if report.raw else (None, None)
     )

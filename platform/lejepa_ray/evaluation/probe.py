@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -42,6 +43,14 @@ PREPARATION = (
 
 HASH_SPLIT = "hash 80/20"
 TRAIN_VAL = "train/val"
+
+
+class Featurizer(Protocol):
+    """What the probes embed with: ``eval()`` and ``features(uint8 (N, 3, S, S)) -> (N, D)``."""
+
+    def eval(self) -> object: ...
+
+    def features(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,8 @@ def load_labelled(
 
 
 @torch.no_grad()
-def embed(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Backbone features (N, D), float32, of uint8 ``images`` (N, 3, S, S). ``encoder`` is
-    anything with ``eval()`` and ``features(uint8 images) -> (N, D)``."""
+def embed(encoder: Featurizer, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Backbone features (N, D), float32, of uint8 ``images`` (N, 3, S, S)."""
     encoder.eval()
     feats = [
         encoder.features(images[i : i + batch_size]).float()
@@ -169,9 +177,10 @@ def raw_pixels(data: LabelledImages) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Scores:
-    """Top-1 accuracies in [0, 1] of the probes on one set of features (None: not run)."""
+    """Top-1 accuracies in [0, 1] of the probes on one set of features (kNN always runs;
+    linear None when not run)."""
 
-    knn_top1: float | None
+    knn_top1: float
     linear_top1: float | None
 
     def cells(self) -> list[str]:
@@ -234,13 +243,12 @@ class ProbeReport:
 
 
 def probe_report(
-    trained: torch.nn.Module,
+    trained: Featurizer,
     data: LabelledImages,
     cfg: ProbeConfig,
-    init: torch.nn.Module | None = None,
+    init: Featurizer | None = None,
 ) -> ProbeReport:
-    """The probes of ``trained`` (and of ``init``, and of raw pixels when ``cfg.baseline``):
-    modules with ``eval()`` and ``features(uint8 (N, 3, S, S)) -> (N, D)``."""
+    """The probes of ``trained`` (and of ``init``, and of raw pixels when ``cfg.baseline``)."""
     return ProbeReport(
         data.protocol,
         PREPARATION,

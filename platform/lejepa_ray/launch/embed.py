@@ -46,6 +46,7 @@ from lejepa_ray.data.readers import Reader, source_plan
 from lejepa_ray.data.sources import check_path, data_from_arg
 from lejepa_ray.errors import ConfigError, SourceError, first_line
 from lejepa_ray.evaluation.frozen import FEATURES, load_frozen
+from lejepa_ray.evaluation.probe import Featurizer
 from lejepa_ray.launch import runtime
 from lejepa_ray.model.config import ScalingConfig
 
@@ -203,14 +204,16 @@ def embed(opts: EmbedOptions, progress: Callable[[int, int], None] | None = None
     staging = staging_dir(out)
     start = time.perf_counter()
     units = listed.plan.units_per_epoch
-    ds = ray.data.from_items([{"id": g} for g in range(units)], override_num_blocks=units)
+    ds: ray.data.Dataset = ray.data.from_items(
+        [{"id": g} for g in range(units)], override_num_blocks=units
+    )
     # Progress bars and Ray Data's INFO lines off: the command prints its own progress. A
     # block per unit, one batch of images: Ray Data would otherwise gather units up to its
     # block target (128 MiB), and the actors and the progress would see them in lumps.
     ds.context.enable_progress_bars = False
     ds.context.target_max_block_size = opts.batch_size * 3 * size * size
     ds = ds.map_batches(
-        read_images,
+        read_images,  # type: ignore[arg-type]  # Ray's stubs: a 1-argument fn, no fn_kwargs
         fn_kwargs={
             "plan": listed.plan,
             "reader": listed.reader,
@@ -274,7 +277,7 @@ def default_workers(use_gpu: bool, local: bool) -> int:
     return max(1, cpus // 2)
 
 
-def model_dim(model: torch.nn.Module, size: int) -> int:
+def model_dim(model: Featurizer, size: int) -> int:
     """D, from one blank image (cheap, and exact whatever the head)."""
     with torch.inference_mode():
         return int(model.features(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[-1])

@@ -163,10 +163,16 @@ def validation_config(cfg: PretrainConfig, spec: BackboneSpec, run_dir: str) -> 
     if not cfg.probe.every_steps:
         return None
     resources = dict(cfg.probe.resources)
-    remote = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0)}
+    remote: dict[str, Any] = {
+        "num_cpus": resources.pop("CPU", 0),
+        "num_gpus": resources.pop("GPU", 0),
+    }
     if resources:
         remote["resources"] = resources
-    return ValidationConfig(CheckpointProbe(cfg, spec, run_dir), ray_remote_kwargs=remote)
+    # Ray calls fn(checkpoint, **fn_kwargs): the checkpoint positionally, and no keyword but
+    # report_kwargs' step=; its ValidationFn Protocol types a `checkpoint` and any keyword.
+    probe = CheckpointProbe(cfg, spec, run_dir)
+    return ValidationConfig(probe, ray_remote_kwargs=remote)  # type: ignore[arg-type]
 
 
 def report_kwargs(cfg: PretrainConfig, step: int) -> dict[str, Any]:

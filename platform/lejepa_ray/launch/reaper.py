@@ -61,7 +61,7 @@ def alive(processes: dict[int, int]) -> dict[int, int]:
 def watch(driver: int, interval_s: float = 1.0) -> None:
     """Record ``driver``'s tree until it exits, then kill what remains of it."""
     seen: dict[int, int] = {}
-    while _stat(driver) is not None and _stat(driver)[1] != "Z":
+    while (stat := _stat(driver)) is not None and stat[1] != "Z":
         seen.update(tree(driver))
         time.sleep(interval_s)
     seen.pop(os.getpid(), None)  # the watcher is the driver's child too

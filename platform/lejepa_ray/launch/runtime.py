@@ -18,6 +18,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -72,7 +73,7 @@ def connect(
     dashboard: bool = False,
     verbose: bool = False,
     prefixes: bool = False,
-    **init_kwargs,
+    **init_kwargs: Any,
 ) -> bool:
     """Connect this process to Ray; returns True when it started a local instance.
 

@@ -139,7 +139,7 @@ def local_node_id(address: str, attempts: int = 30) -> str:
 
     for attempt in range(attempts):
         try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
             try:
                 return ray.get_runtime_context().get_node_id()
             finally:

@@ -82,12 +82,12 @@ class SweepOptions:
             ("select_by", self.select_by, SELECT_BY),
         ):
             check_field(value in choices, name, value, f"one of {', '.join(choices)}")
-        for name, value, low in (
+        for name, count, low in (
             ("samples", self.samples, 1),
             ("concurrent", self.concurrent, 1),
             ("reduction_factor", self.reduction_factor, 2),
         ):
-            check_field(value >= low, name, value, f">= {low}")
+            check_field(count >= low, name, count, f">= {low}")
         check_field(
             self.grace_steps is None or self.grace_steps >= 1,
             "grace_steps",

@@ -163,13 +163,14 @@ def plot_png(rows: list[TrialRow], varied: list[Dimension], title: str) -> bytes
     axes = fig.subplots(1, len(dims), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
         values = [r.params.get(dim.key, r.trial) if dim.key != "trial" else r.trial for r in scored]
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric:
-            x = values
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        x: list[float]
+        if len(numbers) == len(values):  # all numeric
+            x = numbers
             if (
-                values
-                and min(values) > 0
-                and (dim.sampler == "loguniform" or max(values) / min(values) >= 10)
+                numbers
+                and min(numbers) > 0
+                and (dim.sampler == "loguniform" or max(numbers) / min(numbers) >= 10)
             ):
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())

@@ -13,7 +13,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -30,6 +30,7 @@ def probe_trial(path: str, data: str, val_data: str | None = None) -> dict[str, 
     ``path`` (local or a URI), fitted on ``data`` and scored on ``val_data`` (None: a hash split
     of ``data``). Not the driver's ``probe_checkpoint``, which probes a run by its config."""
     result = evaluate(path, data, "both", val_data=val_data)
+    assert result.knn_top1 is not None and result.linear_top1 is not None  # "both" runs both
     return {"probe/knn_top1": result.knn_top1, "probe/linear_top1": result.linear_top1}
 
 
@@ -43,6 +44,7 @@ def probe_stopped(
     themselves), so that validation is not biased toward the survivors; fills the rows."""
     todo = [r for r in rows if r.stopped and r.checkpoint and r.linear_top1 is None]
     for i, row in enumerate(todo, 1):
+        assert row.checkpoint is not None  # todo holds rows with one
         during = probe_of(row.checkpoint)  # probed during training, on the same data
         if during is not None and "probe/linear_top1" in during:
             print_fn(f"stopped trial {row.trial}: probed during training at {row.checkpoint}")
@@ -117,7 +119,7 @@ def validate(rows: list[TrialRow], select_by: str = DEFAULT_SELECT_BY) -> dict[s
     if done:
         pick = (min if lower else max)(done, key=lambda r: getattr(r, column))
         out["label_free_pick"] = {"trial": pick.trial, "linear_top1": pick.linear_top1}
-    best = max(probed, key=lambda r: r.linear_top1)
+    best = max(probed, key=lambda r: cast(float, r.linear_top1))  # probed: not None
     out["best_by_labels"] = {"trial": best.trial, "linear_top1": best.linear_top1}
     out["rows"] = [_json_row(r) for r in probed]
     return out
@@ -219,8 +221,9 @@ def validation_plots(rows: list[TrialRow], title: str) -> dict[str, bytes]:
 
     probed = [r for r in rows if r.linear_top1 is not None and not r.failed]
     lams = [r.params.get("loss.lam") for r in probed]
-    by_lam = all(isinstance(x, int | float) and x > 0 for x in lams) and len(set(lams)) > 1
-    norm = LogNorm(min(lams), max(lams)) if by_lam else None
+    positive = [x for x in lams if isinstance(x, int | float) and x > 0]
+    by_lam = len(positive) == len(lams) and len(set(lams)) > 1
+    norm = LogNorm(min(positive), max(positive)) if by_lam else None
     out = {}
     for metric in LABEL_FREE:
         have = [r for r in probed if not math.isnan(getattr(r, metric.column))]
