@@ -12,7 +12,7 @@ from lejepa_ray import runs
 from lejepa_ray.config import load_config, to_yaml
 from lejepa_ray.launch.driver import run
 from lejepa_ray.model.encoder import resolve_backbone
-from lejepa_ray.train import checkpoint
+from lejepa_ray.train import checkpoint, checkpoint_read
 
 
 def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
@@ -46,7 +46,7 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
     monkeypatch.setattr(
         runs,
         "latest_checkpoint",
-        lambda run_dir: runs.Latest(str(ckpt), {"step": 5}, checkpoint.Opened(ckpt)),
+        lambda run_dir: runs.Latest(str(ckpt), {"step": 5}, checkpoint_read.Opened(ckpt)),
     )
     with pytest.raises(
         checkpoint.CheckpointError,

@@ -40,7 +40,7 @@ from lejepa_ray.launch import events, probes
 from lejepa_ray.model.encoder import BackboneSpec
 from lejepa_ray.model.flops import peak_tflops
 from lejepa_ray.storage import Folder
-from lejepa_ray.train import checkpoint, tracking, upload
+from lejepa_ray.train import checkpoint, checkpoint_read, tracking, upload
 from lejepa_ray.train.checkpoint import TrainState
 from lejepa_ray.train.diagnostics import diagnostics_images
 from lejepa_ray.train.faults import inject_nonfinite
@@ -188,7 +188,7 @@ def resume(trainer: Trainer, run_dir: str, rank: int) -> tuple[Resumed | None, s
         )
     except CheckpointError as e:
         if rank == 0:
-            checkpoint.refuse(latest.uri, str(e))
+            checkpoint_read.refuse(latest.uri, str(e))
         raise CheckpointError(
             f"{e} It is marked refused; the restarted workers resume from the checkpoint "
             "before it (rerun the same command if the run has no restarts left)."

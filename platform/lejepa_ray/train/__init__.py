@@ -1,5 +1,7 @@
 """One rank's training: the step and loop (``trainer``), AdamW and its schedule (``optim``),
-sharded checkpoints (``checkpoint``, ``manifest``) and their uploads (``upload``), TensorBoard
+sharded checkpoints (``checkpoint``: the layout, save and load; ``checkpoint_read``: a
+checkpoint opened and its files verified; ``checkpoint_shards``: its tensors read; ``rng``: the
+RNG states it keeps; ``manifest``: their checksums) and their uploads (``upload``), TensorBoard
 and the progress line (``metrics``), RankMe (``rankme``), and the ``optim.*``,
 ``checkpoint.*``, ``fault.*`` and ``logging.*`` keys they follow (``config``).
 
