@@ -52,7 +52,7 @@ from lejepa_ray.launch.events import FailureRecorder, PreemptionRecorder
 from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.model.flops import train_flops_per_image
-from lejepa_ray.train import checkpoint, tracking
+from lejepa_ray.train import checkpoint, trackers, tracking
 from lejepa_ray.train.rankme import heldout_data
 
 
@@ -180,7 +180,7 @@ def validate(cfg: PretrainConfig, print_fn: Callable[[str], None] = print) -> Pl
         ConfigError, SourceError: what is wrong and what to do.
     """
     check_run(cfg)
-    tracking.check(cfg.logging)
+    trackers.check(cfg.logging)
     runtime.check_local_gpus(cfg.scaling)
     check_path(cfg.data)
     probes.check_data(cfg)
@@ -425,7 +425,7 @@ def _track_probes(plan: Plan, result: PretrainResult) -> None:
                 if value is not None:
                     final[f"probe/final/{name}{probe}"] = value
     config_yaml = to_yaml(plan.cfg)
-    run = tracking.RunInfo(plan.run_dir, plan.name, yaml.safe_load(config_yaml), config_yaml)
+    run = trackers.RunInfo(plan.run_dir, plan.name, yaml.safe_load(config_yaml), config_yaml)
     tracking.log_probes(plan.cfg.logging, run, probed)
 
 

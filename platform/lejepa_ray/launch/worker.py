@@ -40,7 +40,7 @@ from lejepa_ray.launch import events, probes
 from lejepa_ray.model.encoder import BackboneSpec
 from lejepa_ray.model.flops import peak_tflops
 from lejepa_ray.storage import Folder
-from lejepa_ray.train import checkpoint, checkpoint_read, tracking, upload
+from lejepa_ray.train import checkpoint, checkpoint_read, trackers, tracking, upload
 from lejepa_ray.train.checkpoint import TrainState
 from lejepa_ray.train.diagnostics import diagnostics_images
 from lejepa_ray.train.faults import inject_nonfinite
@@ -209,7 +209,7 @@ def _metrics_writer(job: WorkerConfig, resumed: Resumed | None) -> MetricsWriter
     step = resumed.state.step if resumed else None
     ids = resumed.state.tracking if resumed else tracking.read_ids(job.run_dir)
     config_yaml = to_yaml(job.cfg)
-    run = tracking.RunInfo(
+    run = trackers.RunInfo(
         job.run_dir, _run_name(job.run_dir), yaml.safe_load(config_yaml), config_yaml
     )
     tracked = tracking.Tracking(job.cfg.logging, run, ids, resumed_step=step)
