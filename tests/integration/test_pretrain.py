@@ -264,7 +264,7 @@ def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(
     # steps queued behind an upload, and a step more while the poll comes. A kill 1 s after a
     # registration, or while the next checkpoint's files appear, usually loses less than an
     # interval (0-4 steps); 8 was seen once in four runs.
-    from lejepa_ray.launch.worker import QUEUED_REPORTS
+    from lejepa_ray.launch.reporter import QUEUED_REPORTS
 
     for kill in (first, second, third):
         assert 0 <= kill["steps_recomputed"] <= 4 + QUEUED_REPORTS + 1, kill

@@ -49,7 +49,8 @@ from lejepa_ray.errors import (
 from lejepa_ray.evaluation.probe import ProbeReport, load_labelled, probe_report
 from lejepa_ray.launch import events, probes, progress, runtime
 from lejepa_ray.launch.events import FailureRecorder, PreemptionRecorder
-from lejepa_ray.launch.worker import RESUMED_FROM, WORKER_CONFIG, WorkerConfig, train_worker
+from lejepa_ray.launch.reporter import RESUMED_FROM
+from lejepa_ray.launch.worker import WORKER_CONFIG, WorkerConfig, train_worker
 from lejepa_ray.model.encoder import BackboneSpec, LeJEPAEncoder, resolve_backbone
 from lejepa_ray.model.flops import train_flops_per_image
 from lejepa_ray.train import checkpoint, trackers, tracking
