@@ -12,7 +12,8 @@ import torch
 from pretrain_helpers import _quickstart, _scalars
 
 from lejepa_ray.config import scaled_lr, to_yaml
-from lejepa_ray.launch.driver import TrainingStopped, run
+from lejepa_ray.errors import TrainingStopped
+from lejepa_ray.launch.driver import run
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.optim import lr_factor

@@ -6,7 +6,7 @@ latest checkpoint (:func:`resume`), open the data cursor where that checkpoint l
 then hand the loop to :func:`~lejepa_ray.train.trainer.fit` with a
 :class:`~lejepa_ray.launch.reporter.Reporter`, which sends metrics to Ray Train and assembles
 each checkpoint (:mod:`lejepa_ray.launch.reporter`). :class:`WorkerConfig` is what the driver
-hands every worker.
+hands every worker (:func:`lejepa_ray.launch.torch_trainer.build`).
 
 Ray is imported at the top: this module only ever runs inside a Ray Train worker.
 """
