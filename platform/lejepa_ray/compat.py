@@ -42,9 +42,10 @@ filesystem and directory, which an uploaded checkpoint must lie in for Ray to ma
 :func:`controller_callback_bases` and :func:`preempting` let a callback in the controller see a
 preemption start, notice or not, and the checkpoint that follows it (``launch.events``).
 
-Checkpoints: ``checkpoint._VerifyingReader`` overrides ``FileSystemReader._slice_file(file,
-storage_info)`` of ``torch.distributed.checkpoint``, the one place where DCP's ``read_data``
-turns a storage item into bytes, to fetch each item as one verified byte range.
+Checkpoints: ``checkpoint_shards._VerifyingReader`` overrides
+``FileSystemReader._slice_file(file, storage_info)`` of ``torch.distributed.checkpoint``, the
+one place where DCP's ``read_data`` turns a storage item into bytes, to fetch each item as one
+verified byte range.
 :data:`DCP_SLICE_HOOK` names it; the test checks that ``read_data`` still goes through it.
 """
 

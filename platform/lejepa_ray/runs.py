@@ -22,14 +22,8 @@ from lejepa_ray.compat import RAY_CHECKPOINT_MANAGER_LOGGER, quiet_logger, snaps
 from lejepa_ray.config import PretrainConfig
 from lejepa_ray.errors import CheckpointError
 from lejepa_ray.storage import Folder, is_local
-from lejepa_ray.train.checkpoint import (
-    METADATA_FILE,
-    STATE_FILE,
-    Location,
-    Opened,
-    read_metadata,
-    read_state,
-)
+from lejepa_ray.train.checkpoint import STATE_FILE, read_state
+from lejepa_ray.train.checkpoint_read import METADATA_FILE, Location, Opened, read_metadata
 
 log = logging.getLogger(__name__)
 

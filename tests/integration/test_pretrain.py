@@ -12,7 +12,8 @@ import torch
 from pretrain_helpers import _quickstart, _scalars
 
 from lejepa_ray.config import scaled_lr, to_yaml
-from lejepa_ray.launch.driver import TrainingStopped, run
+from lejepa_ray.errors import TrainingStopped
+from lejepa_ray.launch.driver import run
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.train import checkpoint
 from lejepa_ray.train.optim import lr_factor
@@ -264,7 +265,7 @@ def test_three_kills_in_one_run_each_recover_from_a_complete_checkpoint(
     # steps queued behind an upload, and a step more while the poll comes. A kill 1 s after a
     # registration, or while the next checkpoint's files appear, usually loses less than an
     # interval (0-4 steps); 8 was seen once in four runs.
-    from lejepa_ray.launch.worker import QUEUED_REPORTS
+    from lejepa_ray.launch.reporter import QUEUED_REPORTS
 
     for kill in (first, second, third):
         assert 0 <= kill["steps_recomputed"] <= 4 + QUEUED_REPORTS + 1, kill

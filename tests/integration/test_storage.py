@@ -12,7 +12,7 @@ from checkpoint_helpers import _batch, _config, _load, _save, _trainer
 from lejepa_ray import runs, storage
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
 from lejepa_ray.storage import Folder
-from lejepa_ray.train import checkpoint
+from lejepa_ray.train import checkpoint, checkpoint_read
 from lejepa_ray.train.checkpoint import CheckpointError
 
 TINY_MODEL = "model.name=test_resnet"  # timm's 0.4M-parameter test model: a 5 MB checkpoint
@@ -76,7 +76,7 @@ def test_a_checkpoint_on_s3_loads_in_place_reading_only_what_it_needs(s3_checkpo
 
 def test_a_flipped_byte_on_s3_is_refused_by_name(s3_checkpoint, s3_server):
     uri, _ = s3_checkpoint
-    index = checkpoint.read_metadata(uri).storage_data
+    index = checkpoint_read.read_metadata(uri).storage_data
     item = next(i for k, i in index.items() if k.fqn.startswith("model.") and i.length > 4096)
     folder = Folder.at(uri)
     data = bytearray(folder.read(item.relative_path))
@@ -88,7 +88,7 @@ def test_a_flipped_byte_on_s3_is_refused_by_name(s3_checkpoint, s3_server):
 
 def test_refused_checkpoints_are_passed_over(s3_checkpoint):
     uri, _ = s3_checkpoint
-    checkpoint.refuse(uri, "a test said so")
+    checkpoint_read.refuse(uri, "a test said so")
     with pytest.raises(CheckpointError, match=r"was refused earlier: a test said so"):
         checkpoint.read_state(uri)
     assert json.loads(Folder.at(uri).read("refused.json"))["reason"] == "a test said so"
@@ -155,7 +155,7 @@ def test_a_run_on_s3_resumes_when_rerun_falls_back_and_exports(
 
     # A byte flipped in the latest checkpoint's payload is only seen when a rank reads it.
     ckpt8 = Folder.at(f"{run_uri}/checkpoint_00000008")
-    index = checkpoint.read_metadata(ckpt8).storage_data
+    index = checkpoint_read.read_metadata(ckpt8).storage_data
     item = next(i for k, i in index.items() if k.fqn.startswith("model.") and i.length > 4096)
     data = bytearray(ckpt8.read(item.relative_path))
     data[item.offset + item.length // 2] ^= 0x01

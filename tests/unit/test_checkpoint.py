@@ -24,7 +24,7 @@ from checkpoint_helpers import (
 
 from lejepa_ray import runs
 from lejepa_ray.model.encoder import LeJEPAEncoder, resolve_backbone
-from lejepa_ray.train import checkpoint
+from lejepa_ray.train import checkpoint, checkpoint_read
 from lejepa_ray.train.checkpoint import CheckpointError
 
 
@@ -69,7 +69,7 @@ def test_files_are_unique_per_rank_and_hold_no_pickled_objects(tmp_path):
         "rng/rank_00000.json",
         "state.json",
     ]
-    metadata = checkpoint.read_metadata(tmp_path / "ckpt")
+    metadata = checkpoint_read.read_metadata(tmp_path / "ckpt")
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     assert all(isinstance(v, TensorStorageMetadata) for v in metadata.state_dict_metadata.values())
@@ -116,7 +116,7 @@ def test_manifest_lists_every_file_and_a_checksum_per_stored_tensor(saved):
         if p.is_file() and p.name != "manifest.json"
     }
     assert {k: v["size"] for k, v in manifest["files"].items()} == on_disk
-    index = checkpoint.read_metadata(saved).storage_data
+    index = checkpoint_read.read_metadata(saved).storage_data
     ranges = {(i.relative_path, i.offset, i.length) for i in index.values()}
     assert {(f, o, n) for f, items in manifest["chunks"].items() for o, n, _ in items} == ranges
 
@@ -131,7 +131,7 @@ def test_truncated_shard_is_refused_by_name_before_loading(saved):
 
 
 def test_a_flipped_payload_byte_is_caught_where_it_is_read(saved):
-    index = checkpoint.read_metadata(saved).storage_data
+    index = checkpoint_read.read_metadata(saved).storage_data
     key = next(k for k in index if k.fqn.startswith("model.") and index[k].length > 4096)
     item = index[key]
     shard = saved / item.relative_path
@@ -152,7 +152,7 @@ def test_a_missing_file_is_refused_by_name(saved):
 
 
 def test_a_checkpoint_without_manifest_loads_with_a_warning(legacy, caplog):
-    with caplog.at_level(logging.WARNING, logger="lejepa_ray.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lejepa_ray.train.checkpoint_read"):
         assert checkpoint.load_model_weights(legacy, _encoder()) == 1
     assert "has no manifest.json" in caplog.text
     assert "checked by structure and size only" in caplog.text

@@ -94,7 +94,7 @@ def test_dcp_reads_every_storage_item_through_the_slice_hook():
     from torch.distributed.checkpoint import FileSystemReader
 
     from lejepa_ray.compat import DCP_SLICE_HOOK
-    from lejepa_ray.train.checkpoint import _VerifyingReader
+    from lejepa_ray.train.checkpoint_shards import _VerifyingReader
 
     assert f"self.{DCP_SLICE_HOOK}(" in inspect.getsource(FileSystemReader.read_data)
     assert DCP_SLICE_HOOK in vars(_VerifyingReader)

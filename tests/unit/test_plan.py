@@ -208,7 +208,7 @@ def test_a_pass_is_no_longer_than_the_run_needs_and_one_spare_epoch():
 
 def test_a_run_takes_its_steps_and_its_read_ahead_from_the_stream():
     from lejepa_ray.config import OptimConfig, PretrainConfig, ScalingConfig
-    from lejepa_ray.launch.driver import READ_AHEAD_EXTRA, run_rows
+    from lejepa_ray.launch.preflight import READ_AHEAD_EXTRA, run_rows
 
     def cfg(steps=400, accum=1, batch=32, workers=2, prefetch=8):
         return PretrainConfig(
@@ -229,7 +229,7 @@ def test_the_driver_bounds_the_stream_by_the_run(monkeypatch):
     from ray.data import DataContext
 
     from lejepa_ray.config import OptimConfig, PretrainConfig
-    from lejepa_ray.launch import driver
+    from lejepa_ray.launch import driver, preflight
 
     context = DataContext.get_current()  # _start_ray turns its progress bars off: restore them
     monkeypatch.setattr(context, "enable_progress_bars", context.enable_progress_bars)
@@ -238,13 +238,13 @@ def test_the_driver_bounds_the_stream_by_the_run(monkeypatch):
     monkeypatch.setattr(driver, "build_view_stream", lambda data, **kw: built.update(kw))
     cfg = PretrainConfig(optim=OptimConfig(steps=50, warmup_steps=0))
     driver._start_ray(cfg, listed=None)
-    assert built == {"listed": None, "run_rows": driver.run_rows(cfg)}
+    assert built == {"listed": None, "run_rows": preflight.run_rows(cfg)}
 
 
 def test_a_source_smaller_than_a_step_s_rows_is_refused_before_ray():
     from lejepa_ray.config import PretrainConfig, ScalingConfig
     from lejepa_ray.errors import SourceError
-    from lejepa_ray.launch.driver import check_epoch_holds_a_batch
+    from lejepa_ray.launch.preflight import check_epoch_holds_a_batch
 
     plan = Plan(np.ones(100, np.int64), unit_rows=32, seed=0)
     cfg = PretrainConfig(scaling=ScalingConfig(batch_size=16, num_workers=2))  # 32 a step

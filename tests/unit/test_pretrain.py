@@ -12,13 +12,13 @@ from lejepa_ray import runs
 from lejepa_ray.config import load_config, to_yaml
 from lejepa_ray.launch.driver import run
 from lejepa_ray.model.encoder import resolve_backbone
-from lejepa_ray.train import checkpoint
+from lejepa_ray.train import checkpoint, checkpoint_read
 
 
 def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from lejepa_ray.launch.driver import _user_error
+    from lejepa_ray.launch.torch_trainer import _user_error
 
     bad = checkpoint.CheckpointError("x/__1_0.distcp is missing: ...")
     wrapped = WorkerGroupError("Training failed", {0: RuntimeError("peer gone"), 1: bad})
@@ -29,7 +29,7 @@ def test_a_workers_checkpoint_or_data_error_reaches_the_user_unwrapped():
 
 def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypatch):
     from lejepa_ray.launch import runtime
-    from lejepa_ray.launch.driver import check_resumable
+    from lejepa_ray.launch.preflight import check_resumable
 
     cfg = _quickstart(tmp_path, "other", "probe.knn=false")
     trainer_cfg = _quickstart(tmp_path, "other", "model.name=resnet34")
@@ -46,7 +46,7 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
     monkeypatch.setattr(
         runs,
         "latest_checkpoint",
-        lambda run_dir: runs.Latest(str(ckpt), {"step": 5}, checkpoint.Opened(ckpt)),
+        lambda run_dir: runs.Latest(str(ckpt), {"step": 5}, checkpoint_read.Opened(ckpt)),
     )
     with pytest.raises(
         checkpoint.CheckpointError,
@@ -57,7 +57,7 @@ def test_resuming_with_another_model_fails_before_ray_starts(tmp_path, monkeypat
 
 
 def test_ray_train_gets_an_elastic_range_with_the_custom_resources():
-    from lejepa_ray.launch.driver import _ray_scaling
+    from lejepa_ray.launch.torch_trainer import _ray_scaling
 
     elastic = _ray_scaling(
         load_config(

@@ -1,5 +1,6 @@
 """Tracking without Ray: metrics.jsonl, MLflow (a SQLite store, no server) and W&B (offline),
-each continued by a resumed attempt. The run on Ray, against a real MLflow server, is
+each continued by a resumed attempt (``train.tracking``), and the trackers' own checks and
+parameters (``train.trackers``). The run on Ray, against a real MLflow server, is
 ``tests/integration/test_tracking.py``."""
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from tracking_helpers import wandb_run
 
 from lejepa_ray.config import LoggingConfig, WandbConfig
 from lejepa_ray.errors import ConfigError
-from lejepa_ray.train import tracking
+from lejepa_ray.train import trackers, tracking
 
 
-def _run(tmp_path) -> tracking.RunInfo:
+def _run(tmp_path) -> trackers.RunInfo:
     config = {"optim": {"lr": 0.001, "steps": 3}, "model": {"name": "resnet10t"}}
-    return tracking.RunInfo(str(tmp_path / "run"), "run", config, "optim:\n  lr: 0.001\n")
+    return trackers.RunInfo(str(tmp_path / "run"), "run", config, "optim:\n  lr: 0.001\n")
 
 
 def _steps(path) -> list[int]:
@@ -87,7 +88,7 @@ def test_keep_until_drops_later_steps_and_a_line_cut_short():
 
 
 def test_flatten_gives_mlflow_parameters():
-    assert tracking.flatten({"a": {"b": 1, "c": {}}, "d": [1, 2]}) == {
+    assert trackers.flatten({"a": {"b": 1, "c": {}}, "d": [1, 2]}) == {
         "a.b": "1",
         "a.c": "{}",
         "d": "[1, 2]",
@@ -102,8 +103,8 @@ def test_a_tracker_that_is_not_installed_is_a_config_error(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
     with pytest.raises(ConfigError, match=r"logging.wandb.project is set, but wandb is not"):
-        tracking.check(LoggingConfig(wandb=WandbConfig(project="p")))
-    tracking.check(LoggingConfig())  # nothing on: nothing needed
+        trackers.check(LoggingConfig(wandb=WandbConfig(project="p")))
+    trackers.check(LoggingConfig())  # nothing on: nothing needed
 
 
 def test_wandb_mode_is_checked():
@@ -130,13 +131,13 @@ def test_an_unreachable_mlflow_server_or_a_missing_wandb_key_stop_the_run_first(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ConfigError, match="the tracking server did not answer"):
-        tracking.check(LoggingConfig(mlflow=f"http://127.0.0.1:{port}"))
+        trackers.check(LoggingConfig(mlflow=f"http://127.0.0.1:{port}"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     with pytest.raises(ConfigError, match="needs a W&B API key"):
-        tracking.check(LoggingConfig(wandb=WandbConfig(project="p")))
+        trackers.check(LoggingConfig(wandb=WandbConfig(project="p")))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    tracking.check(LoggingConfig(wandb=WandbConfig(project="p")))
+    trackers.check(LoggingConfig(wandb=WandbConfig(project="p")))
 
 
 def test_relative_local_stores_are_made_absolute(tmp_path, monkeypatch):

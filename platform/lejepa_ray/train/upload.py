@@ -19,7 +19,7 @@ mean "complete":
 
 A kill at any point before step 4 leaves a directory without a manifest, and Ray Train has not
 registered it (it registers a checkpoint once every rank's upload returned), so no resume takes
-it. A step saved again after a restart gets a new directory name (``launch.worker.Reporter``);
+it. A step saved again after a restart gets a new directory name (``launch.reporter.Reporter``);
 should a directory be reused anyway (its listing failed), the token keeps an interrupted
 upload's entries from passing for new ones, and each rank stores its entries after its files.
 :class:`OneInFlight` keeps at most one upload running per rank: the next checkpoint waits for
