@@ -111,14 +111,14 @@ def run(
     )
     if bar:  # on a terminal: a live bar in place of the workers' progress lines
         with progress.LiveBar(plan.run_dir, cfg.optim.steps, latest.step if latest else 0):
-            result, seconds = torch_trainer.fit(trainer)
+            fitted, seconds = torch_trainer.fit(trainer)
     else:
-        result, seconds = torch_trainer.fit(trainer)
+        fitted, seconds = torch_trainer.fit(trainer)
     happened = events.summary(plan.run_dir)
     if happened:
         print_fn(happened)
-    final = torch_trainer.final_checkpoint(plan, result)
-    metrics = dict(result.metrics or {})
+    final = torch_trainer.final_checkpoint(plan, fitted)
+    metrics = dict(fitted.metrics or {})
     resumed_from = None if latest is None else latest.step
     # A resumed run reports what its workers' last attempt loaded: the driver's pick, unless a
     # worker refused that checkpoint and the restart fell back past it. A run started afresh

@@ -20,18 +20,34 @@ import functools
 import json
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import ray.data
-from ray.train import (
-    CheckpointConfig,
-    FailureConfig,
-    LoggingConfig,
-    Result,
-    RunConfig,
-    WorkerGroupError,
-)
-from ray.train import ScalingConfig as RayScaling
-from ray.train.torch import TorchTrainer
+
+if TYPE_CHECKING:
+    # Ray Train v2's classes, which `ray.train` gives at run time (v2 is Ray 2.60's default);
+    # a type checker reads the v1 ones there, which lack the preemption and elastic fields.
+    from ray.train.v2.api.config import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+    )
+    from ray.train.v2.api.config import ScalingConfig as RayScaling
+    from ray.train.v2.api.exceptions import WorkerGroupError
+    from ray.train.v2.api.result import Result
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
+else:
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        Result,
+        RunConfig,
+        WorkerGroupError,
+    )
+    from ray.train import ScalingConfig as RayScaling
+    from ray.train.torch import TorchTrainer
 
 from lejepa_ray import compat, runs, storage
 from lejepa_ray.config import PretrainConfig
@@ -117,12 +133,13 @@ def fit(trainer: TorchTrainer) -> tuple[Result, float]:
     """Ray Train's result and the wall time of ``fit``; a worker's own user-facing error
     (bad checkpoint, bad data) instead of Ray's wrapper around it."""
     start = time.perf_counter()
+    # v2's trainer is annotated with v1's Result and RunConfig (Ray 2.60); the objects are v2's.
     try:
-        result = trainer.fit()
+        result = cast(Result, trainer.fit())
     except WorkerGroupError as e:
         raise _user_error(e) from None
     except compat.preemption_error() as e:
-        limit = trainer.run_config.failure_config.max_preemption_failures
+        limit = cast(FailureConfig, trainer.run_config.failure_config).max_preemption_failures
         raise TrainingStopped(
             f"the run was preempted more often than fault.max_preemptions={limit} allows "
             f"({e}). Rerun the same command to resume from its latest checkpoint, or raise "

@@ -160,7 +160,7 @@ def resume(trainer: Trainer, run_dir: str, rank: int) -> tuple[Resumed | None, s
     latest = runs.first_complete(entries)
     if latest is None:
         return None, taken
-    start, stats = time.perf_counter(), {}
+    start, stats = time.perf_counter(), dict[str, int]()
     try:
         state = checkpoint.load(
             latest.opened, trainer.tensors, model_name=trainer.cfg.model.name, stats=stats
@@ -176,7 +176,7 @@ def resume(trainer: Trainer, run_dir: str, rank: int) -> tuple[Resumed | None, s
     seconds = time.perf_counter() - start
     bytes_read = [stats["bytes_read"]]
     if torch.distributed.is_initialized():  # what each rank fetched, for rank 0 to log
-        bytes_read = [None] * torch.distributed.get_world_size()
+        bytes_read = [0] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(bytes_read, stats["bytes_read"])
     return Resumed(latest.uri, state, seconds, bytes_read, stats["bytes_total"]), taken
 

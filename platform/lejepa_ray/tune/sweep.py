@@ -417,6 +417,7 @@ def _export_winner(
         print_fn("no trial completed with a checkpoint; nothing to export.")
         return None
     out = f"{sweep_dir}/{WINNER_DIR}"
+    assert best.checkpoint is not None  # picked for having one
     result = export(best.checkpoint, out)
     print_fn(
         f"\nwinner {best.trial} (score {best.selection_score:.4f}, RankMe "
