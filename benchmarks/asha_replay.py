@@ -6,7 +6,7 @@ A FIFO sweep run with ``--select_by rankme`` (the default) logs, at every report
 ``<sweep>/runs/<trial>/tensorboard``, and, with ``--validate_with_labels``, each trial's probe
 accuracies to ``<sweep>/results.csv``. This script feeds those curves, trial after trial in the
 order the sweep ran them (one at a time, ``--concurrent 1``), through the scheduler the sweep
-builds (``tune.sweep._scheduler``: Ray Tune's ASHA, rungs at ``grace · r^k`` steps), once per
+builds (``tune.tuner._scheduler``: Ray Tune's ASHA, rungs at ``grace · r^k`` steps), once per
 stopping metric. A trial ASHA stops consumes the steps up to its stop; the others run to the
 end. With one trial at a time a trial's curve does not depend on the scheduler, so the replay
 decides what a real ASHA sweep of the same trials would, without running three sweeps.
@@ -35,7 +35,7 @@ from ray.tune.schedulers import TrialScheduler
 from lejepa_ray.config import load_config
 from lejepa_ray.tune.options import SweepOptions
 from lejepa_ray.tune.ranking import METRIC, SELECT_BY, selected
-from lejepa_ray.tune.sweep import _scheduler
+from lejepa_ray.tune.tuner import _scheduler
 
 Curve = list[tuple[int, float]]
 
@@ -74,7 +74,7 @@ def stops(
     asha.set_search_properties(metric, mode)
     stopped: dict[str, int | None] = {}
     for trial_id, by_metric in curves.items():
-        # Its own last step: ASHA lets a trial finish there (sweep._FinishingASHA).
+        # Its own last step: ASHA lets a trial finish there (tuner._FinishingASHA).
         trial = SimpleNamespace(trial_id=trial_id, config={"optim.steps": _last_step(by_metric)})
         asha.on_trial_add(None, trial)
         stopped[trial_id] = None

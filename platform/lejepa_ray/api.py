@@ -1,7 +1,7 @@
 """The Python API: ``lejepa_ray.pretrain``, ``evaluate``, ``export``, ``embed`` and ``sweep``
 (and ``lejepa_ray.api.visualize``).
 
-Each ``lejepa-ray`` command is one of these functions (``cli.py`` calls them), and each
+Each ``lejepa-ray`` command is one of these functions (``cli`` calls them), and each
 returns a result dataclass. Their options are dataclasses with a docstring per field, beside
 the code that uses them (:class:`~lejepa_ray.config.PretrainConfig`, :class:`EvalOptions`,
 :class:`ExportOptions`, :class:`EmbedOptions`, :class:`SweepOptions`,

@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "launch": (8, ("launch.*",)),
     "tune": (9, ("tune.*",)),
     "api": (10, ("__init__", "api")),
-    "top": (11, ("cli", "cluster")),
+    "top": (11, ("cli.*", "cluster")),
 }
 
 
@@ -163,9 +163,10 @@ def test_the_scan_finds_upward_sideways_and_lazy_imports(tmp_path):
 )
 def test_each_subpackage_says_what_it_may_import(package):
     """The ``May import:`` line of a subpackage's docstring names exactly the groups below it,
-    so that the docs a reader meets first and the rule the test enforces cannot drift."""
+    so that the docs a reader meets first and the rule the test enforces cannot drift. A list
+    too long for one line goes on in the lines below it, up to a blank line (the top layer's)."""
     doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text())) or ""
-    lines = [line for line in doc.splitlines() if line.startswith("May import:")]
+    lines = [" ".join(p.split()) for p in doc.split("\n\n") if p.startswith("May import:")]
     assert lines, f"lejepa_ray/{package}/__init__.py: its docstring needs a 'May import:' line"
     said = {g.strip() for g in lines[0].removeprefix("May import:").rstrip(".").split(",")}
     mine = GROUPS[_group(package)][0]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lejepa_ray.cli import COMMANDS, main
+from lejepa_ray.cli import main
+from lejepa_ray.cli.commands import COMMANDS
 
 
 def test_env_lists_the_stack(capsys):
@@ -54,7 +55,7 @@ def test_every_command_s_help_is_generated_from_its_options(name, capsys):
 
 
 def test_flags_may_be_written_with_dashes_and_override_the_config_file(tmp_path):
-    from lejepa_ray.cli import parse
+    from lejepa_ray.cli.parser import parse
 
     (tmp_path / "c.yaml").write_text("loss: {lam: 0.2}\noptim: {steps: 70, warmup_steps: 5}\n")
     parsed = parse("pretrain", ["--loss.lam", "0.3", "--config", str(tmp_path / "c.yaml")])
@@ -127,12 +128,12 @@ def test_a_config_file_that_is_not_a_yaml_mapping_is_refused_by_name(
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only LejepaRayError is turned into a one-line message: a ValueError from a bug is not."""
-    from lejepa_ray import cli
+    from lejepa_ray.cli import commands
 
     def broken(args):
         raise ValueError("a bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "env", cli.Command("", broken))
+    monkeypatch.setitem(commands.COMMANDS, "env", commands.Command("", broken))
     with pytest.raises(ValueError, match="a bug"):
         main(["env"])
 

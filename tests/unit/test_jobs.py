@@ -24,7 +24,7 @@ def test_working_dir_upload_leaves_out_envs_outputs_and_data(tmp_path):
         "jobs/pretrain.py",
         "platform/lejepa_ray/configs/quickstart.yaml",
         "tune_spaces/quick.yaml",
-        "platform/lejepa_ray/cli.py",
+        "platform/lejepa_ray/cli/__init__.py",
         "platform/lejepa_ray/data/stream.py",
         "constraints.txt",
     ]

@@ -10,7 +10,7 @@ from export_helpers import _trained_checkpoint
 from PIL import Image
 from ray.train import Checkpoint
 
-from lejepa_ray.cli import during_table
+from lejepa_ray.cli.handlers import during_table
 from lejepa_ray.config import check_run, load_config
 from lejepa_ray.errors import ConfigError, SourceError
 from lejepa_ray.launch import probes

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "platform" / "lejepa_ray" / "configs" / "quickstart.yaml")
 
 # What each module of tune/ may import from tune/: the driver (sweep) uses every step, and no
-# step uses the driver. Only the driver and the space's Tune domains import Ray.
+# step uses the driver. Only the driver, the Tune experiment it runs (tuner), the console's
+# callback and the space's Tune domains import Ray.
 TUNE_IMPORTS = {
     "space": set(),
     "ranking": {"space"},
@@ -37,7 +38,8 @@ TUNE_IMPORTS = {
     "validation": {"ranking"},
     "options": {"ranking", "space"},
     "console": {"ranking"},
-    "sweep": {"console", "options", "ranking", "report", "space", "validation"},
+    "tuner": {"console", "options", "ranking", "space"},
+    "sweep": {"options", "ranking", "report", "space", "tuner", "validation"},
 }
 
 
@@ -56,8 +58,11 @@ def test_the_modules_of_tune_import_only_the_steps_below_them():
         tune = {m.removeprefix("lejepa_ray.tune.") for m in imported if "lejepa_ray.tune." in m}
         assert tune <= allowed, f"tune/{module}.py imports {sorted(tune - allowed)}"
         ray = sorted(m for m in imported if m == "ray" or m.startswith("ray."))
-        # Ray: the space's samplers, Tune's callback interface (console), and the wiring.
-        assert module in ("space", "console", "sweep") or not ray, f"tune/{module}.py imports {ray}"
+        # Ray: the space's samplers, Tune's callback interface (console), the Tune experiment
+        # (tuner), and the wiring.
+        assert module in ("space", "console", "tuner", "sweep") or not ray, (
+            f"tune/{module}.py imports {ray}"
+        )
 
 
 LAMBDA = "loss.lam:\n  loguniform: [0.01, 0.3]\n"
@@ -122,7 +127,7 @@ def test_searchers_seed_and_limit_concurrency(tmp_path):
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from lejepa_ray.tune.sweep import _searcher
+    from lejepa_ray.tune.tuner import _searcher
 
     random = _searcher(SweepOptions(space="x", concurrent=3, search_seed=7))
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
@@ -133,7 +138,7 @@ def test_searchers_seed_and_limit_concurrency(tmp_path):
 
 def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
     from lejepa_ray.config import load_config
-    from lejepa_ray.tune.sweep import _scheduler
+    from lejepa_ray.tune.tuner import _scheduler
 
     base = load_config(QUICKSTART)  # 150 steps; the space's trials run 40
     space = [Dimension("optim.steps", "fixed", (40,))]
@@ -150,7 +155,7 @@ def test_asha_rungs_follow_the_steps_a_trial_runs(tmp_path):
 def test_asha_stops_and_the_search_draws_by_the_select_by_metric(
     tmp_path, select_by, metric, mode, every_report
 ):
-    from lejepa_ray.tune.sweep import _tune_config
+    from lejepa_ray.tune.tuner import _tune_config
 
     space_file = tmp_path / "space.yaml"
     space_file.write_text("loss.lam:\n  loguniform: [0.01, 0.3]\n")
@@ -169,7 +174,7 @@ def test_asha_never_stops_a_trial_on_its_last_step(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
     from lejepa_ray.config import load_config
-    from lejepa_ray.tune.sweep import _scheduler
+    from lejepa_ray.tune.tuner import _scheduler
 
     # 8 steps, grace 2, r = 2: rungs at 2, 4 and 8, the last one on the trial's final step.
     base = load_config(QUICKSTART, TINY)
@@ -197,7 +202,7 @@ def test_asha_never_stops_a_shorter_trial_on_its_own_last_step():
     from ray.tune.schedulers import TrialScheduler
 
     from lejepa_ray.config import load_config
-    from lejepa_ray.tune.sweep import _scheduler
+    from lejepa_ray.tune.tuner import _scheduler
 
     # optim.steps sampled in [4, 8]: max_t 8, grace 2, rungs at 2, 4 and 8. A 4-step trial
     # worse than the others at the rung on step 4 ends there anyway: recorded, not stopped.

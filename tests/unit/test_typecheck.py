@@ -38,7 +38,7 @@ def test_every_checked_directory_is_a_package_with_code():
     packages = _checked_packages()
     assert packages, "[tool.mypy] files is empty: make typecheck would check nothing"
     for name, path in packages.items():
-        if path.suffix == ".py":  # a top-level module (api.py, cli.py)
+        if path.suffix == ".py":  # a top-level module (api.py)
             assert path.is_file(), f"{name}: {path} does not exist"
             continue
         assert (path / "__init__.py").is_file(), f"{name}: {path} is not a package"

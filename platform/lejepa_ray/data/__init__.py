@@ -7,6 +7,9 @@ the source: the built-ins are ``source_folder``, ``source_parquet``, ``source_ge
 ``stream`` (the Ray Data pipeline), ``feed`` (a training worker's batches from it, pass after
 pass; ``rebatch`` cuts them), ``batch_split`` (a global batch over any number of ranks),
 ``convert`` (folder to parquet).
+``lejepa-ray data bench`` is ``bench`` (the command and its report), ``bench_pipelines`` (the
+timed runs of both pipelines) and ``bench_cpu`` (CPU time by process role), with Ray Data's
+own stage account in ``account``.
 
 May import: base, configs.
 """

@@ -11,7 +11,7 @@ Two sources, read after an epoch has been consumed:
 The summary also has an iterator part (where the consuming thread was blocked: production
 wait, transfer, batching, format, collate); Ray 2.60 leaves it at zero for the iterators a
 ``Dataset`` hands out (observed on every epoch of ``data bench``), so the consumer's share is
-taken from its process's CPU time instead (``bench.CpuAccount``).
+taken from its process's CPU time instead (``bench_cpu.CpuAccount``).
 """
 
 from __future__ import annotations

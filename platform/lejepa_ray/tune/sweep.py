@@ -8,9 +8,11 @@ through ``TuneReportCallback``. Trial ``T``'s run, with its checkpoints and Tens
 is ``<sweep>/runs/T``.
 
 This module wires the steps together; each step is its own module: the options and their
-checks (:mod:`~lejepa_ray.tune.options`), the label-free metrics and the order of the trials
-(:mod:`~lejepa_ray.tune.ranking`), the table, CSV and plot (:mod:`~lejepa_ray.tune.report`),
-and the check of the ranking against labels (:mod:`~lejepa_ray.tune.validation`).
+checks (:mod:`~lejepa_ray.tune.options`), the Tune experiment that runs the trials, its
+scheduler, search and console (:mod:`~lejepa_ray.tune.tuner`), the label-free metrics and the
+order of the trials (:mod:`~lejepa_ray.tune.ranking`), the table, CSV and plot
+(:mod:`~lejepa_ray.tune.report`), and the check of the ranking against labels
+(:mod:`~lejepa_ray.tune.validation`).
 
 Beside Tune's state the sweep writes ``sweep.json`` (what was swept, so that rerunning the
 command resumes it), ``results.csv``, ``plot.png``, ``winner/`` (the best trial's backbone as a
@@ -20,22 +22,16 @@ plot per label-free metric.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ray import tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from lejepa_ray import runs, storage
 from lejepa_ray.compat import quiet_logger
@@ -44,11 +40,15 @@ from lejepa_ray.data.stream import data_node_resources
 from lejepa_ray.errors import ConfigError, option
 from lejepa_ray.evaluation.export import export
 from lejepa_ray.launch import driver, runtime
-from lejepa_ray.tune.console import TrialLines
 from lejepa_ray.tune.options import SweepOptions, check, sweep_name
-from lejepa_ray.tune.ranking import TrialRow, rank, selected
+from lejepa_ray.tune.ranking import TrialRow, rank
 from lejepa_ray.tune.report import cell, format_convergence, format_table, plot_png, results_csv
-from lejepa_ray.tune.space import Dimension, overrides, to_tune
+from lejepa_ray.tune.space import Dimension, overrides
+
+# _FinishingASHA: sweeps started while it was defined here pickled it under this module's name
+# into their tuner.pkl, and resuming one unpickles it from here.
+from lejepa_ray.tune.tuner import _FinishingASHA as _FinishingASHA
+from lejepa_ray.tune.tuner import new_tuner, trial_count, tune_output
 from lejepa_ray.tune.validation import (
     format_validation,
     probe_stopped,
@@ -58,8 +58,6 @@ from lejepa_ray.tune.validation import (
 )
 
 SPEC_FILE, RESULTS_FILE, PLOT_FILE = "sweep.json", "results.csv", "plot.png"
-NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
-"""Ray Tune's switch between its console engines ("0": the legacy one)."""
 WINNER_DIR, VALIDATION_FILE, RUNS_DIR = "winner", "validation.json", "runs"
 
 
@@ -155,17 +153,17 @@ def run_sweep(opts: SweepOptions, *, print_fn: Callable[[str], None] = print) ->
         )
     else:
         storage.write_text(f"{sweep_dir}/{SPEC_FILE}", json.dumps(spec, indent=2))
-        tuner = _new_tuner(opts, base, space, trainable, name, root)
+        tuner = new_tuner(opts, base, space, trainable, name, root)
         print_fn(
             f"sweep {name}: {opts.samples} sample(s) of {opts.space}, {opts.scheduler}, "
             f"{opts.search} search, {opts.concurrent} at a time; outputs in "
             f"{sweep_dir} (TensorBoard: tensorboard --logdir {sweep_dir}/{RUNS_DIR})"
         )
     start = time.perf_counter()
-    with _tune_output(opts.verbose):
+    with tune_output(opts.verbose):
         grid = tuner.fit()
     seconds = time.perf_counter() - start
-    unfinished = _unfinished(sweep_dir, _trials(opts, space))
+    unfinished = _unfinished(sweep_dir, trial_count(opts, space))
     if unfinished:  # Ctrl+C: Tune saved its state and returned
         print_fn(
             f"\nsweep {name} interrupted with {unfinished} unfinished trial(s); rerun the "
@@ -258,74 +256,6 @@ def _connect(opts: SweepOptions, base: PretrainConfig) -> None:
     )
 
 
-@contextlib.contextmanager
-def _tune_output(verbose: bool) -> Iterator[None]:
-    """Tune's console engine for ``fit``: its own unless ``verbose``, else the legacy one,
-    which ``verbose=0`` silences wholly (the new one prints its configuration box, a results
-    path and a TensorBoard command into Ray's session folder at every start regardless)."""
-    if verbose:
-        yield
-        return
-    before = os.environ.get(NEW_OUTPUT)
-    os.environ[NEW_OUTPUT] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(NEW_OUTPUT, None)
-        else:
-            os.environ[NEW_OUTPUT] = before
-
-
-def _trials(opts: SweepOptions, space: list[Dimension]) -> int:
-    """How many trials the sweep runs: the samples times the combinations of ``grid`` keys."""
-    return opts.samples * math.prod(len(d.values) for d in space if d.sampler == "grid")
-
-
-def _new_tuner(
-    opts: SweepOptions,
-    base: PretrainConfig,
-    space: list[Dimension],
-    trainable: Any,
-    name: str,
-    root: str,
-) -> tune.Tuner:
-    """A new Tune experiment ``root/name`` (:func:`_tune_config`)."""
-    return tune.Tuner(
-        trainable,
-        param_space=to_tune(space),
-        tune_config=_tune_config(opts, base, space),
-        run_config=tune.RunConfig(name=name, storage_path=root, **_console(opts, base, space)),
-    )
-
-
-def _console(opts: SweepOptions, base: PretrainConfig, space: list[Dimension]) -> dict:
-    """Tune's console settings: its own output with ``--verbose``, else silent, with a line
-    per trial from :class:`~lejepa_ray.tune.console.TrialLines`."""
-    if opts.verbose:
-        return {}
-    keys = [d.key for d in space if d.sampler != "fixed"]
-    lines = TrialLines(
-        _trials(opts, space), base.optim.steps, opts.select_by, keys, stopper=opts.scheduler
-    )
-    return {"verbose": 0, "callbacks": [lines]}
-
-
-def _tune_config(
-    opts: SweepOptions, base: PretrainConfig, space: list[Dimension]
-) -> tune.TuneConfig:
-    """``opts.samples`` draws from ``space``, scheduled (ASHA) and searched (Optuna) by the
-    ``select_by`` metric, which :func:`options.check` makes sure is in every report."""
-    by = selected(opts.select_by)
-    return tune.TuneConfig(
-        metric=by.metric,
-        mode=by.mode,
-        num_samples=opts.samples,
-        scheduler=_scheduler(opts, base, space),
-        search_alg=_searcher(opts),
-    )
-
-
 def _write_validation(
     rows: list[TrialRow],
     select_by: str,
@@ -350,62 +280,6 @@ def _unfinished(sweep_dir: str, expected: int) -> int:
         trials = ExperimentAnalysis(sweep_dir).trials
     ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
     return max(expected, len(trials)) - ended
-
-
-def _max_steps(base: PretrainConfig, space: list[Dimension]) -> int:
-    """The longest a trial can run: ``optim.steps`` of the config, or the space's largest."""
-    dim = next((d for d in space if d.key == "optim.steps"), None)
-    return max(int(v) for v in dim.corners()) if dim else base.optim.steps
-
-
-class _FinishingASHA(ASHAScheduler):
-    """Tune's ASHA, except that a trial's report of its last step is never answered with STOP.
-
-    ``stop_last_trials=False`` only keeps ASHA from stopping every trial at ``max_t``; when
-    ``grace · r^k`` lands on ``max_t`` (a quarter of the steps, r = 2: rungs at 1/4, 1/2 and
-    all of them) there is a rung there too, and the worse trials would be stopped on their
-    final report, before their trial function probes the last checkpoint. The rung still
-    records the trial's value. The last step is the trial's own ``optim.steps`` when the space
-    samples it (a shorter trial ends before ``max_t``), else ``max_t``."""
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        # max_t is the largest optim.steps the space can draw (_max_steps).
-        last = int(trial.config.get("optim.steps", self._max_t))
-        if result.get(self._time_attr, 0) >= last:
-            return TrialScheduler.CONTINUE
-        return action
-
-
-def _scheduler(
-    opts: SweepOptions, base: PretrainConfig, space: list[Dimension]
-) -> ASHAScheduler | FIFOScheduler:
-    if opts.scheduler == "fifo":
-        return FIFOScheduler()
-    steps = _max_steps(base, space)
-    grace = min(opts.grace_steps or max(1, steps // 4), steps)
-    # A trial that reaches its last step ends by returning, not by being stopped: its final
-    # checkpoint (and probe) must complete.
-    return _FinishingASHA(
-        time_attr="step",
-        max_t=steps,
-        grace_period=grace,
-        reduction_factor=opts.reduction_factor,
-        stop_last_trials=False,
-    )
-
-
-def _searcher(opts: SweepOptions) -> ConcurrencyLimiter | BasicVariantGenerator:
-    if opts.search == "optuna":
-        # lazy: imports Optuna, the optional extra, which only --search optuna needs.
-        from ray.tune.search.optuna import OptunaSearch
-
-        return ConcurrencyLimiter(
-            OptunaSearch(seed=opts.search_seed), max_concurrent=opts.concurrent
-        )
-    # Tune applies max_concurrent_trials only to searchers it builds itself; this one is built
-    # here for its seed, so it gets the limit directly.
-    return BasicVariantGenerator(random_state=opts.search_seed, max_concurrent=opts.concurrent)
 
 
 def _export_winner(
