@@ -58,3 +58,15 @@ def test_stricter_flags_name_checked_packages():
                 f"[[tool.mypy.overrides]] module {pattern!r} is not under the type check: "
                 f"add its directory to [tool.mypy] files or drop it (checked: {sorted(checked)})"
             )
+
+
+def test_every_module_of_the_package_is_under_the_type_check():
+    """Issue 38: mypy over every subpackage and top-level module, none left out."""
+    checked = list(_checked_packages().values())
+    package = ROOT / _mypy_config()["mypy_path"] / "lejepa_ray"
+    left_out = [
+        str(module.relative_to(package))
+        for module in package.rglob("*.py")
+        if not any(module == c or c in module.parents for c in checked)
+    ]
+    assert not left_out, f"modules outside [tool.mypy] files: {left_out}"

@@ -81,7 +81,7 @@ class _ViewsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         row = self.source[i]
         try:
             img = decode_rgb(row["image"], self.maker.max_pixels)
@@ -189,16 +189,18 @@ def bench_ray_data(
     worker's time per sample (the profile's), to let the tasks running at the end finish, so
     that the slot account knows them."""
     stream = build_view_stream(replace(cfg, workers=workers))
+    dataset = stream.dataset
+    assert dataset is not None  # build_view_stream always makes one
 
     def epochs(epoch: int) -> Iterator[dict]:
-        return iter_views(stream.dataset, stream.counter, cfg, batch_size, device="cpu")
+        return iter_views(dataset, stream.counter, cfg, batch_size, device="cpu")
 
     # A task makes task_units × transform_batch_size samples: let the ones running at the end
     # of the measurement finish (half again their expected time, at most 30 s).
     task_s = cfg.task_units * cfg.transform_batch_size * sample_ms / 1e3
     result = {**_measure(epochs, seconds, drain_s=min(30.0, 1.5 * task_s)), "unit": "pass"}
     ray.kill(stream.counter)
-    summary = stream.dataset.get_stats_summary()  # the last execution: the pass measured
+    summary = dataset.get_stats_summary()  # the last execution: the pass measured
     views = account.operator_account(summary)
     spans = _flushed_spans(views.get("tasks", 0), result["last_epoch_asked"])
     result["stages"] = {
