@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from lejepa_ray.config import PretrainConfig
-from lejepa_ray.errors import ClusterFitError
+from lejepa_ray.errors import ClusterFitError, option
 
 
 @dataclass
@@ -179,7 +179,7 @@ def check_fits(cfg: PretrainConfig, cluster: dict, concurrent: int = 1) -> Fit:
             f"{least} training workers ({per_run} per run × {concurrent} at once), each "
             f"with {asked}, but the node types' max_workers hold only {sum(capacity.values())} "
             f"({held}). Raise max_workers in the cluster YAML, or lower scaling.num_workers or "
-            "--concurrent."
+            f"{option('concurrent')}."
         )
     return Fit(need, per_node, capacity, _data_types(cfg.data.node_resource, types))
 

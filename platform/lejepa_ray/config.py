@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lejepa_ray.data.batch_split import drawn_per_worker
 from lejepa_ray.data.config import DataConfig, ViewConfig
-from lejepa_ray.data.registry import get_source
-from lejepa_ray.errors import ConfigError, check_field
+from lejepa_ray.errors import ConfigError, check_field, option
 from lejepa_ray.evaluation.config import ProbeConfig
 from lejepa_ray.model.config import ModelConfig, ScalingConfig
 from lejepa_ray.objective.config import LossConfig
@@ -321,8 +320,8 @@ def check_run(cfg: PretrainConfig) -> None:
     for key, value in (("data.path", cfg.data.path), ("storage_path", cfg.storage_path)):
         if value and PLACEHOLDER in value:
             raise ConfigError(
-                f"{key}={value!r} is the recipe's placeholder: set {key} to your own location "
-                f"(e.g. --{key} s3://my-bucket/"
+                f"{option(key)}={value!r} is the recipe's placeholder: set {key} to your own "
+                f"location (e.g. {option(key)}=s3://my-bucket/"
                 f"{value.split(PLACEHOLDER, 1)[1].strip('/') or '...'})."
             )
     check_model_name(cfg.model.name)
@@ -345,6 +344,9 @@ def check_run(cfg: PretrainConfig) -> None:
             f"data.views.local_size={views.local_size} is larger than data.views.global_size="
             f"{views.global_size}; local views are the small crops."
         )
+    # lazy: see data.config._registry (the command line imports this module to parse).
+    from lejepa_ray.data.registry import get_source
+
     if get_source(cfg.data.source).generated and cfg.data.num_samples is not None:
         for workers in range(cfg.scaling.min_workers, cfg.scaling.max_workers + 1):
             per_worker = cfg.data.num_samples // workers

@@ -45,7 +45,9 @@ class LejepaRayError(Exception):
         expected: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.field, self.value, self.expected = field, value, expected
+        self.field, self.value = field, value
+        self.expected = None if expected is None else _OPTION.sub(r"\1", expected)
+        """What was expected, as plain words (any :func:`option` mark taken off)."""
 
     def worded(self, name: Callable[[str], str] = str) -> str:
         """The message with each setting it names said as ``name(setting)``."""
@@ -57,10 +59,12 @@ class LejepaRayError(Exception):
 
     def said_of(self, field: str) -> LejepaRayError:
         """The same error said of another setting that took the same value (``probe.data``
-        for ``eval``'s ``data``): ``field``, and each mention of it in the message, renamed."""
+        for ``eval``'s ``data``): its ``field``, and each mention of it in the message, renamed.
+        An error about no single setting comes back as it is."""
+        if self.field is None:
+            return self
         message = str(self.args[0]) if self.args else ""
-        if self.field is not None:
-            message = message.replace(option(self.field), option(field))
+        message = message.replace(option(self.field), option(field))
         return type(self)(message, field=field, value=self.value, expected=self.expected)
 
 

@@ -45,3 +45,10 @@ def test_the_api_says_keyword_arguments_and_the_command_line_says_flags(tmp_path
     assert main(["data", "convert", str(tmp_path), str(tmp_path / "out"), "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "lejepa-ray: error: --workers=0 is invalid: expected at least 1.\n", err
+
+
+def test_expected_is_plain_words_and_an_error_about_no_setting_is_not_renamed():
+    e = ConfigError("x", field="val_data", value="v", expected=f"unset unless {option('a')} is")
+    assert e.expected == "unset unless a is"
+    about_a_path = SourceError("data.path='/x' does not exist.")
+    assert about_a_path.said_of("probe.data") is about_a_path

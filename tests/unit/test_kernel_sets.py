@@ -164,3 +164,13 @@ def test_the_trainer_does_not_read_augment_on():
         if isinstance(node, ast.Attribute) and node.attr == "augment_on"
     ]
     assert not reads, f"train/trainer.py reads data.augment_on at lines {reads}"
+
+
+def test_the_config_accepts_exactly_the_registered_names():
+    """``data.config`` cannot import the registries (they import it): its lists are kept equal
+    here."""
+    from lejepa_ray.data.config import AUGMENT_ON, KERNEL_SETS
+    from lejepa_ray.data.kernel_sets import DEVICE_STEPS, KERNELS
+
+    assert set(KERNEL_SETS) == set(KERNELS)
+    assert set(AUGMENT_ON) == set(DEVICE_STEPS)

@@ -123,10 +123,17 @@ def test_an_unknown_name_is_a_config_error_listing_the_registered_ones():
 
 
 def test_a_taken_name_is_refused_unless_it_is_the_same_class_again():
-    with pytest.raises(ConfigError, match=r"data.source=digits is registered already"):
+    # A built-in's name is refused even before the built-ins are loaded (they load lazily).
+    with pytest.raises(ConfigError, match=r"data.source=digits is a built-in source's name"):
 
         @register_source("digits")
         class Impostor(ToySquares):
+            pass
+
+    with pytest.raises(ConfigError, match=r"data.source=toy_squares is registered already"):
+
+        @register_source("toy_squares")
+        class Twin(ToySquares):
             pass
 
     assert type(get_source("digits")).__name__ == "DigitsSource"

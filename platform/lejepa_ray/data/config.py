@@ -7,15 +7,18 @@ field is validated on construction so a bad value fails in the driver, before Ra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from lejepa_ray.data.decode import DEFAULT_MAX_PIXELS
 from lejepa_ray.data.keys import SPLITS
-from lejepa_ray.data.registry import adopt, get_source, travelling
 from lejepa_ray.errors import check_field
 
 SHUFFLES = ("files", "full", "none")
 AUGMENT_ON = ("cpu", "device")
+KERNEL_SETS = ("fast", "pil")
+"""``data.views.kernels`` choices: the names ``data.kernel_sets.KERNELS`` registers (a test
+keeps them equal; the kernel sets import this module, so it cannot ask them)."""
 RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 """Ray's own resources, which ``data.node_resource`` cannot name."""
 NODE_RESOURCE_SHARE = 0.001
@@ -105,7 +108,10 @@ class ViewConfig:
             "a value in 0..255",
         )
         check_field(
-            self.kernels in ("fast", "pil"), "data.views.kernels", self.kernels, "fast or pil"
+            self.kernels in KERNEL_SETS,
+            "data.views.kernels",
+            self.kernels,
+            " or ".join(KERNEL_SETS),
         )
 
 
@@ -197,7 +203,7 @@ class DataConfig:
         registered in the driver alone is then known in each process the config is pickled to
         (Ray Train workers, probe and views tasks)."""
         state = dict(self.__dict__)
-        carried = travelling(self.source)
+        carried = _registry().travelling(self.source)
         if carried is not None:
             state[_CARRIED] = carried
         return state
@@ -205,13 +211,13 @@ class DataConfig:
     def __setstate__(self, state: dict[str, Any]) -> None:
         carried = state.pop(_CARRIED, None)
         if carried is not None:
-            adopt(carried)
+            _registry().adopt(carried)
         self.__dict__.update(state)
 
     def __post_init__(self) -> None:
         if isinstance(self.views, dict):
             self.views = ViewConfig(**self.views)
-        get_source(self.source).check_config(self)  # an unknown name lists the known ones
+        _registry().get_source(self.source).check_config(self)  # an unknown name lists all
         check_field(self.split in SPLITS, "data.split", self.split, f"one of {', '.join(SPLITS)}")
         check_field(self.shuffle in SHUFFLES, "data.shuffle", self.shuffle, f"one of {SHUFFLES}")
         check_field(
@@ -271,3 +277,12 @@ class DataConfig:
 
 _CARRIED = "_registered_source"
 """The key of the carried source in a pickled ``DataConfig``'s state."""
+
+
+def _registry() -> ModuleType:
+    """``data.registry``, the sources by name."""
+    # lazy: the sources import pyarrow and PIL, which a process that only parses a command line
+    # (`lejepa-ray --version`, the command list) must not wait for; nor does it build a config.
+    from lejepa_ray.data import registry
+
+    return registry

@@ -38,7 +38,7 @@ def iter_epoch(
     worker's shard, as batches of tensors on ``device``.
 
     Call it inside a Ray Train loop once per pass; every worker must call it the same number
-    of times (the shards are equal). Batches are dicts as made by :func:`make_views`, with
+    of times (the shards are equal). Batches are dicts as made by ``data.stream.make_views``, with
     exactly ``batch_size`` rows (the last partial batch of a pass is dropped so every rank steps
     together). Consume every pass to its end: Ray Data advances its execution counter (which
     names the pass) when a pass completes, so a pass left early is replayed.
@@ -73,7 +73,7 @@ class EpochCursor:
     or miss a few of them.
 
     With ``prefetch`` > 0 a background thread pulls up to that many batches ahead and requests
-    the next pass as soon as the current one is pulled (see the module docstring). ``epoch``
+    the next pass as soon as the current one is pulled (see ``data.stream``'s docstring). ``epoch``
     and ``samples`` still count what the trainer consumed, never what was prefetched.
     ``boundary_waits`` collects (epoch, seconds the trainer waited for its first batch) for
     every pass this cursor entered after its first; the caller reads and clears it.

@@ -215,7 +215,13 @@ def preview_data(options: PreviewOptions, data: DataConfig | None = None) -> Dat
     try:
         given = data_from_arg(options.src)
     except SourceError as e:  # said of `data`, the name other commands give the argument
-        raise e.said_of("src") from None
+        moved = e.said_of("src")
+        raise SourceError(
+            f"{moved.args[0]} Give digits, synthetic, an image folder or parquet shards.",
+            field=moved.field,
+            value=moved.value,
+            expected=moved.expected,
+        ) from None
     # Without a :split suffix the config's split stays, as for pretrain's data= argument.
     split = split_suffix(options.src)[1] or base.split
     changes: dict[str, Any] = {"source": given.source, "path": given.path, "split": split}
@@ -364,7 +370,7 @@ def preview(options: PreviewOptions, data: DataConfig | None = None) -> PreviewR
     cfg = preview_data(options, data)
     if storage.is_local(options.out):
         folder = os.path.dirname(os.path.abspath(options.out.removeprefix("file://")))
-        storage.check_output(folder, f"folder of {option('out')}")
+        storage.check_output(folder, f"{option('out')} folder")
     made = sample_views(cfg, options.samples, options.epoch)
     layout = layout_of(len(made), cfg, options.zoom)
     storage.write_bytes(options.out, png_bytes(draw_grid(made, layout)))

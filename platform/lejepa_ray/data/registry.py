@@ -1,16 +1,16 @@
 """Sources by name: the lookup of ``data.source``, with the built-in sources registered.
 
 Importing this module imports the built-in source modules, each of which registers itself in
-``data.source.SOURCES`` (folder first and parquet after it, so that a path is offered to
-parquet first: :func:`~lejepa_ray.data.sources.source_from_arg` asks the sources registered last
-first). Every lookup goes through here, so the built-ins are always there, and the source
-modules need not be imported by the code that only names them; no module imports one that
-imports it back.
+``data.source.SOURCES``. Every lookup goes through here, so the built-ins are always there, and
+the source modules need not be imported by the code that only names them; no module imports
+one that imports it back. :func:`source_names` lists the built-ins in :data:`BUILT_IN` order,
+whatever order they registered in (:func:`~lejepa_ray.data.sources.source_from_arg` offers a
+path to them in reverse: parquet before the folder catch-all).
 """
 
 from __future__ import annotations
 
-# The built-ins, imported to register them (folder before parquet: see the docstring).
+# The built-ins, imported to register them.
 from lejepa_ray.data import source_folder, source_generated, source_parquet  # noqa: F401
 from lejepa_ray.data.source import BUILT_IN, SOURCES, Source
 from lejepa_ray.errors import check_field

@@ -92,9 +92,9 @@ class Source(ABC):
     """Whether it reads ``data.path``: a config without one is refused, and :func:`check_path`
     (``data.sources``) looks the path up before Ray starts. Sources without a path are named by
     themselves on the command line (``--data NAME``)."""
-    path_wanted: ClassVar[str] = ""
+    path_wanted: ClassVar[str] = "data it reads"
     """What a missing ``data.path`` should be set to, as the error says it: ``image folder``."""
-    path_kind: ClassVar[str] = ""
+    path_kind: ClassVar[str] = "the data it reads"
     """What a ``data.path`` that does not exist should point at: ``an image folder``."""
     generated: ClassVar[bool] = False
     """Its samples are made from the config, not read: ``data.num_samples`` bounds its size
@@ -239,6 +239,11 @@ def register_source(name: str) -> Callable[[type[S]], type[S]]:
     module imported twice); with another class, it raises ConfigError."""
 
     def register(cls: type[S]) -> type[S]:
+        if name in BUILT_IN and not cls.__module__.startswith("lejepa_ray.data."):
+            raise ConfigError(
+                f"data.source={name} is a built-in source's name: give {_qualified(cls)} "
+                "another name."
+            )
         held = SOURCES.get(name)
         if held is not None and _qualified(type(held)) != _qualified(cls):
             raise ConfigError(
@@ -250,6 +255,13 @@ def register_source(name: str) -> Callable[[type[S]], type[S]]:
         return cls
 
     return register
+
+
+def required_path(cfg: DataConfig) -> str:
+    """``data.path`` of a source that needs one (``DataConfig`` refuses such a config without
+    one, so it is set)."""
+    assert cfg.path is not None
+    return cfg.path
 
 
 def _qualified(cls: type) -> str:

@@ -26,6 +26,7 @@ from lejepa_ray.data.source import (
     Source,
     objects,
     register_source,
+    required_path,
 )
 from lejepa_ray.errors import SourceError
 from lejepa_ray.storage import resolve_filesystem
@@ -71,7 +72,7 @@ class FolderSource(Source):
         return True
 
     def pieces(self, cfg: DataConfig) -> Pieces:
-        listing = list_image_folder(_path(cfg))
+        listing = list_image_folder(required_path(cfg))
         picks = _folder_picks(listing, cfg)
         reader = FolderReader(
             pa.array([listing.files[i] for i in picks], pa.string()),
@@ -82,10 +83,10 @@ class FolderSource(Source):
         return Pieces(np.ones(len(picks), np.int64), reader, listing.classes or None)
 
     def local(self, cfg: DataConfig) -> LocalRows:
-        return FolderRows(list_image_folder(_path(cfg)), cfg)
+        return FolderRows(list_image_folder(required_path(cfg)), cfg)
 
     def class_names(self, cfg: DataConfig) -> list[str] | None:
-        return list_image_folder(_path(cfg)).classes or None
+        return list_image_folder(required_path(cfg)).classes or None
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,3 @@ def _folder_picks(listing: FolderListing, cfg: DataConfig) -> list[int]:
     """Indices of the listed files in ``cfg.split``, at most ``cfg.num_samples`` of them."""
     pool = [i for i, key in enumerate(listing.keys) if in_split(key, cfg.split)]
     return [pool[i] for i in _subset(len(pool), cfg.num_samples)]
-
-
-def _path(cfg: DataConfig) -> str:
-    assert cfg.path is not None  # DataConfig refuses a folder source without one
-    return cfg.path

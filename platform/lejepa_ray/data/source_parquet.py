@@ -34,6 +34,7 @@ from lejepa_ray.data.source import (
     Source,
     TableRows,
     register_source,
+    required_path,
     table_rows,
 )
 from lejepa_ray.errors import SourceError
@@ -67,7 +68,7 @@ class ParquetSource(Source):
         return any(e.path.endswith(".parquet") for e in entries)
 
     def pieces(self, cfg: DataConfig) -> Pieces:
-        shards = _parquet_files(_path(cfg), limit=_file_limit(cfg))
+        shards = _parquet_files(required_path(cfg), limit=_file_limit(cfg))
         if cfg.num_samples is not None:  # small: the exact first rows, read once, here
             table = _parquet_head(shards, cfg.num_samples, cfg.split)
             return Pieces(np.ones(table.num_rows, np.int64), TableReader(table), shards.classes)
@@ -79,18 +80,18 @@ class ParquetSource(Source):
 
     def local(self, cfg: DataConfig) -> LocalRows:
         """The rows, loaded into memory: for small evaluation sets, not pretraining at scale."""
-        shards = _parquet_files(_path(cfg), limit=_file_limit(cfg))
+        shards = _parquet_files(required_path(cfg), limit=_file_limit(cfg))
         return TableRows(_parquet_head(shards, cfg.num_samples, cfg.split))
 
     def class_names(self, cfg: DataConfig) -> list[str] | None:
-        return _parquet_files(_path(cfg)).classes
+        return _parquet_files(required_path(cfg)).classes
 
     def first_rows(self, cfg: DataConfig, count: int) -> LocalRows:
         """Under a split, whose rows :meth:`local` reads from every shard, the leading shards
         that hold a few times ``count`` rows, filtered, are enough for a picture."""
         if cfg.split == "all":
             return super().first_rows(cfg, count)
-        shards = _parquet_files(_path(cfg), limit=PREVIEW_FILE_ROWS * count)
+        shards = _parquet_files(required_path(cfg), limit=PREVIEW_FILE_ROWS * count)
         return TableRows(_parquet_head(shards, count, cfg.split))
 
 
@@ -342,8 +343,3 @@ def _schema(fs: pafs.FileSystem, file: str) -> pa.Schema:
         return pq.read_schema(file, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{file} is not a readable parquet file: {e}") from None
-
-
-def _path(cfg: DataConfig) -> str:
-    assert cfg.path is not None  # DataConfig refuses a parquet source without one
-    return cfg.path

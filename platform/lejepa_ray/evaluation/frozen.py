@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lejepa_ray.data.sources import data_from_arg
-from lejepa_ray.errors import ConfigError, check_field
+from lejepa_ray.errors import ConfigError, SourceError, check_field
 from lejepa_ray.evaluation.config import ProbeConfig
 from lejepa_ray.evaluation.export import FrozenBackbone, load_encoder
 from lejepa_ray.evaluation.probe import load_labelled, probe_report
@@ -179,12 +179,11 @@ def evaluate(
     size = size or trained_size
 
     # Generated sources render at any size: at the probe's, as training did.
-    images = load_labelled(
-        data_from_arg(data, size),
-        size,
-        max_samples,
-        data_from_arg(val_data, size) if val_data else None,
-    )
+    try:
+        queries = data_from_arg(val_data, size) if val_data else None
+    except SourceError as e:  # said of `data`: here the argument is val_data
+        raise e.said_of("val_data") from None
+    images = load_labelled(data_from_arg(data, size), size, max_samples, queries)
     cfg = ProbeConfig(k=k, temperature=temperature, linear=probe != "knn", baseline=baseline)
     report = probe_report(model, images, cfg)
     knn: float | None = report.trained.knn_top1

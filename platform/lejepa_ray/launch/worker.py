@@ -95,7 +95,10 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cfg.scaling.cpus_per_worker)))
 
-    batch = job.cfg.scaling.global_batch
+    scaling = job.cfg.scaling
+    if not scaling.min_workers <= world <= scaling.max_workers:  # Ray Train keeps to the range
+        raise ValueError(f"world size {world} outside scaling.num_workers={scaling.num_workers}")
+    batch = scaling.global_batch
     trainer = Trainer(job.cfg, job.spec, device, batch_share(batch, rank, world))
     inject_nonfinite(trainer, job.cfg.fault.inject_nonfinite_steps)  # drills only
     resumed, taken = resume(trainer, job.run_dir, rank)

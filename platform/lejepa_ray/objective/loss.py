@@ -67,9 +67,10 @@ class LeJEPALoss:
         return cls(**dict(zip(cls.names(), values.unbind(), strict=True)))
 
     def as_metrics(self) -> dict[str, float]:
-        """The parts as Python floats under their metric names, for logging (one host sync)."""
-        values = self.stack().tolist()
-        return dict(zip(self.metric_names().values(), values, strict=True))
+        """The parts as Python floats, for logging (one host sync), each under the last part
+        of its metric name: ``loss``, ``prediction``, ``sigreg``, ``selection_score``."""
+        short = [metric.rsplit("/", 1)[-1] for metric in self.metric_names().values()]
+        return dict(zip(short, self.stack().tolist(), strict=True))
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, int], LeJEPALoss]

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lejepa_ray.config import PretrainConfig, check_run, dotlist, resolve_config, with_overrides
-from lejepa_ray.errors import ConfigError, check_field, option
+from lejepa_ray.errors import ConfigError, check_field
 from lejepa_ray.tune.ranking import DEFAULT_SELECT_BY, SELECT_BY
 from lejepa_ray.tune.space import Dimension, check_space, load_space, overrides
 
@@ -99,7 +99,7 @@ class SweepOptions:
             not self.val_data or bool(self.validate_with_labels),
             "val_data",
             self.val_data,
-            f"unset unless {option('validate_with_labels')} is set (the data to fit on)",
+            "unset unless validate_with_labels is set (the data to fit on)",
         )
 
 

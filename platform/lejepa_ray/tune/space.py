@@ -98,8 +98,8 @@ def load_space(path: str | Path) -> list[Dimension]:
         raise ConfigError(
             f"{path} looks like a pretrain config, not a search space: its top-level keys "
             f"{', '.join(sections)} hold mappings, where a space maps dotted keys to samplers "
-            "(`loss.lam: {loguniform: [0.005, 0.5]}`). Give a pretrain config as "
-            f"{option('config')} and a space from tune_spaces/ as {option('space')}."
+            "(`loss.lam: {loguniform: [0.005, 0.5]}`). Pass the pretrain config in "
+            f"{option('config')} and a search space from tune_spaces/ in {option('space')}."
         )
     space = [_dimension(path, str(key), spec) for key, spec in raw.items()]
     check_space(space, where=str(path))
